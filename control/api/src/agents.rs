@@ -1,0 +1,129 @@
+//! Agents: one dedicated VM per customer workspace, booted from a pinned platform image.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// What the control plane last observed of the Agent's VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Running,
+    /// Provisioned but not (yet, or any more) seen running.
+    Paused,
+    Destroyed,
+}
+
+/// An operation accepted but not yet confirmed by the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentOperation {
+    Provision,
+    Start,
+    Stop,
+    Destroy,
+}
+
+/// The release an Agent was provisioned on. Restarts always reuse it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImagePin {
+    pub image_id: String,
+    pub version: String,
+    pub agent_version: String,
+    pub manifest_digest: String,
+    /// The provider's reference for the release, as pinned.
+    pub reference: String,
+    pub env: BTreeMap<String, String>,
+}
+
+/// An Agent as the dashboard sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Agent {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    /// `hetzner`, `fly` (legacy) or `local`.
+    pub provider: String,
+    pub state: AgentState,
+    /// The operation in progress, if any.
+    #[serde(default)]
+    pub operation: Option<AgentOperation>,
+    /// Why the last operation failed, if it did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub image: ImagePin,
+    /// True when a newer release is current.
+    pub outdated: bool,
+    /// "Cloning is the supported upgrade path" when outdated.
+    #[serde(default)]
+    pub upgrade_note: Option<String>,
+    pub provisioned_at: Timestamp,
+    #[serde(default)]
+    pub destroyed_at: Option<Timestamp>,
+}
+
+/// Body of `POST /api/agents`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionAgent {
+    /// 1 to 63 characters: lowercase letters, digits and inner hyphens (an RFC 1123 label).
+    pub name: String,
+    /// The owning account. Operator tokens must give it; account tokens must not.
+    #[serde(default)]
+    pub account_id: Option<String>,
+}
+
+/// Body of `POST /api/agents/{id}/transfer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TransferAgent {
+    pub to_account: String,
+}
+
+/// One page of Agents, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentList {
+    pub items: Vec<Agent>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// A billing state of a running or paused Agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodState {
+    Running,
+    Paused,
+}
+
+/// One state period: `[started_at, ended_at)`, open while `ended_at` is absent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatePeriod {
+    pub account_id: String,
+    pub state: PeriodState,
+    pub started_at: Timestamp,
+    #[serde(default)]
+    pub ended_at: Option<Timestamp>,
+}
+
+/// Answer of `GET /api/agents/{id}/timeline`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Timeline {
+    pub agent_id: String,
+    /// Periods overlapping the requested window, oldest first. Account tokens see only the
+    /// periods attributed to their own account.
+    pub periods: Vec<StatePeriod>,
+}
