@@ -1,0 +1,152 @@
+//! Durable provider work, claimed with a lease so any replica may run it and a crashed
+//! worker's job is taken over once its lease runs out.
+
+use control_api::agents::AgentOperation;
+
+use super::{DbText, Result, StoreError, Tx, on_conn};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: String,
+    pub kind: AgentOperation,
+    pub agent_id: String,
+    pub attempts: i64,
+    pub request_id: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct RawJob {
+    id: String,
+    kind: String,
+    agent_id: String,
+    attempts: i64,
+    request_id: Option<String>,
+    created_at: i64,
+}
+
+impl TryFrom<RawJob> for JobRow {
+    type Error = StoreError;
+    fn try_from(raw: RawJob) -> Result<Self> {
+        Ok(Self {
+            kind: AgentOperation::from_db(&raw.kind)?,
+            id: raw.id,
+            agent_id: raw.agent_id,
+            attempts: raw.attempts,
+            request_id: raw.request_id,
+            created_at: raw.created_at,
+        })
+    }
+}
+
+impl Tx {
+    pub async fn enqueue_job(
+        &mut self,
+        id: &str,
+        kind: AgentOperation,
+        agent_id: &str,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "INSERT INTO jobs (id, kind, agent_id, status, attempts, run_after, request_id, created_at)
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4)",
+        )
+        .bind(id)
+        .bind(kind.as_db())
+        .bind(agent_id)
+        .bind(now)
+        .bind(request_id)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Claims the oldest due job (queued and due, or running with an expired lease) for
+    /// `owner` until `lease_until`. The condition is checked again on the row itself, so when
+    /// two replicas race for one job exactly one gets it.
+    pub async fn claim_job(
+        &mut self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<JobRow>> {
+        let raw: Option<RawJob> = on_conn!(self, conn => sqlx::query_as(
+            "UPDATE jobs
+             SET status = 'running', lease_owner = $1, lease_until = $3, attempts = attempts + 1
+             WHERE id = (SELECT id FROM jobs
+                         WHERE (status = 'queued' AND run_after <= $2)
+                            OR (status = 'running' AND lease_until < $2)
+                         ORDER BY run_after, id LIMIT 1)
+               AND ((status = 'queued' AND run_after <= $2)
+                    OR (status = 'running' AND lease_until < $2))
+             RETURNING id, kind, agent_id, attempts, request_id, created_at",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(conn)
+        .await)?;
+        raw.map(JobRow::try_from).transpose()
+    }
+
+    /// Marks the job done or failed for good. Returns false if `owner` no longer holds it.
+    pub async fn finish_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        failed: bool,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let status = if failed { "failed" } else { "done" };
+        let result = on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET status = $3, last_error = $4, finished_at = $5, lease_owner = NULL,
+                             lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(result == 1)
+    }
+
+    /// Puts the job back in the queue to run again at `run_after`.
+    pub async fn retry_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        run_after: i64,
+        error: &str,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_after = $3, last_error = $4, lease_owner = NULL,
+                             lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(run_after)
+        .bind(error)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
+    /// When the next queued job is due, if any.
+    pub async fn next_job_due(&mut self) -> Result<Option<i64>> {
+        Ok(on_conn!(self, conn => sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN status = 'queued' THEN run_after ELSE lease_until END)
+             FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(conn)
+        .await)?)
+    }
+}

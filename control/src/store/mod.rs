@@ -1,0 +1,508 @@
+//! Storage: one interface over SQLite (the embedded default) and PostgreSQL (several replicas).
+//!
+//! Every query is written once. sqlx accepts `$N` placeholders on both backends and the
+//! [`on_conn!`] macro runs a query body on whichever connection a transaction holds, so the
+//! dialect differences live in this file alone: how a write transaction begins, which
+//! migrations run, and how driver errors are classified. Queries never concatenate input into
+//! SQL: sqlx only takes `&'static str` text here.
+//!
+//! Concurrency rule for every writer: change the row you depend on first (a compare-and-set
+//! `UPDATE … WHERE … RETURNING`), read afterwards. On PostgreSQL that takes the row lock before
+//! any decision is made, on SQLite the write transaction is already exclusive, so neither
+//! backend needs `SELECT … FOR UPDATE`.
+
+mod accounts;
+mod agents;
+mod audit;
+mod idempotency;
+mod images;
+mod jobs;
+mod periods;
+mod usage;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Column, Postgres, Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use accounts::{AccountRow, TokenRow};
+pub use agents::{AgentRow, NewAgent, OperationOutcome};
+pub use audit::{AuditFilter, AuditRow};
+pub use idempotency::IdempotencyClaim;
+pub use images::ImageRow;
+pub use jobs::JobRow;
+pub use periods::PeriodRow;
+pub use usage::{RollupState, UsageRowRecord};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which engine a [`Store`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Connection settings that do not belong in the URL.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a SQLite writer waits for another process's write transaction.
+    pub busy_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            busy_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL `{0}` is neither sqlite:… nor postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot open database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying database migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unique constraint violated ({0})")]
+    Conflict(String),
+    #[error("the database refused the change: {0}")]
+    Refused(String),
+    #[error("stored value is invalid: {0}")]
+    Corrupt(String),
+    #[error("database query failed")]
+    Query(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if db.is_unique_violation() {
+                return Self::Conflict(db.constraint().unwrap_or(db.message()).to_owned());
+            }
+            // The audit triggers raise these; SQLite reports RAISE(ABORT) as a plain error.
+            if db.message().contains("append-only") {
+                return Self::Refused(db.message().to_owned());
+            }
+        }
+        Self::Query(error)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+enum Pools {
+    Sqlite {
+        pool: SqlitePool,
+        /// Queues this process's writers fairly instead of letting them spin on `SQLITE_BUSY`.
+        write_gate: Arc<Mutex<()>>,
+    },
+    Postgres(PgPool),
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pools: Pools,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+/// A database transaction; dropped without [`Tx::commit`], it rolls back.
+pub struct Tx {
+    inner: TxInner,
+    _write_gate: Option<OwnedMutexGuard<()>>,
+}
+
+enum TxInner {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, whichever backend it is on.
+/// The body is compiled once per backend; this is the only place the two meet.
+macro_rules! on_conn {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match &mut $tx.inner {
+            $crate::store::TxInner::Sqlite(transaction) => {
+                let $conn: &mut sqlx::SqliteConnection = &mut **transaction;
+                $body
+            }
+            $crate::store::TxInner::Postgres(transaction) => {
+                let $conn: &mut sqlx::PgConnection = &mut **transaction;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_conn;
+
+/// A database URL with any password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Opens the database at `url` (`sqlite:PATH` or `postgres://…`). Does not migrate.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect_error = |source| StoreError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(options.busy_timeout);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await
+                .map_err(connect_error)?;
+            Ok(Self {
+                pools: Pools::Sqlite {
+                    pool,
+                    write_gate: Arc::new(Mutex::new(())),
+                },
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let connect = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await
+                .map_err(connect_error)?;
+            Ok(Self {
+                pools: Pools::Postgres(pool),
+            })
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// Applies the backend's pending migrations; refuses if an applied one was edited.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { pool, .. } => SQLITE_MIGRATIONS.run(pool).await?,
+            Pools::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether every migration this build knows has been applied.
+    pub async fn is_migrated(&self) -> Result<bool> {
+        let (latest, applied): (i64, Option<i64>) = match &self.pools {
+            Pools::Sqlite { pool, .. } => (
+                SQLITE_MIGRATIONS
+                    .iter()
+                    .map(|m| m.version)
+                    .max()
+                    .unwrap_or(0),
+                sqlx::query_scalar(
+                    "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
+                )
+                .fetch_one(pool)
+                .await
+                .ok()
+                .flatten(),
+            ),
+            Pools::Postgres(pool) => (
+                POSTGRES_MIGRATIONS
+                    .iter()
+                    .map(|m| m.version)
+                    .max()
+                    .unwrap_or(0),
+                sqlx::query_scalar(
+                    "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
+                )
+                .fetch_one(pool)
+                .await
+                .ok()
+                .flatten(),
+            ),
+        };
+        Ok(applied == Some(latest))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A transaction for reading: a consistent snapshot that never blocks writers.
+    pub async fn read(&self) -> Result<Tx> {
+        let inner = match &self.pools {
+            Pools::Sqlite { pool, .. } => TxInner::Sqlite(pool.begin().await?),
+            Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+        };
+        Ok(Tx {
+            inner,
+            _write_gate: None,
+        })
+    }
+
+    /// A transaction for writing. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so a read-then-write transaction can never fail half-way with `SQLITE_BUSY`.
+    pub async fn write(&self) -> Result<Tx> {
+        match &self.pools {
+            Pools::Sqlite { pool, write_gate } => {
+                let gate = Arc::clone(write_gate).lock_owned().await;
+                Ok(Tx {
+                    inner: TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+                    _write_gate: Some(gate),
+                })
+            }
+            Pools::Postgres(pool) => Ok(Tx {
+                inner: TxInner::Postgres(pool.begin().await?),
+                _write_gate: None,
+            }),
+        }
+    }
+
+    /// Round-trips a trivial query.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1").execute(pool).await?.rows_affected()
+            }
+            Pools::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await?.rows_affected(),
+        };
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { pool, .. } => pool.close().await,
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Every row of every table, as text, in a stable order: lets tests and support compare
+    /// the whole database before and after an operation that must change nothing.
+    pub async fn snapshot(&self) -> Result<String> {
+        const TABLES: [&str; 13] = [
+            "SELECT * FROM accounts ORDER BY id",
+            "SELECT * FROM api_tokens ORDER BY id",
+            "SELECT * FROM images ORDER BY id",
+            "SELECT * FROM current_image",
+            "SELECT * FROM agents ORDER BY id",
+            "SELECT * FROM state_periods ORDER BY id",
+            "SELECT * FROM usage_daily ORDER BY day, resource_id, account_id",
+            "SELECT * FROM usage_rollup",
+            "SELECT * FROM audit_events ORDER BY seq",
+            "SELECT * FROM audit_head",
+            "SELECT * FROM jobs ORDER BY id",
+            "SELECT * FROM idempotency_keys ORDER BY principal, idem_key",
+            "SELECT version, checksum FROM _sqlx_migrations ORDER BY version",
+        ];
+        let mut out = String::new();
+        let mut tx = self.read().await?;
+        for sql in TABLES {
+            out.push_str(sql);
+            out.push('\n');
+            on_conn!(tx, conn => {
+                for row in sqlx::query(sql).fetch_all(&mut *conn).await? {
+                    out.push_str(&render_row(&row));
+                    out.push('\n');
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Renders a row for [`Store::snapshot`] without knowing its types: each value is tried as an
+/// integer, then as text, then as bytes.
+fn render_row<R: Row>(row: &R) -> String
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut cells = Vec::with_capacity(row.len());
+    for (index, column) in row.columns().iter().enumerate() {
+        let value = if let Ok(v) = row.try_get::<Option<i64>, _>(index) {
+            format!("{v:?}")
+        } else if let Ok(v) = row.try_get::<Option<String>, _>(index) {
+            format!("{v:?}")
+        } else if let Ok(v) = row.try_get::<Option<Vec<u8>>, _>(index) {
+            format!("{v:?}")
+        } else {
+            "<unreadable>".to_owned()
+        };
+        cells.push(format!("{}={value}", column.name()));
+    }
+    cells.join(" ")
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Text forms of enums as stored in the database.
+pub(crate) trait DbText: Sized + Copy + 'static {
+    const NAME: &'static str;
+    const ALL: &'static [Self];
+    fn as_db(self) -> &'static str;
+
+    fn from_db(text: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_db() == text)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown {} `{text}`", Self::NAME)))
+    }
+}
+
+mod db_text {
+    use control_api::accounts::TokenRole;
+    use control_api::agents::{AgentOperation, PeriodState};
+    use control_api::audit::AuditAction;
+    use control_api::usage::ResourceKind;
+
+    use super::DbText;
+
+    impl DbText for PeriodState {
+        const NAME: &'static str = "period state";
+        const ALL: &'static [Self] = &[Self::Running, Self::Paused];
+        fn as_db(self) -> &'static str {
+            match self {
+                Self::Running => "running",
+                Self::Paused => "paused",
+            }
+        }
+    }
+
+    impl DbText for AgentOperation {
+        const NAME: &'static str = "operation";
+        const ALL: &'static [Self] = &[Self::Provision, Self::Start, Self::Stop, Self::Destroy];
+        fn as_db(self) -> &'static str {
+            match self {
+                Self::Provision => "provision",
+                Self::Start => "start",
+                Self::Stop => "stop",
+                Self::Destroy => "destroy",
+            }
+        }
+    }
+
+    impl DbText for TokenRole {
+        const NAME: &'static str = "token role";
+        const ALL: &'static [Self] = &[Self::Operator, Self::Account];
+        fn as_db(self) -> &'static str {
+            match self {
+                Self::Operator => "operator",
+                Self::Account => "account",
+            }
+        }
+    }
+
+    impl DbText for ResourceKind {
+        const NAME: &'static str = "resource kind";
+        const ALL: &'static [Self] = &[Self::Agent];
+        fn as_db(self) -> &'static str {
+            match self {
+                Self::Agent => "agent",
+            }
+        }
+    }
+
+    impl DbText for AuditAction {
+        const NAME: &'static str = "audit action";
+        const ALL: &'static [Self] = &[
+            Self::AgentProvision,
+            Self::AgentStart,
+            Self::AgentStop,
+            Self::AgentDestroy,
+            Self::AgentTransfer,
+        ];
+        fn as_db(self) -> &'static str {
+            match self {
+                Self::AgentProvision => "agent.provision",
+                Self::AgentStart => "agent.start",
+                Self::AgentStop => "agent.stop",
+                Self::AgentDestroy => "agent.destroy",
+                Self::AgentTransfer => "agent.transfer",
+            }
+        }
+    }
+}
+
+impl Tx {
+    /// Runs one statement fixed at compile time, outside the typed queries: for diagnostics and
+    /// for tests that play an intruder with direct database access. Never given input.
+    pub async fn execute_raw(&mut self, sql: &'static str) -> Result<u64> {
+        Ok(on_conn!(self, conn => sqlx::query(sql)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected()))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_leave_in_urls() {
+        assert_eq!(
+            redact_url("postgres://ctl:s3cret@db:5432/control"),
+            "postgres://ctl:***@db:5432/control"
+        );
+        assert_eq!(
+            redact_url("postgres://ctl@db/control"),
+            "postgres://ctl@db/control"
+        );
+        assert_eq!(
+            redact_url("sqlite:/var/lib/control/control.db"),
+            "sqlite:/var/lib/control/control.db"
+        );
+    }
+}
