@@ -1,0 +1,77 @@
+//! The shared context every request, job and command works with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::auth::Principal;
+use crate::clock::SharedClock;
+use crate::ids::{new_id, prefix};
+use crate::providers::Providers;
+use crate::store::Store;
+
+/// Tunables of the background work.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a claimed job is ours before another replica may take it over.
+    pub job_lease: Duration,
+    /// Attempts before a job with transient provider errors fails for good.
+    pub job_max_attempts: i64,
+    /// The first retry delay; it doubles per attempt up to `job_retry_cap`.
+    pub job_retry_base: Duration,
+    pub job_retry_cap: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            job_lease: Duration::from_mins(5),
+            job_max_attempts: 8,
+            job_retry_base: Duration::from_secs(2),
+            job_retry_cap: Duration::from_mins(5),
+        }
+    }
+}
+
+/// Cheap to clone; shared by the HTTP handlers, the job runner and the command line.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub providers: Providers,
+    pub settings: Settings,
+    /// Names this process in job leases.
+    pub replica_id: String,
+    /// Rung when a job is queued, so the local runner starts it without waiting for its poll.
+    pub jobs_queued: Arc<Notify>,
+}
+
+impl App {
+    pub fn new(store: Store, clock: SharedClock, providers: Providers, settings: Settings) -> Self {
+        Self {
+            store,
+            clock,
+            providers,
+            settings,
+            replica_id: new_id("replica"),
+            jobs_queued: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Who is asking, and under which request id (for logs and the audit log).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, request_id: Option<String>) -> Self {
+        Self {
+            principal,
+            request_id: request_id.unwrap_or_else(|| new_id(prefix::REQUEST)),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The audit log: append-only events chained by SHA-256.
+//!
+//! Each event's hash covers every stored field and the previous event's hash. Appends lock the
+//! chain head row first, in the same transaction as the change they record, so concurrent
+//! writers (tasks or replicas) line up behind each other and the chain never forks; the unique
+//! constraints on `seq` and `prev_hash` would refuse a fork even if they did not. The database
+//! itself refuses UPDATE and DELETE (triggers), and [`verify`] finds any edit, deletion or
+//! reordering that bypassed them.
+
+use control_api::Timestamp;
+use control_api::audit::{AuditAction, AuditEvent, AuditVerification, BrokenLink};
+use control_api::usage::ResourceKind;
+use sha2::{Digest, Sha256};
+
+use crate::ids::{new_id, prefix};
+use crate::store::{AuditRow, DbText, Result, Store, StoreError, Tx};
+
+/// The hash the first event links to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How many events `verify` reads per query.
+const VERIFY_BATCH: i64 = 1_000;
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent<'a> {
+    pub at: Timestamp,
+    pub actor: &'a str,
+    pub action: AuditAction,
+    pub resource_kind: ResourceKind,
+    pub resource_id: &'a str,
+    pub account_id: &'a str,
+    pub to_account_id: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub details: serde_json::Value,
+}
+
+/// SHA-256 over the event's fields in a fixed order (a JSON array, so no field can bleed into
+/// its neighbour), hex-encoded.
+pub fn event_hash(row: &AuditRow) -> String {
+    let canonical = serde_json::json!([
+        row.seq,
+        row.id,
+        row.at,
+        row.actor,
+        row.action,
+        row.resource_kind,
+        row.resource_id,
+        row.account_id,
+        row.to_account_id,
+        row.request_id,
+        row.details,
+        row.prev_hash,
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Appends `event` to the chain inside `tx`; it becomes visible when `tx` commits.
+pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
+    let (head_seq, head_hash) = tx.lock_audit_head().await?;
+    let mut row = AuditRow {
+        seq: head_seq + 1,
+        id: new_id(prefix::EVENT),
+        at: event.at.as_millis(),
+        actor: event.actor.to_owned(),
+        action: event.action.as_db().to_owned(),
+        resource_kind: event.resource_kind.as_db().to_owned(),
+        resource_id: event.resource_id.to_owned(),
+        account_id: event.account_id.to_owned(),
+        to_account_id: event.to_account_id.map(str::to_owned),
+        request_id: event.request_id.map(str::to_owned),
+        details: event.details.to_string(),
+        prev_hash: head_hash,
+        hash: String::new(),
+    };
+    row.hash = event_hash(&row);
+    tx.insert_audit(&row).await?;
+    tx.set_audit_head(row.seq, &row.hash).await?;
+    Ok(row)
+}
+
+/// The wire form of a stored event.
+pub fn to_api(row: AuditRow) -> Result<AuditEvent> {
+    let details = serde_json::from_str(&row.details)
+        .map_err(|e| StoreError::Corrupt(format!("audit event {} details: {e}", row.id)))?;
+    Ok(AuditEvent {
+        seq: row.seq,
+        action: AuditAction::from_db(&row.action)?,
+        resource_kind: ResourceKind::from_db(&row.resource_kind)?,
+        at: Timestamp::from_millis(row.at),
+        id: row.id,
+        actor: row.actor,
+        resource_id: row.resource_id,
+        account_id: row.account_id,
+        to_account_id: row.to_account_id,
+        request_id: row.request_id,
+        details,
+        prev_hash: row.prev_hash,
+        hash: row.hash,
+    })
+}
+
+/// Walks the whole chain and reports the first event where it does not hold.
+pub async fn verify(store: &Store) -> Result<AuditVerification> {
+    let mut expected_seq = 1;
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    loop {
+        let batch = store
+            .read()
+            .await?
+            .audit_range(expected_seq - 1, VERIFY_BATCH)
+            .await?;
+        let done = i64::try_from(batch.len()).unwrap_or(i64::MAX) < VERIFY_BATCH;
+        for row in batch {
+            if let Some(reason) = check_link(&row, expected_seq, &prev_hash) {
+                let broken = if row.seq > expected_seq {
+                    // Rows are read in seq order, so a higher seq means events are missing.
+                    BrokenLink {
+                        seq: expected_seq,
+                        event_id: None,
+                        reason,
+                    }
+                } else {
+                    BrokenLink {
+                        seq: row.seq,
+                        event_id: Some(row.id),
+                        reason,
+                    }
+                };
+                return Ok(broken_chain(expected_seq - 1, broken));
+            }
+            prev_hash = row.hash;
+            expected_seq += 1;
+        }
+        if done {
+            break;
+        }
+    }
+    let checked = expected_seq - 1;
+    let (head_seq, head_hash) = store.read().await?.audit_head().await?;
+    if head_seq != checked || head_hash != prev_hash {
+        let reason = if head_seq > checked {
+            format!(
+                "the chain head records {head_seq} events but the log ends at event {checked}: events were deleted from its end"
+            )
+        } else {
+            format!(
+                "the chain head (event {head_seq}, {head_hash}) does not match the last event ({checked}, {prev_hash})"
+            )
+        };
+        return Ok(broken_chain(
+            checked,
+            BrokenLink {
+                seq: checked + 1,
+                event_id: None,
+                reason,
+            },
+        ));
+    }
+    Ok(AuditVerification {
+        ok: true,
+        events_checked: checked,
+        head_hash: Some(prev_hash),
+        first_bad: None,
+    })
+}
+
+fn check_link(row: &AuditRow, expected_seq: i64, prev_hash: &str) -> Option<String> {
+    if row.seq != expected_seq {
+        return Some(format!(
+            "event {expected_seq} is missing: the next stored event is {} ({})",
+            row.seq, row.id
+        ));
+    }
+    if row.prev_hash != prev_hash {
+        return Some(format!(
+            "its prev_hash {} is not the hash of the event before it ({prev_hash}): events were removed or reordered",
+            row.prev_hash
+        ));
+    }
+    let recomputed = event_hash(row);
+    if row.hash != recomputed {
+        return Some(format!(
+            "its content does not match its hash (stored {}, recomputed {recomputed}): the event was edited",
+            row.hash
+        ));
+    }
+    None
+}
+
+fn broken_chain(checked_ok: i64, first_bad: BrokenLink) -> AuditVerification {
+    AuditVerification {
+        ok: false,
+        events_checked: checked_ok,
+        head_hash: None,
+        first_bad: Some(first_bad),
+    }
+}
+
+/// Largest page of events one listing returns.
+pub const MAX_PAGE: i64 = 500;
+
+/// A page of events in chain order: the caller's account's (as source or destination) for
+/// account tokens, all for operators; events of destroyed resources included.
+pub async fn list(
+    app: &crate::app::App,
+    caller: &crate::app::Caller,
+    resource_id: Option<&str>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> crate::error::Result<control_api::audit::AuditPage> {
+    let after_seq = match cursor {
+        None => 0,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|seq| *seq >= 0)
+            .ok_or_else(|| {
+                crate::error::Error::invalid("cursor", "is not a cursor this API returned")
+            })?,
+    };
+    let limit = limit.clamp(1, MAX_PAGE);
+    let rows = app
+        .store
+        .read()
+        .await?
+        .audit_events(&crate::store::AuditFilter {
+            account_id: caller.principal.account_scope(),
+            resource_id,
+            after_seq,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+    let items: Vec<AuditEvent> = rows
+        .into_iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(to_api)
+        .collect::<Result<_>>()?;
+    let next_cursor = if more {
+        items.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
+    Ok(control_api::audit::AuditPage { items, next_cursor })
+}

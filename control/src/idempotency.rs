@@ -1,0 +1,31 @@
+//! Idempotency-Key support for mutating requests.
+//!
+//! The HTTP layer claims the key before the handler runs (see `http::idempotency`); the handler's
+//! service call then stores its response with [`record`] in the same transaction as its effect.
+//! Either both commit or neither does, so a retry can never repeat an effect that happened, nor
+//! find a stored answer for one that did not.
+
+use serde::Serialize;
+
+use crate::store::{Result, StoreError, Tx};
+
+/// A claimed key: the caller's scope (an account, or the operators) and the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub scope: String,
+    pub key: String,
+}
+
+/// Stores `body` with `status` as the answer every retry with `key` gets.
+pub async fn record<T: Serialize>(
+    tx: &mut Tx,
+    key: Option<&IdempotencyKey>,
+    status: u16,
+    body: &T,
+) -> Result<()> {
+    let Some(key) = key else { return Ok(()) };
+    let body = serde_json::to_string(body)
+        .map_err(|e| StoreError::Corrupt(format!("encoding idempotent response: {e}")))?;
+    tx.complete_idempotency_key(&key.scope, &key.key, status, &body)
+        .await
+}
