@@ -1,0 +1,240 @@
+//! Configuration: defaults, then the TOML file, then environment variables and flags (clap
+//! reads both, flags winning). Errors name the file and the key. Tests build a [`Config`] from
+//! text and [`Overrides`] directly, never through the process environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::app::Settings;
+
+/// Values given on the command line or in `CONTROL_*` environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    pub listen: Option<SocketAddr>,
+}
+
+/// The file's shape. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+    database_max_connections: Option<u32>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    usage: UsageSection,
+    #[serde(default)]
+    jobs: JobsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageSection {
+    rollup_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsSection {
+    poll_interval_ms: Option<u64>,
+    lease_secs: Option<u64>,
+    max_attempts: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything `control` runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub database: String,
+    pub database_max_connections: u32,
+    pub log_format: LogFormat,
+    pub rollup_interval: Duration,
+    pub job_poll_interval: Duration,
+    pub settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "control-data";
+
+impl Config {
+    /// Reads `file` (if given) and applies `overrides` on top.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        match file {
+            None => Self::from_text(None, overrides),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_text(Some((path, &text)), overrides)
+            }
+        }
+    }
+
+    /// Builds the configuration from a file's text (with its path, for messages).
+    pub fn from_text(
+        file: Option<(&Path, &str)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let (path, parsed) = match file {
+            None => (PathBuf::from("(none)"), FileConfig::default()),
+            Some((path, text)) => {
+                let parsed =
+                    toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string().trim_end().to_owned(),
+                    })?;
+                (path.to_owned(), parsed)
+            }
+        };
+        let positive = |key: &'static str, value: Option<u64>, default: u64| match value {
+            Some(0) => Err(ConfigError::Invalid {
+                path: path.clone(),
+                key,
+                message: "must be greater than 0".to_owned(),
+            }),
+            other => Ok(other.unwrap_or(default)),
+        };
+        let defaults = Settings::default();
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(parsed.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database = overrides
+            .database
+            .clone()
+            .or(parsed.database)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("control.db").display()));
+        let max_attempts = match parsed.jobs.max_attempts {
+            Some(n) if n < 1 => {
+                return Err(ConfigError::Invalid {
+                    path,
+                    key: "jobs.max_attempts",
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+            other => other.unwrap_or(defaults.job_max_attempts),
+        };
+        let lease_default = defaults.job_lease.as_secs();
+        Ok(Self {
+            listen: overrides.listen.or(parsed.listen).unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+            }),
+            database_max_connections: u32::try_from(positive(
+                "database_max_connections",
+                parsed.database_max_connections.map(u64::from),
+                10,
+            )?)
+            .unwrap_or(10),
+            log_format: parsed.log_format.unwrap_or_default(),
+            rollup_interval: Duration::from_secs(positive(
+                "usage.rollup_interval_secs",
+                parsed.usage.rollup_interval_secs,
+                60,
+            )?),
+            job_poll_interval: Duration::from_millis(positive(
+                "jobs.poll_interval_ms",
+                parsed.jobs.poll_interval_ms,
+                1_000,
+            )?),
+            settings: Settings {
+                job_lease: Duration::from_secs(positive(
+                    "jobs.lease_secs",
+                    parsed.jobs.lease_secs,
+                    lease_default,
+                )?),
+                job_max_attempts: max_attempts,
+                ..defaults
+            },
+            data_dir,
+            database,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_put_sqlite_in_the_data_dir() {
+        let config = Config::from_text(None, &Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.database, "sqlite://control-data/control.db");
+        assert_eq!(config.rollup_interval, Duration::from_mins(1));
+    }
+
+    #[test]
+    fn environment_and_flags_win_over_the_file() {
+        let text = "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/control\"\n[usage]\nrollup_interval_secs = 300\n";
+        let overrides = Overrides {
+            data_dir: Some(PathBuf::from("/var/lib/control")),
+            ..Overrides::default()
+        };
+        let config =
+            Config::from_text(Some((Path::new("control.toml"), text)), &overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/control"));
+        assert_eq!(config.database, "sqlite:///var/lib/control/control.db");
+        assert_eq!(config.rollup_interval, Duration::from_mins(5));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let path = Path::new("/etc/control.toml");
+        let message = |text: &str| {
+            Config::from_text(Some((path, text)), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let unknown = message("[usage]\nrollup_every = 5\n");
+        assert!(
+            unknown.contains("/etc/control.toml") && unknown.contains("rollup_every"),
+            "{unknown}"
+        );
+        let wrong_type = message("listen = 8080\n");
+        assert!(wrong_type.contains("listen"), "{wrong_type}");
+        let zero = message("[jobs]\npoll_interval_ms = 0\n");
+        assert!(
+            zero.contains("jobs.poll_interval_ms") && zero.contains("greater than 0"),
+            "{zero}"
+        );
+    }
+}

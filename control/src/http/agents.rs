@@ -1,0 +1,252 @@
+//! `/api/agents…`: the dashboard's Agent lifecycle endpoints.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use control_api::Timestamp;
+use control_api::agents::{
+    Agent, AgentList, AgentOperation, ProvisionAgent, Timeline, TransferAgent,
+};
+use control_api::problem::Problem;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Idempotency};
+use crate::app::{App, Caller};
+use crate::lifecycle;
+
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListAgents {
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// Include destroyed Agents (default false).
+    include_destroyed: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct TimelineWindow {
+    /// Start of the window (default: the Agent's provisioning).
+    from: Option<Timestamp>,
+    /// End of the window, exclusive (default: open-ended).
+    to: Option<Timestamp>,
+}
+
+/// Provision an Agent on the current image release.
+///
+/// Answers 202 at once with the Agent paused and `operation: provision`; a background job
+/// creates the VM, and the Agent becomes running when the provider confirms it runs.
+#[utoipa::path(
+    post, path = "/api/agents", operation_id = "provision_agent", tag = "agents",
+    request_body = ProvisionAgent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer")),
+    responses(
+        (status = 202, description = "Provisioning accepted", body = Agent),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No current image release, or the key is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input, naming the field", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn provision(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    ApiJson(body): ApiJson<ProvisionAgent>,
+) -> Answer<Agent> {
+    let agent = lifecycle::provision(&app, &caller, &body, idem.as_ref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(agent)))
+}
+
+/// List Agents: the caller's account's, or every account's for operators. Oldest first.
+#[utoipa::path(
+    get, path = "/api/agents", operation_id = "list_agents", tag = "agents",
+    params(ListAgents),
+    responses(
+        (status = 200, description = "A page of Agents", body = AgentList),
+        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListAgents>,
+) -> Answer<AgentList> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=lifecycle::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit",
+            format!("must be from 1 to {}", lifecycle::MAX_PAGE),
+        ));
+    }
+    let page = lifecycle::list(
+        &app,
+        &caller,
+        query.cursor.as_deref(),
+        limit,
+        query.include_destroyed.unwrap_or(false),
+    )
+    .await?;
+    Ok((StatusCode::OK, Json(page)))
+}
+
+/// One Agent, with its image pin and, when a newer release is current, the upgrade note.
+#[utoipa::path(
+    get, path = "/api/agents/{id}", operation_id = "get_agent", tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 200, description = "The Agent", body = Agent),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<Agent> {
+    Ok((
+        StatusCode::OK,
+        Json(lifecycle::get(&app, &caller, &id).await?),
+    ))
+}
+
+async fn operate(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    operation: AgentOperation,
+    idem: Option<&crate::idempotency::IdempotencyKey>,
+) -> Answer<Agent> {
+    let agent = lifecycle::request(app, caller, id, operation, idem).await?;
+    Ok((StatusCode::ACCEPTED, Json(agent)))
+}
+
+/// Start a stopped Agent on its pinned image.
+#[utoipa::path(
+    post, path = "/api/agents/{id}/start", operation_id = "start_agent", tag = "agents",
+    params(
+        ("id" = String, Path, description = "Agent id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer"),
+    ),
+    responses(
+        (status = 202, description = "Start accepted", body = Agent),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already running, destroyed, or another operation in progress", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn start(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    Path(id): Path<String>,
+) -> Answer<Agent> {
+    operate(&app, &caller, &id, AgentOperation::Start, idem.as_ref()).await
+}
+
+/// Stop a running Agent.
+#[utoipa::path(
+    post, path = "/api/agents/{id}/stop", operation_id = "stop_agent", tag = "agents",
+    params(
+        ("id" = String, Path, description = "Agent id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer"),
+    ),
+    responses(
+        (status = 202, description = "Stop accepted", body = Agent),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already stopped, destroyed, or another operation in progress", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn stop(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    Path(id): Path<String>,
+) -> Answer<Agent> {
+    operate(&app, &caller, &id, AgentOperation::Stop, idem.as_ref()).await
+}
+
+/// Destroy an Agent. Its periods, usage and audit events stay.
+#[utoipa::path(
+    delete, path = "/api/agents/{id}", operation_id = "destroy_agent", tag = "agents",
+    params(
+        ("id" = String, Path, description = "Agent id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer"),
+    ),
+    responses(
+        (status = 202, description = "Destroy accepted", body = Agent),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Destroyed already, or another operation in progress", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn destroy(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    Path(id): Path<String>,
+) -> Answer<Agent> {
+    operate(&app, &caller, &id, AgentOperation::Destroy, idem.as_ref()).await
+}
+
+/// Move an Agent to another account (operators only). Usage before this instant stays with
+/// the source account.
+#[utoipa::path(
+    post, path = "/api/agents/{id}/transfer", operation_id = "transfer_agent", tag = "agents",
+    request_body = TransferAgent,
+    params(
+        ("id" = String, Path, description = "Agent id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer"),
+    ),
+    responses(
+        (status = 200, description = "Transferred", body = Agent),
+        (status = 403, description = "Not an operator token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such Agent", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Destroyed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown or same account, naming `to_account`", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn transfer(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TransferAgent>,
+) -> Answer<Agent> {
+    let agent = lifecycle::transfer(&app, &caller, &id, &body, idem.as_ref()).await?;
+    Ok((StatusCode::OK, Json(agent)))
+}
+
+/// The Agent's state periods in a window, oldest first.
+#[utoipa::path(
+    get, path = "/api/agents/{id}/timeline", operation_id = "agent_timeline", tag = "agents",
+    params(("id" = String, Path, description = "Agent id"), TimelineWindow),
+    responses(
+        (status = 200, description = "State periods", body = Timeline),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn timeline(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(window): ApiQuery<TimelineWindow>,
+) -> Answer<Timeline> {
+    let timeline = lifecycle::timeline(&app, &caller, &id, window.from, window.to).await?;
+    Ok((StatusCode::OK, Json(timeline)))
+}

@@ -1,0 +1,152 @@
+//! The one HTTP error type. Every 4xx and 5xx leaves as `application/problem+json` (RFC 9457);
+//! internal errors are logged whole, with the request id, and shown as a generic 500.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use control_api::problem::{FieldError, PROBLEM_JSON, Problem};
+use tracing::error;
+
+use crate::error::Error;
+use crate::store::StoreError;
+
+/// A problem answer under construction.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// A 422 (400 for unparseable JSON) naming one field.
+    pub fn field(status: StatusCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let (field, message) = (field.into(), message.into());
+        Self {
+            status,
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError { field, message }],
+        }
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an internal error occurred; it was logged with this request's id",
+        )
+    }
+}
+
+/// The problem type, title and status of every status this API answers with.
+pub fn kind_and_title(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::BAD_REQUEST => ("/problems/malformed-request", "Malformed request"),
+        StatusCode::UNAUTHORIZED => ("/problems/unauthorized", "Unauthorized"),
+        StatusCode::FORBIDDEN => ("/problems/forbidden", "Forbidden"),
+        StatusCode::NOT_FOUND => ("/problems/not-found", "Not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ("/problems/method-not-allowed", "Method not allowed"),
+        StatusCode::CONFLICT => ("/problems/conflict", "Conflict"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("/problems/too-large", "Request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("/problems/unsupported-media-type", "Unsupported media type")
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => ("/problems/invalid-input", "Invalid input"),
+        StatusCode::SERVICE_UNAVAILABLE => ("/problems/unavailable", "Service unavailable"),
+        s if s.is_server_error() => ("/problems/internal", "Internal error"),
+        _ => ("about:blank", status.canonical_reason().unwrap_or("Error")),
+    }
+}
+
+/// A problem document for `status`; the request id and instance are filled in on the way out
+/// (see `http::problem_context`).
+pub fn problem(status: StatusCode, detail: String, errors: Vec<FieldError>) -> Problem {
+    let (kind, title) = kind_and_title(status);
+    Problem {
+        kind: kind.to_owned(),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail,
+        instance: None,
+        request_id: None,
+        errors,
+    }
+}
+
+/// Renders a problem document as a response.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(&problem(self.status, self.detail, self.errors))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(errors) => Self {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                detail: errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                errors,
+            },
+            Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, error.to_string()),
+            Error::Forbidden(detail) => Self::forbidden(detail),
+            Error::Conflict(detail) => Self::new(StatusCode::CONFLICT, detail),
+            Error::Store(StoreError::Connect { .. }) => {
+                log_chain(&error);
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unreachable; retry shortly",
+                )
+            }
+            Error::Store(_) | Error::Random(_) => {
+                log_chain(&error);
+                Self::internal()
+            }
+        }
+    }
+}
+
+/// Logs an error with its whole source chain, once, where it is handled.
+fn log_chain(error: &dyn std::error::Error) {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    error!(error = %chain, "request failed");
+}

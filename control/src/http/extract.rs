@@ -1,0 +1,233 @@
+//! Request extractors whose rejections are problem documents naming the offending field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::Caller;
+use crate::auth::Principal;
+use crate::idempotency::IdempotencyKey;
+
+/// The request id every log line and problem document carries (see `http::request_id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// A JSON body: `application/json`, syntactically valid (else 400), and of the expected shape
+/// (else 422 naming the field: unknown, missing or of the wrong type).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                ApiError::new(status, rejection.body_text())
+            })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON document into `T`, naming the field that does not fit.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let malformed = |error: &serde_json::Error| {
+        let message = strip_position(&error.to_string());
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("malformed JSON: {message}"),
+        )
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        if inner.classify() == serde_json::error::Category::Data {
+            let message = strip_position(&inner.to_string());
+            let field = field_name(&error.path().to_string(), &message);
+            ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+        } else {
+            malformed(inner)
+        }
+    })?;
+    // Trailing text after the document is malformed too.
+    deserializer.end().map_err(|error| malformed(&error))?;
+    Ok(value)
+}
+
+/// A query string of the expected shape; unknown parameters are refused, naming them.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let message = error.inner().to_string();
+                let field = field_name(&error.path().to_string(), &message);
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+            })
+    }
+}
+
+/// The field an error is about: the path serde reached, or, for a missing field (reported at
+/// its parent), the parent's path joined with the field named in the message.
+fn field_name(path: &str, message: &str) -> String {
+    let parent = if path == "." || path == "?" { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (parent, missing) {
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        ("", None) => "body".to_owned(),
+        (parent, None) if parent.starts_with('[') => "body".to_owned(),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
+/// Drops the " at line 1 column 9" suffix of `serde_json` messages.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("this endpoint needs a bearer token"))?;
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        Ok(Caller::new(principal, request_id))
+    }
+}
+
+/// A caller holding an operator token; anyone else gets 403.
+#[derive(Debug)]
+pub struct Operator(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.principal.is_operator() {
+            Ok(Self(caller))
+        } else {
+            Err(ApiError::forbidden("this endpoint needs an operator token"))
+        }
+    }
+}
+
+/// The Idempotency-Key claimed for this request, if the caller sent one.
+#[derive(Debug)]
+pub struct Idempotency(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<IdempotencyKey>().cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        refs: BTreeMap<String, String>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+    }
+
+    fn rejected(body: &str) -> (u16, String) {
+        let error = parse_json::<Body>(body.as_bytes()).unwrap_err();
+        (error.status.as_u16(), error.errors[0].field.clone())
+    }
+
+    #[test]
+    fn every_rejection_names_its_field() {
+        assert_eq!(
+            rejected(r#"{"name": 5, "refs": {}}"#),
+            (422, "name".to_owned())
+        );
+        assert_eq!(
+            rejected(r#"{"name": "x", "refs": {}, "bogus": 1}"#),
+            (422, "bogus".to_owned())
+        );
+        assert_eq!(rejected(r#"{"refs": {}}"#), (422, "name".to_owned()));
+        assert_eq!(
+            rejected(r#"{"name": "x", "refs": {"a": 1}}"#),
+            (422, "refs.a".to_owned())
+        );
+        assert_eq!(
+            rejected(r#"{"name": "x", "refs": {}, "inner": {}}"#),
+            (422, "inner.port".to_owned())
+        );
+        assert_eq!(
+            rejected(r#"{"name": "x", "refs": {}, "inner": {"port": "a"}}"#),
+            (422, "inner.port".to_owned())
+        );
+        assert_eq!(rejected("[1]"), (422, "body".to_owned()));
+        assert_eq!(rejected(r#"{"name": "x""#), (400, "body".to_owned()));
+        assert_eq!(
+            rejected(r#"{"name": "x", "refs": {}} trailing"#),
+            (400, "body".to_owned())
+        );
+        assert_eq!(rejected(""), (400, "body".to_owned()));
+    }
+}

@@ -1,0 +1,119 @@
+//! Usage and audit: what the dashboard bills and what auditors read.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use control_api::Day;
+use control_api::audit::{AuditPage, AuditVerification};
+use control_api::problem::Problem;
+use control_api::usage::UsageReport;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::extract::{ApiQuery, Operator};
+use crate::app::{App, Caller};
+use crate::error::Error;
+use crate::{audit, usage};
+
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct UsageRange {
+    /// First day, `YYYY-MM-DD` (UTC).
+    from: Day,
+    /// Last day, inclusive.
+    to: Day,
+    /// Operators only: one account's rows.
+    account_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// Only events about this resource.
+    resource_id: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<i64>,
+}
+
+/// Daily usage rows, destroyed and transferred resources included, each day attributed to the
+/// account that owned the resource then.
+#[utoipa::path(
+    get, path = "/api/usage", operation_id = "get_usage", tag = "usage",
+    params(UsageRange),
+    responses(
+        (status = 200, description = "Daily rows", body = UsageReport),
+        (status = 422, description = "Invalid range, naming the field", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn usage(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(range): ApiQuery<UsageRange>,
+) -> Answer<UsageReport> {
+    let report = usage::report(
+        &app,
+        &caller,
+        range.from,
+        range.to,
+        range.account_id.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::OK, Json(report)))
+}
+
+/// Audit events in chain order, destroyed resources included.
+#[utoipa::path(
+    get, path = "/api/audit", operation_id = "list_audit_events", tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of events", body = AuditPage),
+        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn audit(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Answer<AuditPage> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=audit::MAX_PAGE).contains(&limit) {
+        return Err(
+            Error::invalid("limit", format!("must be from 1 to {}", audit::MAX_PAGE)).into(),
+        );
+    }
+    let page = audit::list(
+        &app,
+        &caller,
+        query.resource_id.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok((StatusCode::OK, Json(page)))
+}
+
+/// Walk the whole audit chain (operators only). `ok: false` names the first bad event.
+#[utoipa::path(
+    get, path = "/api/audit/verify", operation_id = "verify_audit_chain", tag = "audit",
+    responses(
+        (status = 200, description = "The verdict", body = AuditVerification),
+        (status = 403, description = "Not an operator token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn verify(
+    State(app): State<App>,
+    _operator: Operator,
+) -> Answer<AuditVerification> {
+    let verdict = audit::verify(&app.store).await.map_err(Error::from)?;
+    Ok((StatusCode::OK, Json(verdict)))
+}

@@ -1,0 +1,115 @@
+//! The HTTP API: routes, their OpenAPI document, and the layers around them.
+//!
+//! Routes are registered through `utoipa_axum`, which takes each path from the handler's
+//! `#[utoipa::path]` attribute, so a route cannot exist without its entry in the document.
+//! The document is also committed (`control/openapi.json`) and a test fails when the two drift.
+
+mod admin;
+mod agents;
+pub mod error;
+pub mod extract;
+mod health;
+mod idempotency;
+mod ledger;
+pub mod middleware;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+
+/// Largest request body the API accepts.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "control",
+        description = "The control plane API for dedicated-VM hosting: Agents, usage and the audit log. \
+            Errors are application/problem+json (RFC 9457) naming the offending field.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "agents", description = "Agent lifecycle, image pins and timelines"),
+        (name = "accounts", description = "Accounts and API tokens (operators)"),
+        (name = "images", description = "Platform image releases (operators)"),
+        (name = "usage", description = "Daily usage rolled up from state periods"),
+        (name = "audit", description = "The append-only, hash-chained audit log"),
+        (name = "health", description = "Liveness, readiness, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Routes that need a bearer token (and honour Idempotency-Key on POST and DELETE).
+fn authenticated_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(agents::provision, agents::list))
+        .routes(routes!(agents::get, agents::destroy))
+        .routes(routes!(agents::start))
+        .routes(routes!(agents::stop))
+        .routes(routes!(agents::transfer))
+        .routes(routes!(agents::timeline))
+        .routes(routes!(admin::create_account))
+        .routes(routes!(admin::create_token))
+        .routes(routes!(admin::register_image, admin::list_images))
+        .routes(routes!(admin::set_current_image))
+        .routes(routes!(ledger::usage))
+        .routes(routes!(ledger::audit))
+        .routes(routes!(ledger::verify))
+}
+
+/// Routes anyone may call.
+fn public_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi))
+}
+
+fn document(routes: OpenApiRouter<App>) -> (Router<App>, OpenApi) {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .merge(routes)
+        .split_for_parts()
+}
+
+/// The API document, as served and as committed.
+pub fn openapi() -> OpenApi {
+    document(authenticated_routes().merge(public_routes())).1
+}
+
+/// The whole HTTP application. Layers, outermost first: request id, problem documents, panic
+/// catcher, body limit; then authentication and idempotency on the authenticated routes.
+pub fn router(app: App) -> Router {
+    let authenticated = authenticated_routes()
+        .layer(from_fn_with_state(app.clone(), idempotency::idempotency))
+        .layer(from_fn_with_state(app.clone(), middleware::authenticate));
+    let (routes, _) = document(authenticated.merge(public_routes()));
+    routes
+        .fallback(middleware::fallback)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            error::ApiError::internal().into_response()
+        }))
+        .layer(from_fn(middleware::problem_context))
+        .layer(from_fn(middleware::request_id))
+        .with_state(app)
+}

@@ -1,0 +1,63 @@
+//! The background subsystems of `control serve`, each a task driven by a shutdown signal:
+//! the job runner and the usage rollup. Both are idempotent reconcilers, safe to run on every
+//! replica at once and to stop at any point.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{MissedTickBehavior, interval};
+use tracing::{debug, error, info};
+
+use crate::app::App;
+use crate::{ledger, lifecycle};
+
+/// How long completed Idempotency-Key answers are kept.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_hours(24);
+
+/// Runs due jobs whenever one is queued here, and every `poll` for jobs queued by other
+/// replicas or waiting for a retry.
+pub async fn run_jobs(app: App, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match lifecycle::run_due_jobs(&app).await {
+            Ok(0) => {}
+            Ok(ran) => debug!(ran, "jobs ran"),
+            Err(e) => error!(error = %e, "running jobs failed; retrying on the next poll"),
+        }
+        tokio::select! {
+            () = app.jobs_queued.notified() => {}
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("job runner stopped");
+}
+
+/// Rolls usage up every `every`, first at start, and forgets old Idempotency-Key answers.
+pub async fn run_rollup(app: App, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let now = app.clock.now();
+        match ledger::rollup(&app.store, now).await {
+            Ok(summary) => debug!(rows = summary.rows, "usage rolled up"),
+            Err(e) => error!(error = %e, "usage rollup failed; retrying on the next tick"),
+        }
+        let before =
+            now.as_millis() - i64::try_from(IDEMPOTENCY_RETENTION.as_millis()).unwrap_or(0);
+        let purged = async {
+            let mut tx = app.store.write().await?;
+            let purged = tx.purge_idempotency_keys(before).await?;
+            tx.commit().await?;
+            Ok::<_, crate::store::StoreError>(purged)
+        }
+        .await;
+        if let Err(e) = purged {
+            error!(error = %e, "forgetting old idempotency keys failed");
+        }
+    }
+    info!("usage rollup stopped");
+}
