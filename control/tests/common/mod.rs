@@ -1,0 +1,253 @@
+//! The harness control's integration tests share: an `App` on a test database with a manual
+//! clock and the in-memory local provider, an operator token, and requests sent through the
+//! real router (every layer included) without a socket.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses its own part of the harness
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use control::app::{App, Settings};
+use control::clock::{Clock, ManualClock};
+use control::providers::Providers;
+use control::providers::local::LocalProvider;
+use control::store::{Store, StoreOptions};
+use control_api::Timestamp;
+use control_api::accounts::CreateToken;
+use serde_json::{Value, json};
+use test_support::TestDb;
+use tower::ServiceExt;
+
+/// Where every test's clock starts: a Friday morning, UTC.
+pub const START: &str = "2026-11-20T09:00:00Z";
+
+pub const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+pub struct Harness {
+    pub app: App,
+    pub clock: Arc<ManualClock>,
+    pub local: Arc<LocalProvider>,
+    pub operator: String,
+    router: Router,
+    pub db: TestDb,
+}
+
+/// An answer: status, headers and the body parsed as JSON (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json answer with `status` naming `field` first, and returns it.
+    #[track_caller]
+    pub fn problem(&self, status: u16, field: Option<&str>) -> &Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected answer: {:#}",
+            self.body
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{:#}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status);
+        assert!(
+            self.body["title"].is_string() && self.body["detail"].is_string(),
+            "{:#}",
+            self.body
+        );
+        assert_eq!(
+            self.body["request_id"].as_str(),
+            self.header("x-request-id")
+        );
+        if let Some(field) = field {
+            assert_eq!(self.body["errors"][0]["field"], field, "{:#}", self.body);
+        }
+        &self.body
+    }
+}
+
+pub async fn connect(db: &TestDb) -> Store {
+    let store = Store::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connecting");
+    store.migrate().await.expect("migrating");
+    store
+}
+
+impl Harness {
+    pub async fn new(db: TestDb) -> Self {
+        let store = connect(&db).await;
+        let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
+        let local = Arc::new(LocalProvider::in_memory());
+        let app = App::new(
+            store,
+            clock.clone(),
+            Providers::new(local.clone()),
+            Settings::default(),
+        );
+        let operator = control::accounts::create_token(&app, None, &CreateToken::default(), None)
+            .await
+            .expect("creating an operator token")
+            .token;
+        Self {
+            router: control::http::router(app.clone()),
+            app,
+            clock,
+            local,
+            operator,
+            db,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.clock.advance_ms(ms);
+    }
+
+    /// Sends a request with optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut headers = Vec::new();
+        if body.is_some() {
+            headers.push(("content-type", "application/json".to_owned()));
+        }
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.raw(method, path, token, &headers, bytes).await
+    }
+
+    /// Sends a request exactly as given.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Runs the jobs due now, as the background runner would.
+    pub async fn run_jobs(&self) -> usize {
+        control::lifecycle::run_due_jobs(&self.app)
+            .await
+            .expect("running jobs")
+    }
+
+    /// Registers release `version` with a local image and makes it current.
+    pub async fn release(&self, version: &str) -> String {
+        let image = self
+            .post(
+                "/api/images",
+                &self.operator,
+                json!({
+                    "version": version,
+                    "agent_version": "0.1.0",
+                    "manifest_digest": DIGEST,
+                    "refs": {"local": format!("local-{version}")},
+                    "env": {"PLATFORM_RELEASE": version},
+                }),
+            )
+            .await;
+        assert_eq!(image.status, 201, "{:#}", image.body);
+        let id = image.body["id"].as_str().unwrap().to_owned();
+        let current = self
+            .call(
+                Method::PUT,
+                "/api/images/current",
+                Some(&self.operator),
+                Some(json!({"image_id": id})),
+            )
+            .await;
+        assert_eq!(current.status, 200, "{:#}", current.body);
+        id
+    }
+
+    /// Creates an account and a token for it; returns `(account id, bearer)`.
+    pub async fn account(&self, name: &str) -> (String, String) {
+        let account = self
+            .post("/api/accounts", &self.operator, json!({"name": name}))
+            .await;
+        assert_eq!(account.status, 201, "{:#}", account.body);
+        let id = account.body["id"].as_str().unwrap().to_owned();
+        let token = self
+            .post(
+                &format!("/api/accounts/{id}/tokens"),
+                &self.operator,
+                json!({}),
+            )
+            .await;
+        assert_eq!(token.status, 201, "{:#}", token.body);
+        (id, token.body["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Provisions an Agent with `token` and runs its job; returns its id.
+    pub async fn agent(&self, token: &str, name: &str) -> String {
+        let agent = self.post("/api/agents", token, json!({"name": name})).await;
+        assert_eq!(agent.status, 202, "{:#}", agent.body);
+        self.run_jobs().await;
+        agent.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn snapshot(&self) -> String {
+        self.app.store.snapshot().await.expect("snapshot")
+    }
+}

@@ -1,0 +1,290 @@
+//! The storage layer on SQLite and PostgreSQL: migrations, the immutable audit chain, and
+//! what the database itself refuses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+
+use control::audit::{self, NewEvent};
+use control::store::{Backend, Store, StoreError, StoreOptions};
+use control_api::Timestamp;
+use control_api::audit::AuditAction;
+use control_api::usage::ResourceKind;
+use test_support::{TestDb, dual_backend_tests, have_program};
+
+dual_backend_tests!(
+    migrations_apply_once_and_are_checked,
+    the_database_refuses_to_edit_audit_events,
+    sql_shells_cannot_edit_audit_events,
+    verify_names_the_first_tampered_event,
+    concurrent_appends_form_one_chain,
+);
+
+fn event(n: i64) -> NewEvent<'static> {
+    NewEvent {
+        at: Timestamp::from_millis(1_790_000_000_000 + n),
+        actor: "token:tok_test",
+        action: AuditAction::AgentStart,
+        resource_kind: ResourceKind::Agent,
+        resource_id: "agt_test",
+        account_id: "acc_test",
+        to_account_id: None,
+        request_id: None,
+        details: serde_json::json!({ "n": n }),
+    }
+}
+
+async fn append(store: &Store, n: i64) {
+    let mut tx = store.write().await.unwrap();
+    audit::append(&mut tx, event(n)).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Runs one statement outside the store's API, as an intruder with database access would.
+async fn execute(store: &Store, sql: &'static str) -> Result<(), StoreError> {
+    let mut tx = store.write().await?;
+    tx.execute_raw(sql).await?;
+    tx.commit().await
+}
+
+async fn migrations_apply_once_and_are_checked(db: TestDb) {
+    let store = common::connect(&db).await;
+    assert!(store.is_migrated().await.unwrap());
+    let before = store.snapshot().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(
+        store.snapshot().await.unwrap(),
+        before,
+        "a second run changes nothing"
+    );
+    let expected = match db.backend {
+        test_support::Backend::Sqlite => Backend::Sqlite,
+        test_support::Backend::Postgres => Backend::Postgres,
+    };
+    assert_eq!(store.backend(), expected);
+}
+
+async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
+    let store = common::connect(&db).await;
+    for n in 1..=3 {
+        append(&store, n).await;
+    }
+    let before = store.snapshot().await.unwrap();
+    let edits: &[&'static str] = &[
+        "UPDATE audit_events SET actor = 'someone else' WHERE seq = 2",
+        "UPDATE audit_events SET details = '{}'",
+        "DELETE FROM audit_events WHERE seq = 3",
+        "DELETE FROM audit_events",
+    ];
+    for sql in edits {
+        let refused = execute(&store, sql).await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "{sql}: {refused:?}"
+        );
+    }
+    if db.backend == test_support::Backend::Postgres {
+        let refused = execute(&store, "TRUNCATE audit_events").await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "TRUNCATE: {refused:?}"
+        );
+    }
+    assert_eq!(store.snapshot().await.unwrap(), before);
+    assert!(audit::verify(&store).await.unwrap().ok);
+}
+
+async fn sql_shells_cannot_edit_audit_events(db: TestDb) {
+    let store = common::connect(&db).await;
+    append(&store, 1).await;
+    append(&store, 2).await;
+    let before = store.snapshot().await.unwrap();
+    let statements = [
+        "UPDATE audit_events SET actor = 'x' WHERE seq = 1;",
+        "DELETE FROM audit_events WHERE seq = 2;",
+        "DELETE FROM audit_events;",
+    ];
+    for sql in statements {
+        let output = match db.backend {
+            test_support::Backend::Sqlite => {
+                if !have_program("sqlite3") {
+                    return;
+                }
+                Command::new("sqlite3")
+                    .arg(db.sqlite_path.as_ref().unwrap())
+                    .arg(sql)
+                    .output()
+                    .unwrap()
+            }
+            test_support::Backend::Postgres => {
+                if !have_program("psql") {
+                    return;
+                }
+                Command::new("psql")
+                    .args([db.url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", sql])
+                    .output()
+                    .unwrap()
+            }
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{sql} succeeded in the shell");
+        assert!(stderr.contains("append-only"), "{sql}: {stderr}");
+    }
+    if db.backend == test_support::Backend::Postgres {
+        let output = Command::new("psql")
+            .args([
+                db.url.as_str(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "TRUNCATE audit_events;",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success()
+                && String::from_utf8_lossy(&output.stderr).contains("append-only")
+        );
+    }
+    assert_eq!(store.snapshot().await.unwrap(), before);
+}
+
+/// Where a tamper is made, and which event verification must name.
+struct Tamper {
+    what: &'static str,
+    sql: &'static [&'static str],
+    first_bad: i64,
+    names_event: bool,
+}
+
+async fn verify_names_the_first_tampered_event(db: TestDb) {
+    let drop_triggers: &[&'static str] = match db.backend {
+        test_support::Backend::Sqlite => &[
+            "DROP TRIGGER audit_events_no_update",
+            "DROP TRIGGER audit_events_no_delete",
+        ],
+        test_support::Backend::Postgres => &[
+            "DROP TRIGGER audit_events_no_update ON audit_events",
+            "DROP TRIGGER audit_events_no_delete ON audit_events",
+        ],
+    };
+    let tampers = [
+        Tamper {
+            what: "an edited event",
+            sql: &["UPDATE audit_events SET actor = 'token:tok_intruder' WHERE seq = 4"],
+            first_bad: 4,
+            names_event: true,
+        },
+        Tamper {
+            what: "a deleted event",
+            sql: &["DELETE FROM audit_events WHERE seq = 3"],
+            first_bad: 3,
+            names_event: false,
+        },
+        Tamper {
+            what: "a deleted last event",
+            sql: &["DELETE FROM audit_events WHERE seq = 6"],
+            first_bad: 6,
+            names_event: false,
+        },
+        Tamper {
+            what: "two swapped events",
+            sql: &[
+                "UPDATE audit_events SET seq = -2 WHERE seq = 2",
+                "UPDATE audit_events SET seq = 2 WHERE seq = 5",
+                "UPDATE audit_events SET seq = 5 WHERE seq = -2",
+            ],
+            first_bad: 2,
+            names_event: true,
+        },
+    ];
+    let control = env!("CARGO_BIN_EXE_control");
+    for tamper in tampers {
+        let db = match db.backend {
+            test_support::Backend::Sqlite => TestDb::sqlite(),
+            test_support::Backend::Postgres => TestDb::postgres().await.unwrap(),
+        };
+        let store = common::connect(&db).await;
+        for n in 1..=6 {
+            append(&store, n).await;
+        }
+        let intact = Command::new(control)
+            .args(["--database", &db.url, "audit", "verify"])
+            .output()
+            .unwrap();
+        assert!(
+            intact.status.success(),
+            "{}",
+            String::from_utf8_lossy(&intact.stderr)
+        );
+        assert!(String::from_utf8_lossy(&intact.stdout).starts_with("audit chain ok: 6 events"));
+
+        for sql in drop_triggers.iter().chain(tamper.sql) {
+            execute(&store, sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let verdict = audit::verify(&store).await.unwrap();
+        assert!(!verdict.ok, "{} went unnoticed", tamper.what);
+        let bad = verdict.first_bad.unwrap();
+        assert_eq!(bad.seq, tamper.first_bad, "{}: {}", tamper.what, bad.reason);
+        assert_eq!(
+            bad.event_id.is_some(),
+            tamper.names_event,
+            "{}",
+            tamper.what
+        );
+
+        let cli = Command::new(control)
+            .args(["--database", &db.url, "audit", "verify"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&cli.stdout);
+        assert_eq!(cli.status.code(), Some(1), "{}: {stdout}", tamper.what);
+        assert!(
+            stdout.contains(&format!("BROKEN at event {}", tamper.first_bad)),
+            "{}: {stdout}",
+            tamper.what
+        );
+        store.close().await;
+    }
+}
+
+async fn concurrent_appends_form_one_chain(db: TestDb) {
+    // On PostgreSQL two pools stand for two replicas sharing the database.
+    let first = common::connect(&db).await;
+    let second = match db.backend {
+        test_support::Backend::Postgres => Store::connect(&db.url, &StoreOptions::default())
+            .await
+            .unwrap(),
+        test_support::Backend::Sqlite => first.clone(),
+    };
+    let mut tasks = Vec::new();
+    for task in 0..20_i64 {
+        let store = if task % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                append(&store, task * 1_000 + n).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let verdict = audit::verify(&first).await.unwrap();
+    assert!(verdict.ok, "{:?}", verdict.first_bad);
+    assert_eq!(verdict.events_checked, 1_000);
+
+    let cli = Command::new(env!("CARGO_BIN_EXE_control"))
+        .args(["--database", &db.url, "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stdout).starts_with("audit chain ok: 1000 events"));
+}
