@@ -87,7 +87,7 @@ pub async fn create_token(
     };
     idempotency::record(&mut tx, idem, 409, &replay).await?;
     tx.commit().await?;
-    info!(token_id = %issued.row.id, account_id = ?account_id, role = ?role, "token created");
+    info!(token_id = %issued.row.id, account_id = %account_id.unwrap_or("-"), role = ?role, "token created");
     Ok(CreatedToken {
         id: issued.row.id,
         role,

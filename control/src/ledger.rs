@@ -36,12 +36,22 @@ pub async fn open(
     state: PeriodState,
     at: Timestamp,
 ) -> Result<()> {
+    insert_open(tx, agent_id, account_id, state, at.as_millis()).await
+}
+
+async fn insert_open(
+    tx: &mut Tx,
+    agent_id: &str,
+    account_id: &str,
+    state: PeriodState,
+    at: i64,
+) -> Result<()> {
     tx.insert_period(&PeriodRow {
         id: new_id(prefix::PERIOD),
         agent_id: agent_id.to_owned(),
         account_id: account_id.to_owned(),
         state,
-        started_at: at.as_millis(),
+        started_at: at,
         ended_at: None,
     })
     .await
@@ -69,15 +79,7 @@ pub async fn switch(
         return tx.relabel_open_period(&open.id, account_id, state).await;
     }
     tx.close_period(&open.id, at).await?;
-    tx.insert_period(&PeriodRow {
-        id: new_id(prefix::PERIOD),
-        agent_id: agent_id.to_owned(),
-        account_id: account_id.to_owned(),
-        state,
-        started_at: at,
-        ended_at: None,
-    })
-    .await
+    insert_open(tx, agent_id, account_id, state, at).await
 }
 
 /// Ends the Agent's lifetime at `at` (or at its open period's start, if that is later) and

@@ -218,10 +218,10 @@ pub async fn provision(
     app.jobs_queued.notify_one();
     info!(
         request_id = %caller.request_id,
-        account_id,
-        agent_id,
+        account_id = %account_id,
+        agent_id = %agent_id,
         image_version = %image.version,
-        provider = provider.name(),
+        provider = %provider.name(),
         "agent provisioning accepted"
     );
     Ok(agent)
@@ -282,7 +282,7 @@ pub async fn request(
     info!(
         request_id = %caller.request_id,
         account_id = %before.account_id,
-        agent_id = id,
+        agent_id = %id,
         operation = ?operation,
         "agent operation accepted"
     );
@@ -386,9 +386,9 @@ pub async fn transfer(
     tx.commit().await?;
     info!(
         request_id = %caller.request_id,
-        agent_id = id,
+        agent_id = %id,
         from_account_id = %before.account_id,
-        to_account_id = to,
+        to_account_id = %to,
         "agent transferred"
     );
     Ok(agent)
@@ -551,7 +551,7 @@ async fn confirm(
     }
     tx.commit().await?;
     info!(
-        request_id = job.request_id.as_deref().unwrap_or(""),
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
         account_id = %owner,
         agent_id = %agent.id,
         job_id = %job.id,
@@ -579,7 +579,7 @@ async fn retry(app: &App, job: &JobRow, agent: &AgentRow, message: &str) -> Resu
     .await?;
     tx.commit().await?;
     warn!(
-        request_id = job.request_id.as_deref().unwrap_or(""),
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
         agent_id = %agent.id,
         job_id = %job.id,
         attempt = job.attempts,
@@ -604,7 +604,7 @@ async fn fail(app: &App, job: &JobRow, agent: &AgentRow, message: &str) -> Resul
         .await?;
     tx.commit().await?;
     warn!(
-        request_id = job.request_id.as_deref().unwrap_or(""),
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
         account_id = %agent.account_id,
         agent_id = %agent.id,
         job_id = %job.id,

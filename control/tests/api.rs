@@ -751,6 +751,26 @@ async fn conflicting_operations_are_refused(db: TestDb) {
     moved.problem(409, None);
 }
 
+/// Follows `next_cursor` from `first` to the last page; returns `key` of every item.
+async fn all_pages(h: &Harness, token: &str, first: &str, key: &str) -> Vec<Value> {
+    let mut values = Vec::new();
+    let mut path = first.to_owned();
+    loop {
+        let page = h.get(&path, token).await;
+        values.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item[key].clone()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(next) => path = format!("{first}&cursor={next}"),
+            None => return values,
+        }
+    }
+}
+
 async fn listings_page(db: TestDb) {
     let h = Harness::new(db).await;
     h.release("2026.11.0").await;
@@ -759,48 +779,13 @@ async fn listings_page(db: TestDb) {
     for n in 0..5 {
         made.push(h.agent(&token, &format!("box-{n}")).await);
     }
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/agents?limit=2&cursor={c}"),
-            None => "/api/agents?limit=2".to_owned(),
-        };
-        let page = h.get(&path, &token).await;
-        seen.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_owned()),
-        );
-        match page.body["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let ids = all_pages(&h, &token, "/api/agents?limit=2", "id").await;
+    let seen: Vec<_> = ids
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(seen, made, "every Agent once, in creation order");
-
-    let mut events = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/audit?limit=2&cursor={c}"),
-            None => "/api/audit?limit=2".to_owned(),
-        };
-        let page = h.get(&path, &token).await;
-        events.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["seq"].as_i64().unwrap()),
-        );
-        match page.body["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let events = all_pages(&h, &token, "/api/audit?limit=2", "seq").await;
     assert_eq!(events, [1, 2, 3, 4, 5]);
 }
 

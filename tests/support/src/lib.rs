@@ -457,6 +457,81 @@ pub fn proptest_cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// A long-running program under test (such as `control serve`), logging to a file so it can
+/// never block on a full pipe, stopped with SIGTERM like systemd would.
+#[derive(Debug)]
+pub struct Daemon {
+    child: std::process::Child,
+    log: tempfile::NamedTempFile,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Spawns `command` and waits until it accepts connections on 127.0.0.1:`port`.
+    pub fn start(mut command: Command, port: u16) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("creating a log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("opening the log file"))
+            .spawn()
+            .expect("spawning the daemon");
+        let mut daemon = Self { child, log, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "the daemon exited ({status}) before listening:\n{}",
+                    daemon.log()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not listen within 30 s:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        daemon
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, waits up to 30 s for the exit, and returns its status and log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "could not signal the daemon");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the daemon") {
+                return (status, self.log());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the daemon did not stop within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failed test must not leave the daemon running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

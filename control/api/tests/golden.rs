@@ -1,0 +1,270 @@
+//! Pins the JSON of every wire type. A change that alters a golden file alters the contract
+//! with dashboards and agents already deployed: make it additive, then regenerate with
+//! `UPDATE_GOLDEN=1 cargo test -p control-api --test golden` and review the diff.
+
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // a test: unwraps fail it, env is its switch
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use control_api::accounts::{Account, CreateAccount, CreateToken, CreatedToken, TokenRole};
+use control_api::agents::{
+    Agent, AgentList, AgentOperation, AgentState, ImagePin, PeriodState, ProvisionAgent,
+    StatePeriod, Timeline, TransferAgent,
+};
+use control_api::audit::{AuditAction, AuditEvent, AuditPage, AuditVerification, BrokenLink};
+use control_api::images::{Image, ImageList, RegisterImage, SetCurrentImage};
+use control_api::problem::{FieldError, Problem};
+use control_api::usage::{ResourceKind, UsageReport, UsageRow};
+use control_api::{Day, Health, Timestamp, UPGRADE_NOTE};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+fn at(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
+    let rendered = serde_json::to_string_pretty(value).unwrap() + "\n";
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(rendered, golden, "the JSON of {name} changed");
+    let parsed: T = serde_json::from_str(&golden).unwrap();
+    assert_eq!(&parsed, value, "{name} does not read back");
+}
+
+fn pin() -> ImagePin {
+    ImagePin {
+        image_id: "img_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+        version: "2026.11.0".to_owned(),
+        agent_version: "0.1.0".to_owned(),
+        manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+        reference: "123456789".to_owned(),
+        env: BTreeMap::from([("PLATFORM_RELEASE".to_owned(), "2026.11.0".to_owned())]),
+    }
+}
+
+fn agent() -> Agent {
+    Agent {
+        id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+        account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+        name: "dev-box".to_owned(),
+        provider: "hetzner".to_owned(),
+        state: AgentState::Running,
+        operation: Some(AgentOperation::Stop),
+        last_error: None,
+        image: pin(),
+        outdated: true,
+        upgrade_note: Some(UPGRADE_NOTE.to_owned()),
+        provisioned_at: at("2026-11-20T09:00:00Z"),
+        destroyed_at: None,
+    }
+}
+
+#[test]
+fn agents() {
+    check("agent", &agent());
+    check(
+        "agent_list",
+        &AgentList {
+            items: vec![agent()],
+            next_cursor: Some("agt_01JDQ6VA0000000000000000AA".to_owned()),
+        },
+    );
+    check(
+        "provision_agent",
+        &ProvisionAgent {
+            name: "dev-box".to_owned(),
+            account_id: Some("acc_01JDQ6V9000000000000000000".to_owned()),
+        },
+    );
+    check(
+        "transfer_agent",
+        &TransferAgent {
+            to_account: "acc_01JDQ6V9000000000000000001".to_owned(),
+        },
+    );
+    check(
+        "timeline",
+        &Timeline {
+            agent_id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+            periods: vec![
+                StatePeriod {
+                    account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+                    state: PeriodState::Paused,
+                    started_at: at("2026-11-20T09:00:00Z"),
+                    ended_at: Some(at("2026-11-20T09:00:42.5Z")),
+                },
+                StatePeriod {
+                    account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+                    state: PeriodState::Running,
+                    started_at: at("2026-11-20T09:00:42.5Z"),
+                    ended_at: None,
+                },
+            ],
+        },
+    );
+}
+
+#[test]
+fn accounts_and_images() {
+    let created_at = at("2026-11-20T08:00:00Z");
+    check(
+        "account",
+        &Account {
+            id: "acc_01JDQ6V9000000000000000000".to_owned(),
+            name: "Acme".to_owned(),
+            created_at,
+        },
+    );
+    check(
+        "create_account",
+        &CreateAccount {
+            name: "Acme".to_owned(),
+        },
+    );
+    check(
+        "create_token",
+        &CreateToken {
+            label: Some("dashboard".to_owned()),
+        },
+    );
+    check(
+        "created_token",
+        &CreatedToken {
+            id: "tok_01JDQ6V9000000000000000000".to_owned(),
+            role: TokenRole::Account,
+            account_id: Some("acc_01JDQ6V9000000000000000000".to_owned()),
+            label: Some("dashboard".to_owned()),
+            created_at,
+            token: format!("ctl_tok_01JDQ6V9000000000000000000_{}", "0".repeat(64)),
+        },
+    );
+    let refs = BTreeMap::from([
+        (
+            "fly".to_owned(),
+            format!("registry.fly.io/agent@sha256:{}", "cd".repeat(32)),
+        ),
+        ("hetzner".to_owned(), "123456789".to_owned()),
+    ]);
+    let register = RegisterImage {
+        version: "2026.11.0".to_owned(),
+        agent_version: "0.1.0".to_owned(),
+        manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+        refs: refs.clone(),
+        env: BTreeMap::new(),
+    };
+    check("register_image", &register);
+    let image = Image {
+        id: "img_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+        version: register.version,
+        agent_version: register.agent_version,
+        manifest_digest: register.manifest_digest,
+        refs,
+        env: BTreeMap::new(),
+        created_at,
+        current: true,
+    };
+    check("image", &image);
+    check("image_list", &ImageList { items: vec![image] });
+    check(
+        "set_current_image",
+        &SetCurrentImage {
+            image_id: "img_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+        },
+    );
+}
+
+#[test]
+fn usage_audit_and_errors() {
+    check(
+        "usage_report",
+        &UsageReport {
+            from: Day::parse("2026-11-20").unwrap(),
+            to: Day::parse("2026-11-21").unwrap(),
+            rolled_up_at: Some(at("2026-11-21T12:00:00Z")),
+            rows: vec![UsageRow {
+                day: Day::parse("2026-11-20").unwrap(),
+                resource_kind: ResourceKind::Agent,
+                resource_id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+                account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+                running_s: 50_400,
+                paused_s: 3_600,
+            }],
+        },
+    );
+    let event = AuditEvent {
+        seq: 7,
+        id: "evt_01JDQ6V9000000000000000000".to_owned(),
+        at: at("2026-11-20T10:00:00Z"),
+        actor: "token:tok_01JDQ6V9000000000000000000".to_owned(),
+        action: AuditAction::AgentTransfer,
+        resource_kind: ResourceKind::Agent,
+        resource_id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+        account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+        to_account_id: Some("acc_01JDQ6V9000000000000000001".to_owned()),
+        request_id: Some("req_01JDQ6V9000000000000000000".to_owned()),
+        details: serde_json::json!({"state": "running"}),
+        prev_hash: "0".repeat(64),
+        hash: "f".repeat(64),
+    };
+    check(
+        "audit_page",
+        &AuditPage {
+            items: vec![event],
+            next_cursor: Some("7".to_owned()),
+        },
+    );
+    check(
+        "audit_verification_broken",
+        &AuditVerification {
+            ok: false,
+            events_checked: 3,
+            head_hash: None,
+            first_bad: Some(BrokenLink {
+                seq: 4,
+                event_id: Some("evt_01JDQ6V9000000000000000004".to_owned()),
+                reason: "its content does not match its hash".to_owned(),
+            }),
+        },
+    );
+    check(
+        "problem",
+        &Problem {
+            kind: "/problems/invalid-input".to_owned(),
+            title: "Invalid input".to_owned(),
+            status: 422,
+            detail: "name: must be 1 to 63 characters long, got 200".to_owned(),
+            instance: Some("/api/agents".to_owned()),
+            request_id: Some("req_01JDQ6V9000000000000000000".to_owned()),
+            errors: vec![FieldError {
+                field: "name".to_owned(),
+                message: "must be 1 to 63 characters long, got 200".to_owned(),
+            }],
+        },
+    );
+    check(
+        "health",
+        &Health {
+            status: "ok".to_owned(),
+            detail: None,
+        },
+    );
+}
+
+/// Documents from older peers, without the optional fields, still read.
+#[test]
+fn optional_fields_may_be_absent() {
+    let agent: Agent = serde_json::from_value(serde_json::json!({
+        "id": "agt_1", "account_id": "acc_1", "name": "a", "provider": "local", "state": "paused",
+        "image": {"image_id": "img_1", "version": "v", "agent_version": "1", "manifest_digest": "sha256:x",
+                  "reference": "r", "env": {}},
+        "outdated": false, "provisioned_at": "2026-11-20T09:00:00Z"
+    }))
+    .unwrap();
+    assert_eq!((agent.operation, agent.destroyed_at), (None, None));
+}
