@@ -66,6 +66,14 @@ pub async fn create_token(
         request.label.clone(),
         app.clock.now().as_millis(),
     )?;
+    if let Some(account_id) = account_id
+        && !crate::ids::looks_like(prefix::ACCOUNT, account_id)
+    {
+        return Err(Error::not_found(
+            "account",
+            account_id.escape_debug().to_string(),
+        ));
+    }
     let mut tx = app.store.write().await?;
     if let Some(account_id) = account_id
         && tx.account(account_id).await?.is_none()
@@ -105,34 +113,41 @@ pub fn operator_token_path(data_dir: &Path) -> PathBuf {
 
 /// On a database without any operator token, creates one and writes it to
 /// `<data-dir>/operator-token` with mode 0600. Returns the file's path when it did.
+///
+/// The file is written before the token is stored: if writing fails, no token exists and the
+/// next start tries again, rather than leaving a token nobody can read.
 pub async fn ensure_operator_token(app: &App, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     if app.store.read().await?.operator_token_count().await? > 0 {
         return Ok(None);
     }
-    let token = create_token(
-        app,
+    let issued = auth::issue(
+        TokenRole::Operator,
         None,
-        &CreateToken {
-            label: Some("first start".to_owned()),
-        },
-        None,
-    )
-    .await?;
+        Some("first start".to_owned()),
+        app.clock.now().as_millis(),
+    )?;
     let path = operator_token_path(data_dir);
-    let mut file = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| {
-            anyhow::anyhow!("cannot write the operator token to {}: {e}", path.display())
-        })?;
-    writeln!(file, "{}", token.token).map_err(|e| {
+        .and_then(|mut file| {
+            // An existing file keeps its mode on open: set it.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            writeln!(file, "{}", issued.bearer)?;
+            file.sync_all()
+        });
+    written.map_err(|e| {
         anyhow::anyhow!("cannot write the operator token to {}: {e}", path.display())
     })?;
+    let mut tx = app.store.write().await?;
+    tx.insert_token(&issued.row).await?;
+    tx.commit().await?;
+    info!(token_id = %issued.row.id, role = ?TokenRole::Operator, "token created");
     Ok(Some(path))
 }

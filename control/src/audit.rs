@@ -100,17 +100,27 @@ pub fn to_api(row: AuditRow) -> Result<AuditEvent> {
     })
 }
 
-/// Walks the whole chain and reports the first event where it does not hold.
+/// Walks the chain up to its head and reports the first event where it does not hold.
+///
+/// The head is read first: every event up to it is committed (an append writes both in one
+/// transaction), and events appended during the walk lie beyond it, left for the next run. So
+/// a live system verifies clean while it keeps appending.
 pub async fn verify(store: &Store) -> Result<AuditVerification> {
+    let (head_seq, head_hash) = store.read().await?.audit_head().await?;
     let mut expected_seq = 1;
     let mut prev_hash = GENESIS_HASH.to_owned();
-    loop {
+    while expected_seq <= head_seq {
         let batch = store
             .read()
             .await?
-            .audit_range(expected_seq - 1, VERIFY_BATCH)
+            .audit_range(
+                expected_seq - 1,
+                VERIFY_BATCH.min(head_seq - expected_seq + 1),
+            )
             .await?;
-        let done = i64::try_from(batch.len()).unwrap_or(i64::MAX) < VERIFY_BATCH;
+        if batch.is_empty() {
+            break;
+        }
         for row in batch {
             if let Some(reason) = check_link(&row, expected_seq, &prev_hash) {
                 let broken = if row.seq > expected_seq {
@@ -132,26 +142,29 @@ pub async fn verify(store: &Store) -> Result<AuditVerification> {
             prev_hash = row.hash;
             expected_seq += 1;
         }
-        if done {
-            break;
-        }
     }
     let checked = expected_seq - 1;
-    let (head_seq, head_hash) = store.read().await?.audit_head().await?;
-    if head_seq != checked || head_hash != prev_hash {
-        let reason = if head_seq > checked {
-            format!(
-                "the chain head records {head_seq} events but the log ends at event {checked}: events were deleted from its end"
-            )
-        } else {
-            format!(
-                "the chain head (event {head_seq}, {head_hash}) does not match the last event ({checked}, {prev_hash})"
-            )
-        };
+    if checked < head_seq {
+        let reason = format!(
+            "the chain head records {head_seq} events but the log ends at event {checked}: events were deleted from its end"
+        );
         return Ok(broken_chain(
             checked,
             BrokenLink {
                 seq: checked + 1,
+                event_id: None,
+                reason,
+            },
+        ));
+    }
+    if head_hash != prev_hash {
+        let reason = format!(
+            "the chain head's hash {head_hash} is not the last event's ({prev_hash}): the head or the last event was altered"
+        );
+        return Ok(broken_chain(
+            checked - 1,
+            BrokenLink {
+                seq: checked,
                 event_id: None,
                 reason,
             },
@@ -209,6 +222,12 @@ pub async fn list(
     cursor: Option<&str>,
     limit: i64,
 ) -> crate::error::Result<control_api::audit::AuditPage> {
+    if resource_id.is_some_and(|id| !crate::ids::is_id(id)) {
+        return Err(crate::error::Error::invalid(
+            "resource_id",
+            "is not a resource id such as agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ",
+        ));
+    }
     let after_seq = match cursor {
         None => 0,
         Some(text) => text

@@ -9,11 +9,13 @@ use serde::Serialize;
 
 use crate::store::{Result, StoreError, Tx};
 
-/// A claimed key: the caller's scope (an account, or the operators) and the key itself.
+/// A claimed key: the caller's scope (an account, or the operators), the key itself, and the
+/// token naming this request as the claim's holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyKey {
     pub scope: String,
     pub key: String,
+    pub claim: String,
 }
 
 /// Stores `body` with `status` as the answer every retry with `key` gets.
@@ -26,6 +28,16 @@ pub async fn record<T: Serialize>(
     let Some(key) = key else { return Ok(()) };
     let body = serde_json::to_string(body)
         .map_err(|e| StoreError::Corrupt(format!("encoding idempotent response: {e}")))?;
-    tx.complete_idempotency_key(&key.scope, &key.key, status, &body)
-        .await
+    if tx
+        .complete_idempotency_key(&key.scope, &key.key, &key.claim, status, &body)
+        .await?
+    {
+        Ok(())
+    } else {
+        // A retry took the claim over while this request ran: this request must not take
+        // effect (the caller's transaction rolls back), the retry will.
+        Err(StoreError::Superseded(
+            "this request's Idempotency-Key claim expired and a retry took it over; this request changed nothing".to_owned(),
+        ))
+    }
 }

@@ -26,6 +26,15 @@ pub fn looks_like(prefix: &str, text: &str) -> bool {
         .is_some_and(|ulid| ulid.len() == 26 && ulid.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Whether `text` has the shape of any id control hands out (`xyz_` and a ULID).
+pub fn is_id(text: &str) -> bool {
+    text.split_once('_').is_some_and(|(prefix, _)| {
+        prefix.len() == 3
+            && prefix.bytes().all(|b| b.is_ascii_lowercase())
+            && looks_like(prefix, text)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +46,16 @@ mod tests {
         let b = new_id(prefix::AGENT);
         assert!(looks_like(prefix::AGENT, &a));
         assert!(!looks_like(prefix::ACCOUNT, &a));
+        assert!(is_id(&a));
+        for bad in [
+            "",
+            "agt_",
+            "agt_\0",
+            "AGT_01JDQ6V9X8RTS5N0Z5G8K2M4PQ",
+            "agt_01JDQ6V9X8RTS5N0Z5G8K2M4P\0",
+        ] {
+            assert!(!is_id(bad), "{bad:?}");
+        }
         assert!(a < b);
     }
 }

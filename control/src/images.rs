@@ -88,6 +88,12 @@ pub async fn list(app: &App) -> Result<ImageList> {
 /// Makes a registered release the one new Agents are provisioned on.
 pub async fn set_current(app: &App, request: &SetCurrentImage) -> Result<Image> {
     let now = app.clock.now();
+    if !crate::ids::looks_like(prefix::IMAGE, &request.image_id) {
+        return Err(Error::invalid(
+            "image_id",
+            format!("no image release {}", request.image_id.escape_debug()),
+        ));
+    }
     let mut tx = app.store.write().await?;
     let Some(row) = tx.image(&request.image_id).await? else {
         return Err(Error::invalid(

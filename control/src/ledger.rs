@@ -58,7 +58,8 @@ async fn insert_open(
 }
 
 /// Records that from `at` on the Agent is in `state` on `account_id`: closes the open period and
-/// opens the next. Does nothing if that is already so. The caller holds the Agent's row lock.
+/// opens the next. Does nothing if that is already so. Returns the instant used. The caller
+/// holds the Agent's row lock.
 ///
 /// `at` never moves before the open period's start (a replica whose clock lags cannot rewrite
 /// history); a change at the very instant the open period started relabels that still-empty
@@ -69,17 +70,19 @@ pub async fn switch(
     account_id: &str,
     state: PeriodState,
     at: Timestamp,
-) -> Result<()> {
+) -> Result<Timestamp> {
     let open = open_period(tx, agent_id).await?;
-    if open.account_id == account_id && open.state == state {
-        return Ok(());
-    }
     let at = at.as_millis().max(open.started_at);
-    if at == open.started_at {
-        return tx.relabel_open_period(&open.id, account_id, state).await;
+    if open.account_id == account_id && open.state == state {
+        return Ok(Timestamp::from_millis(at));
     }
-    tx.close_period(&open.id, at).await?;
-    insert_open(tx, agent_id, account_id, state, at).await
+    if at == open.started_at {
+        tx.relabel_open_period(&open.id, account_id, state).await?;
+    } else {
+        tx.close_period(&open.id, at).await?;
+        insert_open(tx, agent_id, account_id, state, at).await?;
+    }
+    Ok(Timestamp::from_millis(at))
 }
 
 /// Ends the Agent's lifetime at `at` (or at its open period's start, if that is later) and

@@ -78,6 +78,9 @@ pub fn to_api(row: AgentRow) -> Result<Agent, StoreError> {
 
 /// The Agent if it exists and the caller may see it; otherwise 404, the same either way.
 async fn visible_agent(tx: &mut Tx, caller: &Caller, id: &str) -> Result<AgentRow> {
+    if !crate::ids::looks_like(prefix::AGENT, id) {
+        return Err(Error::not_found("agent", id.escape_debug().to_string()));
+    }
     match tx.agent(id).await? {
         Some(agent) if caller.principal.can_see(&agent.account_id) => Ok(agent),
         _ => Err(Error::not_found("agent", id)),
@@ -104,6 +107,12 @@ pub async fn list(
     include_destroyed: bool,
 ) -> Result<AgentList> {
     let limit = limit.clamp(1, MAX_PAGE);
+    if cursor.is_some_and(|c| !crate::ids::looks_like(prefix::AGENT, c)) {
+        return Err(Error::invalid(
+            "cursor",
+            "is not a cursor this API returned",
+        ));
+    }
     let mut tx = app.store.read().await?;
     let mut rows = tx
         .agents(
@@ -154,6 +163,12 @@ pub async fn provision(
 
     let now = app.clock.now();
     let provider = app.providers.default_provider();
+    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {}", account_id.escape_debug()),
+        ));
+    }
     let mut tx = app.store.write().await?;
     if tx.account(account_id).await?.is_none() {
         return Err(Error::invalid(
@@ -347,8 +362,11 @@ pub async fn transfer(
             format!("agent {id} already belongs to account {to}"),
         ));
     }
-    if tx.account(to).await?.is_none() {
-        return Err(Error::invalid("to_account", format!("no account {to}")));
+    if !crate::ids::looks_like(prefix::ACCOUNT, to) || tx.account(to).await?.is_none() {
+        return Err(Error::invalid(
+            "to_account",
+            format!("no account {}", to.escape_debug()),
+        ));
     }
     if before.destroyed_at.is_some() {
         return Err(Error::Conflict(format!("agent {id} is destroyed")));
@@ -365,11 +383,13 @@ pub async fn transfer(
         .open_period(id)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("agent {id} has no open state period")))?;
-    ledger::switch(&mut tx, id, to, open.state, now).await?;
+    // The event records the instant the ledger split at (later than `now` only if this
+    // replica's clock lags the one that opened the current period).
+    let at = ledger::switch(&mut tx, id, to, open.state, now).await?;
     audit::append(
         &mut tx,
         NewEvent {
-            at: now,
+            at,
             actor: &caller.principal.actor(),
             action: AuditAction::AgentTransfer,
             resource_kind: ResourceKind::Agent,
@@ -451,15 +471,30 @@ async fn queue_job(
 /// number of replicas at once: each job is claimed with a lease first.
 pub async fn run_due_jobs(app: &App) -> Result<usize> {
     let mut ran = 0;
+    let mut lost_races = 0;
     loop {
         let now = app.clock.now().as_millis();
         let lease_until = now + millis(app.settings.job_lease);
         let mut tx = app.store.write().await?;
         let Some(job) = tx.claim_job(&app.replica_id, now, lease_until).await? else {
+            // Another replica may have won the race for the job we aimed at while others are
+            // still due: look again a few times before waiting for the next poll.
+            let due = tx.next_job_due().await?.is_some_and(|at| at <= now);
+            drop(tx);
+            lost_races += 1;
+            if due && lost_races <= 3 {
+                continue;
+            }
             break;
         };
         tx.commit().await?;
-        run_job(app, &job).await?;
+        if job.attempts > app.settings.job_max_attempts {
+            // Whatever keeps failing (a transient provider error or our own), stop retrying.
+            let message = format!("gave up after {} attempts", job.attempts - 1);
+            fail(app, &job, &load_agent(app, &job).await?, &message).await?;
+        } else {
+            run_job(app, &job).await?;
+        }
         ran += 1;
     }
     Ok(ran)
@@ -469,8 +504,8 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-async fn run_job(app: &App, job: &JobRow) -> Result<()> {
-    let agent = app
+async fn load_agent(app: &App, job: &JobRow) -> Result<AgentRow> {
+    Ok(app
         .store
         .read()
         .await?
@@ -481,14 +516,43 @@ async fn run_job(app: &App, job: &JobRow) -> Result<()> {
                 "job {} names unknown agent {}",
                 job.id, job.agent_id
             ))
-        })?;
-    let outcome = call_provider(app, job, &agent).await;
+        })?)
+}
+
+async fn run_job(app: &App, job: &JobRow) -> Result<()> {
+    let agent = load_agent(app, job).await?;
+    let outcome = with_lease(app, job, call_provider(app, job, &agent)).await?;
     match outcome {
         Ok(provider_id) => confirm(app, job, &agent, provider_id.as_deref()).await,
         Err(ProviderError::Transient(message)) if job.attempts < app.settings.job_max_attempts => {
             retry(app, job, &agent, &message).await
         }
         Err(error) => fail(app, job, &agent, &error.to_string()).await,
+    }
+}
+
+/// Runs `work` while renewing the job's lease every third of its length, so a long provider
+/// call is not taken over by another replica.
+async fn with_lease<T>(
+    app: &App,
+    job: &JobRow,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    let period = app.settings.job_lease / 3;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            () = tokio::time::sleep(period) => {
+                let until = app.clock.now().as_millis() + millis(app.settings.job_lease);
+                let mut tx = app.store.write().await?;
+                let renewed = tx.renew_job_lease(&job.id, &app.replica_id, until).await?;
+                tx.commit().await?;
+                if !renewed {
+                    warn!(job_id = %job.id, "job lease lost during the provider call; its result will be dropped");
+                }
+            }
+        }
     }
 }
 
@@ -590,18 +654,25 @@ async fn retry(app: &App, job: &JobRow, agent: &AgentRow, message: &str) -> Resu
     Ok(())
 }
 
-/// Gives up on the operation: the Agent keeps its state and shows the error.
+/// Gives up on the operation: the Agent keeps its state and shows the error. Only the lease
+/// holder may do so; a worker whose lease ran out changes nothing.
 async fn fail(app: &App, job: &JobRow, agent: &AgentRow, message: &str) -> Result<()> {
     let now = app.clock.now().as_millis();
     let mut tx = app.store.write().await?;
+    // The Agent row first, as everywhere; without the lease, roll back.
     let outcome = OperationOutcome {
         error: Some(message),
         ..OperationOutcome::default()
     };
     tx.finish_operation(&agent.id, job.kind, &outcome, now)
         .await?;
-    tx.finish_job(&job.id, &app.replica_id, true, Some(message), now)
-        .await?;
+    if !tx
+        .finish_job(&job.id, &app.replica_id, true, Some(message), now)
+        .await?
+    {
+        warn!(job_id = %job.id, agent_id = %agent.id, "job lease lost; leaving the failure to its new holder");
+        return Ok(());
+    }
     tx.commit().await?;
     warn!(
         request_id = %job.request_id.as_deref().unwrap_or("-"),

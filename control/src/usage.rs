@@ -29,6 +29,9 @@ pub async fn report(
             format!("a report covers at most {MAX_DAYS} days, this asks for {days}"),
         ));
     }
+    if account_id.is_some_and(|id| !crate::ids::looks_like(crate::ids::prefix::ACCOUNT, id)) {
+        return Err(Error::invalid("account_id", "is not an account id"));
+    }
     let scope = match (caller.principal.account_scope(), account_id) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(

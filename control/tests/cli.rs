@@ -57,7 +57,7 @@ async fn first_start_writes_the_operator_token_and_never_logs_it() {
         std::fs::metadata(&data_dir).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    let agents = reqwest::Client::new()
+    let agents = test_support::http_client()
         .get(format!("{base}/api/agents"))
         .bearer_auth(&token)
         .send()

@@ -155,6 +155,7 @@ CREATE TABLE idempotency_keys (
     principal      TEXT NOT NULL,
     idem_key       TEXT NOT NULL,
     request_hash   TEXT NOT NULL,
+    claim_token    TEXT NOT NULL,  -- which request holds the claim; only it may complete it
     status         BIGINT,  -- NULL while the first request is in flight
     response_body  TEXT,
     locked_until   BIGINT NOT NULL,

@@ -123,7 +123,13 @@ impl From<Error> for ApiError {
             },
             Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, error.to_string()),
             Error::Forbidden(detail) => Self::forbidden(detail),
-            Error::Conflict(detail) => Self::new(StatusCode::CONFLICT, detail),
+            Error::Conflict(detail) | Error::Store(StoreError::Superseded(detail)) => {
+                Self::new(StatusCode::CONFLICT, detail)
+            }
+            Error::Store(StoreError::Conflict(_)) => Self::new(
+                StatusCode::CONFLICT,
+                "the request conflicts with a concurrent change; retry it",
+            ),
             Error::Store(StoreError::Connect { .. }) => {
                 log_chain(&error);
                 Self::new(

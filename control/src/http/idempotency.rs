@@ -69,6 +69,7 @@ pub(super) async fn idempotency(State(app): State<App>, request: Request, next: 
     let claimed = IdempotencyKey {
         scope: principal.idempotency_scope(),
         key,
+        claim: crate::ids::new_id("claim"),
     };
     let fingerprint = request_hash(
         &method,
@@ -119,7 +120,14 @@ async fn claim(
     let ttl = i64::try_from(CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
     let mut tx = app.store.write().await?;
     let claim = tx
-        .claim_idempotency_key(&key.scope, &key.key, fingerprint, now, now + ttl)
+        .claim_idempotency_key(
+            &key.scope,
+            &key.key,
+            fingerprint,
+            &key.claim,
+            now,
+            now + ttl,
+        )
         .await?;
     tx.commit().await?;
     Ok(claim)
@@ -144,7 +152,9 @@ fn replay(status: u16, body: String) -> Response {
 async fn release(app: &App, key: &IdempotencyKey, status: StatusCode) {
     let released = async {
         let mut tx = app.store.write().await?;
-        let released = tx.release_idempotency_key(&key.scope, &key.key).await?;
+        let released = tx
+            .release_idempotency_key(&key.scope, &key.key, &key.claim)
+            .await?;
         tx.commit().await?;
         Ok::<_, StoreError>(released)
     }

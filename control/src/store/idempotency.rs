@@ -24,99 +24,118 @@ struct RawKey {
 }
 
 impl Tx {
-    /// Claims `key` for this request, or reports what an earlier request with it left. A claim
-    /// whose holder died (lock expired, no response) is taken over.
+    /// Claims `key` for this request under `claim_token`, or reports what an earlier request
+    /// with it left. A claim whose holder died (lock expired, no response) is taken over.
+    #[allow(clippy::too_many_arguments)] // the claim's identity, fingerprint and lifetime
     pub async fn claim_idempotency_key(
         &mut self,
         principal: &str,
         key: &str,
         request_hash: &str,
+        claim_token: &str,
         now: i64,
         locked_until: i64,
     ) -> Result<IdempotencyClaim> {
-        let inserted = on_conn!(self, conn => sqlx::query(
-            "INSERT INTO idempotency_keys (principal, idem_key, request_hash, status, response_body,
-                                           locked_until, created_at)
-             VALUES ($1, $2, $3, NULL, NULL, $4, $5)
-             ON CONFLICT (principal, idem_key) DO NOTHING",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(request_hash)
-        .bind(locked_until)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-            .map(|done| done.rows_affected()))?;
-        if inserted == 1 {
-            return Ok(IdempotencyClaim::Claimed);
+        // A concurrent release can delete the row between our insert and our read: try again.
+        for _ in 0..3 {
+            let inserted = on_conn!(self, conn => sqlx::query(
+                "INSERT INTO idempotency_keys (principal, idem_key, request_hash, claim_token, status,
+                                               response_body, locked_until, created_at)
+                 VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6)
+                 ON CONFLICT (principal, idem_key) DO NOTHING",
+            )
+            .bind(principal)
+            .bind(key)
+            .bind(request_hash)
+            .bind(claim_token)
+            .bind(locked_until)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+                .map(|done| done.rows_affected()))?;
+            if inserted == 1 {
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            let existing: Option<RawKey> = on_conn!(self, conn => sqlx::query_as(
+                "SELECT request_hash, status, response_body, locked_until
+                 FROM idempotency_keys WHERE principal = $1 AND idem_key = $2",
+            )
+            .bind(principal)
+            .bind(key)
+            .fetch_optional(conn)
+            .await)?;
+            let Some(existing) = existing else { continue };
+            if existing.request_hash != request_hash {
+                return Ok(IdempotencyClaim::Mismatch);
+            }
+            if let (Some(status), Some(body)) = (existing.status, existing.response_body) {
+                let status = u16::try_from(status).unwrap_or(500);
+                return Ok(IdempotencyClaim::Completed { status, body });
+            }
+            if existing.locked_until >= now {
+                return Ok(IdempotencyClaim::InFlight);
+            }
+            let taken = on_conn!(self, conn => sqlx::query(
+                "UPDATE idempotency_keys SET locked_until = $3, claim_token = $4
+                 WHERE principal = $1 AND idem_key = $2 AND status IS NULL AND locked_until < $5",
+            )
+            .bind(principal)
+            .bind(key)
+            .bind(locked_until)
+            .bind(claim_token)
+            .bind(now)
+            .execute(conn)
+            .await
+                .map(|done| done.rows_affected()))?;
+            return Ok(if taken == 1 {
+                IdempotencyClaim::Claimed
+            } else {
+                IdempotencyClaim::InFlight
+            });
         }
-        let existing: RawKey = on_conn!(self, conn => sqlx::query_as(
-            "SELECT request_hash, status, response_body, locked_until
-             FROM idempotency_keys WHERE principal = $1 AND idem_key = $2",
-        )
-        .bind(principal)
-        .bind(key)
-        .fetch_one(conn)
-        .await)?;
-        if existing.request_hash != request_hash {
-            return Ok(IdempotencyClaim::Mismatch);
-        }
-        if let (Some(status), Some(body)) = (existing.status, existing.response_body) {
-            let status = u16::try_from(status).unwrap_or(500);
-            return Ok(IdempotencyClaim::Completed { status, body });
-        }
-        if existing.locked_until >= now {
-            return Ok(IdempotencyClaim::InFlight);
-        }
-        let taken = on_conn!(self, conn => sqlx::query(
-            "UPDATE idempotency_keys SET locked_until = $3
-             WHERE principal = $1 AND idem_key = $2 AND status IS NULL AND locked_until < $4",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(locked_until)
-        .bind(now)
-        .execute(conn)
-        .await
-            .map(|done| done.rows_affected()))?;
-        Ok(if taken == 1 {
-            IdempotencyClaim::Claimed
-        } else {
-            IdempotencyClaim::InFlight
-        })
+        Ok(IdempotencyClaim::InFlight)
     }
 
-    /// Stores the response of the request holding the claim.
+    /// Stores the response of the request holding the claim. Returns false if the claim is
+    /// no longer `claim_token`'s (it expired and a retry took it over).
     pub async fn complete_idempotency_key(
         &mut self,
         principal: &str,
         key: &str,
+        claim_token: &str,
         status: u16,
         body: &str,
-    ) -> Result<()> {
-        on_conn!(self, conn => sqlx::query(
-            "UPDATE idempotency_keys SET status = $3, response_body = $4
-             WHERE principal = $1 AND idem_key = $2 AND status IS NULL",
+    ) -> Result<bool> {
+        let completed = on_conn!(self, conn => sqlx::query(
+            "UPDATE idempotency_keys SET status = $4, response_body = $5
+             WHERE principal = $1 AND idem_key = $2 AND claim_token = $3 AND status IS NULL",
         )
         .bind(principal)
         .bind(key)
+        .bind(claim_token)
         .bind(i64::from(status))
         .bind(body)
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;
-        Ok(())
+        Ok(completed == 1)
     }
 
-    /// Drops a claim whose request ended without a stored response, so a retry can run.
-    /// Returns whether there was such a claim.
-    pub async fn release_idempotency_key(&mut self, principal: &str, key: &str) -> Result<bool> {
+    /// Drops the claim `claim_token` holds if its request ended without a stored response, so
+    /// a retry can run. Returns whether there was such a claim.
+    pub async fn release_idempotency_key(
+        &mut self,
+        principal: &str,
+        key: &str,
+        claim_token: &str,
+    ) -> Result<bool> {
         let released = on_conn!(self, conn => sqlx::query(
-            "DELETE FROM idempotency_keys WHERE principal = $1 AND idem_key = $2 AND status IS NULL",
+            "DELETE FROM idempotency_keys
+             WHERE principal = $1 AND idem_key = $2 AND claim_token = $3 AND status IS NULL",
         )
         .bind(principal)
         .bind(key)
+        .bind(claim_token)
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;

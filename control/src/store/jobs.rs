@@ -140,6 +140,25 @@ impl Tx {
         Ok(())
     }
 
+    /// Extends the lease `owner` holds on a running job. Returns false if it was lost.
+    pub async fn renew_job_lease(
+        &mut self,
+        id: &str,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        let renewed = on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(lease_until)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(renewed == 1)
+    }
+
     /// When the next queued job is due, if any.
     pub async fn next_job_due(&mut self) -> Result<Option<i64>> {
         Ok(on_conn!(self, conn => sqlx::query_scalar(

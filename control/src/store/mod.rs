@@ -83,6 +83,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unique constraint violated ({0})")]
     Conflict(String),
+    /// The change lost a race that makes it moot; nothing was written.
+    #[error("{0}")]
+    Superseded(String),
     #[error("the database refused the change: {0}")]
     Refused(String),
     #[error("stored value is invalid: {0}")]
@@ -161,18 +164,33 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
-/// A database URL with any password replaced, fit for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+/// A database URL without its password (in the user part or a `password=` parameter), fit
+/// for logs and error messages.
+pub fn redact_url(text: &str) -> String {
+    if text.starts_with("sqlite:") {
+        return text.to_owned();
     }
+    let Ok(mut url) = url::Url::parse(text) else {
+        return "<unparseable database URL>".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k.eq_ignore_ascii_case("password") {
+                "***".into()
+            } else {
+                v
+            };
+            (k.into_owned(), v.into_owned())
+        })
+        .collect();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl Store {
@@ -269,11 +287,15 @@ impl Store {
         }
     }
 
-    /// A transaction for reading: a consistent snapshot that never blocks writers.
+    /// A transaction for reading: one consistent snapshot (SQLite's read transaction,
+    /// PostgreSQL's REPEATABLE READ) that never blocks writers.
     pub async fn read(&self) -> Result<Tx> {
         let inner = match &self.pools {
             Pools::Sqlite { pool, .. } => TxInner::Sqlite(pool.begin().await?),
-            Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pools::Postgres(pool) => TxInner::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?,
+            ),
         };
         Ok(Tx {
             inner,

@@ -38,6 +38,17 @@ impl TryFrom<RawPeriod> for PeriodRow {
     }
 }
 
+/// The open period a caller holding the Agent's lock just read must still be there.
+fn expect_one(rows: u64, what: &str, period_id: &str) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "cannot {what} period {period_id}: it is not open"
+        )))
+    }
+}
+
 fn convert(raws: Vec<RawPeriod>) -> Result<Vec<PeriodRow>> {
     raws.into_iter().map(PeriodRow::try_from).collect()
 }
@@ -72,7 +83,7 @@ impl Tx {
     }
 
     pub async fn close_period(&mut self, period_id: &str, at: i64) -> Result<()> {
-        on_conn!(self, conn => sqlx::query(
+        let closed = on_conn!(self, conn => sqlx::query(
             "UPDATE state_periods SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL",
         )
         .bind(period_id)
@@ -80,7 +91,7 @@ impl Tx {
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;
-        Ok(())
+        expect_one(closed, "close", period_id)
     }
 
     /// Rewrites a still-empty open period (one that started at this very instant).
@@ -90,7 +101,7 @@ impl Tx {
         account_id: &str,
         state: PeriodState,
     ) -> Result<()> {
-        on_conn!(self, conn => sqlx::query(
+        let relabelled = on_conn!(self, conn => sqlx::query(
             "UPDATE state_periods SET account_id = $2, state = $3
              WHERE id = $1 AND ended_at IS NULL",
         )
@@ -100,7 +111,7 @@ impl Tx {
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;
-        Ok(())
+        expect_one(relabelled, "relabel", period_id)
     }
 
     /// An Agent's periods overlapping `[from, to)`, oldest first, optionally of one account.

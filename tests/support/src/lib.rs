@@ -383,6 +383,14 @@ pub fn skip(what: &str) {
     let _ = writeln!(std::io::stderr(), "\n{bar}\nSKIPPED: {what}\n{bar}\n");
 }
 
+/// An HTTP client for tests. reqwest is built workspace-wide with rustls but without a built-in
+/// crypto provider (vm-agent installs ring itself), so every client needs a process default
+/// first: this installs ring once and builds the client.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A TCP port free on 127.0.0.1 at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -468,7 +476,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// Spawns `command` and waits until it accepts connections on 127.0.0.1:`port`.
-    pub fn start(mut command: Command, port: u16) -> Self {
+    pub fn start(command: Command, port: u16) -> Self {
+        let daemon = Self::spawn(command, port);
+        daemon.wait_until("listening", std::time::Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        daemon
+    }
+
+    /// Spawns `command` without waiting for anything (`port` is informational, 0 if none).
+    pub fn spawn(mut command: Command, port: u16) -> Self {
         let log = tempfile::NamedTempFile::new().expect("creating a log file");
         let child = command
             .stdin(Stdio::null())
@@ -476,23 +493,55 @@ impl Daemon {
             .stderr(log.reopen().expect("opening the log file"))
             .spawn()
             .expect("spawning the daemon");
-        let mut daemon = Self { child, log, port };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) before listening:\n{}",
-                    daemon.log()
-                );
-            }
+        Self { child, log, port }
+    }
+
+    /// Polls `ready` until it holds; panics with the log if the daemon exits or time runs out.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        within: std::time::Duration,
+        mut ready: impl FnMut() -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        while !ready() {
+            assert!(
+                self.is_running(),
+                "the daemon exited while waiting for {what}:\n{}",
+                self.log()
+            );
             assert!(
                 std::time::Instant::now() < deadline,
-                "the daemon did not listen within 30 s:\n{}",
-                daemon.log()
+                "no {what} within {within:?}:\n{}",
+                self.log()
             );
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
-        daemon
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        // `try_wait` needs `&mut`; a signal 0 asks the kernel without reaping.
+        Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .is_ok_and(|stat| stat.split(' ').nth(2) == Some("Z"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (such as `-TERM`, `-STOP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "could not send {signal}");
     }
 
     /// Everything the daemon logged so far.
@@ -501,13 +550,14 @@ impl Daemon {
     }
 
     /// Sends SIGTERM, waits up to 30 s for the exit, and returns its status and log.
-    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(sent.success(), "could not signal the daemon");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        self.signal("-TERM");
+        self.wait_exit(std::time::Duration::from_secs(30))
+    }
+
+    /// Waits up to `within` for the process to exit; returns its status and log.
+    pub fn wait_exit(mut self, within: std::time::Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for the daemon") {
                 return (status, self.log());

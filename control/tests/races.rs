@@ -1,0 +1,283 @@
+//! Races and hostile input found in review, kept as regression tests: replicas losing job
+//! leases, Idempotency-Key claims outliving their lock, verifying a chain that is being
+//! appended to, and NUL bytes in ids.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::http::Method;
+use common::Harness;
+use control::app::{App, Settings};
+use control::providers::{PowerState, Provider, ProviderError, Providers, VmSpec};
+use serde_json::json;
+use sqlx::Connection;
+use test_support::{Backend, TestDb, dual_backend_tests};
+use tokio::sync::{Notify, mpsc};
+
+dual_backend_tests!(
+    a_replica_that_lost_its_lease_changes_nothing,
+    verify_is_clean_while_events_are_appended,
+    nul_bytes_in_ids_are_bad_input_on_both_backends,
+);
+
+/// A provider whose stop calls wait to be released: the first fails, the second succeeds.
+#[derive(Debug)]
+struct Gated {
+    calls: AtomicUsize,
+    entered: mpsc::UnboundedSender<usize>,
+    release: [Notify; 2],
+    stopped: AtomicBool,
+}
+
+#[async_trait]
+impl Provider for Gated {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+    async fn create(&self, spec: &VmSpec) -> Result<String, ProviderError> {
+        Ok(spec.agent_id.clone())
+    }
+    async fn start(&self, _: &str, _: &VmSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn stop(&self, _: &str) -> Result<(), ProviderError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.entered.send(call).unwrap();
+        self.release[call.min(1)].notified().await;
+        if call == 0 {
+            Err(ProviderError::Permanent("provider said no".to_owned()))
+        } else {
+            self.stopped.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    async fn destroy(&self, _: Option<&str>, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn power_state(&self, _: &str) -> Result<Option<PowerState>, ProviderError> {
+        Ok(None)
+    }
+}
+
+async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let agent = h.agent(&token, "dev").await;
+
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let gated = Arc::new(Gated {
+        calls: AtomicUsize::new(0),
+        entered: entered_tx,
+        release: [Notify::new(), Notify::new()],
+        stopped: AtomicBool::new(false),
+    });
+    let replica = || {
+        App::new(
+            h.app.store.clone(),
+            h.clock.clone(),
+            Providers::new(gated.clone()),
+            Settings::default(),
+        )
+    };
+    let (a, b) = (replica(), replica());
+
+    let stop = h
+        .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
+        .await;
+    assert_eq!(stop.status, 202);
+    let run_a = tokio::spawn(async move { control::lifecycle::run_due_jobs(&a).await });
+    assert_eq!(entered.recv().await, Some(0));
+    h.advance(6 * 60 * 1000); // past A's five-minute lease: B takes the job over
+    let run_b = tokio::spawn(async move { control::lifecycle::run_due_jobs(&b).await });
+    assert_eq!(entered.recv().await, Some(1));
+
+    // A's provider call fails now; B still holds the job: A must change nothing.
+    gated.release[0].notify_one();
+    run_a.await.unwrap().unwrap();
+    let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
+    assert_eq!(
+        (view["operation"].as_str(), view["last_error"].clone()),
+        (Some("stop"), serde_json::Value::Null)
+    );
+    let again = h
+        .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
+        .await;
+    again.problem(409, None);
+
+    gated.release[1].notify_one();
+    run_b.await.unwrap().unwrap();
+    assert!(gated.stopped.load(Ordering::SeqCst));
+    let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
+    assert_eq!(
+        (view["state"].as_str(), view["operation"].clone()),
+        (Some("paused"), serde_json::Value::Null),
+        "the ledger follows the provider"
+    );
+}
+
+async fn verify_is_clean_while_events_are_appended(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let agent = h.agent(&token, "dev").await;
+    let store = h.app.store.clone();
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (store, writing) = (store.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(Ordering::SeqCst) {
+                let mut tx = store.write().await.unwrap();
+                control::audit::append(
+                    &mut tx,
+                    control::audit::NewEvent {
+                        at: control_api::Timestamp::from_millis(n),
+                        actor: "token:tok_test",
+                        action: control_api::audit::AuditAction::AgentStart,
+                        resource_kind: control_api::usage::ResourceKind::Agent,
+                        resource_id: &agent,
+                        account_id: "acc_test",
+                        to_account_id: None,
+                        request_id: None,
+                        details: json!({}),
+                    },
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                n += 1;
+            }
+        })
+    };
+    for run in 0..40 {
+        let verdict = control::audit::verify(&store).await.unwrap();
+        assert!(verdict.ok, "run {run}: {:?}", verdict.first_bad);
+    }
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(control::audit::verify(&store).await.unwrap().ok);
+}
+
+async fn nul_bytes_in_ids_are_bad_input_on_both_backends(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (account, token) = h.account("Acme").await;
+    let agent = h.agent(&token, "dev").await;
+    let before = h.snapshot().await;
+    for (path, status, field) in [
+        ("/api/agents/agt_%00".to_owned(), 404, None),
+        ("/api/agents/agt_%00/timeline".to_owned(), 404, None),
+        ("/api/agents?cursor=%00".to_owned(), 422, Some("cursor")),
+        (
+            "/api/audit?resource_id=%00".to_owned(),
+            422,
+            Some("resource_id"),
+        ),
+        (
+            format!("/api/usage?from=2026-11-20&to=2026-11-20&account_id={account}%00"),
+            422,
+            Some("account_id"),
+        ),
+    ] {
+        h.get(&path, &h.operator).await.problem(status, field);
+    }
+    let bodies = [
+        (
+            "/api/agents".to_owned(),
+            json!({"name": "x", "account_id": "acc_\u{0}"}),
+            "account_id",
+        ),
+        (
+            format!("/api/agents/{agent}/transfer"),
+            json!({"to_account": "acc_\u{0}"}),
+            "to_account",
+        ),
+        (
+            "/api/accounts".to_owned(),
+            json!({"name": "a\u{0}b"}),
+            "name",
+        ),
+    ];
+    for (path, body, field) in bodies {
+        h.post(&path, &h.operator, body)
+            .await
+            .problem(422, Some(field));
+    }
+    h.post("/api/accounts/acc_%00/tokens", &h.operator, json!({}))
+        .await
+        .problem(404, None);
+    assert_eq!(h.snapshot().await, before);
+}
+
+/// PostgreSQL: a request stuck past its Idempotency-Key claim's lock, and a retry that takes
+/// the claim over, must not both take effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_idempotency_claim_yields_one_effect() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    assert_eq!(db.backend, Backend::Postgres);
+    let url = db.url.clone();
+    let h = Arc::new(Harness::new(db).await);
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+
+    // A slow transaction elsewhere holds the audit chain's head.
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("UPDATE audit_head SET seq = seq WHERE singleton = 1")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let send = |h: Arc<Harness>, token: String| async move {
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            ("idempotency-key", "K1".to_owned()),
+        ];
+        h.raw(
+            Method::POST,
+            "/api/agents",
+            Some(&token),
+            &headers,
+            br#"{"name":"dev"}"#.to_vec(),
+        )
+        .await
+    };
+    let first = tokio::spawn(send(h.clone(), token.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.advance(61_000); // past the claim's one-minute lock
+    let retry = tokio::spawn(send(h.clone(), token.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
+
+    let agents = h.get("/api/agents", &token).await.body["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(agents, 1, "one Idempotency-Key, one Agent");
+    let statuses = [first.status.as_u16(), retry.status.as_u16()];
+    assert!(
+        statuses.contains(&202) && statuses.contains(&409),
+        "{statuses:?}: {:#} {:#}",
+        first.body,
+        retry.body
+    );
+    let loser = if first.status == 409 { &first } else { &retry };
+    assert!(
+        loser.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("changed nothing"),
+        "{:#}",
+        loser.body
+    );
+}
