@@ -7,6 +7,7 @@
 //! control; `tests/golden.rs` pins the JSON of every type.
 
 pub mod accounts;
+pub mod agent;
 pub mod agents;
 pub mod audit;
 pub mod images;

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use control_api::accounts::{Account, CreateAccount, CreateToken, CreatedToken, TokenRole};
+use control_api::agent::{
+    Heartbeat, HeartbeatAck, HostMetrics, RegisterRequest, RegisterResponse, SliceReport,
+    SliceState, TunnelReport, TunnelState,
+};
 use control_api::agents::{
     Agent, AgentList, AgentOperation, AgentState, ImagePin, PeriodState, ProvisionAgent,
     StatePeriod, Timeline, TransferAgent,
@@ -267,4 +271,77 @@ fn optional_fields_may_be_absent() {
     }))
     .unwrap();
     assert_eq!((agent.operation, agent.destroyed_at), (None, None));
+}
+
+/// What vm-agent sends: old agents in the field keep sending these shapes.
+#[test]
+fn the_agent_protocol() {
+    check(
+        "register_request",
+        &RegisterRequest {
+            agent_id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+            bootstrap_token: "bootstrap-5f2c8e1a9b7d4c3e".to_owned(),
+            boot_id: "2c7e4c9a-1d3b-4f5e-8a6b-0c9d8e7f6a5b".to_owned(),
+            agent_version: "0.1.0".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+        },
+    );
+    check(
+        "register_response",
+        &RegisterResponse {
+            agent_id: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+            credential: "cred_0123456789abcdef".to_owned(),
+            heartbeat_interval_s: 30,
+        },
+    );
+    check(
+        "heartbeat",
+        &Heartbeat {
+            boot_id: "2c7e4c9a-1d3b-4f5e-8a6b-0c9d8e7f6a5b".to_owned(),
+            sequence: 42,
+            agent_version: "0.1.0".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            agent_uptime_s: 1_260,
+            cloudflared: TunnelReport {
+                state: TunnelState::Ready,
+                ready_connections: 4,
+                restarts: 1,
+                crash_loop: false,
+                last_exit: Some(1),
+                since: Some(at("2026-11-20T09:00:30Z")),
+            },
+            slice: SliceReport {
+                state: SliceState::Mounted,
+                free_bytes: Some(42_000_000_000),
+                total_bytes: Some(53_687_091_200),
+                free_inodes: Some(3_100_000),
+                total_inodes: Some(3_276_800),
+            },
+            host: HostMetrics {
+                cpus: 2,
+                load_centi: [12, 8, 5],
+                memory_total_bytes: 4_110_000_000,
+                memory_available_bytes: 3_200_000_000,
+                root_free_bytes: 30_000_000_000,
+                uptime_s: 1_300,
+            },
+        },
+    );
+    check(
+        "heartbeat_ack",
+        &HeartbeatAck {
+            heartbeat_interval_s: 30,
+        },
+    );
+    let redacted = format!(
+        "{:?}",
+        RegisterRequest {
+            agent_id: "agt_1".to_owned(),
+            bootstrap_token: "secret-bootstrap".to_owned(),
+            boot_id: String::new(),
+            agent_version: String::new(),
+            image_version: String::new(),
+        }
+    );
+    assert!(!redacted.contains("secret-bootstrap"), "{redacted}");
 }

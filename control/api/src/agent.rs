@@ -1,0 +1,173 @@
+//! The agent ↔ control contract: what `vm-agent` sends from each Agent VM.
+//!
+//! Cloud-init delivers a short-lived, single-use bootstrap token; on first contact the agent
+//! exchanges it ([`RegisterRequest`] at `POST /api/agent/v1/register`) for its long-lived
+//! credential, then sends a [`Heartbeat`] to `POST /api/agent/v1/heartbeat` with
+//! `Authorization: Bearer <credential>` at the interval control answers with.
+//!
+//! Heartbeats carry platform facts only: nothing from the customer's files or processes, and
+//! never a secret. Every field added later is optional, so old agents keep working.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// Where the agent registers.
+pub const REGISTER_PATH: &str = "/api/agent/v1/register";
+/// Where the agent sends heartbeats.
+pub const HEARTBEAT_PATH: &str = "/api/agent/v1/heartbeat";
+
+/// Body of `POST /api/agent/v1/register`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The Agent this VM runs, from its cloud-init configuration.
+    pub agent_id: String,
+    /// The single-use token cloud-init delivered.
+    pub bootstrap_token: String,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub image_version: String,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("agent_id", &self.agent_id)
+            .field("bootstrap_token", &"[redacted]")
+            .field("boot_id", &self.boot_id)
+            .field("agent_version", &self.agent_version)
+            .field("image_version", &self.image_version)
+            .finish()
+    }
+}
+
+/// Answer of a successful registration.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegisterResponse {
+    pub agent_id: String,
+    /// The Agent's long-lived credential: store it (mode 0600) and send it as a bearer token.
+    pub credential: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval_s: u32,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("agent_id", &self.agent_id)
+            .field("credential", &"[redacted]")
+            .field("heartbeat_interval_s", &self.heartbeat_interval_s)
+            .finish()
+    }
+}
+
+/// How the supervised `cloudflared` is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Started, not (yet) ready.
+    Starting,
+    /// `/ready` answers 200 with at least one connection.
+    Ready,
+    /// Was ready, now without connections; restarted if it lasts.
+    Unready,
+    /// Exited or was restarted; waiting before the next start.
+    Backoff,
+    /// Exits on usage errors or an invalid token (exit 255): retried only slowly.
+    Failed,
+    /// Being stopped because the agent is shutting down.
+    Stopping,
+}
+
+/// The tunnel part of a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TunnelReport {
+    pub state: TunnelState,
+    pub ready_connections: u32,
+    /// Restarts since the agent started.
+    pub restarts: u32,
+    /// Restarted too often lately.
+    pub crash_loop: bool,
+    /// The last exit: its code, or 128 + the signal that ended it.
+    #[serde(default)]
+    pub last_exit: Option<i32>,
+    /// When `state` was entered.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+}
+
+/// The state of the persistent slice `/data/home-coder`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SliceState {
+    /// Mounted, writable, owned by the workspace user, with room to spare.
+    Mounted,
+    /// Not a mount point: the persistent volume is absent. Nothing is written to it.
+    Missing,
+    /// Mounted but not writable.
+    ReadOnly,
+    /// Mounted and writable but owned by someone else than the workspace user.
+    WrongOwner,
+    /// Mounted and healthy, but above the fullness threshold.
+    NearlyFull,
+}
+
+/// The slice part of a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SliceReport {
+    pub state: SliceState,
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+    #[serde(default)]
+    pub free_inodes: Option<u64>,
+    #[serde(default)]
+    pub total_inodes: Option<u64>,
+}
+
+/// Host metrics, read with sysinfo. Platform figures only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostMetrics {
+    pub cpus: u32,
+    /// Load averages over 1, 5 and 15 minutes, times 100.
+    pub load_centi: [u32; 3],
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub root_free_bytes: u64,
+    pub uptime_s: u64,
+}
+
+/// Body of `POST /api/agent/v1/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Heartbeat {
+    /// The kernel's boot id: a new one means the VM rebooted.
+    pub boot_id: String,
+    /// Counts up from 1 per agent process; a reset with the same boot id means the agent
+    /// restarted.
+    pub sequence: u64,
+    pub agent_version: String,
+    pub image_version: String,
+    /// Seconds the agent process has been running.
+    pub agent_uptime_s: u64,
+    pub cloudflared: TunnelReport,
+    pub slice: SliceReport,
+    pub host: HostMetrics,
+}
+
+/// Answer of a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatAck {
+    /// Seconds until the next heartbeat.
+    pub heartbeat_interval_s: u32,
+}

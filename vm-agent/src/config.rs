@@ -1,0 +1,604 @@
+//! Configuration: defaults, then the file (`/etc/vm-agent/agent.toml` or `--config`), then
+//! `VM_AGENT_*` environment variables, nested keys joined with `__`
+//! (`VM_AGENT_CLOUDFLARED__BINARY`). The tunnel token may come from `TUNNEL_TOKEN` instead of
+//! a file.
+//!
+//! Everything is read and validated before anything starts, and every error names the key and
+//! where it came from. Tests build a [`Source`] by hand; nothing here reads the process
+//! environment except [`Source::from_process`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the config file is by default.
+pub const DEFAULT_PATH: &str = "/etc/vm-agent/agent.toml";
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "VM_AGENT_";
+/// The environment variable cloudflared itself reads its token from.
+pub const TUNNEL_TOKEN_ENV: &str = "TUNNEL_TOKEN";
+
+/// The raw inputs: the file's text (with its path) and the environment.
+#[derive(Clone, Default)]
+pub struct Source {
+    pub file: Option<(PathBuf, String)>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The environment may hold the tunnel token: show names only.
+        f.debug_struct("Source")
+            .field("file", &self.file.as_ref().map(|(path, _)| path))
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Source {
+    /// Reads `path` and this process's `VM_AGENT_*` and `TUNNEL_TOKEN` variables.
+    #[allow(clippy::disallowed_methods)] // the one place that reads the process environment
+    pub fn from_process(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: "--config".to_owned(),
+            origin: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let env = std::env::vars()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) || name == TUNNEL_TOKEN_ENV)
+            .collect();
+        Ok(Self {
+            file: Some((path.to_owned(), text)),
+            env,
+        })
+    }
+}
+
+/// A configuration error: which key, from where, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: `{key}` {message}")]
+pub struct ConfigError {
+    pub key: String,
+    /// The file or environment variable the value came from.
+    pub origin: String,
+    pub message: String,
+}
+
+/// How cloudflared gets its tunnel token. Never on its command line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TunnelToken {
+    /// Passed as `--token-file`.
+    File(PathBuf),
+    /// Passed in cloudflared's environment as `TUNNEL_TOKEN`.
+    Environment(String),
+}
+
+impl fmt::Debug for TunnelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Environment(_) => f.write_str("Environment([redacted])"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cloudflared {
+    pub binary: PathBuf,
+    pub token: TunnelToken,
+    /// Where cloudflared serves `/ready` and `/metrics`; always a loopback address.
+    pub metrics: SocketAddr,
+    pub extra_args: Vec<String>,
+    pub ready_poll: Duration,
+    /// How long it may stay without ready connections before it is restarted.
+    pub unready_restart_after: Duration,
+    /// Between SIGTERM and SIGKILL when stopping it.
+    pub stop_grace: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Ready for this long in one run: the backoff starts over.
+    pub stable_after: Duration,
+    /// This many restarts within `crash_loop_window` is a crash loop.
+    pub crash_loop_restarts: u32,
+    pub crash_loop_window: Duration,
+    /// The wait after a permanent failure (exit 255: usage error or invalid token).
+    pub failed_retry: Duration,
+    /// How many of cloudflared's stderr lines reach the log per minute.
+    pub log_lines_per_minute: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub path: PathBuf,
+    pub owner: String,
+    pub owner_uid: u32,
+    /// The mount table read to tell a mount point from a plain directory.
+    pub mountinfo: PathBuf,
+    pub check_interval: Duration,
+    pub nearly_full_percent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Until control says otherwise.
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Ceiling of the jittered backoff while control is unreachable.
+    pub backoff_max: Duration,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub agent_id: String,
+    pub image_version: String,
+    pub control_url: String,
+    pub bootstrap_token_file: PathBuf,
+    pub credential_file: PathBuf,
+    pub status_socket: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub cloudflared: Cloudflared,
+    pub slice: Slice,
+    pub heartbeat: Heartbeat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    agent_id: String,
+    image_version: String,
+    control_url: String,
+    #[serde(default, deserialize_with = "lenient")]
+    allow_insecure_control: Option<bool>,
+    bootstrap_token_file: Option<PathBuf>,
+    credential_file: Option<PathBuf>,
+    status_socket: Option<PathBuf>,
+    log_level: Option<String>,
+    #[serde(default)]
+    cloudflared: RawCloudflared,
+    #[serde(default)]
+    slice: RawSlice,
+    #[serde(default)]
+    heartbeat: RawHeartbeat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloudflared {
+    binary: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    metrics: Option<String>,
+    #[serde(default)]
+    extra_args: Vec<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    ready_poll_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    unready_restart_after_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop_grace_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    backoff_initial_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    backoff_max_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    stable_after_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    crash_loop_restarts: Option<u32>,
+    #[serde(default, deserialize_with = "lenient")]
+    crash_loop_window_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    failed_retry_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    log_lines_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlice {
+    path: Option<PathBuf>,
+    owner: Option<String>,
+    mountinfo: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient")]
+    check_interval_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    nearly_full_percent: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(clippy::struct_field_names)] // the suffix is the unit in the config key
+struct RawHeartbeat {
+    #[serde(default, deserialize_with = "lenient")]
+    interval_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    timeout_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    backoff_max_s: Option<u64>,
+}
+
+/// Accepts a number or boolean either native (from the file) or as text (from the
+/// environment, where everything is text).
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Native(T),
+        Text(String),
+    }
+    match Option::<Either<T>>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Either::Native(value)) => Ok(Some(value)),
+        Some(Either::Text(text)) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}"))),
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration; checks the files it names can be read.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let file_origin = source.file.as_ref().map_or_else(
+            || "defaults".to_owned(),
+            |(path, _)| path.display().to_string(),
+        );
+        let mut table = match &source.file {
+            Some((_, text)) => toml::from_str::<toml::Table>(text).map_err(|e| ConfigError {
+                key: e
+                    .span()
+                    .and_then(|span| text.get(span))
+                    .map_or_else(|| "(file)".to_owned(), |s| s.trim().to_owned()),
+                origin: file_origin.clone(),
+                message: e.message().to_owned(),
+            })?,
+            None => toml::Table::new(),
+        };
+        let mut from_env = BTreeMap::new();
+        for (name, value) in &source.env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            from_env.insert(path.join("."), name.clone());
+            insert(&mut table, &path, value.clone());
+        }
+        let origin_of = |key: &str| {
+            from_env
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map_or_else(|| file_origin.clone(), |(_, name)| name.clone())
+        };
+        let raw: Raw =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let message = e.inner().to_string();
+                let key = field_name(&e.path().to_string(), &message);
+                ConfigError {
+                    origin: origin_of(&key),
+                    key,
+                    message,
+                }
+            })?;
+        let fail = |key: &str, message: String| ConfigError {
+            key: key.to_owned(),
+            origin: origin_of(key),
+            message,
+        };
+        validate(raw, source, &fail)
+    }
+}
+
+/// Sets `path` in `table` to the text `value`, creating tables on the way.
+fn insert(table: &mut toml::Table, path: &[String], value: String) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), toml::Value::String(value));
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// The key a deserialization error is about (a missing key is reported at its parent).
+fn field_name(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (parent, missing) {
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
+fn positive(
+    fail: &impl Fn(&str, String) -> ConfigError,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(fail(key, "must be greater than 0".to_owned())),
+        other => Ok(other.unwrap_or(default)),
+    }
+}
+
+fn readable(
+    fail: &impl Fn(&str, String) -> ConfigError,
+    key: &str,
+    path: &Path,
+) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(key, format!("cannot read {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(fail(key, format!("{} is empty", path.display())));
+    }
+    Ok(text)
+}
+
+#[allow(clippy::too_many_lines)] // one check per key, in file order
+fn validate(
+    raw: Raw,
+    source: &Source,
+    fail: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Config, ConfigError> {
+    for (key, value) in [
+        ("agent_id", &raw.agent_id),
+        ("image_version", &raw.image_version),
+    ] {
+        if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+            return Err(fail(
+                key,
+                "must be 1 to 128 printable characters".to_owned(),
+            ));
+        }
+    }
+    let insecure = raw.allow_insecure_control.unwrap_or(false);
+    let url = reqwest::Url::parse(&raw.control_url)
+        .map_err(|e| fail("control_url", format!("is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err(fail(
+                "control_url",
+                "must be https:// (plain http is allowed only with allow_insecure_control = true, for tests)".to_owned(),
+            ));
+        }
+        other => {
+            return Err(fail(
+                "control_url",
+                format!("has unsupported scheme `{other}`"),
+            ));
+        }
+    }
+    if url.host_str().is_none() {
+        return Err(fail("control_url", "has no host".to_owned()));
+    }
+
+    let credential_file = raw
+        .credential_file
+        .unwrap_or_else(|| PathBuf::from("/var/lib/vm-agent/credential"));
+    let bootstrap_token_file = raw
+        .bootstrap_token_file
+        .unwrap_or_else(|| PathBuf::from("/etc/vm-agent/bootstrap-token"));
+    if !credential_file.exists() {
+        // No credential yet: the bootstrap token is needed to get one.
+        readable(fail, "bootstrap_token_file", &bootstrap_token_file)?;
+    }
+
+    let c = raw.cloudflared;
+    let binary = c
+        .binary
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/cloudflared"));
+    if !binary.is_file() {
+        return Err(fail(
+            "cloudflared.binary",
+            format!("{} is not a file", binary.display()),
+        ));
+    }
+    let token = match (c.token_file, source.env.get(TUNNEL_TOKEN_ENV)) {
+        (Some(path), _) => {
+            readable(fail, "cloudflared.token_file", &path)?;
+            TunnelToken::File(path)
+        }
+        (None, Some(token)) if !token.trim().is_empty() => TunnelToken::Environment(token.clone()),
+        (None, _) => {
+            let path = PathBuf::from("/etc/vm-agent/tunnel-token");
+            readable(fail, "cloudflared.token_file", &path).map_err(|e| ConfigError {
+                message: format!("{} (or set {TUNNEL_TOKEN_ENV})", e.message),
+                ..e
+            })?;
+            TunnelToken::File(path)
+        }
+    };
+    let metrics: SocketAddr = c
+        .metrics
+        .as_deref()
+        .unwrap_or("127.0.0.1:20241")
+        .parse()
+        .map_err(|e| {
+            fail(
+                "cloudflared.metrics",
+                format!("is not an address such as 127.0.0.1:20241: {e}"),
+            )
+        })?;
+    if !metrics.ip().is_loopback() {
+        return Err(fail(
+            "cloudflared.metrics",
+            "must be a loopback address: the VM has no inbound ports".to_owned(),
+        ));
+    }
+    if let Some(bad) = c
+        .extra_args
+        .iter()
+        .find(|a| a.starts_with("--token") || a.starts_with("--metrics"))
+    {
+        return Err(fail(
+            "cloudflared.extra_args",
+            format!(
+                "must not contain `{bad}`: the agent passes the token and metrics address itself"
+            ),
+        ));
+    }
+    let backoff_initial = positive(
+        fail,
+        "cloudflared.backoff_initial_ms",
+        c.backoff_initial_ms,
+        1_000,
+    )?;
+    let backoff_max = positive(fail, "cloudflared.backoff_max_ms", c.backoff_max_ms, 60_000)?;
+    if backoff_max < backoff_initial {
+        return Err(fail(
+            "cloudflared.backoff_max_ms",
+            "must not be below backoff_initial_ms".to_owned(),
+        ));
+    }
+    let crash_loop_restarts = c.crash_loop_restarts.unwrap_or(5);
+    if crash_loop_restarts == 0 {
+        return Err(fail(
+            "cloudflared.crash_loop_restarts",
+            "must be greater than 0".to_owned(),
+        ));
+    }
+    let log_lines_per_minute = c.log_lines_per_minute.unwrap_or(120);
+    let cloudflared = Cloudflared {
+        binary,
+        token,
+        metrics,
+        extra_args: c.extra_args,
+        ready_poll: Duration::from_millis(positive(
+            fail,
+            "cloudflared.ready_poll_ms",
+            c.ready_poll_ms,
+            2_000,
+        )?),
+        unready_restart_after: Duration::from_secs(positive(
+            fail,
+            "cloudflared.unready_restart_after_s",
+            c.unready_restart_after_s,
+            120,
+        )?),
+        stop_grace: Duration::from_secs(positive(
+            fail,
+            "cloudflared.stop_grace_s",
+            c.stop_grace_s,
+            35,
+        )?),
+        backoff_initial: Duration::from_millis(backoff_initial),
+        backoff_max: Duration::from_millis(backoff_max),
+        stable_after: Duration::from_secs(positive(
+            fail,
+            "cloudflared.stable_after_s",
+            c.stable_after_s,
+            120,
+        )?),
+        crash_loop_restarts,
+        crash_loop_window: Duration::from_secs(positive(
+            fail,
+            "cloudflared.crash_loop_window_s",
+            c.crash_loop_window_s,
+            600,
+        )?),
+        failed_retry: Duration::from_secs(positive(
+            fail,
+            "cloudflared.failed_retry_s",
+            c.failed_retry_s,
+            300,
+        )?),
+        log_lines_per_minute,
+    };
+
+    let s = raw.slice;
+    let path = s.path.unwrap_or_else(|| PathBuf::from("/data/home-coder"));
+    if !path.is_absolute() {
+        return Err(fail("slice.path", "must be an absolute path".to_owned()));
+    }
+    let owner = s.owner.unwrap_or_else(|| "coder".to_owned());
+    let owner_uid = nix::unistd::User::from_name(&owner)
+        .ok()
+        .flatten()
+        .map(|user| user.uid.as_raw())
+        .ok_or_else(|| fail("slice.owner", format!("no user `{owner}` on this system")))?;
+    let nearly_full_percent = s.nearly_full_percent.unwrap_or(95);
+    if !(1..=100).contains(&nearly_full_percent) {
+        return Err(fail(
+            "slice.nearly_full_percent",
+            "must be from 1 to 100".to_owned(),
+        ));
+    }
+    let slice = Slice {
+        path,
+        owner,
+        owner_uid,
+        mountinfo: s
+            .mountinfo
+            .unwrap_or_else(|| PathBuf::from("/proc/self/mountinfo")),
+        check_interval: Duration::from_secs(positive(
+            fail,
+            "slice.check_interval_s",
+            s.check_interval_s,
+            30,
+        )?),
+        nearly_full_percent,
+    };
+
+    let h = raw.heartbeat;
+    let heartbeat = Heartbeat {
+        interval: Duration::from_secs(positive(fail, "heartbeat.interval_s", h.interval_s, 30)?),
+        timeout: Duration::from_secs(positive(fail, "heartbeat.timeout_s", h.timeout_s, 10)?),
+        backoff_max: Duration::from_secs(positive(
+            fail,
+            "heartbeat.backoff_max_s",
+            h.backoff_max_s,
+            300,
+        )?),
+    };
+    let log_level = match raw.log_level.as_deref().unwrap_or("info") {
+        level @ ("error" | "warn" | "info" | "debug" | "trace") => {
+            log::LevelFilter::from_str(level).unwrap_or(log::LevelFilter::Info)
+        }
+        other => {
+            return Err(fail(
+                "log_level",
+                format!("`{other}` is not one of error, warn, info, debug, trace"),
+            ));
+        }
+    };
+    Ok(Config {
+        agent_id: raw.agent_id,
+        image_version: raw.image_version,
+        control_url: raw.control_url.trim_end_matches('/').to_owned(),
+        bootstrap_token_file,
+        credential_file,
+        status_socket: raw
+            .status_socket
+            .unwrap_or_else(|| PathBuf::from("/run/vm-agent/status.sock")),
+        log_level,
+        cloudflared,
+        slice,
+        heartbeat,
+    })
+}

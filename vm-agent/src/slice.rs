@@ -1,0 +1,328 @@
+//! Guards the persistent slice `/data/home-coder`.
+//!
+//! The slice must be a mount point (read from the mount table, not guessed from the
+//! directory), writable (proved by creating and removing a probe file), and owned by the
+//! workspace user. When it is missing or read-only the agent never creates a stand-in on the
+//! root disk: the workspace would write to the wrong disk and lose the data at the next
+//! rebuild. It logs at ERROR, reports it in heartbeats, keeps checking, and says so when the
+//! slice is back. It reads no customer file: only the mount table, the directory's owner, the
+//! file system's counters and its own probe file.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use control_api::Timestamp;
+use control_api::agent::{SliceReport, SliceState};
+use log::Level;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{MissedTickBehavior, interval};
+
+use crate::clock::wall_now;
+use crate::config::Slice;
+use crate::event;
+use crate::logging::ids;
+
+/// The slice as last checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceStatus {
+    pub path: PathBuf,
+    pub report: SliceReport,
+    pub detail: String,
+    pub checked_at: Timestamp,
+}
+
+/// One mount from the mount table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub read_only: bool,
+    pub fs_type: String,
+}
+
+/// Parses `/proc/self/mountinfo` (proc(5)): field 5 is the mount point (octal-escaped), field
+/// 6 the per-mount options, and after the ` - ` separator come the type and super options.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            let mount_point = unescape(fields.get(4)?);
+            let mut after = after.split(' ');
+            let fs_type = after.next()?.to_owned();
+            let super_options = after.nth(1).unwrap_or_default();
+            let read_only = fields.get(5)?.split(',').any(|o| o == "ro")
+                || super_options.split(',').any(|o| o == "ro");
+            Some(Mount {
+                mount_point: PathBuf::from(mount_point),
+                read_only,
+                fs_type,
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's `\ooo` escapes of space, tab, newline and backslash.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks the slice once.
+pub fn check(config: &Slice) -> SliceStatus {
+    let (state, detail, counters) = inspect(config);
+    SliceStatus {
+        path: config.path.clone(),
+        report: SliceReport {
+            state,
+            free_bytes: counters.map(|c| c.free_bytes),
+            total_bytes: counters.map(|c| c.total_bytes),
+            free_inodes: counters.map(|c| c.free_inodes),
+            total_inodes: counters.map(|c| c.total_inodes),
+        },
+        detail,
+        checked_at: wall_now(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Counters {
+    free_bytes: u64,
+    total_bytes: u64,
+    free_inodes: u64,
+    total_inodes: u64,
+}
+
+// fsblkcnt_t and fsfilcnt_t are not u64 on every platform.
+#[allow(clippy::useless_conversion)]
+fn counters(path: &Path) -> Option<Counters> {
+    let stats = nix::sys::statvfs::statvfs(path).ok()?;
+    let fragment = u64::from(stats.fragment_size());
+    Some(Counters {
+        free_bytes: u64::from(stats.blocks_available()).saturating_mul(fragment),
+        total_bytes: u64::from(stats.blocks()).saturating_mul(fragment),
+        free_inodes: u64::from(stats.files_available()),
+        total_inodes: u64::from(stats.files()),
+    })
+}
+
+fn inspect(config: &Slice) -> (SliceState, String, Option<Counters>) {
+    let path = &config.path;
+    let table = match std::fs::read_to_string(&config.mountinfo) {
+        Ok(text) => parse_mountinfo(&text),
+        Err(e) => {
+            return (
+                SliceState::Missing,
+                format!(
+                    "cannot read the mount table {}: {e}",
+                    config.mountinfo.display()
+                ),
+                None,
+            );
+        }
+    };
+    // The last entry for a mount point is the one on top.
+    let Some(mount) = table.iter().rev().find(|m| &m.mount_point == path) else {
+        let what = if path.exists() {
+            "is not a mount point"
+        } else {
+            "does not exist"
+        };
+        return (
+            SliceState::Missing,
+            format!(
+                "{} {what}: the persistent volume is not mounted",
+                path.display()
+            ),
+            None,
+        );
+    };
+    let counters = counters(path);
+    if mount.read_only {
+        return (
+            SliceState::ReadOnly,
+            format!("{} is mounted read-only", path.display()),
+            counters,
+        );
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.uid() != config.owner_uid => {
+            return (
+                SliceState::WrongOwner,
+                format!(
+                    "{} is owned by uid {}, not {} ({})",
+                    path.display(),
+                    meta.uid(),
+                    config.owner,
+                    config.owner_uid
+                ),
+                counters,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return (
+                SliceState::Missing,
+                format!("cannot stat {}: {e}", path.display()),
+                None,
+            );
+        }
+    }
+    if let Err(e) = probe(path) {
+        return (
+            SliceState::ReadOnly,
+            format!("{} is not writable: {e}", path.display()),
+            counters,
+        );
+    }
+    if let Some(c) = counters {
+        let used = c.total_bytes.saturating_sub(c.free_bytes);
+        let full = c.total_bytes > 0
+            && used.saturating_mul(100)
+                >= c.total_bytes
+                    .saturating_mul(u64::from(config.nearly_full_percent));
+        let inodes_full = c.total_inodes > 0
+            && c.total_inodes
+                .saturating_sub(c.free_inodes)
+                .saturating_mul(100)
+                >= c.total_inodes
+                    .saturating_mul(u64::from(config.nearly_full_percent));
+        if full || inodes_full {
+            return (
+                SliceState::NearlyFull,
+                format!(
+                    "{} is nearly full: {} of {} bytes, {} of {} inodes free",
+                    path.display(),
+                    c.free_bytes,
+                    c.total_bytes,
+                    c.free_inodes,
+                    c.total_inodes
+                ),
+                counters,
+            );
+        }
+    }
+    (
+        SliceState::Mounted,
+        format!("{} is mounted and writable", path.display()),
+        counters,
+    )
+}
+
+/// Creates, writes and removes a probe file in the slice (and nothing else).
+fn probe(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let probe = path.join(format!(".vm-agent-probe-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    let written = file.write_all(b"probe").and_then(|()| file.sync_all());
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
+}
+
+/// Checks the slice every `check_interval`, publishing each result and logging changes.
+pub fn spawn(
+    config: Slice,
+    mut shutdown: watch::Receiver<bool>,
+) -> (watch::Receiver<SliceStatus>, JoinHandle<()>) {
+    let first = check(&config);
+    log_change(None, &first);
+    let (status, receiver) = watch::channel(first);
+    let task = tokio::spawn(async move {
+        let mut ticks = interval(config.check_interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            let config = config.clone();
+            let Ok(next) = tokio::task::spawn_blocking(move || check(&config)).await else {
+                continue;
+            };
+            log_change(Some(&status.borrow()), &next);
+            status.send_replace(next);
+        }
+    });
+    (receiver, task)
+}
+
+fn healthy(state: SliceState) -> bool {
+    matches!(state, SliceState::Mounted | SliceState::NearlyFull)
+}
+
+fn log_change(before: Option<&SliceStatus>, now: &SliceStatus) {
+    let previous = before.map(|b| b.report.state);
+    if previous == Some(now.report.state) {
+        return;
+    }
+    match now.report.state {
+        SliceState::Missing | SliceState::ReadOnly | SliceState::WrongOwner => {
+            event!(
+                Level::Error,
+                "slice",
+                id = ids::SLICE_MISSING,
+                "{}; nothing will be written in its place",
+                now.detail
+            );
+        }
+        SliceState::NearlyFull => event!(Level::Warn, "slice", "{}", now.detail),
+        SliceState::Mounted if previous.is_some_and(|p| !healthy(p)) => {
+            event!(
+                Level::Info,
+                "slice",
+                id = ids::SLICE_BACK,
+                "{} again",
+                now.detail
+            );
+        }
+        SliceState::Mounted => event!(Level::Info, "slice", "{}", now.detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+61 22 0:52 / /data/home-coder rw,nosuid,nodev shared:30 - ext4 /dev/sdb rw
+62 22 0:53 / /mnt/with\\040space ro,relatime - tmpfs tmpfs rw
+63 22 0:54 / /srv/remounted rw,relatime - xfs /dev/sdc ro
+";
+
+    #[test]
+    fn the_mount_table_is_read_as_the_kernel_writes_it() {
+        let mounts = parse_mountinfo(TABLE);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts[1].mount_point, PathBuf::from("/data/home-coder"));
+        assert!(!mounts[1].read_only);
+        assert_eq!(mounts[1].fs_type, "ext4");
+        assert_eq!(mounts[2].mount_point, PathBuf::from("/mnt/with space"));
+        assert!(mounts[2].read_only, "per-mount ro");
+        assert!(mounts[3].read_only, "super block ro");
+        assert!(parse_mountinfo("garbage line\n").is_empty());
+    }
+}
