@@ -156,6 +156,36 @@ fn a_real_tmpfs_mount_is_followed() {
         "{total}"
     );
 
+    // Someone else's slice is reported, not used.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("the nobody user");
+    let foreign = vm_agent::config::Slice {
+        owner: "nobody".to_owned(),
+        owner_uid: nobody.uid.as_raw(),
+        ..config.clone()
+    };
+    assert_eq!(
+        vm_agent::slice::check(&foreign).report.state,
+        control_api::agent::SliceState::WrongOwner
+    );
+
+    // Filled past 95 %, it is nearly full, and says how much is left.
+    std::fs::write(
+        mount_point.join("big"),
+        vec![0_u8; 8 * 1024 * 1024 - 200 * 1024],
+    )
+    .unwrap();
+    let full = vm_agent::slice::check(&config);
+    assert_eq!(
+        full.report.state,
+        control_api::agent::SliceState::NearlyFull,
+        "{}",
+        full.detail
+    );
+    assert!(full.report.free_bytes.unwrap() < 400 * 1024);
+    std::fs::remove_file(mount_point.join("big")).unwrap();
+
     let remounted = Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(&mount_point)
