@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use crate::auth::Principal;
 use crate::clock::SharedClock;
 use crate::ids::{new_id, prefix};
+use crate::ingest::{Ingest, IngestSettings};
 use crate::providers::Providers;
 use crate::store::Store;
 
@@ -21,6 +22,7 @@ pub struct Settings {
     /// The first retry delay; it doubles per attempt up to `job_retry_cap`.
     pub job_retry_base: Duration,
     pub job_retry_cap: Duration,
+    pub ingest: IngestSettings,
 }
 
 impl Default for Settings {
@@ -30,6 +32,7 @@ impl Default for Settings {
             job_max_attempts: 8,
             job_retry_base: Duration::from_secs(2),
             job_retry_cap: Duration::from_mins(5),
+            ingest: IngestSettings::default(),
         }
     }
 }
@@ -45,17 +48,26 @@ pub struct App {
     pub replica_id: String,
     /// Rung when a job is queued, so the local runner starts it without waiting for its poll.
     pub jobs_queued: Arc<Notify>,
+    /// What this replica hears from the agents.
+    pub ingest: Arc<Ingest>,
 }
 
 impl App {
     pub fn new(store: Store, clock: SharedClock, providers: Providers, settings: Settings) -> Self {
+        let replica_id = new_id("replica");
+        let ingest = Arc::new(Ingest::new(
+            replica_id.clone(),
+            clock.now(),
+            settings.ingest.clone(),
+        ));
         Self {
             store,
             clock,
             providers,
             settings,
-            replica_id: new_id("replica"),
+            replica_id,
             jobs_queued: Arc::new(Notify::new()),
+            ingest,
         }
     }
 }

@@ -72,15 +72,20 @@ pub struct IssuedToken {
 #[error("the operating system's random source failed")]
 pub struct RandomError(#[source] getrandom::Error);
 
+/// 32 random bytes from the operating system, as 64 hex digits.
+pub fn random_secret() -> Result<String, RandomError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(RandomError)?;
+    Ok(hex::encode(secret))
+}
+
 pub fn issue(
     role: TokenRole,
     account_id: Option<String>,
     label: Option<String>,
     now_ms: i64,
 ) -> Result<IssuedToken, RandomError> {
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(RandomError)?;
-    let secret = hex::encode(secret);
+    let secret = random_secret()?;
     let id = new_id(prefix::TOKEN);
     Ok(IssuedToken {
         bearer: format!("{BEARER_PREFIX}{id}_{secret}"),

@@ -293,6 +293,12 @@ async fn serve(app: App, config: &Config) -> anyhow::Result<()> {
         config.job_poll_interval,
         stopped.clone(),
     ));
+    let ingest = tokio::spawn(tasks::run_ingest(app.clone(), stopped.clone()));
+    let reconciler = tokio::spawn(tasks::run_reconciler(
+        app.clone(),
+        config.reconcile_interval,
+        stopped.clone(),
+    ));
     let rollup = tokio::spawn(tasks::run_rollup(
         app.clone(),
         config.rollup_interval,
@@ -306,7 +312,7 @@ async fn serve(app: App, config: &Config) -> anyhow::Result<()> {
         })
         .await?;
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
-        let _ = tokio::join!(jobs, rollup);
+        let _ = tokio::join!(jobs, rollup, ingest, reconciler);
     })
     .await;
     if drained.is_err() {

@@ -31,6 +31,26 @@ struct FileConfig {
     usage: UsageSection,
     #[serde(default)]
     jobs: JobsSection,
+    #[serde(default)]
+    agents: AgentsSection,
+    #[serde(default)]
+    reconciler: ReconcilerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsSection {
+    heartbeat_interval_secs: Option<u64>,
+    unhealthy_after_intervals: Option<u32>,
+    write_every_heartbeats: Option<u32>,
+    bootstrap_ttl_secs: Option<u64>,
+    replica_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcilerSection {
+    interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +86,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub rollup_interval: Duration,
     pub job_poll_interval: Duration,
+    pub reconcile_interval: Duration,
     pub settings: Settings,
 }
 
@@ -121,14 +142,7 @@ impl Config {
                 (path.to_owned(), parsed)
             }
         };
-        let positive = |key: &'static str, value: Option<u64>, default: u64| match value {
-            Some(0) => Err(ConfigError::Invalid {
-                path: path.clone(),
-                key,
-                message: "must be greater than 0".to_owned(),
-            }),
-            other => Ok(other.unwrap_or(default)),
-        };
+        let positive = |key, value, default| positive(&path, key, value, default);
         let defaults = Settings::default();
         let data_dir = overrides
             .data_dir
@@ -151,6 +165,7 @@ impl Config {
             other => other.unwrap_or(defaults.job_max_attempts),
         };
         let lease_default = defaults.job_lease.as_secs();
+        let ingest = agents_settings(&path, &parsed.agents, &defaults.ingest)?;
         Ok(Self {
             listen: overrides.listen.or(parsed.listen).unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -181,12 +196,76 @@ impl Config {
                     lease_default,
                 )?),
                 job_max_attempts: max_attempts,
+                ingest,
                 ..defaults
             },
+            reconcile_interval: Duration::from_secs(positive(
+                "reconciler.interval_secs",
+                parsed.reconciler.interval_secs,
+                60,
+            )?),
             data_dir,
             database,
         })
     }
+}
+
+/// A count or duration that must be above zero (`default` when absent).
+fn positive(
+    path: &Path,
+    key: &'static str,
+    value: Option<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: "must be greater than 0".to_owned(),
+        }),
+        other => Ok(other.unwrap_or(default)),
+    }
+}
+
+/// The `[agents]` section: heartbeats, health and bootstrap tokens.
+fn agents_settings(
+    path: &Path,
+    section: &AgentsSection,
+    ingest_defaults: &crate::ingest::IngestSettings,
+) -> Result<crate::ingest::IngestSettings, ConfigError> {
+    let positive = |key, value, default| positive(path, key, value, default);
+    let count = |key: &'static str, value: Option<u32>, default: u32| {
+        positive(key, value.map(u64::from), u64::from(default))
+            .map(|n| u32::try_from(n).unwrap_or(default))
+    };
+    Ok(crate::ingest::IngestSettings {
+        interval: Duration::from_secs(positive(
+            "agents.heartbeat_interval_secs",
+            section.heartbeat_interval_secs,
+            ingest_defaults.interval.as_secs(),
+        )?),
+        unhealthy_after: count(
+            "agents.unhealthy_after_intervals",
+            section.unhealthy_after_intervals,
+            ingest_defaults.unhealthy_after,
+        )?,
+        write_every: count(
+            "agents.write_every_heartbeats",
+            section.write_every_heartbeats,
+            ingest_defaults.write_every,
+        )?,
+        bootstrap_ttl: Duration::from_secs(positive(
+            "agents.bootstrap_ttl_secs",
+            section.bootstrap_ttl_secs,
+            ingest_defaults.bootstrap_ttl.as_secs(),
+        )?),
+        replica_timeout: Duration::from_secs(positive(
+            "agents.replica_timeout_secs",
+            section.replica_timeout_secs,
+            ingest_defaults.replica_timeout.as_secs(),
+        )?),
+        ..ingest_defaults.clone()
+    })
 }
 
 #[cfg(test)]

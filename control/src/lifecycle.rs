@@ -73,6 +73,9 @@ pub fn to_api(row: AgentRow) -> Result<Agent, StoreError> {
         upgrade_note: outdated.then(|| UPGRADE_NOTE.to_owned()),
         provisioned_at: Timestamp::from_millis(row.provisioned_at),
         destroyed_at: row.destroyed_at.map(Timestamp::from_millis),
+        healthy: (state == AgentState::Running && row.last_heartbeat_at.is_some())
+            .then_some(row.unhealthy_since.is_none()),
+        last_heartbeat_at: row.last_heartbeat_at.map(Timestamp::from_millis),
     })
 }
 
@@ -293,6 +296,7 @@ pub async fn request(
     let agent = reread(&mut tx, id).await?;
     idempotency::record(&mut tx, idem, ACCEPTED, &agent).await?;
     tx.commit().await?;
+    app.ingest.forget(id);
     app.jobs_queued.notify_one();
     info!(
         request_id = %caller.request_id,
@@ -404,6 +408,7 @@ pub async fn transfer(
     let agent = reread(&mut tx, id).await?;
     idempotency::record(&mut tx, idem, 200, &agent).await?;
     tx.commit().await?;
+    app.ingest.forget(id);
     info!(
         request_id = %caller.request_id,
         agent_id = %id,
@@ -612,8 +617,12 @@ async fn confirm(
     } else {
         let at = ledger::close(&mut tx, &agent.id, now).await?;
         tx.mark_destroyed(&agent.id, at.as_millis()).await?;
+        // Its VM is gone: nothing may heartbeat as it any more.
+        tx.revoke_agent_credentials(&agent.id, at.as_millis())
+            .await?;
     }
     tx.commit().await?;
+    app.ingest.forget(&agent.id);
     info!(
         request_id = %job.request_id.as_deref().unwrap_or("-"),
         account_id = %owner,
@@ -674,6 +683,7 @@ async fn fail(app: &App, job: &JobRow, agent: &AgentRow, message: &str) -> Resul
         return Ok(());
     }
     tx.commit().await?;
+    app.ingest.forget(&agent.id);
     warn!(
         request_id = %job.request_id.as_deref().unwrap_or("-"),
         account_id = %agent.account_id,
@@ -696,6 +706,18 @@ fn retry_delay(app: &App, attempts: i64) -> Duration {
         .min(app.settings.job_retry_cap)
 }
 
+/// A new single-use bootstrap token for the Agent's VM; only its hash is stored. A retried
+/// provisioning replaces the unused token of the earlier attempt.
+async fn bootstrap(app: &App, agent_id: &str) -> Result<crate::providers::Secret> {
+    let (token, hash) = crate::ingest::new_bootstrap_token()?;
+    let now = app.clock.now().as_millis();
+    let expires = now + millis(app.settings.ingest.bootstrap_ttl);
+    let mut tx = app.store.write().await?;
+    tx.put_bootstrap(agent_id, &hash, now, expires).await?;
+    tx.commit().await?;
+    Ok(crate::providers::Secret(token))
+}
+
 /// Calls the provider for the job; returns the VM's provider id when one was created.
 async fn call_provider(
     app: &App,
@@ -711,11 +733,21 @@ async fn call_provider(
     let env = serde_json::from_str(&agent.env).map_err(|e| {
         ProviderError::Permanent(format!("agent {} env is unreadable: {e}", agent.id))
     })?;
+    let bootstrap_token = if job.kind == AgentOperation::Provision {
+        Some(
+            bootstrap(app, &agent.id)
+                .await
+                .map_err(|e| ProviderError::Transient(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let spec = VmSpec {
         agent_id: agent.id.clone(),
         name: agent.name.clone(),
         image_ref: agent.image_ref.clone(),
         env,
+        bootstrap_token,
     };
     let provider_id = || {
         agent

@@ -9,7 +9,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tracing::{debug, error, info};
 
 use crate::app::App;
-use crate::{ledger, lifecycle};
+use crate::{ledger, lifecycle, reconcile};
 
 /// How long completed Idempotency-Key answers are kept.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_hours(24);
@@ -60,4 +60,55 @@ pub async fn run_rollup(app: App, every: Duration, mut shutdown: watch::Receiver
         }
     }
     info!("usage rollup stopped");
+}
+
+/// Ingestion's upkeep, every second: follow lifecycle changes, write liveness behind, judge
+/// the Agents this replica hears from; every few seconds announce the replica and judge the
+/// Agents of replicas that went away. At shutdown, writes everything behind.
+pub async fn run_ingest(app: App, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        if let Err(e) = app.ingest.follow_changes(&app).await {
+            error!(error = %e, "following lifecycle changes failed");
+        }
+        if let Err(e) = app.ingest.flush(&app, false).await {
+            error!(error = %e, "writing liveness behind failed; will retry");
+        }
+        if let Err(e) = app.ingest.judge(&app).await {
+            error!(error = %e, "judging agents' health failed");
+        }
+        if tick.is_multiple_of(5)
+            && let Err(e) = app.ingest.judge_orphans(&app).await
+        {
+            error!(error = %e, "announcing this replica or judging orphaned agents failed");
+        }
+        tick += 1;
+    }
+    match app.ingest.flush(&app, true).await {
+        Ok(rows) => info!(rows, "liveness written behind at shutdown"),
+        Err(e) => error!(error = %e, "writing liveness at shutdown failed"),
+    }
+}
+
+/// Reconciles the ledger with the providers every `every`.
+pub async fn run_reconciler(app: App, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        match reconcile::reconcile(&app, every).await {
+            Ok(0) => {}
+            Ok(corrected) => debug!(corrected, "reconciler corrected agents"),
+            Err(e) => error!(error = %e, "reconciling with the providers failed"),
+        }
+    }
 }

@@ -27,6 +27,7 @@ async fn main() {
         std::process::exit(1);
     };
     let mut beat = Heartbeat {
+        agent_id: None,
         boot_id: "00000000-0000-0000-0000-000000000000".to_owned(),
         sequence: 0,
         agent_version: "floor".to_owned(),

@@ -254,6 +254,7 @@ impl Sender {
     fn heartbeat(&mut self, sequence: u64, inputs: &Inputs) -> Heartbeat {
         let tunnel = inputs.tunnel.borrow().clone();
         Heartbeat {
+            agent_id: Some(self.config.agent_id.clone()),
             boot_id: self.boot_id.clone(),
             sequence,
             agent_version: AGENT_VERSION.to_owned(),

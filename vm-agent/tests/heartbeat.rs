@@ -121,6 +121,7 @@ fn heartbeats_carry_what_control_needs_and_nothing_else() {
     assert_eq!(
         keys,
         [
+            "agent_id",
             "agent_uptime_s",
             "agent_version",
             "boot_id",
@@ -131,6 +132,7 @@ fn heartbeats_carry_what_control_needs_and_nothing_else() {
             "slice"
         ]
     );
+    assert_eq!(beat["agent_id"], "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ");
 }
 
 #[test]

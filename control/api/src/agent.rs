@@ -17,10 +17,10 @@ pub const REGISTER_PATH: &str = "/api/agent/v1/register";
 /// Where the agent sends heartbeats.
 pub const HEARTBEAT_PATH: &str = "/api/agent/v1/heartbeat";
 
-/// Body of `POST /api/agent/v1/register`.
+/// Body of `POST /api/agent/v1/register`. Like every agent message it tolerates fields it does
+/// not know, so a newer agent can talk to an older control.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The Agent this VM runs, from its cloud-init configuration.
     pub agent_id: String,
@@ -150,6 +150,10 @@ pub struct HostMetrics {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
+    /// The Agent sending it. Control refuses a heartbeat whose credential belongs to another
+    /// Agent (optional for agents older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// The kernel's boot id: a new one means the VM rebooted.
     pub boot_id: String,
     /// Counts up from 1 per agent process; a reset with the same boot id means the agent

@@ -66,6 +66,14 @@ pub struct Agent {
     pub provisioned_at: Timestamp,
     #[serde(default)]
     pub destroyed_at: Option<Timestamp>,
+    /// For a running Agent, whether its vm-agent heartbeats (false once it has been silent
+    /// for several intervals); absent while it is not running or never reported.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    /// When control last recorded a heartbeat (recorded behind, so it may lag by minutes;
+    /// health is judged on the live value).
+    #[serde(default)]
+    pub last_heartbeat_at: Option<Timestamp>,
 }
 
 /// Body of `POST /api/agents`.

@@ -66,6 +66,8 @@ fn agent() -> Agent {
         upgrade_note: Some(UPGRADE_NOTE.to_owned()),
         provisioned_at: at("2026-11-20T09:00:00Z"),
         destroyed_at: None,
+        healthy: Some(true),
+        last_heartbeat_at: Some(at("2026-11-20T10:14:30Z")),
     }
 }
 
@@ -297,6 +299,7 @@ fn the_agent_protocol() {
     check(
         "heartbeat",
         &Heartbeat {
+            agent_id: Some("agt_01JDQ6VA0000000000000000AA".to_owned()),
             boot_id: "2c7e4c9a-1d3b-4f5e-8a6b-0c9d8e7f6a5b".to_owned(),
             sequence: 42,
             agent_version: "0.1.0".to_owned(),

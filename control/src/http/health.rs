@@ -45,3 +45,55 @@ pub(super) async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiEr
 pub(super) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(super::openapi())
 }
+
+/// Counters in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub(super) async fn metrics(
+    State(app): State<App>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let stats = &app.ingest.stats;
+    let mut text = String::new();
+    let counters = [
+        (
+            "control_heartbeats_total",
+            "Heartbeats taken in by this replica",
+            stats.heartbeats.load(Ordering::Relaxed),
+        ),
+        (
+            "control_heartbeats_refused_total",
+            "Agent calls refused (credential or bootstrap token)",
+            stats.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "control_liveness_rows_written_total",
+            "Agent liveness rows written (behind or at a transition)",
+            stats.liveness_rows_written.load(Ordering::Relaxed),
+        ),
+        (
+            "control_agent_transitions_total",
+            "Heartbeats that changed an Agent's record at once",
+            stats.transitions.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        );
+    }
+    let _ = write!(
+        text,
+        "# HELP control_agents_in_memory Agents this replica holds live heartbeats of\n# TYPE control_agents_in_memory gauge\ncontrol_agents_in_memory {}\n",
+        app.ingest.agents_in_memory()
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+}

@@ -36,9 +36,11 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     span.in_scope(|| {
+        // Agents report constantly: their successful calls are not worth a line each.
+        let quiet = path.starts_with("/api/agent/") && status.is_success();
         if status.is_server_error() {
             warn!(%method, %path, status = status.as_u16(), "request failed");
-        } else if method != axum::http::Method::GET || status.is_client_error() {
+        } else if !quiet && (method != axum::http::Method::GET || status.is_client_error()) {
             info!(%method, %path, status = status.as_u16(), "request handled");
         } else {
             debug!(%method, %path, status = status.as_u16(), "request handled");

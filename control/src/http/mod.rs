@@ -5,6 +5,7 @@
 //! The document is also committed (`control/openapi.json`) and a test fails when the two drift.
 
 mod admin;
+mod agent_api;
 mod agents;
 pub mod error;
 pub mod extract;
@@ -42,7 +43,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "images", description = "Platform image releases (operators)"),
         (name = "usage", description = "Daily usage rolled up from state periods"),
         (name = "audit", description = "The append-only, hash-chained audit log"),
-        (name = "health", description = "Liveness, readiness, this document"),
+        (name = "agent", description = "What vm-agent calls, with its bootstrap token or credential"),
+        (name = "health", description = "Liveness, readiness, metrics, this document"),
     )
 )]
 struct ApiDoc;
@@ -54,6 +56,10 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "agent_credential",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
@@ -77,12 +83,20 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(ledger::verify))
 }
 
+/// Routes vm-agent calls with its own bootstrap token or credential.
+fn agent_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(agent_api::register))
+        .routes(routes!(agent_api::heartbeat))
+}
+
 /// Routes anyone may call.
 fn public_routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi))
+        .routes(routes!(health::metrics))
 }
 
 fn document(routes: OpenApiRouter<App>) -> (Router<App>, OpenApi) {
@@ -93,7 +107,12 @@ fn document(routes: OpenApiRouter<App>) -> (Router<App>, OpenApi) {
 
 /// The API document, as served and as committed.
 pub fn openapi() -> OpenApi {
-    document(authenticated_routes().merge(public_routes())).1
+    document(
+        authenticated_routes()
+            .merge(agent_routes())
+            .merge(public_routes()),
+    )
+    .1
 }
 
 /// The whole HTTP application. Layers, outermost first: request id, problem documents, panic
@@ -102,7 +121,8 @@ pub fn router(app: App) -> Router {
     let authenticated = authenticated_routes()
         .layer(from_fn_with_state(app.clone(), idempotency::idempotency))
         .layer(from_fn_with_state(app.clone(), middleware::authenticate));
-    let (routes, _) = document(authenticated.merge(public_routes()));
+    let agents = agent_routes().layer(DefaultBodyLimit::max(agent_api::BODY_LIMIT));
+    let (routes, _) = document(authenticated.merge(agents).merge(public_routes()));
     routes
         .fallback(middleware::fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -22,6 +22,9 @@ struct LocalVm {
     running: bool,
     /// How many times the VM was powered on; each boot uses the pinned `image_ref`.
     boots: u64,
+    /// What cloud-init would deliver: the single-use token for the VM's agent.
+    #[serde(default)]
+    bootstrap_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -36,6 +39,7 @@ pub struct LocalVmView {
     pub running: bool,
     pub image_ref: String,
     pub boots: u64,
+    pub bootstrap_token: Option<String>,
 }
 
 impl LocalProvider {
@@ -75,6 +79,7 @@ impl LocalProvider {
             running: vm.running,
             image_ref: vm.image_ref.clone(),
             boots: vm.boots,
+            bootstrap_token: vm.bootstrap_token.clone(),
         })
     }
 
@@ -132,8 +137,13 @@ impl Provider for LocalProvider {
 
     async fn create(&self, spec: &VmSpec) -> Result<String, ProviderError> {
         let mut vms = self.lock();
-        // The VM id is the Agent id: a retried create finds and adopts the first one.
-        if !vms.contains_key(&spec.agent_id) {
+        let token = spec.bootstrap_token.as_ref().map(|t| t.0.clone());
+        // The VM id is the Agent id: a retried create finds and adopts the first one, and
+        // gives it the retry's bootstrap token (the earlier one was replaced).
+        if let Some(vm) = vms.get_mut(&spec.agent_id) {
+            vm.bootstrap_token = token;
+            self.persist(vm)?;
+        } else {
             let vm = LocalVm {
                 agent_id: spec.agent_id.clone(),
                 name: spec.name.clone(),
@@ -141,6 +151,7 @@ impl Provider for LocalProvider {
                 env: spec.env.clone(),
                 running: true,
                 boots: 1,
+                bootstrap_token: token,
             };
             self.persist(&vm)?;
             vms.insert(spec.agent_id.clone(), vm);
@@ -199,6 +210,7 @@ mod tests {
             name: "dev".to_owned(),
             image_ref: "local-2026.11.0".to_owned(),
             env: BTreeMap::new(),
+            bootstrap_token: None,
         }
     }
 

@@ -13,6 +13,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+/// Text that must not reach logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// What a VM is booted from, as pinned on the Agent at provisioning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
@@ -21,6 +31,9 @@ pub struct VmSpec {
     /// The provider's reference for the pinned image release.
     pub image_ref: String,
     pub env: BTreeMap<String, String>,
+    /// For `create`: the single-use token the VM's agent trades for its credential (cloud-init
+    /// delivers it on a real cloud).
+    pub bootstrap_token: Option<Secret>,
 }
 
 /// Power state as the provider reports it.

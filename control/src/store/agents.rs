@@ -11,8 +11,10 @@ macro_rules! agent_select {
                 a.env, a.state, a.operation, a.last_error, a.provisioned_at, a.destroyed_at,
                 a.updated_at, i.version AS image_version, i.agent_version AS image_agent_version,
                 i.manifest_digest AS image_manifest_digest,
-                (SELECT c.image_id FROM current_image c WHERE c.singleton = 1) AS current_image_id
-         FROM agents a JOIN images i ON i.id = a.image_id"
+                (SELECT c.image_id FROM current_image c WHERE c.singleton = 1) AS current_image_id,
+                l.last_seen_at AS last_heartbeat_at, l.unhealthy_since AS unhealthy_since
+         FROM agents a JOIN images i ON i.id = a.image_id
+         LEFT JOIN agent_liveness l ON l.agent_id = a.id"
     };
 }
 
@@ -51,6 +53,8 @@ pub struct AgentRow {
     pub image_agent_version: String,
     pub image_manifest_digest: String,
     pub current_image_id: Option<String>,
+    pub last_heartbeat_at: Option<i64>,
+    pub unhealthy_since: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -73,6 +77,8 @@ struct RawAgent {
     image_agent_version: String,
     image_manifest_digest: String,
     current_image_id: Option<String>,
+    last_heartbeat_at: Option<i64>,
+    unhealthy_since: Option<i64>,
 }
 
 impl TryFrom<RawAgent> for AgentRow {
@@ -101,6 +107,8 @@ impl TryFrom<RawAgent> for AgentRow {
             image_agent_version: raw.image_agent_version,
             image_manifest_digest: raw.image_manifest_digest,
             current_image_id: raw.current_image_id,
+            last_heartbeat_at: raw.last_heartbeat_at,
+            unhealthy_since: raw.unhealthy_since,
         })
     }
 }

@@ -16,6 +16,7 @@ mod agents;
 mod audit;
 mod idempotency;
 mod images;
+mod ingest;
 mod jobs;
 mod periods;
 mod usage;
@@ -36,6 +37,9 @@ pub use agents::{AgentRow, NewAgent, OperationOutcome};
 pub use audit::{AuditFilter, AuditRow};
 pub use idempotency::IdempotencyClaim;
 pub use images::ImageRow;
+pub use ingest::{
+    AgentChange, BootstrapRow, CredentialRow, LIVENESS_BATCH, LivenessRow, ReconcileRow,
+};
 pub use jobs::JobRow;
 pub use periods::PeriodRow;
 pub use usage::{RollupState, UsageRowRecord};
@@ -342,7 +346,7 @@ impl Store {
     /// Every row of every table, as text, in a stable order: lets tests and support compare
     /// the whole database before and after an operation that must change nothing.
     pub async fn snapshot(&self) -> Result<String> {
-        const TABLES: [&str; 13] = [
+        const TABLES: [&str; 18] = [
             "SELECT * FROM accounts ORDER BY id",
             "SELECT * FROM api_tokens ORDER BY id",
             "SELECT * FROM images ORDER BY id",
@@ -355,6 +359,11 @@ impl Store {
             "SELECT * FROM audit_head",
             "SELECT * FROM jobs ORDER BY id",
             "SELECT * FROM idempotency_keys ORDER BY principal, idem_key",
+            "SELECT * FROM agent_bootstrap ORDER BY agent_id",
+            "SELECT * FROM agent_credentials ORDER BY id",
+            "SELECT * FROM agent_liveness ORDER BY agent_id",
+            "SELECT * FROM replicas ORDER BY id",
+            "SELECT * FROM leases ORDER BY name",
             "SELECT version, checksum FROM _sqlx_migrations ORDER BY version",
         ];
         let mut out = String::new();

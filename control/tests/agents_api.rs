@@ -1,0 +1,590 @@
+//! What vm-agent calls: registration and heartbeats, the state and health control derives
+//! from them, and the reconciler. In process, on SQLite and PostgreSQL, with a manual clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use axum::http::Method;
+use common::{Harness, Reply};
+use control::app::{App, Settings};
+use control::providers::Provider;
+use serde_json::{Value, json};
+use test_support::{TestDb, dual_backend_tests};
+
+dual_backend_tests!(
+    the_bootstrap_token_is_exchanged_once,
+    heartbeats_need_the_agents_own_credential,
+    a_heartbeat_records_a_paused_agent_running,
+    silence_makes_a_running_agent_unhealthy_until_it_reports,
+    a_restarted_control_gives_agents_a_grace_period,
+    liveness_is_written_once_per_twenty_heartbeats,
+    a_new_boot_id_is_recorded_at_once,
+    the_reconciler_records_what_the_provider_says,
+);
+
+const INTERVAL_MS: i64 = 30_000;
+
+fn beat(agent_id: &str, boot_id: &str, sequence: u64, uptime_s: u64) -> Value {
+    json!({
+        "agent_id": agent_id,
+        "boot_id": boot_id,
+        "sequence": sequence,
+        "agent_version": "0.1.0",
+        "image_version": "2026.11.0",
+        "agent_uptime_s": uptime_s,
+        "cloudflared": {"state": "ready", "ready_connections": 4, "restarts": 0, "crash_loop": false},
+        "slice": {"state": "mounted", "free_bytes": 1000, "total_bytes": 2000},
+        "host": {"cpus": 2, "load_centi": [1, 2, 3], "memory_total_bytes": 4, "memory_available_bytes": 2,
+                 "root_free_bytes": 9, "uptime_s": 100}
+    })
+}
+
+async fn heartbeat(h: &Harness, credential: &str, body: &Value) -> Reply {
+    h.call(
+        Method::POST,
+        "/api/agent/v1/heartbeat",
+        Some(credential),
+        Some(body.clone()),
+    )
+    .await
+}
+
+async fn register(h: &Harness, agent_id: &str, token: &str) -> Reply {
+    let body = json!({"agent_id": agent_id, "bootstrap_token": token, "boot_id": "boot-1",
+                      "agent_version": "0.1.0", "image_version": "2026.11.0"});
+    h.call(Method::POST, "/api/agent/v1/register", None, Some(body))
+        .await
+}
+
+/// Provisions an Agent and registers its VM's agent; returns its id and credential.
+async fn enrolled(h: &Harness, token: &str, name: &str) -> (String, String) {
+    let agent = h.agent(token, name).await;
+    let bootstrap = h
+        .local
+        .vm(&agent)
+        .unwrap()
+        .bootstrap_token
+        .expect("the VM got a bootstrap token");
+    let registered = register(h, &agent, &bootstrap).await;
+    assert_eq!(registered.status, 200, "{:#}", registered.body);
+    (
+        agent,
+        registered.body["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn agent_view(h: &Harness, token: &str, id: &str) -> Value {
+    h.get(&format!("/api/agents/{id}"), token).await.body
+}
+
+async fn setup(db: TestDb) -> (Harness, String) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    (h, token)
+}
+
+async fn the_bootstrap_token_is_exchanged_once(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let agent = h.agent(&token, "dev").await;
+    let other = h.agent(&token, "other").await;
+    let bootstrap = h.local.vm(&agent).unwrap().bootstrap_token.unwrap();
+    assert!(bootstrap.starts_with("agb_"));
+    assert!(
+        !h.snapshot().await.contains(&bootstrap),
+        "only the token's hash is stored"
+    );
+
+    register(&h, &agent, "agb_wrong").await.problem(401, None);
+    register(&h, &other, &bootstrap).await.problem(401, None);
+    let first = register(&h, &agent, &bootstrap).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body["heartbeat_interval_s"], 30);
+    let credential = first.body["credential"].as_str().unwrap();
+    assert!(credential.starts_with("agc_crd_"));
+    assert!(
+        !h.snapshot()
+            .await
+            .contains(&credential[credential.len() - 64..]),
+        "only the credential's hash is stored"
+    );
+    let again = register(&h, &agent, &bootstrap).await;
+    again.problem(401, None);
+    assert_eq!(
+        heartbeat(&h, credential, &beat(&agent, "boot-1", 1, 5))
+            .await
+            .status,
+        200
+    );
+
+    // An unused token expires.
+    let bootstrap = h.local.vm(&other).unwrap().bootstrap_token.unwrap();
+    h.advance(25 * 3_600_000);
+    register(&h, &other, &bootstrap).await.problem(401, None);
+}
+
+/// A refused heartbeat: (what, bearer, headers, body, status, field named).
+type BadHeartbeat<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Vec<(&'a str, String)>,
+    Vec<u8>,
+    u16,
+    Option<&'a str>,
+);
+
+async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (alpha, alpha_credential) = enrolled(&h, &token, "alpha").await;
+    let (beta, beta_credential) = enrolled(&h, &token, "beta").await;
+    assert_eq!(
+        heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 1, 5))
+            .await
+            .status,
+        200
+    );
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    let before = h.snapshot().await;
+
+    let mut forged = alpha_credential.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let unknown = "agc_crd_01JDQ6V9X8RTS5N0Z5G8K2M4PQ_0000000000000000000000000000000000000000000000000000000000000000";
+    let json = vec![("content-type", "application/json".to_owned())];
+    let body = beat(&alpha, "b", 2, 35).to_string().into_bytes();
+    let cases: Vec<BadHeartbeat> = vec![
+        ("no credential", None, json.clone(), body.clone(), 401, None),
+        (
+            "a wrong secret",
+            Some(&forged),
+            json.clone(),
+            body.clone(),
+            401,
+            None,
+        ),
+        (
+            "an unknown credential",
+            Some(unknown),
+            json.clone(),
+            body.clone(),
+            401,
+            None,
+        ),
+        (
+            "a dashboard token",
+            Some(&token),
+            json.clone(),
+            body.clone(),
+            401,
+            None,
+        ),
+        (
+            "another Agent's credential",
+            Some(&beta_credential),
+            json.clone(),
+            body.clone(),
+            403,
+            None,
+        ),
+        (
+            "malformed JSON",
+            Some(&alpha_credential),
+            json.clone(),
+            b"{\"boot_id\": ".to_vec(),
+            400,
+            Some("body"),
+        ),
+        (
+            "a wrong type",
+            Some(&alpha_credential),
+            json.clone(),
+            beat(&alpha, "b", 2, 35)
+                .to_string()
+                .replace("\"sequence\":2", "\"sequence\":\"two\"")
+                .into_bytes(),
+            422,
+            Some("sequence"),
+        ),
+        (
+            "a missing field",
+            Some(&alpha_credential),
+            json.clone(),
+            br#"{"boot_id": "b"}"#.to_vec(),
+            422,
+            Some("sequence"),
+        ),
+        (
+            "an oversized body",
+            Some(&alpha_credential),
+            json.clone(),
+            format!("{{\"pad\": \"{}\"}}", "x".repeat(20 * 1024)).into_bytes(),
+            413,
+            None,
+        ),
+        (
+            "not JSON",
+            Some(&alpha_credential),
+            vec![("content-type", "text/plain".to_owned())],
+            body.clone(),
+            415,
+            None,
+        ),
+    ];
+    for (what, bearer, headers, body, status, field) in cases {
+        let reply = h
+            .raw(
+                Method::POST,
+                "/api/agent/v1/heartbeat",
+                bearer,
+                &headers,
+                body,
+            )
+            .await;
+        assert_eq!(reply.status.as_u16(), status, "{what}: {:#}", reply.body);
+        reply.problem(status, field);
+        h.app.ingest.flush(&h.app, false).await.unwrap();
+        assert_eq!(h.snapshot().await, before, "{what} changed the database");
+    }
+    let refused = h.app.ingest.stats.refused.load(Ordering::Relaxed);
+    assert!(refused >= 5, "refusals are counted: {refused}");
+    // The other Agents keep reporting undisturbed.
+    assert_eq!(
+        heartbeat(&h, &beta_credential, &beat(&beta, "b", 1, 5))
+            .await
+            .status,
+        200
+    );
+
+    // A destroyed Agent's credential is refused.
+    h.call(
+        Method::DELETE,
+        &format!("/api/agents/{alpha}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    h.run_jobs().await;
+    heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 3, 65))
+        .await
+        .problem(403, None);
+}
+
+async fn a_heartbeat_records_a_paused_agent_running(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 1, 600))
+            .await
+            .status,
+        200
+    );
+    h.call(
+        Method::POST,
+        &format!("/api/agents/{agent}/stop"),
+        Some(&token),
+        None,
+    )
+    .await;
+    h.advance(1_000);
+    h.run_jobs().await;
+    assert_eq!(agent_view(&h, &token, &agent).await["state"], "paused");
+
+    // The stopped process's last heartbeat, still in flight, changes nothing.
+    h.advance(2_000);
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 2, 603))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(agent_view(&h, &token, &agent).await["state"], "paused");
+
+    // Later, the VM turns out to be running after all (started outside control): from the
+    // instant its heartbeat arrives, it is recorded running. No audit event: nobody asked.
+    h.advance(120_000);
+    let seen = h.now();
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 1, 10))
+            .await
+            .status,
+        200
+    );
+    let view = agent_view(&h, &token, &agent).await;
+    assert_eq!(view["state"], "running", "{view:#}");
+    let timeline = h
+        .get(&format!("/api/agents/{agent}/timeline"), &token)
+        .await
+        .body;
+    let last = timeline["periods"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["state"].as_str(), last["started_at"].as_str()),
+        (Some("running"), Some(seen.to_string().as_str()))
+    );
+    let audit = h
+        .get(&format!("/api/audit?resource_id={agent}"), &token)
+        .await
+        .body;
+    assert_eq!(
+        audit["items"].as_array().unwrap().len(),
+        2,
+        "provision and stop only"
+    );
+}
+
+async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    // A fresh replica waits out its grace period first.
+    h.advance(4 * INTERVAL_MS);
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 1, 5))
+            .await
+            .status,
+        200
+    );
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    let view = agent_view(&h, &token, &agent).await;
+    assert_eq!(
+        (view["healthy"].clone(), view["state"].as_str()),
+        (json!(true), Some("running"))
+    );
+    assert!(view["last_heartbeat_at"].is_string());
+
+    h.advance(2 * INTERVAL_MS);
+    assert_eq!(
+        h.app.ingest.judge(&h.app).await.unwrap(),
+        0,
+        "two intervals of silence are fine"
+    );
+    h.advance(INTERVAL_MS + 1_000);
+    let periods_before = h
+        .get(&format!("/api/agents/{agent}/timeline"), &token)
+        .await
+        .body;
+    assert_eq!(h.app.ingest.judge(&h.app).await.unwrap(), 1);
+    let view = agent_view(&h, &token, &agent).await;
+    assert_eq!(
+        (view["healthy"].clone(), view["state"].as_str()),
+        (json!(false), Some("running")),
+        "a flag, not a period change"
+    );
+    assert_eq!(
+        h.get(&format!("/api/agents/{agent}/timeline"), &token)
+            .await
+            .body,
+        periods_before
+    );
+    assert_eq!(h.app.ingest.judge(&h.app).await.unwrap(), 0, "flagged once");
+
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 2, 200))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        agent_view(&h, &token, &agent).await["healthy"],
+        true,
+        "healed at once"
+    );
+}
+
+async fn a_restarted_control_gives_agents_a_grace_period(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "b", 1, 5))
+            .await
+            .status,
+        200
+    );
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.judge_orphans(&h.app).await.unwrap();
+
+    // control restarts: a new replica on the same database, with nothing in memory.
+    h.advance(20_000);
+    let restarted = App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        control::providers::Providers::new(h.local.clone()),
+        Settings::default(),
+    );
+    restarted.ingest.judge_orphans(&restarted).await.unwrap();
+    h.advance(2 * INTERVAL_MS);
+    assert_eq!(restarted.ingest.judge(&restarted).await.unwrap(), 0);
+    assert_eq!(
+        restarted.ingest.judge_orphans(&restarted).await.unwrap(),
+        0,
+        "the old replica's agents are in their grace period"
+    );
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], true);
+
+    // Still silent long after the old replica went away: flagged by the new one.
+    h.advance(5 * INTERVAL_MS);
+    assert_eq!(restarted.ingest.judge_orphans(&restarted).await.unwrap(), 1);
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], false);
+}
+
+async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let mut agents = Vec::new();
+    for n in 0..5 {
+        agents.push(enrolled(&h, &token, &format!("box-{n}")).await);
+    }
+    let written = || {
+        h.app
+            .ingest
+            .stats
+            .liveness_rows_written
+            .load(Ordering::Relaxed)
+    };
+    // Each agent's first heartbeat claims custody (one row each).
+    for (agent, credential) in &agents {
+        assert_eq!(
+            heartbeat(&h, credential, &beat(agent, "b", 1, 5))
+                .await
+                .status,
+            200
+        );
+    }
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    let after_first = written();
+    assert_eq!(after_first, 5);
+    // Steady state: 200 heartbeats each, one interval apart, flushed every second as serve does.
+    for round in 2..=201_u64 {
+        h.advance(INTERVAL_MS);
+        for (agent, credential) in &agents {
+            assert_eq!(
+                heartbeat(&h, credential, &beat(agent, "b", round, round * 30))
+                    .await
+                    .status,
+                200
+            );
+        }
+        h.app.ingest.flush(&h.app, false).await.unwrap();
+    }
+    let steady = written() - after_first;
+    let beats = 5 * 200;
+    assert!(
+        steady * 20 <= beats,
+        "{steady} rows for {beats} heartbeats: more than one per twenty"
+    );
+    assert!(
+        steady >= beats / 20 - 5,
+        "{steady} rows: liveness must still be written behind"
+    );
+    let row = h
+        .app
+        .store
+        .read()
+        .await
+        .unwrap()
+        .liveness(&agents[0].0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        row.sequence >= 181,
+        "the row lags by less than twenty heartbeats: {}",
+        row.sequence
+    );
+}
+
+async fn a_new_boot_id_is_recorded_at_once(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "boot-a", 1, 5))
+            .await
+            .status,
+        200
+    );
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    let transitions = h.app.ingest.stats.transitions.load(Ordering::Relaxed);
+    h.advance(INTERVAL_MS);
+    assert_eq!(
+        heartbeat(&h, &credential, &beat(&agent, "boot-b", 1, 3))
+            .await
+            .status,
+        200
+    );
+    // No flush: the reboot is written by the heartbeat itself.
+    let row = h
+        .app
+        .store
+        .read()
+        .await
+        .unwrap()
+        .liveness(&agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.boot_id, "boot-b");
+    assert_eq!(
+        h.app.ingest.stats.transitions.load(Ordering::Relaxed),
+        transitions + 1
+    );
+}
+
+async fn the_reconciler_records_what_the_provider_says(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let agent = h.agent(&token, "dev").await;
+    let every = std::time::Duration::from_mins(1);
+    assert_eq!(
+        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        0,
+        "they agree"
+    );
+    // The VM goes off behind control's back.
+    h.local.stop(&agent).await.unwrap();
+    h.advance(10_000);
+    let noticed = h.now();
+    assert_eq!(
+        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        1
+    );
+    let timeline = h
+        .get(&format!("/api/agents/{agent}/timeline"), &token)
+        .await
+        .body;
+    let last = timeline["periods"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["state"].as_str(), last["started_at"].as_str()),
+        (Some("paused"), Some(noticed.to_string().as_str()))
+    );
+    // And on again.
+    h.local
+        .start(
+            &agent,
+            &control::providers::VmSpec {
+                agent_id: agent.clone(),
+                name: "dev".to_owned(),
+                image_ref: "local-2026.11.0".to_owned(),
+                env: [("PLATFORM_RELEASE".to_owned(), "2026.11.0".to_owned())].into(),
+                bootstrap_token: None,
+            },
+        )
+        .await
+        .unwrap();
+    h.advance(10_000);
+    assert_eq!(
+        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        1
+    );
+    assert_eq!(agent_view(&h, &token, &agent).await["state"], "running");
+    let verdict = control::audit::verify(&h.app.store).await.unwrap();
+    assert!(verdict.ok);
+}
