@@ -1,7 +1,8 @@
 //! Property tests of the ledger invariants (DESIGN.md, "The ledger": 1 tiling, 2 attribution,
 //! 3 conservation, 4 survival, 7 rollup idempotence) on SQLite and PostgreSQL.
 //!
-//! Random sequences of provision, start, stop, transfer, destroy, job runs and rollups are
+//! Random sequences of provision, start, stop, transfer, destroy, job runs, heartbeats, VMs
+//! powered off or on behind control's back, reconciler passes and rollups are
 //! applied through the lifecycle service at random instants spanning several UTC days. A small
 //! reference model predicts which operations are accepted and what periods must result; the
 //! database is then checked against the model and against the invariants directly.
@@ -18,8 +19,8 @@ use control::auth::Principal;
 use control::clock::{Clock, ManualClock};
 use control::ledger;
 use control::lifecycle;
-use control::providers::Providers;
 use control::providers::local::LocalProvider;
+use control::providers::{Provider, Providers};
 use control::store::Store;
 use control_api::agents::{AgentOperation, PeriodState, ProvisionAgent, TransferAgent};
 use control_api::{Day, Timestamp};
@@ -31,14 +32,41 @@ const ACCOUNTS: usize = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Provision { account: usize },
-    Start { agent: usize },
-    Stop { agent: usize },
-    Destroy { agent: usize },
-    Transfer { agent: usize, to: usize },
+    Provision {
+        account: usize,
+    },
+    Start {
+        agent: usize,
+    },
+    Stop {
+        agent: usize,
+    },
+    Destroy {
+        agent: usize,
+    },
+    Transfer {
+        agent: usize,
+        to: usize,
+    },
     RunJobs,
     Rollup,
-    Advance { ms: i64 },
+    Advance {
+        ms: i64,
+    },
+    /// The Agent's vm-agent (a process started just now) heartbeats.
+    Heartbeat {
+        agent: usize,
+    },
+    /// The VM is powered off or on behind control's back.
+    PowerFlip {
+        agent: usize,
+    },
+    /// The reconciler compares the provider with the ledger.
+    Reconcile,
+    /// A VM recorded paused is started outside control, and its agent reports in.
+    BootOutside {
+        agent: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,9 +76,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => agent.clone().prop_map(|agent| Op::Start { agent }),
         2 => agent.clone().prop_map(|agent| Op::Stop { agent }),
         1 => agent.clone().prop_map(|agent| Op::Destroy { agent }),
-        2 => (agent, 0..ACCOUNTS).prop_map(|(agent, to)| Op::Transfer { agent, to }),
+        2 => (agent.clone(), 0..ACCOUNTS).prop_map(|(agent, to)| Op::Transfer { agent, to }),
         4 => Just(Op::RunJobs),
         1 => Just(Op::Rollup),
+        4 => agent.clone().prop_map(|agent| Op::Heartbeat { agent }),
+        3 => agent.prop_map(|agent| Op::PowerFlip { agent }),
+        2 => Just(Op::Reconcile),
+        3 => (0..8usize).prop_map(|agent| Op::BootOutside { agent }),
         5 => prop_oneof![
             Just(0_i64),
             0..5_000_i64,
@@ -69,6 +101,9 @@ struct ModelAgent {
     state: PeriodState,
     pending: Option<AgentOperation>,
     has_vm: bool,
+    /// Whether the VM is powered on, whatever the ledger says.
+    vm_on: bool,
+    credential: Option<String>,
     provisioned_at: i64,
     destroyed_at: Option<i64>,
     /// Each observed (instant, account, state), starting at provisioning.
@@ -99,6 +134,23 @@ fn model_periods(agent: &ModelAgent) -> Vec<(usize, PeriodState, i64, Option<i64
     periods
 }
 
+/// A heartbeat from a vm-agent process started this very moment.
+fn heartbeat(agent_id: &str) -> control_api::agent::Heartbeat {
+    serde_json::from_value(serde_json::json!({
+        "agent_id": agent_id,
+        "boot_id": "boot",
+        "sequence": 1,
+        "agent_version": "0.1.0",
+        "image_version": "2026.11.0",
+        "agent_uptime_s": 0,
+        "cloudflared": {"state": "ready", "ready_connections": 4, "restarts": 0, "crash_loop": false},
+        "slice": {"state": "mounted"},
+        "host": {"cpus": 1, "load_centi": [0, 0, 0], "memory_total_bytes": 1, "memory_available_bytes": 1,
+                 "root_free_bytes": 1, "uptime_s": 1}
+    }))
+    .unwrap()
+}
+
 fn seconds_in_day(start: i64, end: i64, day: Day) -> i64 {
     ledger::seconds(
         start.max(day.start().as_millis()),
@@ -109,6 +161,7 @@ fn seconds_in_day(start: i64, end: i64, day: Day) -> i64 {
 struct World {
     app: App,
     clock: Arc<ManualClock>,
+    local: Arc<LocalProvider>,
     accounts: Vec<String>,
     agents: Vec<ModelAgent>,
     caller: Caller,
@@ -117,10 +170,11 @@ struct World {
 impl World {
     async fn new(store: Store, start: Timestamp) -> Self {
         let clock = Arc::new(ManualClock::new(start));
+        let local = Arc::new(LocalProvider::in_memory());
         let app = App::new(
             store,
             clock.clone(),
-            Providers::new(Arc::new(LocalProvider::in_memory())),
+            Providers::new(local.clone()),
             Settings::default(),
         );
         let mut accounts = Vec::new();
@@ -163,6 +217,7 @@ impl World {
         Self {
             app,
             clock,
+            local,
             accounts,
             agents: Vec::new(),
             caller,
@@ -197,6 +252,8 @@ impl World {
                     state: PeriodState::Paused,
                     pending: Some(AgentOperation::Provision),
                     has_vm: false,
+                    vm_on: false,
+                    credential: None,
                     provisioned_at: now,
                     destroyed_at: None,
                     changes: vec![(now, account, PeriodState::Paused)],
@@ -255,22 +312,143 @@ impl World {
                     match operation {
                         AgentOperation::Provision | AgentOperation::Start => {
                             model.has_vm = true;
+                            model.vm_on = true;
                             model.state = PeriodState::Running;
                             model
                                 .changes
                                 .push((now, model.account, PeriodState::Running));
                         }
                         AgentOperation::Stop => {
+                            model.vm_on = false;
                             model.state = PeriodState::Paused;
                             model
                                 .changes
                                 .push((now, model.account, PeriodState::Paused));
                         }
-                        AgentOperation::Destroy => model.destroyed_at = Some(now),
+                        AgentOperation::Destroy => {
+                            model.vm_on = false;
+                            model.destroyed_at = Some(now);
+                        }
+                    }
+                }
+                self.register_new_vms().await;
+            }
+            Op::Heartbeat { agent } => self.heartbeat(agent, now).await,
+            Op::BootOutside { agent } => {
+                // Among the VMs that are off with nothing under way.
+                let off: Vec<usize> = (0..self.agents.len())
+                    .filter(|&i| {
+                        let m = &self.agents[i];
+                        m.has_vm && !m.vm_on && m.destroyed_at.is_none() && m.pending.is_none()
+                    })
+                    .collect();
+                if let Some(&index) = off.get(agent % off.len().max(1)) {
+                    self.power_flip(index).await;
+                    self.heartbeat(index, now).await;
+                }
+            }
+            Op::PowerFlip { agent } => self.power_flip(agent).await,
+            Op::Reconcile => {
+                let every = std::time::Duration::from_mins(1);
+                control::reconcile::reconcile(&self.app, every)
+                    .await
+                    .unwrap();
+                for model in &mut self.agents {
+                    if !model.has_vm || model.destroyed_at.is_some() || model.pending.is_some() {
+                        continue;
+                    }
+                    let observed = if model.vm_on {
+                        PeriodState::Running
+                    } else {
+                        PeriodState::Paused
+                    };
+                    if observed != model.state {
+                        model.state = observed;
+                        model.changes.push((now, model.account, observed));
                     }
                 }
             }
         }
+    }
+
+    /// The new VMs' agents register with the token their VM was given.
+    async fn register_new_vms(&mut self) {
+        for model in &mut self.agents {
+            if model.has_vm && model.credential.is_none() && model.destroyed_at.is_none() {
+                let token = self
+                    .local
+                    .vm(&model.id)
+                    .and_then(|vm| vm.bootstrap_token)
+                    .expect("a bootstrap token");
+                let request = control_api::agent::RegisterRequest {
+                    agent_id: model.id.clone(),
+                    bootstrap_token: token,
+                    boot_id: "boot".to_owned(),
+                    agent_version: "0.1.0".to_owned(),
+                    image_version: "2026.11.0".to_owned(),
+                };
+                model.credential = Some(
+                    self.app
+                        .ingest
+                        .register(&self.app, &request)
+                        .await
+                        .unwrap()
+                        .credential,
+                );
+            }
+        }
+    }
+
+    /// A heartbeat from the Agent's vm-agent, if its VM is on: a paused Agent with nothing
+    /// under way is running from now.
+    async fn heartbeat(&mut self, agent: usize, now: i64) {
+        if self.agents.is_empty() {
+            return;
+        }
+        let index = agent % self.agents.len();
+        let model = &mut self.agents[index];
+        let Some(credential) = model.credential.clone() else {
+            return;
+        };
+        if !model.vm_on || model.destroyed_at.is_some() {
+            return;
+        }
+        self.app
+            .ingest
+            .heartbeat(&self.app, &credential, heartbeat(&model.id))
+            .await
+            .unwrap();
+        if model.state == PeriodState::Paused && model.pending.is_none() {
+            model.state = PeriodState::Running;
+            model
+                .changes
+                .push((now, model.account, PeriodState::Running));
+        }
+    }
+
+    /// Powers the VM off or on at the provider, without telling control.
+    async fn power_flip(&mut self, agent: usize) {
+        if self.agents.is_empty() {
+            return;
+        }
+        let index = agent % self.agents.len();
+        let model = &mut self.agents[index];
+        if !model.has_vm || model.destroyed_at.is_some() || model.pending.is_some() {
+            return;
+        }
+        if model.vm_on {
+            self.local.stop(&model.id).await.unwrap();
+        } else {
+            let spec = control::providers::VmSpec {
+                agent_id: model.id.clone(),
+                name: String::new(),
+                image_ref: "local-2026.11.0".to_owned(),
+                env: BTreeMap::new(),
+                bootstrap_token: None,
+            };
+            self.local.start(&model.id, &spec).await.unwrap();
+        }
+        model.vm_on = !model.vm_on;
     }
 
     /// Checks every invariant against the database.
@@ -451,13 +629,14 @@ fn run(backend: Backend) {
         return;
     }
     let config = Config {
-        cases: proptest_cases(24),
+        // SQLite cases are cheap; each PostgreSQL case creates a database.
+        cases: proptest_cases(if backend == Backend::Sqlite { 64 } else { 24 }),
         failure_persistence: None,
         max_shrink_iters: 200,
         ..Config::default()
     };
     // Start somewhere in a day, a few milliseconds off the second, to exercise the tick rule.
-    let scenario = (prop::collection::vec(op(), 1..48), 0..86_400_000_i64);
+    let scenario = (prop::collection::vec(op(), 1..64), 0..86_400_000_i64);
     TestRunner::new(config)
         .run(&scenario, |(ops, offset)| {
             runtime.block_on(async {
