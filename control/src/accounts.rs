@@ -12,7 +12,7 @@ use crate::auth;
 use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::{new_id, prefix};
-use crate::store::AccountRow;
+use crate::store::{AccountRow, Store};
 use crate::validate::Checks;
 
 pub async fn create(
@@ -116,18 +116,22 @@ pub fn operator_token_path(data_dir: &Path) -> PathBuf {
 ///
 /// The file is written before the token is stored: if writing fails, no token exists and the
 /// next start tries again, rather than leaving a token nobody can read.
-pub async fn ensure_operator_token(app: &App, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+pub async fn ensure_operator_token(
+    store: &Store,
+    now: Timestamp,
+    data_dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-    if app.store.read().await?.operator_token_count().await? > 0 {
+    if store.read().await?.operator_token_count().await? > 0 {
         return Ok(None);
     }
     let issued = auth::issue(
         TokenRole::Operator,
         None,
         Some("first start".to_owned()),
-        app.clock.now().as_millis(),
+        now.as_millis(),
     )?;
     let path = operator_token_path(data_dir);
     let written = std::fs::OpenOptions::new()
@@ -145,7 +149,7 @@ pub async fn ensure_operator_token(app: &App, data_dir: &Path) -> anyhow::Result
     written.map_err(|e| {
         anyhow::anyhow!("cannot write the operator token to {}: {e}", path.display())
     })?;
-    let mut tx = app.store.write().await?;
+    let mut tx = store.write().await?;
     tx.insert_token(&issued.row).await?;
     tx.commit().await?;
     info!(token_id = %issued.row.id, role = ?TokenRole::Operator, "token created");

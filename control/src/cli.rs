@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::providers::Providers;
-use crate::providers::local::LocalProvider;
+use crate::providers::local::{LocalProvider, LocalVmConfig};
 use crate::store::{Store, StoreOptions, redact_url};
 use crate::{accounts, audit, http, ledger, tasks};
 
@@ -153,9 +153,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("{}", openapi_json());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Serve { .. } = cli.command {
+        serve(&config).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let app = open(&config).await?;
     match cli.command {
-        Command::Serve { .. } => serve(app.clone(), &config).await?,
         Command::Migrate => println!(
             "database schema is current ({})",
             redact_url(&config.database)
@@ -216,7 +219,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?;
             println!("{}", token.token);
         }
-        Command::Openapi => {}
+        Command::Serve { .. } | Command::Openapi => {} // answered above
     }
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
@@ -242,7 +245,8 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Opens and migrates the store and builds the application around it.
-async fn open(config: &Config) -> anyhow::Result<App> {
+/// Creates the data dir (0700), opens the database and applies pending migrations.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // The data dir holds the database and the operator token: only its owner may read it.
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -258,33 +262,159 @@ async fn open(config: &Config) -> anyhow::Result<App> {
     )
     .await?;
     store.migrate().await?;
-    let local_dir = config.data_dir.join("local-vms");
-    let local = LocalProvider::persistent(&local_dir).with_context(|| {
-        format!(
-            "cannot open the local provider's VMs in {}",
-            local_dir.display()
-        )
-    })?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(App::new(
-        store,
-        clock,
-        Providers::new(Arc::new(local)),
-        config.settings.clone(),
-    ))
+    Ok(store)
 }
 
-async fn serve(app: App, config: &Config) -> anyhow::Result<()> {
-    if let Some(path) = accounts::ensure_operator_token(&app, &config.data_dir).await? {
+/// The application for the one-shot commands, which never call a provider.
+async fn open(config: &Config) -> anyhow::Result<App> {
+    let store = open_store(config).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let providers = Providers::new(Arc::new(LocalProvider::in_memory()));
+    Ok(App::new(store, clock, providers, config.settings.clone()))
+}
+
+/// The programs local VMs run: as configured, else next to this executable. Started from the
+/// workspace it was built in (`cargo run -p control -- serve`), control builds them itself
+/// when they are missing or older than their sources.
+fn local_binaries(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let exe = std::env::current_exe().context("cannot locate the control executable")?;
+    let beside = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let vm_agent = config
+        .local
+        .vm_agent
+        .clone()
+        .unwrap_or_else(|| beside.join("vm-agent"));
+    let cloudflared = config
+        .local
+        .cloudflared
+        .clone()
+        .unwrap_or_else(|| beside.join("stand-in-cloudflared"));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    let explicit = config.local.vm_agent.is_some() && config.local.cloudflared.is_some();
+    if let Some(workspace) = workspace.filter(|w| w.join("Cargo.toml").is_file() && !explicit) {
+        let sources =
+            ["vm-agent/src", "control/api/src", "tests/support/src/bin"].map(|d| workspace.join(d));
+        let stale = |binary: &Path| {
+            let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok();
+            built.is_none_or(|built| {
+                sources
+                    .iter()
+                    .any(|dir| newest(dir).is_some_and(|changed| changed > built))
+            })
+        };
+        if stale(&vm_agent) || stale(&cloudflared) {
+            let release = beside.file_name().is_some_and(|n| n == "release");
+            info!("building vm-agent and the stand-in cloudflared for the local provider's VMs");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.current_dir(&workspace).args([
+                "build",
+                "-p",
+                "vm-agent",
+                "--bin",
+                "vm-agent",
+                "-p",
+                "test-support",
+                "--bin",
+                "stand-in-cloudflared",
+            ]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build
+                .status()
+                .context("cannot run cargo to build vm-agent")?;
+            anyhow::ensure!(
+                status.success(),
+                "building vm-agent and the stand-in cloudflared failed"
+            );
+        }
+    }
+    for (binary, what, key) in [
+        (&vm_agent, "vm-agent", "vm_agent"),
+        (&cloudflared, "the stand-in cloudflared", "cloudflared"),
+    ] {
+        anyhow::ensure!(
+            binary.is_file(),
+            "the local provider needs {what} at {}: build it (cargo build -p vm-agent -p test-support) or set local_provider.{key}",
+            binary.display()
+        );
+    }
+    Ok((vm_agent, cloudflared))
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        latest = latest.max(time);
+    }
+    latest
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    // Before listening: whoever sees the port open finds the token written.
+    if let Some(path) =
+        accounts::ensure_operator_token(&store, SystemClock.now(), &config.data_dir).await?
+    {
         info!(path = %absolute(&path).display(), "first start: wrote an operator token (mode 0600) to this file");
     }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Local VMs report to this replica unless told otherwise.
+    let reachable = if address.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let control_urls = if config.local.control_urls.is_empty() {
+        vec![format!("http://{reachable}")]
+    } else {
+        config.local.control_urls.clone()
+    };
+    let (vm_agent, cloudflared) = local_binaries(config)?;
+    // Absolute: the VMs' own configuration names files in it.
+    let local_dir = absolute(&config.data_dir.join("local-vms"));
+    let local = Arc::new(
+        LocalProvider::with_processes(
+            &local_dir,
+            LocalVmConfig {
+                vm_agent,
+                cloudflared,
+                control_urls,
+                heartbeat_interval: config.settings.ingest.interval,
+            },
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the local provider's VMs in {}",
+                local_dir.display()
+            )
+        })?,
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = App::new(
+        store,
+        clock,
+        Providers::new(local.clone()),
+        config.settings.clone(),
+    );
     info!(
-        listen = %listener.local_addr()?,
+        listen = %address,
         database = %redact_url(&config.database),
         data_dir = %absolute(&config.data_dir).display(),
+        replica = %app.replica_id,
         "control is serving"
     );
     let (stop, stopped) = watch::channel(false);
@@ -299,6 +429,10 @@ async fn serve(app: App, config: &Config) -> anyhow::Result<()> {
         config.reconcile_interval,
         stopped.clone(),
     ));
+    let vms = {
+        let (local, stopped) = (local.clone(), stopped.clone());
+        tokio::spawn(async move { local.supervise(stopped).await })
+    };
     let rollup = tokio::spawn(tasks::run_rollup(
         app.clone(),
         config.rollup_interval,
@@ -312,14 +446,14 @@ async fn serve(app: App, config: &Config) -> anyhow::Result<()> {
         })
         .await?;
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
-        let _ = tokio::join!(jobs, rollup, ingest, reconciler);
+        let _ = tokio::join!(jobs, rollup, ingest, reconciler, vms);
     })
     .await;
     if drained.is_err() {
         error!("background tasks did not stop within 30 s; exiting anyway");
     }
     app.store.close().await;
-    info!("control stopped");
+    info!("control stopped; local VMs keep running, as VMs do");
     Ok(())
 }
 

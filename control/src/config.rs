@@ -35,6 +35,21 @@ struct FileConfig {
     agents: AgentsSection,
     #[serde(default)]
     reconciler: ReconcilerSection,
+    #[serde(default)]
+    local_provider: LocalSection,
+}
+
+/// The `[local_provider]` section: the programs local VMs run and whom they report to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    /// The vm-agent binary [default: next to control, built from the workspace if need be].
+    pub vm_agent: Option<PathBuf>,
+    /// The cloudflared (stand-in) binary local VMs supervise.
+    pub cloudflared: Option<PathBuf>,
+    /// Control URLs local VMs report to, one per VM by its id [default: this replica].
+    #[serde(default)]
+    pub control_urls: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +102,7 @@ pub struct Config {
     pub rollup_interval: Duration,
     pub job_poll_interval: Duration,
     pub reconcile_interval: Duration,
+    pub local: LocalSection,
     pub settings: Settings,
 }
 
@@ -199,6 +215,7 @@ impl Config {
                 ingest,
                 ..defaults
             },
+            local: parsed.local_provider.clone(),
             reconcile_interval: Duration::from_secs(positive(
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,

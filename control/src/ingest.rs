@@ -404,11 +404,34 @@ impl Ingest {
         Ok(Some(known))
     }
 
-    /// Takes one heartbeat in. Touches the database only for a transition.
+    /// The Agent a heartbeat's bearer credential stands for; checked before its body is read.
+    pub async fn authenticate_heartbeat(
+        &self,
+        app: &App,
+        bearer: &str,
+    ) -> Result<String, IngestError> {
+        let now = app.clock.now().as_millis();
+        self.authenticate(app, bearer, now).await.inspect_err(|_| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Takes one heartbeat in, with its credential. Touches the database only for a transition.
     pub async fn heartbeat(
         &self,
         app: &App,
         bearer: &str,
+        beat: Heartbeat,
+    ) -> Result<HeartbeatAck, IngestError> {
+        let agent_id = self.authenticate_heartbeat(app, bearer).await?;
+        self.heartbeat_of(app, &agent_id, beat).await
+    }
+
+    /// Takes one heartbeat of an authenticated Agent in.
+    pub async fn heartbeat_of(
+        &self,
+        app: &App,
+        agent_id: &str,
         beat: Heartbeat,
     ) -> Result<HeartbeatAck, IngestError> {
         let now = app.clock.now().as_millis();
@@ -416,7 +439,7 @@ impl Ingest {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             error
         };
-        let agent_id = self.authenticate(app, bearer, now).await.map_err(refused)?;
+        let agent_id = agent_id.to_owned();
         if beat
             .agent_id
             .as_deref()

@@ -182,6 +182,14 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
             None,
         ),
         (
+            "a stranger's malformed body",
+            Some(unknown),
+            json.clone(),
+            b"{\"boot_id\": ".to_vec(),
+            401,
+            None,
+        ),
+        (
             "another Agent's credential",
             Some(&beta_credential),
             json.clone(),
@@ -267,9 +275,22 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     )
     .await;
     h.run_jobs().await;
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    let destroyed = h.snapshot().await;
     heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 3, 65))
         .await
         .problem(403, None);
+    // Once the cached copy has expired, the revoked credential itself is refused.
+    h.advance(2 * 60_000);
+    heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 4, 185))
+        .await
+        .problem(401, None);
+    h.app.ingest.flush(&h.app, false).await.unwrap();
+    assert_eq!(
+        h.snapshot().await,
+        destroyed,
+        "a revoked credential changed the database"
+    );
 }
 
 async fn a_heartbeat_records_a_paused_agent_running(db: TestDb) {

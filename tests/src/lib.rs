@@ -1,7 +1,14 @@
-//! End-to-end tests of the workspace's real binaries live in `tests/`; this library only holds
-//! what they share beyond `test-support`.
+//! What the end-to-end tests in `tests/` share beyond `test-support`: running `control`
+//! replicas, talking to their API, and finding the local provider's VMs among the processes.
 
-use std::path::PathBuf;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_support::{Daemon, free_port, workspace_bin};
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
@@ -9,4 +16,135 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+/// One `control serve` process.
+#[derive(Debug)]
+pub struct Replica {
+    pub daemon: Daemon,
+    pub url: String,
+    pub port: u16,
+}
+
+/// Starts `control serve` on `port` with `args` before the subcommand (config, data dir,
+/// database), logging at INFO.
+pub fn start_control(args: &[String], port: u16) -> Replica {
+    let mut command = Command::new(workspace_bin("control"));
+    command
+        .args(args)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("CONTROL_DATABASE")
+        .env_remove("CONTROL_DATA_DIR")
+        .env_remove("CONTROL_CONFIG")
+        .env("RUST_LOG", "info");
+    Replica {
+        daemon: Daemon::start(command, port),
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+    }
+}
+
+/// A new free port for a replica.
+pub fn port() -> u16 {
+    free_port()
+}
+
+/// A JSON API client with a bearer token.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn new(url: &str, token: &str) -> Self {
+        Self {
+            client: test_support::http_client(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body:#}");
+        body
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert!(
+            (200..300).contains(&status),
+            "POST {path}: {status} {reply:#}"
+        );
+        reply
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "no {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Processes whose command line mentions `dir`: the local provider's VMs of one test.
+pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
+            (cmdline.contains(&needle) && !zombie).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Kills every process of one test's VMs when dropped, so no test leaves VMs behind.
+#[derive(Debug)]
+pub struct KillVmsOnDrop(pub PathBuf);
+
+impl Drop for KillVmsOnDrop {
+    fn drop(&mut self) {
+        for (pid, _) in processes_under(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
 }

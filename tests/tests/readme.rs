@@ -63,6 +63,8 @@ fn the_walkthrough_runs_as_written() {
         .env_remove("CONTROL_DATA_DIR")
         .env("RUST_LOG", "info");
     let server = Daemon::start(serve, port);
+    // The walkthrough stops its Agent; should it fail half-way, its VM goes too.
+    let _vms = e2e::KillVmsOnDrop(dir.path().to_owned());
 
     let script = walkthrough(&readme())
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
@@ -104,6 +106,7 @@ fn check_answers(stdout: &str) -> String {
     assert_eq!(find("current")[0]["current"], true);
     let agent = &find("image")[0];
     assert_eq!(agent["state"], "running", "{agent}");
+    assert_eq!(agent["healthy"], true, "its vm-agent heartbeats: {agent}");
     assert_eq!(agent["operation"], serde_json::Value::Null, "{agent}");
     let agent_id = agent["id"].as_str().unwrap().to_owned();
     let states: Vec<_> = find("started_at")
@@ -126,6 +129,7 @@ fn check_answers(stdout: &str) -> String {
 fn check_log(log: &str, agent_id: &str) {
     let steps = [
         "agent provisioning accepted",
+        "agent registered",
         "agent operation accepted",
         "agent operation confirmed by the provider",
     ];

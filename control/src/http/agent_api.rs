@@ -1,6 +1,7 @@
 //! `/api/agent/v1/…`: what vm-agent calls, with its bootstrap token or its credential rather
 //! than a dashboard token. Heartbeats are checked for their credential before their body is
-//! read, and never logged one by one.
+//! parsed (a stranger's malformed body gets 401, not a parse error), and never logged one by
+//! one.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -75,6 +76,10 @@ pub(super) async fn heartbeat(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ApiError::unauthorized("send `Authorization: Bearer <agent credential>`")
         })?;
+    let agent_id = app
+        .ingest
+        .authenticate_heartbeat(&app, bearer.trim())
+        .await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -90,5 +95,5 @@ pub(super) async fn heartbeat(
         ));
     }
     let beat: Heartbeat = parse_json(&body)?;
-    Ok(Json(app.ingest.heartbeat(&app, bearer.trim(), beat).await?))
+    Ok(Json(app.ingest.heartbeat_of(&app, &agent_id, beat).await?))
 }

@@ -1,0 +1,462 @@
+//! The whole system on one machine: real `control` replicas and the local provider's real
+//! vm-agents (with the stand-in cloudflared), driven through the API the way the dashboard
+//! drives it, including a hung VM, a killed agent and a control restart, then checked against
+//! the ledger's invariants. On SQLite, on PostgreSQL, and on PostgreSQL with two replicas that
+//! the agents heartbeat to in turn.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+#![allow(clippy::disallowed_methods)] // the test compares with the wall clock the binaries use
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, port, processes_under, start_control};
+use serde_json::{Value, json};
+use test_support::{TestDb, workspace_bin};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// The instants of a period, in milliseconds.
+fn millis(text: &Value) -> Option<i64> {
+    let text = text.as_str()?;
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn vm_agent_pid(data: &Path, agent: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(data.join("local-vms").join(agent).join("vm.json")).ok()?;
+    let vm: Value = serde_json::from_str(&text).ok()?;
+    let pid = u32::try_from(vm["pid"].as_u64()?).ok()?;
+    processes_under(data)
+        .iter()
+        .any(|(p, _)| *p == pid)
+        .then_some(pid)
+}
+
+fn signal(pid: u32, signal: &str) {
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+struct System {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    ports: Vec<u16>,
+    replicas: Vec<Option<Replica>>,
+    _db: Option<TestDb>,
+}
+
+impl System {
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn start(db: Option<TestDb>, replicas: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..replicas).map(|_| port()).collect();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+            .collect();
+        let config = dir.path().join("control.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[agents]
+heartbeat_interval_secs = 1
+unhealthy_after_intervals = 3
+replica_timeout_secs = 3
+
+[reconciler]
+interval_secs = 2
+
+[usage]
+rollup_interval_secs = 2
+
+[jobs]
+poll_interval_ms = 200
+
+[local_provider]
+vm_agent = "{vm_agent}"
+cloudflared = "{cloudflared}"
+control_urls = [{urls}]
+"#,
+                vm_agent = workspace_bin("vm-agent").display(),
+                cloudflared = workspace_bin("stand-in-cloudflared").display(),
+                urls = urls.join(", "),
+            ),
+        )
+        .unwrap();
+        let mut args = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--data-dir".to_owned(),
+            dir.path().join("data").display().to_string(),
+        ];
+        if let Some(db) = &db {
+            args.extend(["--database".to_owned(), db.url.clone()]);
+        }
+        let mut system = Self {
+            dir,
+            args,
+            ports,
+            replicas: Vec::new(),
+            _db: db,
+        };
+        for n in 0..replicas {
+            let replica = start_control(&system.args, system.ports[n]);
+            system.replicas.push(Some(replica));
+        }
+        system
+    }
+
+    fn url(&self, n: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[n])
+    }
+
+    /// Stops replica `n` (SIGTERM) and starts it again on the same port.
+    fn restart(&mut self, n: usize) -> String {
+        let replica = self.replicas[n].take().unwrap();
+        let (status, log) = replica.daemon.stop();
+        assert!(status.success(), "{log}");
+        self.replicas[n] = Some(start_control(&self.args, self.ports[n]));
+        log
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .flatten()
+            .map(|r| r.daemon.log())
+            .collect()
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (n, replica) in self.replicas.iter().enumerate() {
+                if let Some(replica) = replica {
+                    eprintln!("--- control replica {n} log ---\n{}", replica.daemon.log());
+                }
+            }
+        }
+    }
+}
+
+async fn agent(api: &Api, id: &str) -> Value {
+    api.get(&format!("/api/agents/{id}")).await
+}
+
+async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
+    let mut system = System::start(db, replicas);
+    let data = system.data();
+    let _cleanup = KillVmsOnDrop(system.dir.path().to_owned());
+    let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
+    let op = Api::new(&system.url(0), operator.trim());
+    // The dashboard reaches either replica.
+    let op_other = Api::new(&system.url(replicas - 1), operator.trim());
+
+    let image = op
+        .post(
+            "/api/images",
+            json!({"version": "2026.11.0", "agent_version": "0.1.0",
+                   "manifest_digest": format!("sha256:{}", "0".repeat(64)), "refs": {"local": "local-2026.11.0"}}),
+        )
+        .await;
+    let (status, _) = op
+        .call(
+            reqwest::Method::PUT,
+            "/api/images/current",
+            Some(json!({"image_id": image["id"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let acme = op.post("/api/accounts", json!({"name": "Acme"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let globex = op.post("/api/accounts", json!({"name": "Globex"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = op
+        .post(&format!("/api/accounts/{acme}/tokens"), json!({}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acme_api = Api::new(&system.url(replicas - 1), &token);
+
+    // Three Agents, each a real vm-agent heartbeating into a running period.
+    let mut agents = Vec::new();
+    for name in ["stopped", "hung", "killed"] {
+        let accepted = acme_api.post("/api/agents", json!({"name": name})).await;
+        agents.push(accepted["id"].as_str().unwrap().to_owned());
+    }
+    for id in &agents {
+        eventually("the agent running and heartbeating", WITHIN, || async {
+            let view = agent(&op, id).await;
+            view["state"] == "running" && view["healthy"] == true
+        })
+        .await;
+        assert!(
+            vm_agent_pid(&data, id).is_some(),
+            "a vm-agent runs for {id}"
+        );
+    }
+    let [stopped, hung, killed] = [agents[0].clone(), agents[1].clone(), agents[2].clone()];
+
+    // Stop one: its agent ends, the Agent is paused.
+    acme_api
+        .post(&format!("/api/agents/{stopped}/stop"), json!({}))
+        .await;
+    eventually("the stop", WITHIN, || async {
+        agent(&op, &stopped).await["state"] == "paused"
+    })
+    .await;
+    eventually("its vm-agent gone", WITHIN, || async {
+        vm_agent_pid(&data, &stopped).is_none()
+    })
+    .await;
+
+    // A hung VM: its agent frozen. Unhealthy after three silent intervals; no period changes.
+    let pid = vm_agent_pid(&data, &hung).unwrap();
+    let periods_before = op.get(&format!("/api/agents/{hung}/timeline")).await["periods"].clone();
+    signal(pid, "-STOP");
+    eventually("the hung agent flagged unhealthy", WITHIN, || async {
+        agent(&op_other, &hung).await["healthy"] == false
+    })
+    .await;
+    assert_eq!(
+        agent(&op, &hung).await["state"],
+        "running",
+        "a flag, not a period change"
+    );
+    assert_eq!(
+        op.get(&format!("/api/agents/{hung}/timeline")).await["periods"],
+        periods_before
+    );
+    signal(pid, "-CONT");
+    eventually("the hung agent healthy again", WITHIN, || async {
+        agent(&op, &hung).await["healthy"] == true
+    })
+    .await;
+
+    // A killed agent: the local provider starts it again, as systemd's Restart=always would.
+    let pid = vm_agent_pid(&data, &killed).unwrap();
+    signal(pid, "-KILL");
+    eventually("a new vm-agent for the killed one", WITHIN, || async {
+        vm_agent_pid(&data, &killed).is_some_and(|new| new != pid)
+    })
+    .await;
+    assert_eq!(agent(&op, &killed).await["state"], "running");
+
+    // control restarts: nothing orphaned, nothing duplicated, nobody flagged.
+    let log = system.restart(0);
+    assert!(log.contains("local VMs keep running"), "{log}");
+    let running = |data: &Path| {
+        processes_under(data)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("vm-agent") && cmd.contains(" run "))
+            .count()
+    };
+    assert_eq!(
+        running(&data),
+        2,
+        "the hung and the killed Agents' agents, once each"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(running(&data), 2, "still once each after the restart");
+    for id in [&hung, &killed] {
+        eventually("heartbeats after the restart", WITHIN, || async {
+            agent(&op, id).await["healthy"] == true
+        })
+        .await;
+    }
+
+    // Transfer one, destroy one.
+    let moved = op
+        .post(
+            &format!("/api/agents/{hung}/transfer"),
+            json!({"to_account": globex}),
+        )
+        .await;
+    assert_eq!(moved["account_id"], globex.as_str());
+    let (status, _) = acme_api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/agents/{killed}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    eventually("the destroy", WITHIN, || async {
+        agent(&op, &killed).await["state"] == "destroyed"
+    })
+    .await;
+    assert!(vm_agent_pid(&data, &killed).is_none());
+    assert!(
+        !data.join("local-vms").join(&killed).exists(),
+        "the VM's files are removed"
+    );
+
+    // The ledger: tiling, attribution at the transfer, conservation, survival, the audit chain.
+    // Rolled up first: the usage counts up to the rollup, the lifetimes up to a moment later.
+    let status = Command::new(workspace_bin("control"))
+        .args(&system.args)
+        .args(["usage", "rollup"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let now = time::OffsetDateTime::now_utc();
+    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap();
+    let mut lifetime: BTreeMap<String, i64> = BTreeMap::new();
+    for id in &agents {
+        let view = agent(&op, id).await;
+        let periods = op.get(&format!("/api/agents/{id}/timeline")).await["periods"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            periods[0]["started_at"], view["provisioned_at"],
+            "{id} starts at provisioning"
+        );
+        for pair in periods.windows(2) {
+            assert_eq!(
+                pair[0]["ended_at"], pair[1]["started_at"],
+                "{id}: no gap, no overlap"
+            );
+        }
+        let open = periods.iter().filter(|p| p["ended_at"].is_null()).count();
+        assert_eq!(
+            open,
+            usize::from(view["destroyed_at"].is_null()),
+            "{id}: open exactly while it lives"
+        );
+        let start = millis(&view["provisioned_at"]).unwrap();
+        let end = millis(&view["destroyed_at"]).unwrap_or(now_ms);
+        lifetime.insert(id.clone(), end.div_euclid(1000) - start.div_euclid(1000));
+    }
+    let timeline = op.get(&format!("/api/agents/{hung}/timeline")).await["periods"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let accounts: Vec<&str> = timeline
+        .iter()
+        .map(|p| p["account_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts.last(), Some(&globex.as_str()));
+    assert!(
+        accounts.contains(&acme.as_str()),
+        "Acme keeps its periods before the transfer"
+    );
+
+    let day = now.date();
+    let usage = op.get(&format!("/api/usage?from={day}&to={day}")).await;
+    let mut summed: BTreeMap<String, i64> = BTreeMap::new();
+    for row in usage["rows"].as_array().unwrap() {
+        *summed
+            .entry(row["resource_id"].as_str().unwrap().to_owned())
+            .or_default() += row["running_s"].as_i64().unwrap() + row["paused_s"].as_i64().unwrap();
+    }
+    for id in &agents {
+        // Rolled up a moment ago: today's row counts up to then, within a few seconds of now.
+        let rolled = summed.get(id).copied().unwrap_or(0);
+        let expected = lifetime[id];
+        assert!(
+            rolled <= expected && expected - rolled <= 5,
+            "{id}: usage {rolled} s, lifetime {expected} s"
+        );
+    }
+    let hung_rows: Vec<&Value> = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resource_id"] == hung.as_str())
+        .collect();
+    assert_eq!(
+        hung_rows.len(),
+        2,
+        "the transferred Agent's day is split between the accounts"
+    );
+
+    let verdict = op.get("/api/audit/verify").await;
+    assert_eq!(verdict["ok"], true, "{verdict:#}");
+    let audit = op.get("/api/audit?limit=100").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "agent.provision",
+        "agent.stop",
+        "agent.transfer",
+        "agent.destroy",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+
+    // What a support engineer finds in control's log.
+    let logs = system.logs();
+    for line in [
+        "agent registered",
+        "agent unhealthy",
+        "agent healthy again",
+        "started it again",
+    ] {
+        assert!(
+            logs.contains(line) || log.contains(line),
+            "`{line}` in control's logs"
+        );
+    }
+
+    // Clean up: destroy the rest; no VM is left behind.
+    for id in [&stopped, &hung] {
+        let (status, _) = op
+            .call(reqwest::Method::DELETE, &format!("/api/agents/{id}"), None)
+            .await;
+        assert_eq!(status, 202);
+    }
+    for id in [&stopped, &hung] {
+        eventually("the destroy", WITHIN, || async {
+            agent(&op, id).await["state"] == "destroyed"
+        })
+        .await;
+    }
+    assert!(
+        processes_under(&data)
+            .iter()
+            .all(|(_, cmd)| !cmd.contains("vm-agent")),
+        "no vm-agent is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite() {
+    the_system_runs_end_to_end(None, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        the_system_runs_end_to_end(Some(db), 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_with_two_replicas() {
+    if let Some(db) = TestDb::postgres().await {
+        the_system_runs_end_to_end(Some(db), 2).await;
+    }
+}
