@@ -1,0 +1,756 @@
+//! The heartbeat ingest benchmark.
+//!
+//! Seeds a fresh database with N running Agents, each with its own credential, starts the
+//! release `control serve` on it, and drives it from this process over keep-alive HTTP/1.1
+//! connections, on the same cores:
+//!
+//! 1. the floor: `GET /healthz` for the measuring time, the same server under the same load
+//!    doing nothing but answering; its peak RSS is control's own floor;
+//! 2. the first heartbeat of every Agent (cold: each credential and Agent record is read once);
+//! 3. heartbeats, round-robin over all Agents, for the measuring time.
+//!
+//! It prints requests/s, p50 and p99 latency and control's peak RSS for the heartbeats next to
+//! the floor, their ratios, the rows written per heartbeat (from control's `/metrics`), and the
+//! goals. On SQLite, on PostgreSQL, or both.
+//!
+//! `bash control/bench/ingest.sh --help` lists the options.
+
+#![allow(clippy::cast_precision_loss)] // figures for people: counts far below 2^52
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::{Parser, ValueEnum};
+use control::clock::Clock as _;
+use control::store::{
+    AccountRow, CredentialRow, ImageRow, NewAgent, OperationOutcome, Store, StoreOptions,
+};
+use control_api::Timestamp;
+use control_api::agent::{
+    Heartbeat, HostMetrics, SliceReport, SliceState, TunnelReport, TunnelState,
+};
+use control_api::agents::{AgentOperation, PeriodState};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Agents per seeding transaction.
+const SEED_BATCH: usize = 1_000;
+/// Goals of issue 4 on this 2-core machine.
+const GOAL_RATE: f64 = 20_000.0;
+const GOAL_P99_MS: f64 = 25.0;
+const GOAL_FLOOR_SHARE: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Heartbeat ingest of the release control, next to its /healthz floor")]
+struct Args {
+    /// Simulated Agents, each with its own credential.
+    #[arg(long, default_value_t = 100_000)]
+    agents: usize,
+    /// Seconds each measured phase runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Keep-alive connections the load generator keeps busy.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, value_enum, default_value_t = Backend::Both)]
+    backend: Backend,
+    /// A PostgreSQL server where the benchmark may create (and then drop) a database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// The `control` binary to measure (the release build).
+    #[arg(long, default_value = "target/release/control")]
+    control: PathBuf,
+}
+
+/// One simulated Agent.
+struct Agent {
+    id: String,
+    credential: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.agents > 0 && args.connections > 0 && args.seconds > 0,
+        "agents, connections and seconds must be positive"
+    );
+    ensure!(
+        args.control.is_file(),
+        "no control binary at {}: build it with `cargo build --release -p control` (ingest.sh does)",
+        args.control.display()
+    );
+    // The load generator gets the machine's cores too: it shares them with control, as a fleet's
+    // load balancer would not, which makes the figures conservative.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if matches!(args.backend, Backend::Sqlite | Backend::Both) {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite:{}", dir.path().join("control.db").display());
+            run(&args, "SQLite", &url, dir.path()).await?;
+        }
+        if matches!(args.backend, Backend::Postgres | Backend::Both) {
+            let dir = tempfile::tempdir()?;
+            let database = Scratch::create(&args.postgres_url).await?;
+            let outcome = run(&args, "PostgreSQL", &database.url, dir.path()).await;
+            database.drop_it().await;
+            outcome?;
+        }
+        Ok(())
+    })
+}
+
+/// A throwaway PostgreSQL database.
+struct Scratch {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn create(admin: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection as _;
+        let name = format!("ingest_bench_{}", std::process::id());
+        let mut connection = sqlx::PgConnection::connect(admin).await.with_context(|| {
+            format!("cannot reach PostgreSQL at {admin} (pass --postgres-url, or --backend sqlite)")
+        })?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut connection)
+        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await?;
+        let (base, _) = admin
+            .rsplit_once('/')
+            .context("the PostgreSQL URL names no database")?;
+        Ok(Self {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_it(self) {
+        use sqlx::Connection as _;
+        if let Ok(mut connection) = sqlx::PgConnection::connect(&self.admin).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut connection)
+            .await;
+        }
+    }
+}
+
+async fn run(args: &Args, backend: &str, url: &str, dir: &Path) -> anyhow::Result<()> {
+    println!(
+        "heartbeat ingest on {backend}: {} Agents, {} keep-alive connections, {} s per phase",
+        args.agents, args.connections, args.seconds
+    );
+    let started = Instant::now();
+    let agents = Arc::new(seed(url, args.agents).await?);
+    println!(
+        "  seeded {} running Agents with their credentials in {:.1} s",
+        agents.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let server = Server::start(&args.control, url, dir).await?;
+    let address = server.address.clone();
+    let phase = Duration::from_secs(args.seconds);
+
+    let floor = drive(
+        &address,
+        args.connections,
+        Load::Healthz,
+        Until::Elapsed(phase),
+    )
+    .await?;
+    let floor_rss = server.peak_rss_kib()?;
+    let cold = drive(
+        &address,
+        args.connections,
+        Load::Heartbeats(agents.clone()),
+        Until::Sent(agents.len() as u64),
+    )
+    .await?;
+    // The first heartbeat of each Agent makes this replica its custodian, written behind within
+    // a second; the measuring starts once that is done, in the steady state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut before = server.metrics().await?;
+    while before.rows < agents.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        before = server.metrics().await?;
+    }
+    let beats = drive(
+        &address,
+        args.connections,
+        Load::Heartbeats(agents.clone()),
+        Until::Elapsed(phase),
+    )
+    .await?;
+    let after = server.metrics().await?;
+    let beats_rss = server.peak_rss_kib()?;
+    let stopping = Instant::now();
+    let log = server.stop()?;
+    report(&Report {
+        floor,
+        floor_rss,
+        cold,
+        beats,
+        beats_rss,
+        before,
+        after,
+        log_lines: log.lines().count(),
+        stopped_in: stopping.elapsed(),
+    });
+    Ok(())
+}
+
+/// What one backend's run measured.
+struct Report {
+    floor: Phase,
+    floor_rss: u64,
+    cold: Phase,
+    beats: Phase,
+    beats_rss: u64,
+    before: Metrics,
+    after: Metrics,
+    log_lines: usize,
+    stopped_in: Duration,
+}
+
+fn report(report: &Report) {
+    let (floor, cold, beats) = (&report.floor, &report.cold, &report.beats);
+    let (before, after) = (&report.before, &report.after);
+    let (floor_rss, beats_rss) = (report.floor_rss, report.beats_rss);
+    let (log_lines, stopped_in) = (report.log_lines, report.stopped_in);
+    let rows = after.rows - before.rows;
+    let taken = after.heartbeats - before.heartbeats;
+    println!();
+    println!("                         heartbeats    /healthz floor    ratio");
+    println!(
+        "  requests/s           {:>12.0}  {:>16.0}    {:.2}x",
+        beats.rate(),
+        floor.rate(),
+        beats.rate() / floor.rate()
+    );
+    println!(
+        "  p50 latency          {:>9.2} ms  {:>13.2} ms",
+        beats.percentile(0.50),
+        floor.percentile(0.50)
+    );
+    println!(
+        "  p99 latency          {:>9.2} ms  {:>13.2} ms",
+        beats.percentile(0.99),
+        floor.percentile(0.99)
+    );
+    println!(
+        "  control peak RSS     {:>8.1} MiB  {:>12.1} MiB    {:.2}x",
+        beats_rss as f64 / 1024.0,
+        floor_rss as f64 / 1024.0,
+        beats_rss as f64 / floor_rss as f64
+    );
+    println!(
+        "  errors               {:>12}  {:>16}",
+        beats.errors, floor.errors
+    );
+    println!();
+    println!(
+        "  first heartbeat of each Agent (cold caches): {} in {:.1} s, {:.0}/s, p99 {:.2} ms, errors {}",
+        cold.done,
+        cold.elapsed.as_secs_f64(),
+        cold.rate(),
+        cold.percentile(0.99),
+        cold.errors
+    );
+    println!(
+        "  rows written while measuring: {rows} liveness rows for {taken} heartbeats ({:.4} per heartbeat), {} transitions",
+        rows as f64 / taken.max(1) as f64,
+        after.transitions - before.transitions
+    );
+    println!(
+        "  control logged {} lines at INFO and above in the run, and stopped {:.1} s after SIGTERM",
+        log_lines,
+        stopped_in.as_secs_f64()
+    );
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!(
+        "  goals: >= {GOAL_RATE:.0} heartbeats/s ({}), p99 < {GOAL_P99_MS:.0} ms ({}), >= {GOAL_FLOOR_SHARE}x the floor's rate ({}), no errors ({})",
+        verdict(beats.rate() >= GOAL_RATE),
+        verdict(beats.percentile(0.99) < GOAL_P99_MS),
+        verdict(beats.rate() >= GOAL_FLOOR_SHARE * floor.rate()),
+        verdict(beats.errors + floor.errors + cold.errors == 0),
+    );
+    println!();
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Writes an account, an image and `count` Agents, each provisioned, running since a minute
+/// ago and holding a credential, as control itself would have recorded them. Their provider is
+/// `hetzner`, which this control does not configure, so its reconciler leaves them alone.
+async fn seed(url: &str, count: usize) -> anyhow::Result<Vec<Agent>> {
+    let store = Store::connect(url, &StoreOptions::default()).await?;
+    store.migrate().await?;
+    let now = control::clock::SystemClock.now().as_millis();
+    let provisioned = now - 60_000;
+    let account = control::ids::new_id("acc");
+    let image = control::ids::new_id("img");
+    let mut tx = store.write().await?;
+    tx.insert_account(&AccountRow {
+        id: account.clone(),
+        name: "Bench".to_owned(),
+        created_at: provisioned,
+    })
+    .await?;
+    tx.insert_image(&ImageRow {
+        id: image.clone(),
+        version: "2026.11.0".to_owned(),
+        agent_version: "0.1.0".to_owned(),
+        manifest_digest: format!("sha256:{}", "0".repeat(64)),
+        refs: r#"{"hetzner":"123456"}"#.to_owned(),
+        env: "{}".to_owned(),
+        created_at: provisioned,
+    })
+    .await?;
+    tx.commit().await?;
+
+    let mut agents = Vec::with_capacity(count);
+    for batch in 0..count.div_ceil(SEED_BATCH) {
+        let mut tx = store.write().await?;
+        for n in batch * SEED_BATCH..count.min((batch + 1) * SEED_BATCH) {
+            let id = control::ids::new_id("agt");
+            let name = format!("bench-{n}");
+            let provider_id = format!("{}", 10_000_000 + n);
+            tx.insert_agent(&NewAgent {
+                id: &id,
+                account_id: &account,
+                name: &name,
+                provider: "hetzner",
+                image_id: &image,
+                image_ref: "123456",
+                env: "{}",
+                provisioned_at: provisioned,
+            })
+            .await?;
+            control::ledger::open(
+                &mut tx,
+                &id,
+                &account,
+                PeriodState::Paused,
+                Timestamp::from_millis(provisioned),
+            )
+            .await?;
+            let outcome = OperationOutcome {
+                provider_id: Some(&provider_id),
+                state: Some(PeriodState::Running),
+                error: None,
+            };
+            ensure!(
+                tx.finish_operation(
+                    &id,
+                    AgentOperation::Provision,
+                    &outcome,
+                    provisioned + 1_000
+                )
+                .await?
+            );
+            control::ledger::switch(
+                &mut tx,
+                &id,
+                &account,
+                PeriodState::Running,
+                Timestamp::from_millis(provisioned + 1_000),
+            )
+            .await?;
+            let secret = control::auth::random_secret()?;
+            let credential = CredentialRow {
+                id: control::ids::new_id("crd"),
+                agent_id: id.clone(),
+                secret_hash: sha256_hex(&secret),
+                revoked_at: None,
+            };
+            tx.insert_credential(&credential, provisioned + 2_000)
+                .await?;
+            agents.push(Agent {
+                credential: format!("agc_{}_{secret}", credential.id),
+                id,
+            });
+        }
+        tx.commit().await?;
+    }
+    store.close().await;
+    Ok(agents)
+}
+
+/// The release control under test.
+struct Server {
+    child: Child,
+    address: String,
+    log: PathBuf,
+}
+
+/// Counters from control's `/metrics`.
+struct Metrics {
+    heartbeats: u64,
+    rows: u64,
+    transitions: u64,
+}
+
+impl Server {
+    async fn start(control: &Path, url: &str, dir: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.join("control.toml");
+        // Defaults everywhere (a 30 s heartbeat interval, written behind every 20th), but the
+        // reconciler, which would only find these Agents' provider unconfigured.
+        std::fs::write(&config, "[reconciler]\ninterval_secs = 3600\n")?;
+        let log = dir.join("control.log");
+        let child = Command::new(control)
+            .args(["--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--database",
+                url,
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", control.display()))?;
+        let mut server = Self {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(&server.address).await
+                && let Ok((200, _)) = exchange(
+                    &mut stream,
+                    b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n",
+                    &mut Vec::new(),
+                )
+                .await
+            {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "control exited ({status}) before serving: {}",
+                    std::fs::read_to_string(&server.log).unwrap_or_default()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "control did not serve within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Control's peak resident set so far (`VmHWM`), in `KiB`.
+    fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")
+    }
+
+    async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let mut stream = TcpStream::connect(&self.address).await?;
+        let mut buffer = Vec::new();
+        let (status, body) = exchange(
+            &mut stream,
+            b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n",
+            &mut buffer,
+        )
+        .await?;
+        ensure!(status == 200, "/metrics answered {status}");
+        let text = String::from_utf8_lossy(&buffer[body..]).into_owned();
+        let value = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .with_context(|| format!("no {name} in /metrics"))
+        };
+        Ok(Metrics {
+            heartbeats: value("control_heartbeats_total")?,
+            rows: value("control_liveness_rows_written_total")?,
+            transitions: value("control_agent_transitions_total")?,
+        })
+    }
+
+    /// SIGTERM, as an orderly shutdown; returns what control logged.
+    fn stop(mut self) -> anyhow::Result<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("control did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(std::fs::read_to_string(&self.log)?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the load generator sends.
+#[derive(Clone)]
+enum Load {
+    Healthz,
+    /// Heartbeats, round-robin over the Agents: the k-th request goes to Agent k mod N, with
+    /// sequence number k / N + 1 (each Agent's sequence counts up, as a vm-agent's does).
+    Heartbeats(Arc<Vec<Agent>>),
+}
+
+/// What one phase measured.
+struct Phase {
+    done: u64,
+    errors: u64,
+    elapsed: Duration,
+    /// Sorted, in microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile of the latencies, in milliseconds.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank =
+            ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len());
+        f64::from(self.latencies[rank - 1]) / 1000.0
+    }
+}
+
+/// When a phase ends.
+#[derive(Clone, Copy)]
+enum Until {
+    Elapsed(Duration),
+    Sent(u64),
+}
+
+/// Keeps `connections` keep-alive connections busy, one request in flight on each, `until`.
+async fn drive(
+    address: &str,
+    connections: usize,
+    load: Load,
+    until: Until,
+) -> anyhow::Result<Phase> {
+    let total = match until {
+        Until::Sent(total) => Some(total),
+        Until::Elapsed(_) => None,
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (load, next, stop) = (load.clone(), next.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            connection(stream, &load, &next, &stop, total).await
+        }));
+    }
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Until::Elapsed(duration) = until {
+                tokio::time::sleep(duration).await;
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut phase = Phase {
+        done: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for worker in workers {
+        let (latencies, errors) = worker.await??;
+        phase.done += latencies.len() as u64;
+        phase.errors += errors;
+        phase.latencies.extend(latencies);
+    }
+    phase.elapsed = started.elapsed();
+    timer.abort();
+    phase.latencies.sort_unstable();
+    Ok(phase)
+}
+
+/// One connection's loop: its latencies (µs) and how many answers were not 200.
+async fn connection(
+    mut stream: TcpStream,
+    load: &Load,
+    next: &AtomicU64,
+    stop: &AtomicBool,
+    total: Option<u64>,
+) -> anyhow::Result<(Vec<u32>, u64)> {
+    let boot = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut request = Vec::with_capacity(2048);
+    let mut body = Vec::with_capacity(1024);
+    let mut buffer = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        if total.is_some_and(|total| k >= total) {
+            break;
+        }
+        request.clear();
+        match load {
+            Load::Healthz => {
+                request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n");
+            }
+            Load::Heartbeats(agents) => {
+                let n = agents.len() as u64;
+                let agent = &agents[usize::try_from(k % n)?];
+                body.clear();
+                serde_json::to_writer(
+                    &mut body,
+                    &heartbeat(agent, k / n + 1, boot.elapsed().as_secs() + 60),
+                )?;
+                request.extend_from_slice(b"POST /api/agent/v1/heartbeat HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: Bearer ");
+                request.extend_from_slice(agent.credential.as_bytes());
+                request.extend_from_slice(
+                    format!("\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
+                request.extend_from_slice(&body);
+            }
+        }
+        let sent = Instant::now();
+        let (status, _) = exchange(&mut stream, &request, &mut buffer).await?;
+        latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+        if status != 200 {
+            errors += 1;
+        }
+    }
+    Ok((latencies, errors))
+}
+
+/// What a vm-agent sends: the kernel's boot id stands in as the Agent's own (stable per Agent).
+fn heartbeat(agent: &Agent, sequence: u64, uptime_s: u64) -> Heartbeat {
+    Heartbeat {
+        agent_id: Some(agent.id.clone()),
+        boot_id: agent.id[4..].to_owned(),
+        sequence,
+        agent_version: "0.1.0".to_owned(),
+        image_version: "2026.11.0".to_owned(),
+        agent_uptime_s: uptime_s,
+        cloudflared: TunnelReport {
+            state: TunnelState::Ready,
+            ready_connections: 4,
+            restarts: 0,
+            crash_loop: false,
+            last_exit: None,
+            since: None,
+        },
+        slice: SliceReport {
+            state: SliceState::Mounted,
+            free_bytes: Some(40 << 30),
+            total_bytes: Some(50 << 30),
+            free_inodes: Some(3_000_000),
+            total_inodes: Some(3_276_800),
+        },
+        host: HostMetrics {
+            cpus: 2,
+            load_centi: [12, 9, 7],
+            memory_total_bytes: 4 << 30,
+            memory_available_bytes: 3 << 30,
+            root_free_bytes: 20 << 30,
+            uptime_s,
+        },
+    }
+}
+
+/// Sends one HTTP/1.1 request and reads its answer into `buffer`: the status and where the
+/// body starts. Bodies are read by `Content-Length` (all control sends on these routes).
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buffer: &mut Vec<u8>,
+) -> anyhow::Result<(u16, usize)> {
+    stream.write_all(request).await?;
+    buffer.clear();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let read = stream.read(&mut chunk).await?;
+        ensure!(read > 0, "control closed the connection");
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = std::str::from_utf8(&buffer[..head_end])?;
+    let status: u16 = head.get(9..12).context("no status line")?.parse()?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("an answer without Content-Length")?;
+    while buffer.len() < head_end + length {
+        let read = stream.read(&mut chunk).await?;
+        ensure!(read > 0, "control closed the connection");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    Ok((status, head_end))
+}
