@@ -309,6 +309,28 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
         "the VM's files are removed"
     );
 
+    // Start the stopped one: a new vm-agent, running and heartbeating again.
+    acme_api
+        .post(&format!("/api/agents/{stopped}/start"), json!({}))
+        .await;
+    eventually("the start", WITHIN, || async {
+        let view = agent(&op, &stopped).await;
+        view["state"] == "running" && view["operation"].is_null() && view["healthy"] == true
+    })
+    .await;
+    assert!(
+        vm_agent_pid(&data, &stopped).is_some(),
+        "a vm-agent runs again for {stopped}"
+    );
+    let stopped_timeline: Vec<Value> =
+        op.get(&format!("/api/agents/{stopped}/timeline")).await["periods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["state"].clone())
+            .collect();
+    assert_eq!(stopped_timeline, ["paused", "running", "paused", "running"]);
+
     // The ledger: tiling, attribution at the transfer, conservation, survival, the audit chain.
     // Rolled up first: the usage counts up to the rollup, the lifetimes up to a moment later.
     let status = Command::new(workspace_bin("control"))
@@ -401,6 +423,7 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
     for action in [
         "agent.provision",
         "agent.stop",
+        "agent.start",
         "agent.transfer",
         "agent.destroy",
     ] {
