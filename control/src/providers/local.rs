@@ -27,7 +27,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{PowerState, Provider, ProviderError, VmSpec};
 
@@ -50,6 +50,10 @@ struct LocalVm {
     pid: Option<u32>,
     #[serde(default)]
     pid_started: Option<u64>,
+    /// The host's boot the agent process was started in: PIDs and start times mean nothing
+    /// across a reboot.
+    #[serde(default)]
+    host_boot: Option<String>,
 }
 
 impl LocalVm {
@@ -65,8 +69,36 @@ impl LocalVm {
             bootstrap_token: None,
             pid: None,
             pid_started: None,
+            host_boot: None,
         }
     }
+
+    /// Forgets the agent process (it is gone).
+    fn clear_process(&mut self) {
+        self.pid = None;
+        self.pid_started = None;
+        self.host_boot = None;
+    }
+
+    /// The recorded agent process, if it was started in this boot of the host.
+    fn process_this_boot(&self) -> Option<(u32, u64)> {
+        let this_boot = host_boot();
+        match (self.pid, self.pid_started) {
+            (Some(pid), Some(started))
+                if self.host_boot.is_none() || self.host_boot == this_boot =>
+            {
+                Some((pid, started))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The kernel's id of this boot of the host.
+fn host_boot() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
 }
 
 /// What the local provider holds for one VM, for tests and diagnostics.
@@ -103,6 +135,8 @@ pub struct LocalProvider {
 
 /// How long a stopping vm-agent gets before SIGKILL (its own cloudflared grace is shorter).
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long to wait for a vm-agent sent SIGKILL to be gone.
+const AGENT_KILL_WAIT: Duration = Duration::from_secs(5);
 /// The wait between two starts of one VM's agent by the supervisor (systemd's `RestartSec`).
 const RESTART_SEC: Duration = Duration::from_secs(2);
 /// How often a change waiting for a VM's lock looks again.
@@ -182,9 +216,10 @@ impl LocalProvider {
                 let Some(agent_id) = vm_dir
                     .file_name()
                     .and_then(|n| n.to_str())
+                    .filter(|name| !name.starts_with('.'))
                     .map(str::to_owned)
                 else {
-                    continue;
+                    continue; // not a VM (a destroyed one being deleted)
                 };
                 if last_start
                     .get(&agent_id)
@@ -230,19 +265,31 @@ fn write_vm(vm_dir: &Path, vm: &LocalVm) -> Result<(), ProviderError> {
         .map_err(|e| transient("writing", &path, e))
 }
 
-/// Tries the VM's lock file once: `None` while another change (in this replica or another)
-/// holds it.
-fn try_lock_vm(vm_dir: &Path) -> Result<Option<Flock<std::fs::File>>, ProviderError> {
+/// What one try for a VM's lock found.
+enum VmLock {
+    Held(Flock<std::fs::File>),
+    /// Another change (in this replica or another) holds it.
+    Busy,
+    /// The VM's directory is gone (destroyed).
+    Gone,
+}
+
+/// Tries the VM's lock file once.
+fn try_lock_vm(vm_dir: &Path) -> Result<VmLock, ProviderError> {
     let path = vm_dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| transient("opening", &path, e))?;
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VmLock::Gone),
+        Err(e) => return Err(transient("opening", &path, e)),
+    };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(held) => Ok(Some(held)),
-        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Ok(held) => Ok(VmLock::Held(held)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(VmLock::Busy),
         Err((_, e)) => Err(transient("locking", &path, e)),
     }
 }
@@ -250,27 +297,30 @@ fn try_lock_vm(vm_dir: &Path) -> Result<Option<Flock<std::fs::File>>, ProviderEr
 /// Holds the VM's lock file for the duration of one change, across replicas. Waits without
 /// blocking a runtime thread: a change holds the lock across `.await`s (a graceful stop takes
 /// seconds), and a thread parked in `flock` could be the one that change needs to finish.
+/// A VM destroyed meanwhile is `NotFound`.
 async fn lock_vm(vm_dir: &Path) -> Result<Flock<std::fs::File>, ProviderError> {
     loop {
-        if let Some(held) = try_lock_vm(vm_dir)? {
-            return Ok(held);
+        match try_lock_vm(vm_dir)? {
+            VmLock::Held(held) => return Ok(held),
+            VmLock::Busy => tokio::time::sleep(LOCK_RETRY).await,
+            VmLock::Gone => {
+                let id = vm_dir.file_name().unwrap_or_default().to_string_lossy();
+                return Err(ProviderError::NotFound(id.into_owned()));
+            }
         }
-        tokio::time::sleep(LOCK_RETRY).await;
     }
 }
 
 /// Whether the VM's recorded agent process is alive (and really is that process).
 fn agent_alive(vm: &LocalVm) -> bool {
-    match (vm.pid, vm.pid_started) {
-        (Some(pid), Some(started)) => process_started(pid) == Some(started),
-        _ => false,
-    }
+    vm.process_this_boot()
+        .is_some_and(|(pid, started)| process_started(pid) == Some(started))
 }
 
 /// Starts the VM's agent if the VM is on and its agent is not running. Returns whether it did.
 fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool, ProviderError> {
-    let Some(_lock) = try_lock_vm(vm_dir)? else {
-        return Ok(false); // being changed right now; the next tick looks again
+    let VmLock::Held(_lock) = try_lock_vm(vm_dir)? else {
+        return Ok(false); // being changed or destroyed right now; the next tick looks again
     };
     let Ok(mut vm) = read_vm(vm_dir) else {
         return Ok(false); // being created or destroyed
@@ -326,27 +376,33 @@ fn spawn_agent(
     });
     vm.pid = Some(pid);
     vm.pid_started = process_started(pid);
+    vm.host_boot = host_boot();
     Ok(())
 }
 
 /// Kills whatever is left in the process group of the VM's last agent (the agent was its
-/// leader, its cloudflared a member).
+/// leader, its cloudflared a member) once the agent itself is gone. Only in the boot it was
+/// started in, and only while its PID is unused (or its zombie): the kernel never hands out an
+/// ID still in use as a process group's, so a live process with that PID means the group is
+/// empty and the PID belongs to someone else, whose group must not be touched.
 fn kill_leftovers(vm: &LocalVm) {
-    if let Some(pid) = vm.pid.and_then(|pid| i32::try_from(pid).ok()) {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let Some((pid, _)) = vm.process_this_boot() else {
+        return;
+    };
+    if vm.host_boot.is_none() || process_started(pid).is_some() {
+        return;
+    }
+    if let Ok(group) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
     }
 }
 
 /// SIGTERM to the VM's agent (it drains cloudflared), SIGKILL after the grace period, then
 /// anything left in its process group.
 async fn stop_agent(vm: &mut LocalVm) {
-    if !agent_alive(vm) {
+    let Some((pid, started)) = vm.process_this_boot().filter(|_| agent_alive(vm)) else {
         kill_leftovers(vm);
-        vm.pid = None;
-        vm.pid_started = None;
-        return;
-    }
-    let (Some(pid), Some(started)) = (vm.pid, vm.pid_started) else {
+        vm.clear_process();
         return;
     };
     let target = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
@@ -358,13 +414,30 @@ async fn stop_agent(vm: &mut LocalVm) {
     if process_started(pid) == Some(started) {
         warn!(agent_id = %vm.agent_id, pid, "local VM: vm-agent did not stop in time; killing it");
         let _ = kill(target, Signal::SIGKILL);
-        while process_started(pid) == Some(started) {
+        let deadline = Instant::now() + AGENT_KILL_WAIT;
+        while process_started(pid) == Some(started) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if process_started(pid) == Some(started) {
+            // Stuck in the kernel; nothing more a supervisor can do. Forget it rather than
+            // hold the VM's lock forever.
+            error!(agent_id = %vm.agent_id, pid, "local VM: vm-agent survived SIGKILL; leaving it behind");
         }
     }
     kill_leftovers(vm);
-    vm.pid = None;
-    vm.pid_started = None;
+    vm.clear_process();
+}
+
+/// Deletes a directory tree (a VM's slice may be large) off the runtime's threads.
+async fn remove_tree(path: PathBuf) -> Result<(), ProviderError> {
+    let removing = path.clone();
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&removing) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    })
+    .await
+    .map_err(|e| transient("removing", &path, e))?;
+    removed.map_err(|e| transient("removing", &path, e))
 }
 
 fn free_port() -> Result<u16, ProviderError> {
@@ -502,7 +575,8 @@ impl Provider for LocalProvider {
                 {
                     write_secret(&vm_dir.join("bootstrap-token"), token)?;
                 }
-                if !agent_alive(&vm) {
+                // A retried create adopts the VM as it is: powered off stays off.
+                if vm.running && !agent_alive(&vm) {
                     spawn_agent(&vm_dir, config, &mut vm)?;
                 }
                 write_vm(&vm_dir, &vm)?;
@@ -588,17 +662,26 @@ impl Provider for LocalProvider {
             }
             Backing::Processes { dir, .. } => {
                 let vm_dir = dir.join(id);
-                if !vm_dir.exists() {
-                    return Ok(());
+                // Dot names are skipped by every supervisor.
+                let trash = dir.join(format!(".destroyed-{id}"));
+                match lock_vm(&vm_dir).await {
+                    Ok(held) => {
+                        if let Ok(mut vm) = read_vm(&vm_dir) {
+                            vm.running = false;
+                            write_vm(&vm_dir, &vm)?;
+                            stop_agent(&mut vm).await;
+                        }
+                        // Out of every replica's sight at once, still under the lock (a
+                        // directory being deleted file by file would be half a VM).
+                        remove_tree(trash.clone()).await?;
+                        std::fs::rename(&vm_dir, &trash)
+                            .map_err(|e| transient("removing", &vm_dir, e))?;
+                        drop(held);
+                    }
+                    Err(ProviderError::NotFound(_)) => {} // gone already, perhaps half-way
+                    Err(e) => return Err(e),
                 }
-                let lock_file = lock_vm(&vm_dir).await?;
-                if let Ok(mut vm) = read_vm(&vm_dir) {
-                    vm.running = false;
-                    write_vm(&vm_dir, &vm)?;
-                    stop_agent(&mut vm).await;
-                }
-                drop(lock_file);
-                std::fs::remove_dir_all(&vm_dir).map_err(|e| transient("removing", &vm_dir, e))?;
+                remove_tree(trash).await?;
             }
         }
         Ok(())
@@ -688,7 +771,7 @@ mod tests {
             runtime.block_on(async {
                 let first = lock_vm(&vm_dir).await.unwrap();
                 assert!(
-                    try_lock_vm(&vm_dir).unwrap().is_none(),
+                    matches!(try_lock_vm(&vm_dir).unwrap(), VmLock::Busy),
                     "held means held, within one process too"
                 );
                 let second = tokio::spawn({
@@ -705,6 +788,41 @@ mod tests {
         finished
             .recv_timeout(Duration::from_secs(10))
             .expect("the runtime thread was parked waiting for the lock");
+    }
+
+    /// A recorded agent whose PID now belongs to another process: that process's group is
+    /// not ours to kill.
+    #[test]
+    fn leftovers_are_killed_only_in_the_agents_own_group() {
+        let mut other = std::process::Command::new("sleep");
+        other.arg("30");
+        std::os::unix::process::CommandExt::process_group(&mut other, 0);
+        let mut other = other.spawn().unwrap();
+        let pid = other.id();
+        let mut vm = LocalVm::booted(&spec());
+        vm.pid = Some(pid);
+        vm.pid_started = process_started(pid).map(|started| started + 1); // a reused PID
+        vm.host_boot = host_boot();
+        assert!(!agent_alive(&vm));
+        kill_leftovers(&vm);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another process's group was killed"
+        );
+        // Once that PID is free (the agent gone), its group is the agent's leftovers.
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_vm_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("agt_gone");
+        assert!(matches!(try_lock_vm(&gone).unwrap(), VmLock::Gone));
+        assert!(
+            matches!(lock_vm(&gone).await, Err(ProviderError::NotFound(id)) if id == "agt_gone")
+        );
     }
 
     #[test]
