@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use control_api::accounts::{CreateAccount, CreateToken};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
@@ -274,75 +274,99 @@ async fn open(config: &Config) -> anyhow::Result<App> {
 }
 
 /// The programs local VMs run: as configured, else next to this executable. Started from the
-/// workspace it was built in (`cargo run -p control -- serve`), control builds them itself
-/// when they are missing or older than their sources.
+/// workspace it was built in (`cargo run -p control -- serve` on a fresh clone), control builds
+/// the missing ones itself, into its own target directory and profile; one older than its
+/// sources is used as it is, with a warning (cargo decides what to rebuild, not us).
 fn local_binaries(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe().context("cannot locate the control executable")?;
     let beside = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let vm_agent = config
-        .local
-        .vm_agent
-        .clone()
-        .unwrap_or_else(|| beside.join("vm-agent"));
-    let cloudflared = config
-        .local
-        .cloudflared
-        .clone()
-        .unwrap_or_else(|| beside.join("stand-in-cloudflared"));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .map(Path::to_path_buf);
-    let explicit = config.local.vm_agent.is_some() && config.local.cloudflared.is_some();
-    if let Some(workspace) = workspace.filter(|w| w.join("Cargo.toml").is_file() && !explicit) {
-        let sources =
-            ["vm-agent/src", "control/api/src", "tests/support/src/bin"].map(|d| workspace.join(d));
-        let stale = |binary: &Path| {
-            let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok();
-            built.is_none_or(|built| {
-                sources
+        .map(Path::to_path_buf)
+        .filter(|w| w.join("Cargo.toml").is_file());
+    // (configured path, default name, package, the sources it is built from, config key)
+    let wanted = [
+        (
+            &config.local.vm_agent,
+            "vm-agent",
+            "vm-agent",
+            &["vm-agent/src", "control/api/src"][..],
+            "vm_agent",
+        ),
+        (
+            &config.local.cloudflared,
+            "stand-in-cloudflared",
+            "test-support",
+            &["tests/support/src"][..],
+            "cloudflared",
+        ),
+    ];
+    let mut found = Vec::new();
+    for (configured, name, package, sources, key) in wanted {
+        let binary = configured.clone().unwrap_or_else(|| beside.join(name));
+        if configured.is_none()
+            && let Some(workspace) = &workspace
+        {
+            if binary.is_file() {
+                let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+                let changed = sources
                     .iter()
-                    .any(|dir| newest(dir).is_some_and(|changed| changed > built))
-            })
-        };
-        if stale(&vm_agent) || stale(&cloudflared) {
-            let release = beside.file_name().is_some_and(|n| n == "release");
-            info!("building vm-agent and the stand-in cloudflared for the local provider's VMs");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = std::process::Command::new(cargo);
-            build.current_dir(&workspace).args([
-                "build",
-                "-p",
-                "vm-agent",
-                "--bin",
-                "vm-agent",
-                "-p",
-                "test-support",
-                "--bin",
-                "stand-in-cloudflared",
-            ]);
-            if release {
-                build.arg("--release");
+                    .filter_map(|dir| newest(&workspace.join(dir)))
+                    .max();
+                if let (Some(built), Some(changed)) = (built, changed)
+                    && changed > built
+                {
+                    warn!(binary = %binary.display(), "local VMs run a {name} older than its sources; rebuild it with `cargo build -p {package}`");
+                }
+            } else {
+                build_beside(workspace, &beside, package, name)?;
             }
-            let status = build
-                .status()
-                .context("cannot run cargo to build vm-agent")?;
-            anyhow::ensure!(
-                status.success(),
-                "building vm-agent and the stand-in cloudflared failed"
-            );
         }
-    }
-    for (binary, what, key) in [
-        (&vm_agent, "vm-agent", "vm_agent"),
-        (&cloudflared, "the stand-in cloudflared", "cloudflared"),
-    ] {
         anyhow::ensure!(
             binary.is_file(),
-            "the local provider needs {what} at {}: build it (cargo build -p vm-agent -p test-support) or set local_provider.{key}",
+            "the local provider needs {name} at {}: build it (cargo build -p {package}) or set local_provider.{key}",
             binary.display()
         );
+        found.push(binary);
     }
+    let cloudflared = found.pop().unwrap_or_default();
+    let vm_agent = found.pop().unwrap_or_default();
     Ok((vm_agent, cloudflared))
+}
+
+/// Builds `name` of `package` with cargo into the target directory and profile this executable
+/// was built in (`<target>/<profile>/`).
+fn build_beside(workspace: &Path, beside: &Path, package: &str, name: &str) -> anyhow::Result<()> {
+    let (Some(target), Some(profile)) =
+        (beside.parent(), beside.file_name().and_then(|n| n.to_str()))
+    else {
+        anyhow::bail!("cannot tell the target directory of {}", beside.display());
+    };
+    let profile = if profile == "debug" { "dev" } else { profile };
+    info!(
+        package,
+        binary = name,
+        profile,
+        "building a program the local provider's VMs run"
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "-p",
+            package,
+            "--bin",
+            name,
+            "--profile",
+            profile,
+            "--target-dir",
+        ])
+        .arg(target)
+        .status()
+        .context("cannot run cargo")?;
+    anyhow::ensure!(status.success(), "building {name} failed");
+    Ok(())
 }
 
 /// The newest modification time of the files under `dir`.
@@ -368,6 +392,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     {
         info!(path = %absolute(&path).display(), "first start: wrote an operator token (mode 0600) to this file");
     }
+    // Also before listening: a first start may build them, which takes a minute.
+    let (vm_agent, cloudflared) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || local_binaries(&config)).await??
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -383,7 +412,6 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     } else {
         config.local.control_urls.clone()
     };
-    let (vm_agent, cloudflared) = local_binaries(config)?;
     // Absolute: the VMs' own configuration names files in it.
     let local_dir = absolute(&config.data_dir.join("local-vms"));
     let local = Arc::new(
