@@ -411,9 +411,17 @@ impl Ingest {
         bearer: &str,
     ) -> Result<String, IngestError> {
         let now = app.clock.now().as_millis();
-        self.authenticate(app, bearer, now).await.inspect_err(|_| {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        })
+        // A refusal counts; a database that does not answer is not the agent's doing.
+        self.authenticate(app, bearer, now)
+            .await
+            .inspect_err(|error| {
+                if matches!(
+                    error,
+                    IngestError::Unauthorized(_) | IngestError::Forbidden(_)
+                ) {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            })
     }
 
     /// Takes one heartbeat in, with its credential. Touches the database only for a transition.

@@ -164,12 +164,18 @@ async fn run(args: &Args, backend: &str, url: &str, dir: &Path) -> anyhow::Resul
         args.agents, args.connections, args.seconds
     );
     let started = Instant::now();
-    let agents = Arc::new(seed(url, args.agents).await?);
+    let agents = seed(url, args.agents).await?;
     println!(
         "  seeded {} running Agents with their credentials in {:.1} s",
         agents.len(),
         started.elapsed().as_secs_f64()
     );
+    let fleet = Arc::new(Fleet {
+        agents,
+        sent: AtomicU64::new(0),
+        boot: Instant::now(),
+    });
+    let count = fleet.agents.len() as u64;
 
     let server = Server::start(&args.control, url, dir).await?;
     let address = server.address.clone();
@@ -186,22 +192,28 @@ async fn run(args: &Args, backend: &str, url: &str, dir: &Path) -> anyhow::Resul
     let cold = drive(
         &address,
         args.connections,
-        Load::Heartbeats(agents.clone()),
-        Until::Sent(agents.len() as u64),
+        Load::Heartbeats(fleet.clone()),
+        Until::Sent(count),
     )
     .await?;
     // The first heartbeat of each Agent makes this replica its custodian, written behind within
     // a second; the measuring starts once that is done, in the steady state.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut before = server.metrics().await?;
-    while before.rows < agents.len() as u64 && Instant::now() < deadline {
+    while before.rows < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         before = server.metrics().await?;
+    }
+    if before.rows < count {
+        println!(
+            "  warning: only {} of {count} first heartbeats written behind after 30 s; the rows below include the rest",
+            before.rows
+        );
     }
     let beats = drive(
         &address,
         args.connections,
-        Load::Heartbeats(agents.clone()),
+        Load::Heartbeats(fleet.clone()),
         Until::Elapsed(phase),
     )
     .await?;
@@ -542,9 +554,17 @@ impl Drop for Server {
 #[derive(Clone)]
 enum Load {
     Healthz,
-    /// Heartbeats, round-robin over the Agents: the k-th request goes to Agent k mod N, with
-    /// sequence number k / N + 1 (each Agent's sequence counts up, as a vm-agent's does).
-    Heartbeats(Arc<Vec<Agent>>),
+    /// Heartbeats, round-robin over the Agents.
+    Heartbeats(Arc<Fleet>),
+}
+
+/// The simulated Agents, across phases: the k-th heartbeat of the run goes to Agent k mod N
+/// with sequence number k / N + 1, so each Agent's sequence counts up as a vm-agent's does,
+/// and its uptime counts from the fleet's boot.
+struct Fleet {
+    agents: Vec<Agent>,
+    sent: AtomicU64,
+    boot: Instant,
 }
 
 /// What one phase measured.
@@ -557,8 +577,9 @@ struct Phase {
 }
 
 impl Phase {
+    /// Successful answers per second (refusals and errors do not count).
     fn rate(&self) -> f64 {
-        self.done as f64 / self.elapsed.as_secs_f64()
+        (self.done - self.errors) as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The `q` quantile of the latencies, in milliseconds.
@@ -591,11 +612,14 @@ async fn drive(
     load: Load,
     until: Until,
 ) -> anyhow::Result<Phase> {
+    let next = match &load {
+        Load::Healthz => Arc::new(AtomicU64::new(0)),
+        Load::Heartbeats(fleet) => Arc::new(AtomicU64::new(fleet.sent.load(Ordering::Relaxed))),
+    };
     let total = match until {
-        Until::Sent(total) => Some(total),
+        Until::Sent(count) => Some(next.load(Ordering::Relaxed) + count),
         Until::Elapsed(_) => None,
     };
-    let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::with_capacity(connections);
@@ -630,6 +654,11 @@ async fn drive(
     }
     phase.elapsed = started.elapsed();
     timer.abort();
+    if let Load::Heartbeats(fleet) = &load {
+        fleet
+            .sent
+            .store(next.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     phase.latencies.sort_unstable();
     Ok(phase)
 }
@@ -642,7 +671,6 @@ async fn connection(
     stop: &AtomicBool,
     total: Option<u64>,
 ) -> anyhow::Result<(Vec<u32>, u64)> {
-    let boot = Instant::now();
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut request = Vec::with_capacity(2048);
@@ -658,13 +686,13 @@ async fn connection(
             Load::Healthz => {
                 request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n");
             }
-            Load::Heartbeats(agents) => {
-                let n = agents.len() as u64;
-                let agent = &agents[usize::try_from(k % n)?];
+            Load::Heartbeats(fleet) => {
+                let n = fleet.agents.len() as u64;
+                let agent = &fleet.agents[usize::try_from(k % n)?];
                 body.clear();
                 serde_json::to_writer(
                     &mut body,
-                    &heartbeat(agent, k / n + 1, boot.elapsed().as_secs() + 60),
+                    &heartbeat(agent, k / n + 1, fleet.boot.elapsed().as_secs() + 60),
                 )?;
                 request.extend_from_slice(b"POST /api/agent/v1/heartbeat HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: Bearer ");
                 request.extend_from_slice(agent.credential.as_bytes());
@@ -675,7 +703,12 @@ async fn connection(
             }
         }
         let sent = Instant::now();
-        let (status, _) = exchange(&mut stream, &request, &mut buffer).await?;
+        let (status, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            exchange(&mut stream, &request, &mut buffer),
+        )
+        .await
+        .context("control did not answer within 10 s")??;
         latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
         if status != 200 {
             errors += 1;
