@@ -301,71 +301,71 @@ fn local_binaries(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
             "cloudflared",
         ),
     ];
-    let mut found = Vec::new();
-    for (configured, name, package, sources, key) in wanted {
-        let binary = configured.clone().unwrap_or_else(|| beside.join(name));
-        if configured.is_none()
-            && let Some(workspace) = &workspace
-        {
-            if binary.is_file() {
-                let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-                let changed = sources
-                    .iter()
-                    .filter_map(|dir| newest(&workspace.join(dir)))
-                    .max();
-                if let (Some(built), Some(changed)) = (built, changed)
-                    && changed > built
-                {
-                    warn!(binary = %binary.display(), "local VMs run a {name} older than its sources; rebuild it with `cargo build -p {package}`");
-                }
-            } else {
-                build_beside(workspace, &beside, package, name)?;
+    let binaries = wanted
+        .map(|(configured, name, ..)| configured.clone().unwrap_or_else(|| beside.join(name)));
+    if let Some(workspace) = &workspace {
+        let mut missing = Vec::new();
+        for ((configured, name, package, sources, _), binary) in wanted.iter().zip(&binaries) {
+            if configured.is_some() {
+                continue;
+            }
+            if !binary.is_file() {
+                missing.push((*package, *name));
+                continue;
+            }
+            let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok();
+            let changed = sources
+                .iter()
+                .filter_map(|dir| newest(&workspace.join(dir)))
+                .max();
+            if let (Some(built), Some(changed)) = (built, changed)
+                && changed > built
+            {
+                warn!(binary = %binary.display(), "local VMs run a {name} older than its sources; rebuild it with `cargo build -p {package}`");
             }
         }
+        if !missing.is_empty() {
+            build_beside(workspace, &beside, &missing)?;
+        }
+    }
+    for ((_, name, package, _, key), binary) in wanted.iter().zip(&binaries) {
         anyhow::ensure!(
             binary.is_file(),
             "the local provider needs {name} at {}: build it (cargo build -p {package}) or set local_provider.{key}",
             binary.display()
         );
-        found.push(binary);
     }
-    let cloudflared = found.pop().unwrap_or_default();
-    let vm_agent = found.pop().unwrap_or_default();
+    let [vm_agent, cloudflared] = binaries;
     Ok((vm_agent, cloudflared))
 }
 
-/// Builds `name` of `package` with cargo into the target directory and profile this executable
-/// was built in (`<target>/<profile>/`).
-fn build_beside(workspace: &Path, beside: &Path, package: &str, name: &str) -> anyhow::Result<()> {
+/// Builds `(package, binary)`s with one cargo run, into the target directory and profile this
+/// executable was built in (`<target>/<profile>/`).
+fn build_beside(workspace: &Path, beside: &Path, missing: &[(&str, &str)]) -> anyhow::Result<()> {
     let (Some(target), Some(profile)) =
         (beside.parent(), beside.file_name().and_then(|n| n.to_str()))
     else {
         anyhow::bail!("cannot tell the target directory of {}", beside.display());
     };
     let profile = if profile == "debug" { "dev" } else { profile };
+    let names: Vec<&str> = missing.iter().map(|(_, name)| *name).collect();
     info!(
-        package,
-        binary = name,
+        binaries = %names.join(", "),
         profile,
-        "building a program the local provider's VMs run"
+        "building the programs the local provider's VMs run"
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "-p",
-            package,
-            "--bin",
-            name,
-            "--profile",
-            profile,
-            "--target-dir",
-        ])
+    let mut build = std::process::Command::new(cargo);
+    build.current_dir(workspace).arg("build");
+    for (package, name) in missing {
+        build.args(["-p", package, "--bin", name]);
+    }
+    let status = build
+        .args(["--profile", profile, "--target-dir"])
         .arg(target)
         .status()
         .context("cannot run cargo")?;
-    anyhow::ensure!(status.success(), "building {name} failed");
+    anyhow::ensure!(status.success(), "building {} failed", names.join(" and "));
     Ok(())
 }
 
