@@ -52,6 +52,12 @@ async fn heartbeat(h: &Harness, credential: &str, body: &Value) -> Reply {
     .await
 }
 
+/// Sends a heartbeat that must be taken in.
+async fn accepted(h: &Harness, credential: &str, body: &Value) {
+    let reply = heartbeat(h, credential, body).await;
+    assert_eq!(reply.status, 200, "{:#}", reply.body);
+}
+
 async fn register(h: &Harness, agent_id: &str, token: &str) -> Reply {
     let body = json!({"agent_id": agent_id, "bootstrap_token": token, "boot_id": "boot-1",
                       "agent_version": "0.1.0", "image_version": "2026.11.0"});
@@ -113,12 +119,7 @@ async fn the_bootstrap_token_is_exchanged_once(db: TestDb) {
     );
     let again = register(&h, &agent, &bootstrap).await;
     again.problem(401, None);
-    assert_eq!(
-        heartbeat(&h, credential, &beat(&agent, "boot-1", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, credential, &beat(&agent, "boot-1", 1, 5)).await;
 
     // An unused token expires.
     let bootstrap = h.local.vm(&other).unwrap().bootstrap_token.unwrap();
@@ -140,12 +141,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     let (h, token) = setup(db).await;
     let (alpha, alpha_credential) = enrolled(&h, &token, "alpha").await;
     let (beta, beta_credential) = enrolled(&h, &token, "beta").await;
-    assert_eq!(
-        heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &alpha_credential, &beat(&alpha, "b", 1, 5)).await;
     h.app.ingest.flush(&h.app, false).await.unwrap();
     let before = h.snapshot().await;
 
@@ -259,12 +255,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     let refused = h.app.ingest.stats.refused.load(Ordering::Relaxed);
     assert!(refused >= 5, "refusals are counted: {refused}");
     // The other Agents keep reporting undisturbed.
-    assert_eq!(
-        heartbeat(&h, &beta_credential, &beat(&beta, "b", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &beta_credential, &beat(&beta, "b", 1, 5)).await;
 
     // A destroyed Agent's credential is refused.
     h.call(
@@ -296,12 +287,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
 async fn a_heartbeat_records_a_paused_agent_running(db: TestDb) {
     let (h, token) = setup(db).await;
     let (agent, credential) = enrolled(&h, &token, "dev").await;
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 1, 600))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 1, 600)).await;
     h.call(
         Method::POST,
         &format!("/api/agents/{agent}/stop"),
@@ -315,24 +301,14 @@ async fn a_heartbeat_records_a_paused_agent_running(db: TestDb) {
 
     // The stopped process's last heartbeat, still in flight, changes nothing.
     h.advance(2_000);
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 2, 603))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 2, 603)).await;
     assert_eq!(agent_view(&h, &token, &agent).await["state"], "paused");
 
     // Later, the VM turns out to be running after all (started outside control): from the
     // instant its heartbeat arrives, it is recorded running. No audit event: nobody asked.
     h.advance(120_000);
     let seen = h.now();
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 1, 10))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 1, 10)).await;
     let view = agent_view(&h, &token, &agent).await;
     assert_eq!(view["state"], "running", "{view:#}");
     let timeline = h
@@ -365,12 +341,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
     let (agent, credential) = enrolled(&h, &token, "dev").await;
     // A fresh replica waits out its grace period first.
     h.advance(4 * INTERVAL_MS);
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
     h.app.ingest.flush(&h.app, false).await.unwrap();
     let view = agent_view(&h, &token, &agent).await;
     assert_eq!(
@@ -405,12 +376,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
     );
     assert_eq!(h.app.ingest.judge(&h.app).await.unwrap(), 0, "flagged once");
 
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 2, 200))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 2, 200)).await;
     assert_eq!(
         agent_view(&h, &token, &agent).await["healthy"],
         true,
@@ -421,12 +387,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
 async fn a_restarted_control_gives_agents_a_grace_period(db: TestDb) {
     let (h, token) = setup(db).await;
     let (agent, credential) = enrolled(&h, &token, "dev").await;
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "b", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
     h.app.ingest.flush(&h.app, false).await.unwrap();
     h.app.ingest.judge_orphans(&h.app).await.unwrap();
 
@@ -469,12 +430,7 @@ async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
     };
     // Each agent's first heartbeat claims custody (one row each).
     for (agent, credential) in &agents {
-        assert_eq!(
-            heartbeat(&h, credential, &beat(agent, "b", 1, 5))
-                .await
-                .status,
-            200
-        );
+        accepted(&h, credential, &beat(agent, "b", 1, 5)).await;
     }
     h.app.ingest.flush(&h.app, false).await.unwrap();
     let after_first = written();
@@ -483,12 +439,7 @@ async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
     for round in 2..=201_u64 {
         h.advance(INTERVAL_MS);
         for (agent, credential) in &agents {
-            assert_eq!(
-                heartbeat(&h, credential, &beat(agent, "b", round, round * 30))
-                    .await
-                    .status,
-                200
-            );
+            accepted(&h, credential, &beat(agent, "b", round, round * 30)).await;
         }
         h.app.ingest.flush(&h.app, false).await.unwrap();
     }
@@ -522,21 +473,11 @@ async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
 async fn a_new_boot_id_is_recorded_at_once(db: TestDb) {
     let (h, token) = setup(db).await;
     let (agent, credential) = enrolled(&h, &token, "dev").await;
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "boot-a", 1, 5))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "boot-a", 1, 5)).await;
     h.app.ingest.flush(&h.app, false).await.unwrap();
     let transitions = h.app.ingest.stats.transitions.load(Ordering::Relaxed);
     h.advance(INTERVAL_MS);
-    assert_eq!(
-        heartbeat(&h, &credential, &beat(&agent, "boot-b", 1, 3))
-            .await
-            .status,
-        200
-    );
+    accepted(&h, &credential, &beat(&agent, "boot-b", 1, 3)).await;
     // No flush: the reboot is written by the heartbeat itself.
     let row = h
         .app
