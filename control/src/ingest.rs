@@ -447,7 +447,6 @@ impl Ingest {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             error
         };
-        let agent_id = agent_id.to_owned();
         if beat
             .agent_id
             .as_deref()
@@ -457,7 +456,7 @@ impl Ingest {
                 "this credential belongs to another Agent".to_owned(),
             )));
         }
-        let Some(known) = self.known(app, &agent_id).await? else {
+        let Some(known) = self.known(app, agent_id).await? else {
             return Err(refused(IngestError::Unauthorized(
                 "agent credential refused: unknown or revoked",
             )));
@@ -468,9 +467,9 @@ impl Ingest {
             ))));
         }
         self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-        let transition = self.observe(&agent_id, &known, beat, now);
+        let transition = self.observe(agent_id, &known, beat, now);
         if transition.any() {
-            self.transition(app, &agent_id, &known, transition, now)
+            self.transition(app, agent_id, &known, transition, now)
                 .await?;
         }
         Ok(HeartbeatAck {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use test_support::{Daemon, free_port, workspace_bin};
+use test_support::{Daemon, workspace_bin};
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
@@ -42,11 +42,6 @@ pub fn start_control(args: &[String], port: u16) -> Replica {
         url: format!("http://127.0.0.1:{port}"),
         port,
     }
-}
-
-/// A new free port for a replica.
-pub fn port() -> u16 {
-    free_port()
 }
 
 /// A JSON API client with a bearer token.

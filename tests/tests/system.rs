@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, Replica, eventually, port, processes_under, start_control};
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control};
 use serde_json::{Value, json};
-use test_support::{TestDb, workspace_bin};
+use test_support::{TestDb, free_port, workspace_bin};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -61,7 +61,7 @@ impl System {
 
     fn start(db: Option<TestDb>, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..replicas).map(|_| port()).collect();
+        let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
         let urls: Vec<String> = ports
             .iter()
             .map(|p| format!("\"http://127.0.0.1:{p}\""))

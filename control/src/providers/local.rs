@@ -407,18 +407,10 @@ async fn stop_agent(vm: &mut LocalVm) {
     };
     let target = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     let _ = kill(target, Signal::SIGTERM);
-    let deadline = Instant::now() + AGENT_STOP_GRACE;
-    while process_started(pid) == Some(started) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if process_started(pid) == Some(started) {
+    if !gone_within(pid, started, AGENT_STOP_GRACE).await {
         warn!(agent_id = %vm.agent_id, pid, "local VM: vm-agent did not stop in time; killing it");
         let _ = kill(target, Signal::SIGKILL);
-        let deadline = Instant::now() + AGENT_KILL_WAIT;
-        while process_started(pid) == Some(started) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if process_started(pid) == Some(started) {
+        if !gone_within(pid, started, AGENT_KILL_WAIT).await {
             // Stuck in the kernel; nothing more a supervisor can do. Forget it rather than
             // hold the VM's lock forever.
             error!(agent_id = %vm.agent_id, pid, "local VM: vm-agent survived SIGKILL; leaving it behind");
@@ -426,6 +418,18 @@ async fn stop_agent(vm: &mut LocalVm) {
     }
     kill_leftovers(vm);
     vm.clear_process();
+}
+
+/// Waits up to `within` for the process `pid` started at `started` to be gone.
+async fn gone_within(pid: u32, started: u64, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while process_started(pid) == Some(started) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Deletes a directory tree (a VM's slice may be large) off the runtime's threads.
