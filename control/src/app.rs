@@ -56,8 +56,9 @@ impl App {
     pub fn new(store: Store, clock: SharedClock, providers: Providers, settings: Settings) -> Self {
         let replica_id = new_id("replica");
         let ingest = Arc::new(Ingest::new(
+            store.clone(),
+            clock.clone(),
             replica_id.clone(),
-            clock.now(),
             settings.ingest.clone(),
         ));
         Self {

@@ -1,11 +1,19 @@
 //! The control plane: the API behind the dashboard, its storage, ledger and audit log.
+//!
+//! Folders by duty: `agents` (the Agent service), `jobs` (durable provider work),
+//! `ingest` (what vm-agents report), `background` (periodic duties), `ledger`, `providers`
+//! (the capability traits and each cloud), `store` (SQLite and PostgreSQL), `http` (routes),
+//! `cloud_init` (first-boot documents); `server` wires them, `cli` dispatches to it.
 
 pub mod accounts;
+pub mod agents;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod clock;
+pub mod cloud_init;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -13,11 +21,10 @@ pub mod idempotency;
 pub mod ids;
 pub mod images;
 pub mod ingest;
+pub mod jobs;
 pub mod ledger;
-pub mod lifecycle;
 pub mod providers;
-pub mod reconcile;
+pub mod server;
 pub mod store;
-pub mod tasks;
-pub mod usage;
+pub mod sync;
 pub mod validate;

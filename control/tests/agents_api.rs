@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use axum::http::Method;
 use common::{Harness, Reply};
 use control::app::{App, Settings};
-use control::providers::Provider;
+use control::providers::Servers;
 use serde_json::{Value, json};
 use test_support::{TestDb, dual_backend_tests};
 
 dual_backend_tests!(
+    a_spent_bootstrap_token_is_never_armed_again,
     the_bootstrap_token_is_exchanged_once,
     heartbeats_need_the_agents_own_credential,
     a_heartbeat_records_a_paused_agent_running,
@@ -127,6 +128,23 @@ async fn the_bootstrap_token_is_exchanged_once(db: TestDb) {
     register(&h, &other, &bootstrap).await.problem(401, None);
 }
 
+/// Once the VM traded its token, no provisioning step may arm another: a token stolen from
+/// (or replayed into) a later attempt would otherwise mint a second credential.
+async fn a_spent_bootstrap_token_is_never_armed_again(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, _credential) = enrolled(&h, &token, "dev").await;
+    let (fresh, hash) = control::ingest::new_bootstrap_token().unwrap();
+    let now = h.now().as_millis();
+    let mut tx = h.app.store.write().await.unwrap();
+    let armed = tx
+        .put_bootstrap(&agent, &hash, now, now + 3_600_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!armed, "a spent token was armed again");
+    register(&h, &agent, &fresh).await.problem(401, None);
+}
+
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).
 type BadHeartbeat<'a> = (
     &'a str,
@@ -142,7 +160,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     let (alpha, alpha_credential) = enrolled(&h, &token, "alpha").await;
     let (beta, beta_credential) = enrolled(&h, &token, "beta").await;
     accepted(&h, &alpha_credential, &beat(&alpha, "b", 1, 5)).await;
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     let before = h.snapshot().await;
 
     let mut forged = alpha_credential.clone();
@@ -249,7 +267,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
             .await;
         assert_eq!(reply.status.as_u16(), status, "{what}: {:#}", reply.body);
         reply.problem(status, field);
-        h.app.ingest.flush(&h.app, false).await.unwrap();
+        h.app.ingest.flush(false).await.unwrap();
         assert_eq!(h.snapshot().await, before, "{what} changed the database");
     }
     let refused = h.app.ingest.stats.refused.load(Ordering::Relaxed);
@@ -266,7 +284,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     )
     .await;
     h.run_jobs().await;
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     let destroyed = h.snapshot().await;
     heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 3, 65))
         .await
@@ -276,7 +294,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     heartbeat(&h, &alpha_credential, &beat(&alpha, "b", 4, 185))
         .await
         .problem(401, None);
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     assert_eq!(
         h.snapshot().await,
         destroyed,
@@ -342,7 +360,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
     // A fresh replica waits out its grace period first.
     h.advance(4 * INTERVAL_MS);
     accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     let view = agent_view(&h, &token, &agent).await;
     assert_eq!(
         (view["healthy"].clone(), view["state"].as_str()),
@@ -352,7 +370,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
 
     h.advance(2 * INTERVAL_MS);
     assert_eq!(
-        h.app.ingest.judge(&h.app).await.unwrap(),
+        h.app.ingest.judge().await.unwrap(),
         0,
         "two intervals of silence are fine"
     );
@@ -361,7 +379,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
         .get(&format!("/api/agents/{agent}/timeline"), &token)
         .await
         .body;
-    assert_eq!(h.app.ingest.judge(&h.app).await.unwrap(), 1);
+    assert_eq!(h.app.ingest.judge().await.unwrap(), 1);
     let view = agent_view(&h, &token, &agent).await;
     assert_eq!(
         (view["healthy"].clone(), view["state"].as_str()),
@@ -374,7 +392,7 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
             .body,
         periods_before
     );
-    assert_eq!(h.app.ingest.judge(&h.app).await.unwrap(), 0, "flagged once");
+    assert_eq!(h.app.ingest.judge().await.unwrap(), 0, "flagged once");
 
     accepted(&h, &credential, &beat(&agent, "b", 2, 200)).await;
     assert_eq!(
@@ -388,22 +406,22 @@ async fn a_restarted_control_gives_agents_a_grace_period(db: TestDb) {
     let (h, token) = setup(db).await;
     let (agent, credential) = enrolled(&h, &token, "dev").await;
     accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
-    h.app.ingest.flush(&h.app, false).await.unwrap();
-    h.app.ingest.judge_orphans(&h.app).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
+    h.app.ingest.judge_orphans().await.unwrap();
 
     // control restarts: a new replica on the same database, with nothing in memory.
     h.advance(20_000);
     let restarted = App::new(
         h.app.store.clone(),
         h.clock.clone(),
-        control::providers::Providers::new(h.local.clone()),
+        control::providers::Providers::new(control::providers::local::cloud(h.local.clone())),
         Settings::default(),
     );
-    restarted.ingest.judge_orphans(&restarted).await.unwrap();
+    restarted.ingest.judge_orphans().await.unwrap();
     h.advance(2 * INTERVAL_MS);
-    assert_eq!(restarted.ingest.judge(&restarted).await.unwrap(), 0);
+    assert_eq!(restarted.ingest.judge().await.unwrap(), 0);
     assert_eq!(
-        restarted.ingest.judge_orphans(&restarted).await.unwrap(),
+        restarted.ingest.judge_orphans().await.unwrap(),
         0,
         "the old replica's agents are in their grace period"
     );
@@ -411,7 +429,7 @@ async fn a_restarted_control_gives_agents_a_grace_period(db: TestDb) {
 
     // Still silent long after the old replica went away: flagged by the new one.
     h.advance(5 * INTERVAL_MS);
-    assert_eq!(restarted.ingest.judge_orphans(&restarted).await.unwrap(), 1);
+    assert_eq!(restarted.ingest.judge_orphans().await.unwrap(), 1);
     assert_eq!(agent_view(&h, &token, &agent).await["healthy"], false);
 }
 
@@ -432,7 +450,7 @@ async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
     for (agent, credential) in &agents {
         accepted(&h, credential, &beat(agent, "b", 1, 5)).await;
     }
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     let after_first = written();
     assert_eq!(after_first, 5);
     // Steady state: 200 heartbeats each, one interval apart, flushed every second as serve does.
@@ -441,7 +459,7 @@ async fn liveness_is_written_once_per_twenty_heartbeats(db: TestDb) {
         for (agent, credential) in &agents {
             accepted(&h, credential, &beat(agent, "b", round, round * 30)).await;
         }
-        h.app.ingest.flush(&h.app, false).await.unwrap();
+        h.app.ingest.flush(false).await.unwrap();
     }
     let steady = written() - after_first;
     let beats = 5 * 200;
@@ -474,7 +492,7 @@ async fn a_new_boot_id_is_recorded_at_once(db: TestDb) {
     let (h, token) = setup(db).await;
     let (agent, credential) = enrolled(&h, &token, "dev").await;
     accepted(&h, &credential, &beat(&agent, "boot-a", 1, 5)).await;
-    h.app.ingest.flush(&h.app, false).await.unwrap();
+    h.app.ingest.flush(false).await.unwrap();
     let transitions = h.app.ingest.stats.transitions.load(Ordering::Relaxed);
     h.advance(INTERVAL_MS);
     accepted(&h, &credential, &beat(&agent, "boot-b", 1, 3)).await;
@@ -501,16 +519,16 @@ async fn the_reconciler_records_what_the_provider_says(db: TestDb) {
     let agent = h.agent(&token, "dev").await;
     let every = std::time::Duration::from_mins(1);
     assert_eq!(
-        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        control::background::reconcile(&h.app, every).await.unwrap(),
         0,
         "they agree"
     );
     // The VM goes off behind control's back.
-    h.local.stop(&agent).await.unwrap();
+    h.local.shutdown(&agent).await.unwrap();
     h.advance(10_000);
     let noticed = h.now();
     assert_eq!(
-        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        control::background::reconcile(&h.app, every).await.unwrap(),
         1
     );
     let timeline = h
@@ -528,22 +546,10 @@ async fn the_reconciler_records_what_the_provider_says(db: TestDb) {
         (Some("paused"), Some(noticed.to_string().as_str()))
     );
     // And on again.
-    h.local
-        .start(
-            &agent,
-            &control::providers::VmSpec {
-                agent_id: agent.clone(),
-                name: "dev".to_owned(),
-                image_ref: "local-2026.11.0".to_owned(),
-                env: [("PLATFORM_RELEASE".to_owned(), "2026.11.0".to_owned())].into(),
-                bootstrap_token: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.local.power_on(&agent).await.unwrap();
     h.advance(10_000);
     assert_eq!(
-        control::reconcile::reconcile(&h.app, every).await.unwrap(),
+        control::background::reconcile(&h.app, every).await.unwrap(),
         1
     );
     assert_eq!(agent_view(&h, &token, &agent).await["state"], "running");

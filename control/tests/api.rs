@@ -792,7 +792,7 @@ async fn listings_page(db: TestDb) {
 #[tokio::test]
 async fn openapi_document_matches_routes_and_committed_file() {
     let committed_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
-    let generated = control::cli::openapi_json();
+    let generated = control::http::openapi_json();
     let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
     assert!(
         committed.trim_end() == generated.trim_end(),

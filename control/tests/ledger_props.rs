@@ -14,13 +14,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use control::agents as lifecycle;
 use control::app::{App, Caller, Settings};
 use control::auth::Principal;
 use control::clock::{Clock, ManualClock};
 use control::ledger;
-use control::lifecycle;
 use control::providers::local::LocalProvider;
-use control::providers::{Provider, Providers};
+use control::providers::{Providers, Servers};
 use control::store::Store;
 use control_api::agents::{AgentOperation, PeriodState, ProvisionAgent, TransferAgent};
 use control_api::{Day, Timestamp};
@@ -174,7 +174,7 @@ impl World {
         let app = App::new(
             store,
             clock.clone(),
-            Providers::new(local.clone()),
+            Providers::new(control::providers::local::cloud(local.clone())),
             Settings::default(),
         );
         let mut accounts = Vec::new();
@@ -304,7 +304,7 @@ impl World {
             }
             Op::RunJobs => {
                 let expected = self.agents.iter().filter(|a| a.pending.is_some()).count();
-                assert_eq!(lifecycle::run_due_jobs(&self.app).await.unwrap(), expected);
+                assert_eq!(control::jobs::run_due(&self.app).await.unwrap(), expected);
                 for model in &mut self.agents {
                     let Some(operation) = model.pending.take() else {
                         continue;
@@ -350,7 +350,7 @@ impl World {
             Op::PowerFlip { agent } => self.power_flip(agent).await,
             Op::Reconcile => {
                 let every = std::time::Duration::from_mins(1);
-                control::reconcile::reconcile(&self.app, every)
+                control::background::reconcile(&self.app, every)
                     .await
                     .unwrap();
                 for model in &mut self.agents {
@@ -387,14 +387,8 @@ impl World {
                     agent_version: "0.1.0".to_owned(),
                     image_version: "2026.11.0".to_owned(),
                 };
-                model.credential = Some(
-                    self.app
-                        .ingest
-                        .register(&self.app, &request)
-                        .await
-                        .unwrap()
-                        .credential,
-                );
+                model.credential =
+                    Some(self.app.ingest.register(&request).await.unwrap().credential);
             }
         }
     }
@@ -415,7 +409,7 @@ impl World {
         }
         self.app
             .ingest
-            .heartbeat(&self.app, &credential, heartbeat(&model.id))
+            .heartbeat(&credential, heartbeat(&model.id))
             .await
             .unwrap();
         if model.state == PeriodState::Paused && model.pending.is_none() {
@@ -437,16 +431,9 @@ impl World {
             return;
         }
         if model.vm_on {
-            self.local.stop(&model.id).await.unwrap();
+            self.local.shutdown(&model.id).await.unwrap();
         } else {
-            let spec = control::providers::VmSpec {
-                agent_id: model.id.clone(),
-                name: String::new(),
-                image_ref: "local-2026.11.0".to_owned(),
-                env: BTreeMap::new(),
-                bootstrap_token: None,
-            };
-            self.local.start(&model.id, &spec).await.unwrap();
+            self.local.power_on(&model.id).await.unwrap();
         }
         model.vm_on = !model.vm_on;
     }

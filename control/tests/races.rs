@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use axum::http::Method;
 use common::Harness;
 use control::app::{App, Settings};
-use control::providers::{PowerState, Provider, ProviderError, Providers, VmSpec};
+use control::providers::{
+    Cloud, Labels, Page, ProviderError, Providers, Server, ServerSpec, ServerStatus, Servers,
+};
 use serde_json::json;
 use sqlx::Connection;
 use test_support::{Backend, TestDb, dual_backend_tests};
@@ -35,33 +37,55 @@ struct Gated {
     stopped: AtomicBool,
 }
 
+fn server(id: &str) -> Server {
+    Server {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        status: ServerStatus::Off,
+        image: String::new(),
+        labels: Labels::new(),
+        ipv4: None,
+        ipv6: None,
+    }
+}
+
 #[async_trait]
-impl Provider for Gated {
-    fn name(&self) -> &'static str {
-        "local"
+impl Servers for Gated {
+    async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
+        Ok(server(&spec.name))
     }
-    async fn create(&self, spec: &VmSpec) -> Result<String, ProviderError> {
-        Ok(spec.agent_id.clone())
+    async fn get_server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        Ok(Some(server(id)))
     }
-    async fn start(&self, _: &str, _: &VmSpec) -> Result<(), ProviderError> {
+    async fn list_servers(
+        &self,
+        _: &Labels,
+        _: Option<&str>,
+    ) -> Result<Page<Server>, ProviderError> {
+        Ok(Page {
+            items: Vec::new(),
+            next: None,
+        })
+    }
+    async fn power_on(&self, _: &str) -> Result<(), ProviderError> {
         Ok(())
     }
-    async fn stop(&self, _: &str) -> Result<(), ProviderError> {
+    async fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         self.entered.send(call).unwrap();
         self.release[call.min(1)].notified().await;
         if call == 0 {
-            Err(ProviderError::Permanent("provider said no".to_owned()))
+            Err(ProviderError::permanent("provider said no"))
         } else {
             self.stopped.store(true, Ordering::SeqCst);
             Ok(())
         }
     }
-    async fn destroy(&self, _: Option<&str>, _: &str) -> Result<(), ProviderError> {
+    async fn power_off(&self, _: &str) -> Result<(), ProviderError> {
         Ok(())
     }
-    async fn power_state(&self, _: &str) -> Result<Option<PowerState>, ProviderError> {
-        Ok(None)
+    async fn delete_server(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
     }
 }
 
@@ -82,7 +106,12 @@ async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {
         App::new(
             h.app.store.clone(),
             h.clock.clone(),
-            Providers::new(gated.clone()),
+            Providers::new(Cloud {
+                name: "local",
+                servers: gated.clone(),
+                firewalls: None,
+                volumes: None,
+            }),
             Settings::default(),
         )
     };
@@ -92,10 +121,10 @@ async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {
         .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
         .await;
     assert_eq!(stop.status, 202);
-    let run_a = tokio::spawn(async move { control::lifecycle::run_due_jobs(&a).await });
+    let run_a = tokio::spawn(async move { control::jobs::run_due(&a).await });
     assert_eq!(entered.recv().await, Some(0));
     h.advance(6 * 60 * 1000); // past A's five-minute lease: B takes the job over
-    let run_b = tokio::spawn(async move { control::lifecycle::run_due_jobs(&b).await });
+    let run_b = tokio::spawn(async move { control::jobs::run_due(&b).await });
     assert_eq!(entered.recv().await, Some(1));
 
     // A's provider call fails now; B still holds the job: A must change nothing.

@@ -10,6 +10,9 @@ use crate::{Day, Timestamp};
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
     Agent,
+    /// A Hetzner server with a firewall and no agent of ours; it bills existence, so its
+    /// usage rows count every second as `running_s`.
+    PlainVm,
 }
 
 /// Seconds one resource spent in one UTC day on one account.

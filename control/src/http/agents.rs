@@ -13,8 +13,8 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Idempotency};
+use crate::agents as lifecycle;
 use crate::app::{App, Caller};
-use crate::lifecycle;
 
 type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 

@@ -4,15 +4,15 @@
 //! `#[utoipa::path]` attribute, so a route cannot exist without its entry in the document.
 //! The document is also committed (`control/openapi.json`) and a test fails when the two drift.
 
-mod admin;
-mod agent_api;
+mod accounts;
 mod agents;
 pub mod error;
 pub mod extract;
 mod health;
 mod idempotency;
-mod ledger;
 pub mod middleware;
+mod usage;
+mod vm_agent;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -74,20 +74,20 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(agents::stop))
         .routes(routes!(agents::transfer))
         .routes(routes!(agents::timeline))
-        .routes(routes!(admin::create_account))
-        .routes(routes!(admin::create_token))
-        .routes(routes!(admin::register_image, admin::list_images))
-        .routes(routes!(admin::set_current_image))
-        .routes(routes!(ledger::usage))
-        .routes(routes!(ledger::audit))
-        .routes(routes!(ledger::verify))
+        .routes(routes!(accounts::create_account))
+        .routes(routes!(accounts::create_token))
+        .routes(routes!(accounts::register_image, accounts::list_images))
+        .routes(routes!(accounts::set_current_image))
+        .routes(routes!(usage::usage))
+        .routes(routes!(usage::audit))
+        .routes(routes!(usage::verify))
 }
 
 /// Routes vm-agent calls with its own bootstrap token or credential.
 fn agent_routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
-        .routes(routes!(agent_api::register))
-        .routes(routes!(agent_api::heartbeat))
+        .routes(routes!(vm_agent::register))
+        .routes(routes!(vm_agent::heartbeat))
 }
 
 /// Routes anyone may call.
@@ -121,7 +121,7 @@ pub fn router(app: App) -> Router {
     let authenticated = authenticated_routes()
         .layer(from_fn_with_state(app.clone(), idempotency::idempotency))
         .layer(from_fn_with_state(app.clone(), middleware::authenticate));
-    let agents = agent_routes().layer(DefaultBodyLimit::max(agent_api::BODY_LIMIT));
+    let agents = agent_routes().layer(DefaultBodyLimit::max(vm_agent::BODY_LIMIT));
     let (routes, _) = document(authenticated.merge(agents).merge(public_routes()));
     routes
         .fallback(middleware::fallback)
@@ -132,4 +132,9 @@ pub fn router(app: App) -> Router {
         .layer(from_fn(middleware::problem_context))
         .layer(from_fn(middleware::request_id))
         .with_state(app)
+}
+
+/// The OpenAPI document as committed: pretty JSON with a trailing newline.
+pub fn openapi_json() -> String {
+    openapi().to_pretty_json().unwrap_or_default()
 }

@@ -1,117 +1,409 @@
-//! Where Agents' VMs come from. Each cloud is one module behind the [`Provider`] trait; the
-//! lifecycle jobs call it and record only what it confirms.
+//! Where resources come from. Clouds differ in what they offer, so the seam is a few
+//! capability traits rather than one VM trait: [`Servers`], [`Firewalls`], [`Volumes`] and
+//! [`Tunnels`]. A cloud implements what it has (Hetzner: servers, firewalls, volumes; Fly:
+//! machines and volumes; Cloudflare: tunnels); [`local`] implements all of them on this
+//! machine. [`Providers`] is the set this control plane was configured with.
 //!
-//! Every method is idempotent and keyed by our Agent id, because a job may run again after a
-//! crash or on another replica: creating twice must adopt the first VM, destroying a VM that is
-//! gone already succeeds.
+//! Every call is keyed so that it can be repeated: a job may run a step again after a crash
+//! or on another replica. Everything we create carries [`resource_labels`], so a step looks
+//! its resource up by label before creating it, and a sweeper can find what nothing owns.
+//! Deleting what is gone already is `NotFound`, which a step treats as done.
+//!
+//! May call: nothing of control's but its own configuration; the services call in here.
 
 pub mod local;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use control_api::usage::ResourceKind;
 
-/// Text that must not reach logs or debug output.
+/// Text that must not reach logs or debug output (tokens, user data carrying them).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
-impl std::fmt::Debug for Secret {
+impl Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
 }
 
-/// What a VM is booted from, as pinned on the Agent at provisioning.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmSpec {
-    pub agent_id: String,
-    pub name: String,
-    /// The provider's reference for the pinned image release.
-    pub image_ref: String,
-    pub env: BTreeMap<String, String>,
-    /// For `create`: the single-use token the VM's agent trades for its credential (cloud-init
-    /// delivers it on a real cloud).
-    pub bootstrap_token: Option<Secret>,
+/// Labels as clouds keep them: keys and values of `[A-Za-z0-9._-]`, keys with an optional
+/// `prefix/`.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label naming the kind of our resource a provider resource belongs to.
+pub const KIND_LABEL: &str = "control/kind";
+/// The label naming our resource's id.
+pub const ID_LABEL: &str = "control/id";
+
+/// The labels every provider resource made for `kind` `id` carries.
+pub fn resource_labels(kind: ResourceKind, id: &str) -> Labels {
+    let kind = match kind {
+        ResourceKind::Agent => "agent",
+        ResourceKind::PlainVm => "plain_vm",
+    };
+    Labels::from([
+        (KIND_LABEL.to_owned(), kind.to_owned()),
+        (ID_LABEL.to_owned(), id.to_owned()),
+    ])
 }
 
-/// Power state as the provider reports it.
+/// What kind of failure a provider call met, which decides what a job does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PowerState {
-    Running,
-    Off,
+pub enum ErrorKind {
+    /// Worth retrying soon (timeouts, 5xx, a resource locked by another action).
+    Transient,
+    /// The provider's request budget is spent; retry after `retry_after`.
+    RateLimited,
+    /// Retrying will not help (invalid input, a quota, an image that does not exist).
+    Permanent,
+    /// The provider has no such resource.
+    NotFound,
+    /// The resource exists already (a uniqueness conflict): adopt it.
+    Conflict,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// Worth retrying later (rate limits, capacity, timeouts, 5xx).
-    #[error("{0}")]
-    Transient(String),
-    /// Retrying will not help (bad image reference, quota, invalid request).
-    #[error("{0}")]
-    Permanent(String),
-    /// The provider has no VM with this id.
-    #[error("the provider has no VM {0}")]
-    NotFound(String),
+/// A provider call that failed: what kind of failure, the provider's own code and message,
+/// and how long the provider asked us to wait, when it said.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// The provider's code, such as Hetzner's `rate_limit_exceeded`.
+    pub code: Option<String>,
+    pub message: String,
+    pub retry_after: Option<Duration>,
 }
 
-#[async_trait]
-pub trait Provider: Send + Sync + Debug {
-    /// The name Agents record, such as `hetzner`.
-    fn name(&self) -> &'static str;
-
-    /// Creates the VM for `spec` and powers it on, or adopts the one an earlier attempt made.
-    /// Returns the provider's id for it once it runs.
-    async fn create(&self, spec: &VmSpec) -> Result<String, ProviderError>;
-
-    /// Powers the VM on from its pinned image. Succeeds if it already runs.
-    async fn start(&self, provider_id: &str, spec: &VmSpec) -> Result<(), ProviderError>;
-
-    /// Shuts the VM down. Succeeds if it is already off.
-    async fn stop(&self, provider_id: &str) -> Result<(), ProviderError>;
-
-    /// Deletes the VM, or the one an earlier attempt created for this Agent when `provider_id`
-    /// is unknown. Succeeds if there is none.
-    async fn destroy(&self, provider_id: Option<&str>, agent_id: &str)
-    -> Result<(), ProviderError>;
-
-    /// The VM's power state, `None` if it does not exist.
-    async fn power_state(&self, provider_id: &str) -> Result<Option<PowerState>, ProviderError>;
-}
-
-/// The providers this control plane can reach, by name, and the one new Agents go to.
-#[derive(Clone, Debug)]
-pub struct Providers {
-    default: &'static str,
-    by_name: BTreeMap<&'static str, Arc<dyn Provider>>,
-}
-
-impl Providers {
-    /// A registry whose default (for new Agents) is `default`.
-    pub fn new(default: Arc<dyn Provider>) -> Self {
-        let mut by_name = BTreeMap::new();
-        let name = default.name();
-        by_name.insert(name, default);
+impl ProviderError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            default: name,
-            by_name,
+            kind,
+            code: None,
+            message: message.into(),
+            retry_after: None,
         }
     }
 
-    /// Adds a provider existing Agents may live on (such as legacy Fly Machines).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::NotFound,
+            format!("the provider has no {}", what.into()),
+        )
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after,
+            ..Self::new(ErrorKind::RateLimited, message)
+        }
+    }
+
     #[must_use]
-    pub fn with(mut self, provider: Arc<dyn Provider>) -> Self {
-        self.by_name.insert(provider.name(), provider);
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
         self
     }
 
-    pub fn default_provider(&self) -> &Arc<dyn Provider> {
-        // The default is inserted by `new` and never removed.
-        &self.by_name[self.default]
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::RateLimited)
+    }
+}
+
+/// A server's state as its provider reports it (Hetzner's statuses; Fly's map onto them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerStatus {
+    Initializing,
+    Starting,
+    Running,
+    Stopping,
+    Off,
+    Deleting,
+    Migrating,
+    Rebuilding,
+    Unknown,
+}
+
+impl ServerStatus {
+    /// Whether the machine is powered on, or on its way there; the provider bills it as on.
+    pub fn is_on(self) -> bool {
+        matches!(
+            self,
+            Self::Initializing
+                | Self::Starting
+                | Self::Running
+                | Self::Migrating
+                | Self::Rebuilding
+        )
+    }
+}
+
+/// A server to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    /// The provider's image reference (an image id, a snapshot, a digest).
+    pub image: String,
+    pub server_type: Option<String>,
+    pub location: Option<String>,
+    pub labels: Labels,
+    /// The cloud-init document delivered to its first boot.
+    pub user_data: Option<Secret>,
+    pub firewall_ids: Vec<String>,
+    pub volume_ids: Vec<String>,
+}
+
+/// A server as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub status: ServerStatus,
+    pub image: String,
+    pub labels: Labels,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+}
+
+/// One page of a listing, and where the next begins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Servers: Send + Sync + Debug {
+    /// Creates the server and returns it once the provider accepted it (it may still be
+    /// starting). A server whose name is taken is a `Conflict`.
+    async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError>;
+    async fn get_server(&self, id: &str) -> Result<Option<Server>, ProviderError>;
+    /// The servers carrying every label of `selector`, a page at a time.
+    async fn list_servers(
+        &self,
+        selector: &Labels,
+        page: Option<&str>,
+    ) -> Result<Page<Server>, ProviderError>;
+    /// Powers the server on. Succeeds if it is on already.
+    async fn power_on(&self, id: &str) -> Result<(), ProviderError>;
+    /// Asks the OS to shut down (ACPI). Succeeds if it is off already.
+    async fn shutdown(&self, id: &str) -> Result<(), ProviderError>;
+    /// Cuts the power. Succeeds if it is off already.
+    async fn power_off(&self, id: &str) -> Result<(), ProviderError>;
+    async fn delete_server(&self, id: &str) -> Result<(), ProviderError>;
+}
+
+/// Which way a firewall rule faces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// One firewall rule, in Hetzner's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallRule {
+    pub direction: Direction,
+    /// `tcp`, `udp`, `icmp`, `esp` or `gre`.
+    pub protocol: String,
+    /// A port or a range `low-high`, for tcp and udp only.
+    pub port: Option<String>,
+    pub source_ips: Vec<String>,
+    pub destination_ips: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallSpec {
+    pub name: String,
+    pub labels: Labels,
+    pub rules: Vec<FirewallRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firewall {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub rules: Vec<FirewallRule>,
+    /// The servers it is applied to.
+    pub servers: Vec<String>,
+}
+
+#[async_trait]
+pub trait Firewalls: Send + Sync + Debug {
+    async fn create_firewall(&self, spec: &FirewallSpec) -> Result<Firewall, ProviderError>;
+    async fn get_firewall(&self, id: &str) -> Result<Option<Firewall>, ProviderError>;
+    async fn list_firewalls(
+        &self,
+        selector: &Labels,
+        page: Option<&str>,
+    ) -> Result<Page<Firewall>, ProviderError>;
+    /// Replaces the whole ruleset.
+    async fn set_rules(&self, id: &str, rules: &[FirewallRule]) -> Result<(), ProviderError>;
+    async fn apply_to_server(&self, id: &str, server_id: &str) -> Result<(), ProviderError>;
+    async fn delete_firewall(&self, id: &str) -> Result<(), ProviderError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub size_gb: u32,
+    pub location: Option<String>,
+    pub labels: Labels,
+    /// The filesystem to format it with, such as `ext4`.
+    pub format: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub size_gb: u32,
+    pub labels: Labels,
+    /// The server it is attached to.
+    pub server: Option<String>,
+}
+
+#[async_trait]
+pub trait Volumes: Send + Sync + Debug {
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<Volume, ProviderError>;
+    async fn get_volume(&self, id: &str) -> Result<Option<Volume>, ProviderError>;
+    async fn list_volumes(
+        &self,
+        selector: &Labels,
+        page: Option<&str>,
+    ) -> Result<Page<Volume>, ProviderError>;
+    async fn delete_volume(&self, id: &str) -> Result<(), ProviderError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    pub id: String,
+    pub name: String,
+}
+
+#[async_trait]
+pub trait Tunnels: Send + Sync + Debug {
+    /// Creates a remotely managed tunnel. A name in use is a `Conflict`.
+    async fn create_tunnel(&self, name: &str) -> Result<Tunnel, ProviderError>;
+    async fn find_tunnel(&self, name: &str) -> Result<Option<Tunnel>, ProviderError>;
+    /// The token `cloudflared tunnel run` needs.
+    async fn tunnel_token(&self, id: &str) -> Result<Secret, ProviderError>;
+    /// Routes `hostname` through the tunnel to `service` (its ingress and its DNS record).
+    async fn route(&self, id: &str, hostname: &str, service: &str) -> Result<(), ProviderError>;
+    /// Deletes the tunnel and its DNS record.
+    async fn delete_tunnel(&self, id: &str, hostname: &str) -> Result<(), ProviderError>;
+}
+
+/// One cloud's capabilities, under the name resources record.
+#[derive(Clone, Debug)]
+pub struct Cloud {
+    pub name: &'static str,
+    pub servers: Arc<dyn Servers>,
+    pub firewalls: Option<Arc<dyn Firewalls>>,
+    pub volumes: Option<Arc<dyn Volumes>>,
+}
+
+/// The providers this control plane can reach: clouds by name, the one new Agents go to,
+/// and where tunnels come from.
+#[derive(Clone, Debug)]
+pub struct Providers {
+    default: &'static str,
+    clouds: BTreeMap<&'static str, Cloud>,
+    tunnels: Option<Arc<dyn Tunnels>>,
+}
+
+impl Providers {
+    /// A set whose default (for new resources) is `default`.
+    pub fn new(default: Cloud) -> Self {
+        let name = default.name;
+        Self {
+            default: name,
+            clouds: BTreeMap::from([(name, default)]),
+            tunnels: None,
+        }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
-        self.by_name.get(name)
+    /// Adds a cloud existing resources may live on (such as legacy Fly Machines).
+    #[must_use]
+    pub fn with(mut self, cloud: Cloud) -> Self {
+        self.clouds.insert(cloud.name, cloud);
+        self
+    }
+
+    #[must_use]
+    pub fn with_tunnels(mut self, tunnels: Arc<dyn Tunnels>) -> Self {
+        self.tunnels = Some(tunnels);
+        self
+    }
+
+    pub fn default_cloud(&self) -> &Cloud {
+        // The default is inserted by `new` and never removed.
+        &self.clouds[self.default]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Cloud> {
+        self.clouds.get(name)
+    }
+
+    pub fn clouds(&self) -> impl Iterator<Item = &Cloud> {
+        self.clouds.values()
+    }
+
+    pub fn tunnels(&self) -> Option<&Arc<dyn Tunnels>> {
+        self.tunnels.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_the_providers_code_and_who_may_retry() {
+        let limited = ProviderError::rate_limited(
+            "hourly request budget spent",
+            Some(Duration::from_secs(7)),
+        )
+        .with_code("rate_limit_exceeded");
+        assert_eq!(
+            limited.to_string(),
+            "hourly request budget spent (rate_limit_exceeded)"
+        );
+        assert!(limited.is_retryable());
+        assert_eq!(limited.retry_after, Some(Duration::from_secs(7)));
+        assert!(!ProviderError::permanent("invalid image").is_retryable());
+        assert_eq!(
+            ProviderError::not_found("server 42").to_string(),
+            "the provider has no server 42"
+        );
+    }
+
+    #[test]
+    fn labels_name_our_resource() {
+        let labels = resource_labels(ResourceKind::PlainVm, "pvm_1");
+        assert_eq!(labels[KIND_LABEL], "plain_vm");
+        assert_eq!(labels[ID_LABEL], "pvm_1");
+        assert!(ServerStatus::Starting.is_on());
+        assert!(!ServerStatus::Off.is_on());
+        assert!(!ServerStatus::Stopping.is_on());
     }
 }

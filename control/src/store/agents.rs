@@ -191,15 +191,6 @@ impl Tx {
         raws.into_iter().map(AgentRow::try_from).collect()
     }
 
-    /// Every Agent not yet destroyed (for the ledger checks and, later, the reconciler).
-    pub async fn live_agent_ids(&mut self) -> Result<Vec<String>> {
-        Ok(on_conn!(self, conn => sqlx::query_scalar(
-            "SELECT id FROM agents WHERE destroyed_at IS NULL ORDER BY id",
-        )
-        .fetch_all(conn)
-        .await)?)
-    }
-
     /// Marks `operation` as under way if the Agent (of `account_id`, when given) is in a state
     /// that allows it and nothing else is under way. Returns false, changing nothing, otherwise.
     pub async fn begin_operation(
@@ -296,5 +287,89 @@ impl Tx {
         .await
             .map(|done| done.rows_affected()))?;
         Ok(result == 1)
+    }
+}
+
+/// What a replica needs to know of an Agent to judge its heartbeats.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AgentChange {
+    pub id: String,
+    pub account_id: String,
+    pub state: String,
+    pub operation: Option<String>,
+    pub destroyed_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// An Agent the reconciler compares with its provider.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReconcileRow {
+    pub id: String,
+    pub account_id: String,
+    pub provider: String,
+    pub provider_id: String,
+    pub state: String,
+}
+
+impl Tx {
+    /// Lifecycle changes since `after` (strictly), oldest first.
+    pub async fn agents_changed_since(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AgentChange>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT id, account_id, state, operation, destroyed_at, updated_at
+             FROM agents WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?)
+    }
+
+    pub async fn agent_change(&mut self, id: &str) -> Result<Option<AgentChange>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT id, account_id, state, operation, destroyed_at, updated_at FROM agents WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(conn)
+        .await)?)
+    }
+
+    /// Records the Agent's observed state (a heartbeat, the reconciler): the compare-and-set
+    /// on its row. Only a live Agent with a VM, recorded `from`, with no operation under way,
+    /// changes.
+    pub async fn observe_state(
+        &mut self,
+        id: &str,
+        from: PeriodState,
+        to: PeriodState,
+        now: i64,
+    ) -> Result<bool> {
+        let changed = on_conn!(self, conn => sqlx::query(
+            "UPDATE agents SET state = $3, updated_at = $4
+             WHERE id = $1 AND state = $2 AND operation IS NULL AND destroyed_at IS NULL
+               AND provider_id IS NOT NULL",
+        )
+        .bind(id)
+        .bind(from.as_db())
+        .bind(to.as_db())
+        .bind(now)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(changed == 1)
+    }
+
+    /// Live Agents with a VM and no operation under way.
+    pub async fn reconcilable_agents(&mut self) -> Result<Vec<ReconcileRow>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT id, account_id, provider, provider_id, state FROM agents
+             WHERE destroyed_at IS NULL AND operation IS NULL AND provider_id IS NOT NULL
+             ORDER BY id",
+        )
+        .fetch_all(conn)
+        .await)?)
     }
 }

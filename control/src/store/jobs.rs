@@ -1,7 +1,9 @@
 //! Durable provider work, claimed with a lease so any replica may run it and a crashed
-//! worker's job is taken over once its lease runs out.
+//! worker's job is taken over once its lease runs out. A job belongs to one resource and
+//! records the step it reached and what each finished step produced.
 
 use control_api::agents::AgentOperation;
+use control_api::usage::ResourceKind;
 
 use super::{DbText, Result, StoreError, Tx, on_conn};
 
@@ -9,20 +11,35 @@ use super::{DbText, Result, StoreError, Tx, on_conn};
 pub struct JobRow {
     pub id: String,
     pub kind: AgentOperation,
-    pub agent_id: String,
+    pub resource_kind: ResourceKind,
+    pub resource_id: String,
     pub attempts: i64,
     pub request_id: Option<String>,
     pub created_at: i64,
+    /// How many of its steps are done.
+    pub step: i64,
+    /// JSON object: what each finished step produced, by step name.
+    pub outputs: String,
 }
 
 #[derive(sqlx::FromRow)]
 struct RawJob {
     id: String,
     kind: String,
-    agent_id: String,
+    resource_kind: String,
+    resource_id: String,
     attempts: i64,
     request_id: Option<String>,
     created_at: i64,
+    step: i64,
+    outputs: String,
+}
+
+/// The columns a [`RawJob`] is read from.
+macro_rules! job_columns {
+    () => {
+        "id, kind, resource_kind, resource_id, attempts, request_id, created_at, step, outputs"
+    };
 }
 
 impl TryFrom<RawJob> for JobRow {
@@ -30,11 +47,14 @@ impl TryFrom<RawJob> for JobRow {
     fn try_from(raw: RawJob) -> Result<Self> {
         Ok(Self {
             kind: AgentOperation::from_db(&raw.kind)?,
+            resource_kind: ResourceKind::from_db(&raw.resource_kind)?,
             id: raw.id,
-            agent_id: raw.agent_id,
+            resource_id: raw.resource_id,
             attempts: raw.attempts,
             request_id: raw.request_id,
             created_at: raw.created_at,
+            step: raw.step,
+            outputs: raw.outputs,
         })
     }
 }
@@ -44,19 +64,22 @@ impl Tx {
         &mut self,
         id: &str,
         kind: AgentOperation,
-        agent_id: &str,
+        resource_kind: ResourceKind,
+        resource_id: &str,
         request_id: Option<&str>,
         now: i64,
     ) -> Result<()> {
         on_conn!(self, conn => sqlx::query(
-            "INSERT INTO jobs (id, kind, agent_id, status, attempts, run_after, request_id, created_at)
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4)",
+            "INSERT INTO jobs (id, kind, resource_kind, resource_id, status, attempts, run_after,
+                               request_id, created_at, step, outputs)
+             VALUES ($1, $2, $6, $3, 'queued', 0, $4, $5, $4, 0, '{}')",
         )
         .bind(id)
         .bind(kind.as_db())
-        .bind(agent_id)
+        .bind(resource_id)
         .bind(now)
         .bind(request_id)
+        .bind(resource_kind.as_db())
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;
@@ -72,7 +95,7 @@ impl Tx {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<JobRow>> {
-        let raw: Option<RawJob> = on_conn!(self, conn => sqlx::query_as(
+        let raw: Option<RawJob> = on_conn!(self, conn => sqlx::query_as(concat!(
             "UPDATE jobs
              SET status = 'running', lease_owner = $1, lease_until = $3, attempts = attempts + 1
              WHERE id = (SELECT id FROM jobs
@@ -81,8 +104,7 @@ impl Tx {
                          ORDER BY run_after, id LIMIT 1)
                AND ((status = 'queued' AND run_after <= $2)
                     OR (status = 'running' AND lease_until < $2))
-             RETURNING id, kind, agent_id, attempts, request_id, created_at",
-        )
+             RETURNING ", job_columns!()))
         .bind(owner)
         .bind(now)
         .bind(lease_until)
@@ -138,6 +160,29 @@ impl Tx {
         .await
             .map(|done| done.rows_affected()))?;
         Ok(())
+    }
+
+    /// Records that the job finished its first `step` steps, with what they produced, in the
+    /// transaction that follows the last of them. Returns false if `owner` no longer holds it.
+    pub async fn record_job_step(
+        &mut self,
+        id: &str,
+        owner: &str,
+        step: i64,
+        outputs: &str,
+    ) -> Result<bool> {
+        let recorded = on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET step = $3, outputs = $4
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(step)
+        .bind(outputs)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(recorded == 1)
     }
 
     /// Extends the lease `owner` holds on a running job. Returns false if it was lost.

@@ -14,11 +14,15 @@
 mod accounts;
 mod agents;
 mod audit;
+mod bootstrap;
+mod credentials;
 mod idempotency;
 mod images;
-mod ingest;
 mod jobs;
+mod leases;
+mod liveness;
 mod periods;
+mod replicas;
 mod usage;
 
 use std::str::FromStr;
@@ -33,14 +37,14 @@ use sqlx::{Column, Postgres, Row, Sqlite, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use accounts::{AccountRow, TokenRow};
-pub use agents::{AgentRow, NewAgent, OperationOutcome};
+pub use agents::{AgentChange, AgentRow, NewAgent, OperationOutcome, ReconcileRow};
 pub use audit::{AuditFilter, AuditRow};
+pub use bootstrap::BootstrapRow;
+pub use credentials::CredentialRow;
 pub use idempotency::IdempotencyClaim;
 pub use images::ImageRow;
-pub use ingest::{
-    AgentChange, BootstrapRow, CredentialRow, LIVENESS_BATCH, LivenessRow, ReconcileRow,
-};
 pub use jobs::JobRow;
+pub use liveness::{LIVENESS_BATCH, LivenessRow};
 pub use periods::PeriodRow;
 pub use usage::{RollupState, UsageRowRecord};
 
@@ -143,6 +147,8 @@ impl std::fmt::Debug for Store {
 pub struct Tx {
     inner: TxInner,
     _write_gate: Option<OwnedMutexGuard<()>>,
+    /// What must happen once the transaction's changes are visible to others, and only then.
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 enum TxInner {
@@ -301,10 +307,7 @@ impl Store {
                     .await?,
             ),
         };
-        Ok(Tx {
-            inner,
-            _write_gate: None,
-        })
+        Ok(Tx::new(inner, None))
     }
 
     /// A transaction for writing. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
@@ -313,15 +316,12 @@ impl Store {
         match &self.pools {
             Pools::Sqlite { pool, write_gate } => {
                 let gate = Arc::clone(write_gate).lock_owned().await;
-                Ok(Tx {
-                    inner: TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-                    _write_gate: Some(gate),
-                })
+                Ok(Tx::new(
+                    TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+                    Some(gate),
+                ))
             }
-            Pools::Postgres(pool) => Ok(Tx {
-                inner: TxInner::Postgres(pool.begin().await?),
-                _write_gate: None,
-            }),
+            Pools::Postgres(pool) => Ok(Tx::new(TxInner::Postgres(pool.begin().await?), None)),
         }
     }
 
@@ -408,10 +408,28 @@ where
 }
 
 impl Tx {
+    fn new(inner: TxInner, write_gate: Option<OwnedMutexGuard<()>>) -> Self {
+        Self {
+            inner,
+            _write_gate: write_gate,
+            after_commit: Vec::new(),
+        }
+    }
+
+    /// Runs `hook` once this transaction has committed (never if it rolls back), such as
+    /// dropping a cache entry the transaction made stale: before the commit, a concurrent
+    /// reader would only cache the old row again.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(hook));
+    }
+
     pub async fn commit(self) -> Result<()> {
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
+        }
+        for hook in self.after_commit {
+            hook();
         }
         Ok(())
     }
@@ -477,10 +495,11 @@ mod db_text {
 
     impl DbText for ResourceKind {
         const NAME: &'static str = "resource kind";
-        const ALL: &'static [Self] = &[Self::Agent];
+        const ALL: &'static [Self] = &[Self::Agent, Self::PlainVm];
         fn as_db(self) -> &'static str {
             match self {
                 Self::Agent => "agent",
+                Self::PlainVm => "plain_vm",
             }
         }
     }

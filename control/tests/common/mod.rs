@@ -96,7 +96,7 @@ impl Harness {
         let app = App::new(
             store,
             clock.clone(),
-            Providers::new(local.clone()),
+            Providers::new(control::providers::local::cloud(local.clone())),
             Settings::default(),
         );
         let operator = control::accounts::create_token(&app, None, &CreateToken::default(), None)
@@ -187,7 +187,7 @@ impl Harness {
 
     /// Runs the jobs due now, as the background runner would.
     pub async fn run_jobs(&self) -> usize {
-        control::lifecycle::run_due_jobs(&self.app)
+        control::jobs::run_due(&self.app)
             .await
             .expect("running jobs")
     }

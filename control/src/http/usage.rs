@@ -13,8 +13,9 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::{ApiQuery, Operator};
 use crate::app::{App, Caller};
+use crate::audit;
 use crate::error::Error;
-use crate::{audit, usage};
+use crate::ledger::report as usage;
 
 type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 

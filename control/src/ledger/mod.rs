@@ -11,6 +11,8 @@
 //! `floor(e / 1000) - floor(s / 1000)` seconds. Adjacent intervals then add up exactly to the
 //! interval they tile, so conservation holds in whole seconds however periods are split.
 
+pub mod report;
+
 use std::collections::BTreeMap;
 
 use control_api::agents::PeriodState;

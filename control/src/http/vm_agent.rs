@@ -44,7 +44,7 @@ pub(super) async fn register(
     State(app): State<App>,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    Ok(Json(app.ingest.register(&app, &request).await?))
+    Ok(Json(app.ingest.register(&request).await?))
 }
 
 /// Report in; the answer says when to report next.
@@ -76,10 +76,7 @@ pub(super) async fn heartbeat(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ApiError::unauthorized("send `Authorization: Bearer <agent credential>`")
         })?;
-    let agent_id = app
-        .ingest
-        .authenticate_heartbeat(&app, bearer.trim())
-        .await?;
+    let agent_id = app.ingest.authenticate_heartbeat(bearer.trim()).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -95,5 +92,5 @@ pub(super) async fn heartbeat(
         ));
     }
     let beat: Heartbeat = parse_json(&body)?;
-    Ok(Json(app.ingest.heartbeat_of(&app, &agent_id, beat).await?))
+    Ok(Json(app.ingest.heartbeat_of(&agent_id, beat).await?))
 }

@@ -1,0 +1,90 @@
+//! The one place that changes an Agent's observed state. A job the provider confirmed, a
+//! heartbeat from a VM recorded paused, and the reconciler all go through
+//! [`record_observed`]: the compare-and-set on the Agent's row (which takes its lock), the
+//! owner re-read under that lock (a transfer may have just moved it), the ledger switched
+//! from that instant on, and, once committed, this replica's cached record forgotten.
+
+use control_api::Timestamp;
+use control_api::agents::{AgentOperation, PeriodState};
+
+use crate::ledger;
+use crate::store::{OperationOutcome, StoreError, Tx};
+
+/// A cache of Agents' records that a change must invalidate (ingestion's, on each replica).
+pub trait RecordCache: Send + Sync + 'static {
+    fn forget(&self, agent_id: &str);
+}
+
+/// Which compare-and-set a change makes on the Agent's row.
+#[derive(Clone, Copy, Debug)]
+pub enum Cas<'a> {
+    /// Seen in another state than recorded (`from`), with no operation under way.
+    Observed { from: PeriodState },
+    /// The provider confirmed `operation`; the VM's id, once it has one.
+    Concluded {
+        operation: AgentOperation,
+        provider_id: Option<&'a str>,
+    },
+}
+
+/// What a change recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The account the ledger attributes the change to.
+    pub owner: String,
+    /// The instant the ledger switched at (never before the open period's start).
+    pub at: Timestamp,
+}
+
+/// Records that the Agent is in `to` from `at` on (`None`: destroyed), if `cas` still holds.
+/// Returns `None`, having changed nothing, when it does not (another change won the race).
+/// The caller commits `tx`.
+pub async fn record_observed(
+    tx: &mut Tx,
+    cache: std::sync::Arc<impl RecordCache>,
+    agent_id: &str,
+    cas: Cas<'_>,
+    to: Option<PeriodState>,
+    at: Timestamp,
+) -> Result<Option<Recorded>, StoreError> {
+    let now = at.as_millis();
+    let changed = match cas {
+        Cas::Observed { from } => match to {
+            Some(to) => tx.observe_state(agent_id, from, to, now).await?,
+            None => false,
+        },
+        Cas::Concluded {
+            operation,
+            provider_id,
+        } => {
+            let outcome = OperationOutcome {
+                provider_id,
+                state: to,
+                error: None,
+            };
+            tx.finish_operation(agent_id, operation, &outcome, now)
+                .await?
+        }
+    };
+    if !changed {
+        return Ok(None);
+    }
+    let owner = tx
+        .agent_change(agent_id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("agent {agent_id} vanished under its lock")))?
+        .account_id;
+    let at = if let Some(state) = to {
+        ledger::switch(tx, agent_id, &owner, state, at).await?
+    } else {
+        let at = ledger::close(tx, agent_id, at).await?;
+        tx.mark_destroyed(agent_id, at.as_millis()).await?;
+        // Its VM is gone: nothing may heartbeat as it any more.
+        tx.revoke_agent_credentials(agent_id, at.as_millis())
+            .await?;
+        at
+    };
+    let id = agent_id.to_owned();
+    tx.after_commit(move || cache.forget(&id));
+    Ok(Some(Recorded { owner, at }))
+}

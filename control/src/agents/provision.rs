@@ -1,0 +1,127 @@
+//! `POST /api/agents`: a new Agent on the current image release, paused until its VM is seen
+//! running; the provisioning job does the provider work.
+
+use std::collections::BTreeMap;
+
+use control_api::agents::{Agent, AgentOperation, PeriodState, ProvisionAgent};
+use control_api::audit::AuditAction;
+use control_api::usage::ResourceKind;
+use tracing::info;
+
+use super::{ACCEPTED, queue_job, reread};
+use crate::app::{App, Caller};
+use crate::audit::{self, NewEvent};
+use crate::error::{Error, Result};
+use crate::idempotency::{self, IdempotencyKey};
+use crate::ids::{new_id, prefix};
+use crate::ledger;
+use crate::store::{NewAgent, StoreError};
+use crate::validate::Checks;
+
+pub async fn provision(
+    app: &App,
+    caller: &Caller,
+    request: &ProvisionAgent,
+    idem: Option<&IdempotencyKey>,
+) -> Result<Agent> {
+    let mut checks = Checks::new();
+    checks.dns_label("name", &request.name);
+    let account_id = match (
+        caller.principal.account_scope(),
+        request.account_id.as_deref(),
+    ) {
+        (Some(own), None) => own,
+        (None, Some(named)) => named,
+        (Some(own), Some(_)) => {
+            checks.fail(
+                "account_id",
+                "only operator tokens name an account; account tokens provision for their own",
+            );
+            own
+        }
+        (None, None) => {
+            checks.fail("account_id", "is required with an operator token");
+            ""
+        }
+    };
+    checks.finish()?;
+
+    let now = app.clock.now();
+    let provider = app.providers.default_cloud().name;
+    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {}", account_id.escape_debug()),
+        ));
+    }
+    let mut tx = app.store.write().await?;
+    if tx.account(account_id).await?.is_none() {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {account_id}"),
+        ));
+    }
+    let image = tx.current_image().await?.ok_or_else(|| {
+        Error::Conflict(
+            "no image release is current: register one with POST /api/images and select it with PUT /api/images/current"
+                .to_owned(),
+        )
+    })?;
+    let refs: BTreeMap<String, String> = serde_json::from_str(&image.refs)
+        .map_err(|e| StoreError::Corrupt(format!("image {} refs: {e}", image.id)))?;
+    let image_ref = refs.get(provider).ok_or_else(|| {
+        Error::Conflict(format!(
+            "the current release {} has no image for provider {}",
+            image.version, provider
+        ))
+    })?;
+
+    let agent_id = new_id(prefix::AGENT);
+    tx.insert_agent(&NewAgent {
+        id: &agent_id,
+        account_id,
+        name: &request.name,
+        provider,
+        image_id: &image.id,
+        image_ref,
+        env: &image.env,
+        provisioned_at: now.as_millis(),
+    })
+    .await?;
+    // Paused until the VM is seen running.
+    ledger::open(&mut tx, &agent_id, account_id, PeriodState::Paused, now).await?;
+    audit::append(
+        &mut tx,
+        NewEvent {
+            at: now,
+            actor: &caller.principal.actor(),
+            action: AuditAction::AgentProvision,
+            resource_kind: ResourceKind::Agent,
+            resource_id: &agent_id,
+            account_id,
+            to_account_id: None,
+            request_id: Some(&caller.request_id),
+            details: serde_json::json!({
+                "name": request.name,
+                "provider": provider,
+                "image_id": image.id,
+                "image_version": image.version,
+            }),
+        },
+    )
+    .await?;
+    queue_job(&mut tx, AgentOperation::Provision, &agent_id, caller, now).await?;
+    let agent = reread(&mut tx, &agent_id).await?;
+    idempotency::record(&mut tx, idem, ACCEPTED, &agent).await?;
+    tx.commit().await?;
+    app.jobs_queued.notify_one();
+    info!(
+        request_id = %caller.request_id,
+        account_id = %account_id,
+        agent_id = %agent_id,
+        image_version = %image.version,
+        provider = %provider,
+        "agent provisioning accepted"
+    );
+    Ok(agent)
+}

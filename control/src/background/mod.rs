@@ -1,0 +1,82 @@
+//! The background work of `control serve`, each a task driven by a shutdown signal: the job
+//! runner, the usage rollup (and the sweep of old Idempotency-Key answers), ingestion's
+//! upkeep and the reconciler. Each duty is an idempotent reconciler, safe to run on every
+//! replica at once, twice, or after a crash, and to stop at any point.
+//!
+//! May call: the services (jobs, ledger, ingest, providers through the reconciler). Nothing
+//! calls into here but the composition root.
+
+mod ingest;
+mod reconciler;
+mod rollup;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{MissedTickBehavior, interval};
+use tracing::{debug, error, info};
+
+use crate::app::App;
+use crate::jobs;
+
+pub use reconciler::reconcile;
+pub use rollup::IDEMPOTENCY_RETENTION;
+
+/// How often each duty runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Intervals {
+    pub job_poll: Duration,
+    pub rollup: Duration,
+    pub reconcile: Duration,
+}
+
+/// Starts every duty; each ends when `shutdown` changes.
+pub fn spawn(app: &App, every: Intervals, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(run_jobs(app.clone(), every.job_poll, shutdown.clone())),
+        tokio::spawn(ingest::run(app.clone(), shutdown.clone())),
+        tokio::spawn(reconciler::run(
+            app.clone(),
+            every.reconcile,
+            shutdown.clone(),
+        )),
+        tokio::spawn(rollup::run(app.clone(), every.rollup, shutdown.clone())),
+    ]
+}
+
+/// Runs due jobs whenever one is queued here, and every `poll` for jobs queued by other
+/// replicas or waiting for a retry.
+async fn run_jobs(app: App, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match jobs::run_due(&app).await {
+            Ok(0) => {}
+            Ok(ran) => debug!(ran, "jobs ran"),
+            Err(e) => error!(error = %e, "running jobs failed; retrying on the next poll"),
+        }
+        tokio::select! {
+            () = app.jobs_queued.notified() => {}
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("job runner stopped");
+}
+
+/// Calls `work` at once and then every `period` until `shutdown` changes. A late tick is
+/// delayed, never bunched up.
+async fn each<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        work().await;
+    }
+}

@@ -1,0 +1,248 @@
+//! What the agents report: registration, heartbeats, and health judged from them.
+//!
+//! Built for 100,000 Agents heartbeating to a few replicas. A heartbeat touches no database on
+//! its way in: credentials are cached, and the latest heartbeat per Agent is kept in memory and
+//! written behind in batches, at most once per `write_every` heartbeats per Agent. Only
+//! transitions are written at once: an Agent recorded paused whose VM is seen running, a new
+//! boot id, an unhealthy Agent heard from again.
+//!
+//! Each Agent has a custodian, the replica it last heartbeated to, recorded with its liveness.
+//! The custodian judges its health from the live value in memory: silent for `unhealthy_after`
+//! intervals, it is flagged unhealthy (logged, no period changes). A liveness row is only
+//! replaced by a newer one, so custody follows the Agent to whichever replica hears it. Replicas
+//! announce themselves; the Agents of a replica that went silent are judged by another
+//! (one at a time, under a lease) after a grace period, and so are all Agents right after a
+//! replica starts, so restarting control flags nobody.
+//!
+//! The parts, one file each: [`credentials`] (bootstrap tokens and credentials),
+//! [`heartbeats`] (taking one in, and the transitions it calls for), [`write_behind`],
+//! [`health`] (judging silence) and [`replicas`] (announcing this one, judging the Agents of
+//! those that went away). Ingest holds what it needs itself (the store, the clock); it may
+//! call the store, the ledger through `agents::record_observed`, and nothing that calls it.
+
+mod credentials;
+mod health;
+mod heartbeats;
+mod records;
+mod replicas;
+mod write_behind;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use control_api::agent::{Heartbeat, SliceState, TunnelState};
+
+use crate::clock::SharedClock;
+use crate::store::{Store, StoreError};
+use crate::sync;
+
+pub use credentials::new_bootstrap_token;
+pub use records::Records;
+
+/// Prefix of agent credentials: `agc_<credential id>_<64 hex digits>`.
+const CREDENTIAL_PREFIX: &str = "agc_";
+/// Prefix of bootstrap tokens: `agb_<64 hex digits>`.
+const BOOTSTRAP_PREFIX: &str = "agb_";
+const SHARDS: usize = 64;
+
+/// Tunables of ingestion and health.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// The heartbeat interval control answers with.
+    pub interval: Duration,
+    /// Silent for this many intervals, a running Agent is unhealthy.
+    pub unhealthy_after: u32,
+    /// Heartbeats per Agent per row written behind.
+    pub write_every: u32,
+    /// How long a bootstrap token may wait for its one use.
+    pub bootstrap_ttl: Duration,
+    /// How long a credential lookup is trusted before it is read again (revocations reach
+    /// other replicas within this).
+    pub credential_ttl: Duration,
+    /// Silent this long, a replica is gone and others judge its Agents.
+    pub replica_timeout: Duration,
+    /// After a confirmed stop, heartbeats still in flight from the stopped process are ignored
+    /// for this long.
+    pub stop_quiet: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            unhealthy_after: 3,
+            write_every: 20,
+            bootstrap_ttl: Duration::from_hours(24),
+            credential_ttl: Duration::from_mins(1),
+            replica_timeout: Duration::from_secs(30),
+            stop_quiet: Duration::from_secs(30),
+        }
+    }
+}
+
+impl IngestSettings {
+    /// How long a running Agent may be silent before it is called unhealthy.
+    pub fn silence_limit(&self) -> Duration {
+        self.interval.saturating_mul(self.unhealthy_after)
+    }
+
+    fn write_period(&self) -> Duration {
+        self.interval.saturating_mul(self.write_every)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Random(#[from] crate::auth::RandomError),
+}
+
+/// Counters for `/metrics` and the ingest benchmark.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub heartbeats: AtomicU64,
+    pub liveness_rows_written: AtomicU64,
+    pub transitions: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+struct CachedCredential {
+    agent_id: String,
+    secret_hash: [u8; 32],
+    revoked: bool,
+    fetched_at: i64,
+}
+
+/// The live view of one Agent this replica hears from.
+#[derive(Debug)]
+struct Live {
+    last_seen: i64,
+    latest: Heartbeat,
+    /// When the sending vm-agent process started, by its uptime.
+    process_started: i64,
+    /// When this replica last wrote the Agent's liveness; `None`: never (custody pending).
+    written_at: Option<i64>,
+    beats_since_write: u32,
+    /// Something worth writing at the next flush changed (tunnel or slice state).
+    urgent: bool,
+    unhealthy: bool,
+    /// Heartbeats from a process started before this instant come from a stopped VM.
+    ignore_before: Option<i64>,
+}
+
+/// A transition one heartbeat calls for, written at once.
+#[derive(Debug, Default)]
+struct Transition {
+    rebooted_from: Option<String>,
+    healthy_again: bool,
+    maybe_running: bool,
+}
+
+impl Transition {
+    fn any(&self) -> bool {
+        self.rebooted_from.is_some() || self.healthy_again || self.maybe_running
+    }
+}
+
+/// The ingestion state of one replica.
+#[derive(Debug)]
+pub struct Ingest {
+    store: Store,
+    clock: SharedClock,
+    replica_id: String,
+    started_at: i64,
+    settings: IngestSettings,
+    credentials: RwLock<HashMap<String, CachedCredential>>,
+    shards: Box<[Mutex<HashMap<String, Live>>]>,
+    records: Arc<Records>,
+    hasher: std::collections::hash_map::RandomState,
+    pub stats: IngestStats,
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+fn tunnel_text(state: TunnelState) -> &'static str {
+    match state {
+        TunnelState::Starting => "starting",
+        TunnelState::Ready => "ready",
+        TunnelState::Unready => "unready",
+        TunnelState::Backoff => "backoff",
+        TunnelState::Failed => "failed",
+        TunnelState::Stopping => "stopping",
+    }
+}
+
+fn slice_text(state: SliceState) -> &'static str {
+    match state {
+        SliceState::Mounted => "mounted",
+        SliceState::Missing => "missing",
+        SliceState::ReadOnly => "read_only",
+        SliceState::WrongOwner => "wrong_owner",
+        SliceState::NearlyFull => "nearly_full",
+    }
+}
+
+impl Ingest {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        replica_id: String,
+        settings: IngestSettings,
+    ) -> Self {
+        Self {
+            started_at: clock.now().as_millis(),
+            store,
+            clock,
+            replica_id,
+            settings,
+            credentials: RwLock::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            records: Arc::new(Records::default()),
+            hasher: std::collections::hash_map::RandomState::new(),
+            stats: IngestStats::default(),
+        }
+    }
+
+    /// What this replica knows of Agents' records; whoever changes a record forgets it here.
+    pub fn records(&self) -> &Arc<Records> {
+        &self.records
+    }
+
+    /// How many Agents this replica holds in memory.
+    pub fn agents_in_memory(&self) -> usize {
+        self.shards.iter().map(|s| sync::lock(s).len()).sum()
+    }
+
+    fn shard(&self, agent_id: &str) -> &Mutex<HashMap<String, Live>> {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(agent_id.as_bytes());
+        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        &self.shards[index]
+    }
+
+    fn interval_s(&self) -> u32 {
+        u32::try_from(self.settings.interval.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Follows lifecycle changes made by any replica, so heartbeats are judged against the
+    /// Agent's current record without reading it each time.
+    pub async fn follow_changes(&self) -> Result<(), StoreError> {
+        for agent_id in self.records.follow(&self.store).await? {
+            sync::lock(self.shard(&agent_id)).remove(&agent_id);
+        }
+        Ok(())
+    }
+}

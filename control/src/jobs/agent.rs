@@ -1,0 +1,116 @@
+//! What the Agent job kinds share: the Agent's row and cloud, and how an operation's end is
+//! recorded on the Agent (through `agents::record_observed`, the one owner of its state).
+
+use control_api::agents::{AgentState, PeriodState};
+use control_api::usage::ResourceKind;
+use serde_json::Value;
+use tracing::info;
+
+use super::{Outputs, StepCx, StepError};
+use crate::agents::{self, Cas};
+use crate::app::App;
+use crate::error::Error;
+use crate::providers::{Cloud, ProviderError, resource_labels};
+use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
+
+/// The Agent the job is about.
+pub(super) async fn agent(cx: &StepCx<'_>) -> Result<AgentRow, StepError> {
+    let id = &cx.job.resource_id;
+    Ok(cx.app.store.read().await?.agent(id).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!("job {} names unknown agent {id}", cx.job.id))
+    })?)
+}
+
+/// The cloud the Agent lives on.
+pub(super) fn cloud<'a>(app: &'a App, agent: &AgentRow) -> Result<&'a Cloud, StepError> {
+    app.providers.get(&agent.provider).ok_or_else(|| {
+        ProviderError::permanent(format!(
+            "provider {} is not configured on this control plane",
+            agent.provider
+        ))
+        .into()
+    })
+}
+
+/// The Agent's server: the id an earlier step found or made, else the one recorded, else the
+/// one carrying its labels (a provisioning that died before recording it).
+pub(super) async fn server_id(
+    cx: &StepCx<'_>,
+    agent: &AgentRow,
+) -> Result<Option<String>, StepError> {
+    if let Some(id) = cx.output("server") {
+        return Ok(Some(id.to_owned()));
+    }
+    if let Some(id) = &agent.provider_id {
+        return Ok(Some(id.clone()));
+    }
+    let labels = resource_labels(ResourceKind::Agent, &agent.id);
+    let found = cloud(cx.app, agent)?
+        .servers
+        .list_servers(&labels, None)
+        .await?;
+    Ok(found.items.into_iter().next().map(|server| server.id))
+}
+
+/// Ends the Agent's operation as the provider confirmed it: `to` from now on (`None`:
+/// destroyed), with its server recorded.
+pub(super) async fn conclude(
+    app: &App,
+    tx: &mut Tx,
+    job: &JobRow,
+    outputs: &Outputs,
+    to: Option<PeriodState>,
+) -> Result<bool, Error> {
+    let cas = Cas::Concluded {
+        operation: job.kind,
+        provider_id: outputs.get("server").and_then(Value::as_str),
+    };
+    let recorded = agents::record_observed(
+        tx,
+        app.ingest.records().clone(),
+        &job.resource_id,
+        cas,
+        to,
+        app.clock.now(),
+    )
+    .await?;
+    if let Some(recorded) = &recorded {
+        let state = to.map_or(AgentState::Destroyed, |s| match s {
+            PeriodState::Running => AgentState::Running,
+            PeriodState::Paused => AgentState::Paused,
+        });
+        let (job, owner) = (job.clone(), recorded.owner.clone());
+        // Said once it is true: a job whose lease was lost rolls this back.
+        tx.after_commit(move || {
+            info!(
+                request_id = %job.request_id.as_deref().unwrap_or("-"),
+                account_id = %owner,
+                agent_id = %job.resource_id,
+                job_id = %job.id,
+                operation = ?job.kind,
+                state = ?state,
+                "agent operation confirmed by the provider"
+            );
+        });
+    }
+    Ok(recorded.is_some())
+}
+
+/// Ends the Agent's operation as failed: it keeps its state and shows the error.
+pub(super) async fn give_up(
+    app: &App,
+    tx: &mut Tx,
+    job: &JobRow,
+    message: &str,
+) -> Result<(), Error> {
+    let outcome = OperationOutcome {
+        error: Some(message),
+        ..OperationOutcome::default()
+    };
+    let now = app.clock.now().as_millis();
+    tx.finish_operation(&job.resource_id, job.kind, &outcome, now)
+        .await?;
+
+    agents::forget_after_commit(app, tx, &job.resource_id);
+    Ok(())
+}

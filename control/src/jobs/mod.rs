@@ -1,0 +1,117 @@
+//! Durable provider work. A job belongs to one resource (kind + id) and is a named list of
+//! steps, like omicron's sagas: each step is an idempotent action whose output the next steps
+//! read, and each finished step's output is committed before the next starts, so a job killed
+//! anywhere resumes at the step it was on. A step looks its resource up by our labels before
+//! creating it, adopts it on a uniqueness conflict, and takes "not found" on delete as done.
+//!
+//! [`runner`] claims due jobs with a lease, runs their steps, retries with jittered backoff
+//! honouring the provider's `retry_after`, and gives up with a clear error after its budget;
+//! it knows nothing about Agents or Plain VMs. Each job kind is one file listing its steps,
+//! and knows nothing about leases.
+//!
+//! May call: the providers, the store, the services' `record_observed`. Called by the
+//! background runner and by tests.
+
+mod agent;
+mod agent_destroy;
+mod agent_provision;
+mod agent_start;
+mod agent_stop;
+mod runner;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use control_api::agents::AgentOperation;
+use control_api::usage::ResourceKind;
+use serde_json::Value;
+
+use crate::app::App;
+use crate::error::Error;
+use crate::providers::ProviderError;
+use crate::store::{JobRow, StoreError, Tx};
+
+pub use runner::{retry_delay, run_due};
+
+/// What the finished steps produced, by step name.
+pub type Outputs = serde_json::Map<String, Value>;
+
+/// What a step sees: the application, its job, and what the steps before it produced.
+pub struct StepCx<'a> {
+    pub app: &'a App,
+    pub job: &'a JobRow,
+    pub outputs: &'a Outputs,
+}
+
+impl StepCx<'_> {
+    /// A text the step `step` produced.
+    pub fn output(&self, step: &str) -> Option<&str> {
+        self.outputs.get(step).and_then(Value::as_str)
+    }
+}
+
+/// Why a step did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The provider refused or failed; its kind decides whether to retry.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Our own failure (the database, a stored value); retried like a transient one.
+    #[error(transparent)]
+    Control(#[from] Error),
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> Self {
+        Self::Control(error.into())
+    }
+}
+
+pub type StepResult = Result<Option<Value>, StepError>;
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+
+/// One step: its name (the key of its output) and its action.
+pub struct Step {
+    pub name: &'static str,
+    pub run: for<'a> fn(&'a StepCx<'a>) -> StepFuture<'a>,
+}
+
+/// A kind of job: its steps, and how its resource learns how the job ended. `conclude` and
+/// `give_up` run inside the transaction that closes the job, before the runner checks its
+/// lease, so they change the resource's row first (the lock order everywhere).
+#[async_trait]
+pub trait JobKind: Send + Sync {
+    fn steps(&self) -> &'static [Step];
+
+    /// Records what the steps achieved. Returns false, changing nothing, if the resource's
+    /// operation was concluded already (by a replica that took the job over).
+    async fn conclude(
+        &self,
+        app: &App,
+        tx: &mut Tx,
+        job: &JobRow,
+        outputs: &Outputs,
+    ) -> Result<bool, Error>;
+
+    /// Records that the operation failed for good with `message`.
+    async fn give_up(
+        &self,
+        app: &App,
+        tx: &mut Tx,
+        job: &JobRow,
+        message: &str,
+    ) -> Result<(), Error>;
+}
+
+/// The kind of `job`; `None` for a job this release cannot run (a kind a newer release
+/// queued), which the runner fails with a clear error rather than guess.
+fn kind_of(job: &JobRow) -> Option<&'static dyn JobKind> {
+    match (job.resource_kind, job.kind) {
+        (ResourceKind::Agent, AgentOperation::Provision) => Some(&agent_provision::AgentProvision),
+        (ResourceKind::Agent, AgentOperation::Start) => Some(&agent_start::AgentStart),
+        (ResourceKind::Agent, AgentOperation::Stop) => Some(&agent_stop::AgentStop),
+        (ResourceKind::Agent, AgentOperation::Destroy) => Some(&agent_destroy::AgentDestroy),
+        (ResourceKind::PlainVm, _) => None,
+    }
+}

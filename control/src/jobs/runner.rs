@@ -1,0 +1,288 @@
+//! The job runner: claims due jobs with a lease (any replica may), runs each job's steps in
+//! order from the one it reached, commits each step's output before the next, retries what a
+//! later attempt may fix with jittered exponential backoff (never sooner than the provider's
+//! `retry_after`), and gives up with a clear error once the attempts are spent. It knows
+//! nothing about what the steps do.
+
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::{JobKind, Outputs, StepCx, StepError, kind_of};
+use crate::app::App;
+use crate::clock::millis;
+use crate::error::Result;
+use crate::store::{JobRow, StoreError};
+
+/// Races for a due job this replica may lose in a row before waiting for the next poll.
+const LOST_RACES: u32 = 3;
+
+/// Runs every job that is due now, one after another, and returns how many ran. Safe on any
+/// number of replicas at once: each job is claimed with a lease first.
+pub async fn run_due(app: &App) -> Result<usize> {
+    let mut ran = 0;
+    let mut lost_races = 0;
+    loop {
+        let now = app.clock.now().as_millis();
+        let lease_until = now + millis(app.settings.job_lease);
+        let mut tx = app.store.write().await?;
+        let Some(job) = tx.claim_job(&app.replica_id, now, lease_until).await? else {
+            // Another replica may have won the race for the job we aimed at while others are
+            // still due: look again a few times before waiting for the next poll.
+            let due = tx.next_job_due().await?.is_some_and(|at| at <= now);
+            drop(tx);
+            lost_races += 1;
+            if due && lost_races <= LOST_RACES {
+                continue;
+            }
+            break;
+        };
+        tx.commit().await?;
+        match kind_of(&job) {
+            None => {
+                let message = format!(
+                    "this release cannot run a {:?} job of a {:?}",
+                    job.kind, job.resource_kind
+                );
+                close(app, &job, None, &message).await?;
+            }
+            Some(kind) if job.attempts > app.settings.job_max_attempts => {
+                // Whatever keeps failing (a transient provider error or our own), stop.
+                let message = format!("gave up after {} attempts", job.attempts - 1);
+                close(app, &job, Some(kind), &message).await?;
+            }
+            Some(kind) => run(app, &job, kind).await?,
+        }
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+/// Runs the job's steps from the one it reached.
+async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
+    let mut outputs: Outputs = serde_json::from_str(&job.outputs)
+        .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?;
+    let steps = kind.steps();
+    let mut reached = usize::try_from(job.step).unwrap_or(usize::MAX);
+    while let Some(step) = steps.get(reached) {
+        let cx = StepCx {
+            app,
+            job,
+            outputs: &outputs,
+        };
+        let done = with_lease(app, job, (step.run)(&cx)).await?;
+        let output = match done {
+            Ok(output) => output,
+            Err(error) => return failed(app, job, kind, step.name, &error).await,
+        };
+        outputs.insert(step.name.to_owned(), output.unwrap_or_default());
+        reached += 1;
+        let encoded = serde_json::Value::Object(outputs.clone()).to_string();
+        let mut tx = app.store.write().await?;
+        let step_count = i64::try_from(reached).unwrap_or(i64::MAX);
+        if !tx
+            .record_job_step(&job.id, &app.replica_id, step_count, &encoded)
+            .await?
+        {
+            warn!(job_id = %job.id, step = step.name, "job lease lost; leaving the job to its new holder");
+            return Ok(());
+        }
+        tx.commit().await?;
+    }
+    let now = app.clock.now().as_millis();
+    let mut tx = app.store.write().await?;
+    if !kind.conclude(app, &mut tx, job, &outputs).await? {
+        // The operation was concluded already; close the job so it is not run again.
+        tx.finish_job(
+            &job.id,
+            &app.replica_id,
+            false,
+            Some("operation already concluded"),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        warn!(job_id = %job.id, resource_id = %job.resource_id, "operation was already concluded; job closed");
+        return Ok(());
+    }
+    if !tx
+        .finish_job(&job.id, &app.replica_id, false, None, now)
+        .await?
+    {
+        // Our lease ran out and another replica holds the job now: roll back, let it conclude.
+        warn!(job_id = %job.id, resource_id = %job.resource_id, "job lease lost; leaving the result to its new holder");
+        return Ok(());
+    }
+    tx.commit().await?;
+    debug!(job_id = %job.id, resource_id = %job.resource_id, "job done");
+    Ok(())
+}
+
+/// A step failed: retry later if that may help and attempts remain, else give up.
+async fn failed(
+    app: &App,
+    job: &JobRow,
+    kind: &dyn JobKind,
+    step: &str,
+    error: &StepError,
+) -> Result<()> {
+    let (retryable, retry_after) = match error {
+        StepError::Provider(e) => (e.is_retryable(), e.retry_after),
+        StepError::Control(_) => (true, None),
+    };
+    if !retryable || job.attempts >= app.settings.job_max_attempts {
+        return close(app, job, Some(kind), &error.to_string()).await;
+    }
+    let delay = retry_delay(
+        app.settings.job_retry_base,
+        app.settings.job_retry_cap,
+        job.attempts,
+        retry_after,
+        jitter(),
+    );
+    let message = error.to_string();
+    let mut tx = app.store.write().await?;
+    tx.retry_job(
+        &job.id,
+        &app.replica_id,
+        app.clock.now().as_millis() + millis(delay),
+        &message,
+    )
+    .await?;
+    tx.commit().await?;
+    warn!(
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
+        resource_id = %job.resource_id,
+        job_id = %job.id,
+        step,
+        attempt = job.attempts,
+        retry_in_ms = millis(delay),
+        error = %message,
+        "job step failed; will retry"
+    );
+    Ok(())
+}
+
+/// Ends the job as failed for good; its resource (if its kind is known) keeps its state and
+/// shows the error. Only the lease holder may do so: without the lease, nothing changes.
+async fn close(app: &App, job: &JobRow, kind: Option<&dyn JobKind>, message: &str) -> Result<()> {
+    let now = app.clock.now().as_millis();
+    let mut tx = app.store.write().await?;
+    if let Some(kind) = kind {
+        kind.give_up(app, &mut tx, job, message).await?;
+    }
+    if !tx
+        .finish_job(&job.id, &app.replica_id, true, Some(message), now)
+        .await?
+    {
+        warn!(job_id = %job.id, resource_id = %job.resource_id, "job lease lost; leaving the failure to its new holder");
+        return Ok(());
+    }
+    tx.commit().await?;
+    warn!(
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
+        resource_id = %job.resource_id,
+        job_id = %job.id,
+        operation = ?job.kind,
+        error = %message,
+        "job failed"
+    );
+    Ok(())
+}
+
+/// Runs `work` while renewing the job's lease every third of its length, so a long provider
+/// call is not taken over by another replica.
+async fn with_lease<T>(app: &App, job: &JobRow, work: impl Future<Output = T>) -> Result<T> {
+    let period = app.settings.job_lease / 3;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            () = tokio::time::sleep(period) => {
+                let until = app.clock.now().as_millis() + millis(app.settings.job_lease);
+                let mut tx = app.store.write().await?;
+                let renewed = tx.renew_job_lease(&job.id, &app.replica_id, until).await?;
+                tx.commit().await?;
+                if !renewed {
+                    warn!(job_id = %job.id, "job lease lost during a step; its result will be dropped");
+                }
+            }
+        }
+    }
+}
+
+/// A uniform draw from `[0, 1)`.
+fn jitter() -> f64 {
+    let mut bytes = [0_u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    // 53 random bits make every f64 in [0, 1) that steps of 2^-53 can.
+    #[allow(clippy::cast_precision_loss)]
+    let draw = (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64;
+    draw
+}
+
+/// The wait before attempt `attempts + 1`: the backoff ceiling `base * 2^(attempts-1)`,
+/// capped at `cap`, of which a random half is drawn (`jitter` in `[0, 1)`) so that jobs failing
+/// together do not retry together, and never less than what the provider asked for.
+pub fn retry_delay(
+    base: Duration,
+    cap: Duration,
+    attempts: i64,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).max(0))
+        .unwrap_or(u32::MAX)
+        .min(20);
+    let ceiling = base.saturating_mul(1 << exponent).min(cap);
+    let drawn = ceiling / 2 + ceiling.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
+    drawn.max(retry_after.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_secs(2);
+    const CAP: Duration = Duration::from_mins(5);
+
+    #[test]
+    fn the_ceiling_doubles_per_attempt_up_to_the_cap() {
+        let top = |attempts| retry_delay(BASE, CAP, attempts, None, 0.999_999);
+        let bottom = |attempts| retry_delay(BASE, CAP, attempts, None, 0.0);
+        assert_eq!(bottom(1), Duration::from_secs(1));
+        assert!(top(1) <= BASE && top(1) > Duration::from_millis(1_999));
+        assert_eq!(bottom(2), BASE);
+        assert_eq!(bottom(4), Duration::from_secs(8));
+        assert_eq!(bottom(30), CAP / 2, "capped, however many attempts");
+        assert!(top(30) <= CAP);
+        assert_eq!(
+            bottom(0),
+            Duration::from_secs(1),
+            "a first attempt waits the base"
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_retries_and_stays_in_range() {
+        let draws: Vec<Duration> = (0..64)
+            .map(|_| retry_delay(BASE, CAP, 3, None, jitter()))
+            .collect();
+        assert!(draws.iter().all(|d| *d >= BASE * 2 && *d <= BASE * 4));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 8, "jitter draws differ: {distinct:?}");
+    }
+
+    #[test]
+    fn the_providers_retry_after_is_honoured() {
+        let asked = Duration::from_secs(90);
+        assert_eq!(retry_delay(BASE, CAP, 1, Some(asked), 0.3), asked);
+        // A shorter ask does not make the backoff shorter.
+        assert_eq!(
+            retry_delay(BASE, CAP, 4, Some(Duration::from_secs(1)), 0.0),
+            Duration::from_secs(8)
+        );
+    }
+}

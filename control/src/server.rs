@@ -1,0 +1,185 @@
+//! The composition root: configuration in, then the store, the providers, the background
+//! tasks and the router, wired together. `control serve` and the one-shot commands start here;
+//! nothing else builds an [`App`].
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, LogFormat};
+use crate::providers::Providers;
+use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
+use crate::store::{Store, StoreOptions, redact_url};
+use crate::{accounts, background, http};
+
+/// The providers resources may live on. New Agents go to the first; only the local one
+/// exists today, and the clouds join it here, each from its own configuration section.
+fn providers(local: &Arc<LocalProvider>) -> Providers {
+    Providers::new(local::cloud(local.clone()))
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second initialisation (tests running several commands) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Opens and migrates the store and builds the application around it.
+/// Creates the data dir (0700), opens the database and applies pending migrations.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    // The data dir holds the database and the operator token: only its owner may read it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    let store = Store::connect(
+        &config.database,
+        &StoreOptions {
+            max_connections: config.database_max_connections,
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The application for the one-shot commands, which never call a provider.
+pub async fn open(config: &Config) -> anyhow::Result<App> {
+    let store = open_store(config).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let providers = Providers::new(local::cloud(Arc::new(LocalProvider::in_memory())));
+    Ok(App::new(store, clock, providers, config.settings.clone()))
+}
+
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    // Before listening: whoever sees the port open finds the token written.
+    if let Some(path) =
+        accounts::ensure_operator_token(&store, SystemClock.now(), &config.data_dir).await?
+    {
+        info!(path = %absolute(&path).display(), "first start: wrote an operator token (mode 0600) to this file");
+    }
+    // Also before listening: a first start may build them, which takes a minute.
+    let (vm_agent, cloudflared) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || programs::local_binaries(&config)).await??
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Local VMs report to this replica unless told otherwise.
+    let reachable = if address.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let control_urls = if config.local.control_urls.is_empty() {
+        vec![format!("http://{reachable}")]
+    } else {
+        config.local.control_urls.clone()
+    };
+    // Absolute: the VMs' own configuration names files in it.
+    let local_dir = absolute(&config.data_dir.join("local-vms"));
+    let local = Arc::new(
+        LocalProvider::with_processes(
+            &local_dir,
+            LocalVmConfig {
+                vm_agent,
+                cloudflared,
+                control_urls,
+                heartbeat_interval: config.settings.ingest.interval,
+            },
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the local provider's VMs in {}",
+                local_dir.display()
+            )
+        })?,
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = App::new(store, clock, providers(&local), config.settings.clone());
+    info!(
+        listen = %address,
+        database = %redact_url(&config.database),
+        data_dir = %absolute(&config.data_dir).display(),
+        replica = %app.replica_id,
+        "control is serving"
+    );
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = background::spawn(
+        &app,
+        background::Intervals {
+            job_poll: config.job_poll_interval,
+            rollup: config.rollup_interval,
+            reconcile: config.reconcile_interval,
+        },
+        &stopped,
+    );
+    tasks.push({
+        let (local, stopped) = (local.clone(), stopped.clone());
+        tokio::spawn(async move { local.supervise(stopped).await })
+    });
+    axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            info!("shutting down: finishing requests in flight");
+            let _ = stop.send(true);
+        })
+        .await?;
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        error!("background tasks did not stop within 30 s; exiting anyway");
+    }
+    app.store.close().await;
+    info!("control stopped; local VMs keep running, as VMs do");
+    Ok(())
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops control");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+}
