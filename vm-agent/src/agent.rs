@@ -1,6 +1,7 @@
 //! `vm-agent run`: starts the subsystems (cloudflared supervisor, slice guard, heartbeats,
-//! status socket), tells systemd when they run, keeps the watchdog fed while they keep
-//! running, and on SIGTERM or SIGINT stops them, cloudflared gracefully, within a bound.
+//! status socket, orphan reaper), tells systemd when they run, keeps the watchdog fed while
+//! they keep running, and on SIGTERM or SIGINT stops them, cloudflared gracefully, within a
+//! bound.
 //!
 //! Each subsystem is a task that publishes its state on a `watch` channel and stops when the
 //! shared shutdown signal turns true.
@@ -10,11 +11,13 @@ use std::time::Duration;
 use log::Level;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 
 use crate::clock::wall_now;
 use crate::config::Config;
 use crate::heartbeat::{self, Inputs};
+use crate::reaper::{self, Children};
 use crate::{event, slice, status, supervisor, systemd};
 
 /// How often the health loop runs when systemd's watchdog is off.
@@ -42,12 +45,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    // Orphans cloudflared leaves behind are reparented to us and reaped, not to PID 1.
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let children = adopt_orphans();
 
     let (stop, stopped) = watch::channel(false);
+    let reaper_task = reaper::spawn(children.clone(), stopped.clone());
     let (slice, slice_task) = slice::spawn(config.slice.clone(), stopped.clone());
-    let (tunnel, supervisor_task) = supervisor::spawn(config.cloudflared.clone(), stopped.clone());
+    let (tunnel, supervisor_task) =
+        supervisor::spawn(config.cloudflared.clone(), children, stopped.clone());
     let inputs = Inputs {
         tunnel: tunnel.clone(),
         slice: slice.clone(),
@@ -72,6 +76,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ("slice guard", &slice_task),
         ("heartbeat loop", &heartbeat_task),
         ("status socket", &status_task),
+        ("orphan reaper", &reaper_task),
     ];
 
     systemd::ready(&summary(&sources));
@@ -117,9 +122,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.cloudflared.stop_grace.as_secs()
     );
     let _ = stop.send(true);
-    let bound = config.cloudflared.stop_grace + Duration::from_secs(5);
+    let tasks = [
+        supervisor_task,
+        slice_task,
+        heartbeat_task,
+        status_task,
+        reaper_task,
+    ];
+    join_within(
+        config.cloudflared.stop_grace + Duration::from_secs(5),
+        tasks,
+    )
+    .await;
+    event!(Level::Info, "agent", "vm-agent stopped");
+    outcome
+}
+
+/// Waits up to `bound` for the stopping subsystems.
+async fn join_within(bound: Duration, tasks: impl IntoIterator<Item = JoinHandle<()>>) {
     let joined = timeout(bound, async {
-        let _ = tokio::join!(supervisor_task, slice_task, heartbeat_task, status_task);
+        // They all run already: awaiting them in turn takes as long as the slowest.
+        for task in tasks {
+            let _ = task.await;
+        }
     })
     .await;
     if joined.is_err() {
@@ -130,8 +155,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             bound.as_secs()
         );
     }
-    event!(Level::Info, "agent", "vm-agent stopped");
-    outcome
+}
+
+/// Makes the agent a child subreaper. Orphans cloudflared leaves behind are reparented to us,
+/// not to PID 1, so they stay in the agent's unit; the reaper waits on them once they exit, and
+/// leaves cloudflared itself (registered in the returned set) to the supervisor, which learns
+/// its exit code by waiting on it.
+fn adopt_orphans() -> Children {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    Children::default()
 }
 
 /// One line for `systemctl status`.

@@ -26,7 +26,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval, sleep, timeout};
@@ -36,6 +36,7 @@ use crate::clock::wall_now;
 use crate::config::{Cloudflared, TUNNEL_TOKEN_ENV, TunnelToken};
 use crate::event;
 use crate::logging::{Admit, RateLimit, cloudflared_level, ids};
+use crate::reaper::{Children, Tracked};
 
 /// cloudflared's exit code for usage errors and invalid tokens.
 pub const PERMANENT_EXIT: i32 = 255;
@@ -79,13 +80,15 @@ impl TunnelStatus {
 }
 
 /// Starts the supervisor; it runs until `shutdown` turns true, then stops cloudflared
-/// gracefully and returns.
+/// gracefully and returns. cloudflared is spawned through `children`, so the reaper leaves
+/// its exit status to the supervisor.
 pub fn spawn(
     config: Cloudflared,
+    children: Children,
     shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<TunnelStatus>, JoinHandle<()>) {
     let (status, receiver) = watch::channel(TunnelStatus::new());
-    let supervisor = Supervisor::new(config, status);
+    let supervisor = Supervisor::new(config, status, children);
     (receiver, tokio::spawn(supervisor.run(shutdown)))
 }
 
@@ -118,6 +121,7 @@ struct Supervisor {
     probe: Option<reqwest::Client>,
     /// The token's text, kept only to scrub it from cloudflared's output.
     token_text: Option<String>,
+    children: Children,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +139,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl Supervisor {
-    fn new(config: Cloudflared, status: watch::Sender<TunnelStatus>) -> Self {
+    fn new(config: Cloudflared, status: watch::Sender<TunnelStatus>, children: Children) -> Self {
         let token_text = match &config.token {
             TunnelToken::File(path) => std::fs::read_to_string(path).ok(),
             TunnelToken::Environment(token) => Some(token.clone()),
@@ -158,6 +162,7 @@ impl Supervisor {
             status,
             probe,
             token_text,
+            children,
         }
     }
 
@@ -201,7 +206,7 @@ impl Supervisor {
         event!(Level::Info, "supervisor", "cloudflared supervision stopped");
     }
 
-    fn start(&mut self) -> Result<Child, String> {
+    fn start(&mut self) -> Result<Tracked, String> {
         let mut command = Command::new(&self.config.binary);
         command
             .arg("tunnel")
@@ -227,8 +232,9 @@ impl Supervisor {
             }
         }
         command.args(&self.config.extra_args);
-        let mut child = command
-            .spawn()
+        let mut child = self
+            .children
+            .spawn(&mut command)
             .map_err(|e| format!("cannot start {}: {e}", self.config.binary.display()))?;
         let pid = child.id();
         if let Some(stdout) = child.stdout.take() {
@@ -306,7 +312,7 @@ impl Supervisor {
     }
 
     /// Follows one run of cloudflared until it exits, must be restarted, or the agent stops.
-    async fn watch(&mut self, mut child: Child, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+    async fn watch(&mut self, mut child: Tracked, shutdown: &mut watch::Receiver<bool>) -> Outcome {
         enum Event {
             Exited(std::io::Result<ExitStatus>),
             Tick,
@@ -422,7 +428,7 @@ impl Supervisor {
     }
 
     /// SIGTERM, up to the grace period, then SIGKILL. Returns the exit code.
-    async fn stop(&self, child: &mut Child) -> i32 {
+    async fn stop(&self, child: &mut Tracked) -> i32 {
         if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
