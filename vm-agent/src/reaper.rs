@@ -31,6 +31,7 @@ use tokio::time::{MissedTickBehavior, interval, sleep};
 
 use crate::event;
 use crate::logging::{Admit, RateLimit};
+use crate::progress::Progress;
 
 /// A sweep in case a SIGCHLD was missed (signals of the same kind coalesce).
 pub const BACKSTOP: Duration = Duration::from_secs(30);
@@ -179,7 +180,11 @@ fn exit_status(status: WaitStatus) -> i32 {
 }
 
 /// Starts the reaper; it sweeps on every SIGCHLD and every [`BACKSTOP`] until `shutdown`.
-pub fn spawn(children: Children, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    children: Children,
+    progress: Progress,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(stream) => Some(stream),
@@ -199,6 +204,7 @@ pub fn spawn(children: Children, mut shutdown: watch::Receiver<bool>) -> JoinHan
         let mut blocked = false;
         let mut failing = false;
         loop {
+            progress.next_within(BACKSTOP);
             tokio::select! {
                 () = async {
                     match sigchld.as_mut() {

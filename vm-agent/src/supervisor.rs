@@ -36,10 +36,14 @@ use crate::clock::wall_now;
 use crate::config::{Cloudflared, TUNNEL_TOKEN_ENV, TunnelToken};
 use crate::event;
 use crate::logging::{Admit, RateLimit, cloudflared_level, ids};
+use crate::progress::Progress;
 use crate::reaper::{Children, Tracked};
 
 /// cloudflared's exit code for usage errors and invalid tokens.
 pub const PERMANENT_EXIT: i32 = 255;
+
+/// How long a `/ready` probe may take, body included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the supervisor knows, published on every change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,10 +89,11 @@ impl TunnelStatus {
 pub fn spawn(
     config: Cloudflared,
     children: Children,
+    progress: Progress,
     shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<TunnelStatus>, JoinHandle<()>) {
     let (status, receiver) = watch::channel(TunnelStatus::new());
-    let supervisor = Supervisor::new(config, status, children);
+    let supervisor = Supervisor::new(config, status, children, progress);
     (receiver, tokio::spawn(supervisor.run(shutdown)))
 }
 
@@ -122,6 +127,7 @@ struct Supervisor {
     /// The token's text, kept only to scrub it from cloudflared's output.
     token_text: Option<String>,
     children: Children,
+    progress: Progress,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +145,12 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl Supervisor {
-    fn new(config: Cloudflared, status: watch::Sender<TunnelStatus>, children: Children) -> Self {
+    fn new(
+        config: Cloudflared,
+        status: watch::Sender<TunnelStatus>,
+        children: Children,
+        progress: Progress,
+    ) -> Self {
         let token_text = match &config.token {
             TunnelToken::File(path) => std::fs::read_to_string(path).ok(),
             TunnelToken::Environment(token) => Some(token.clone()),
@@ -148,7 +159,7 @@ impl Supervisor {
         .filter(|t| t.len() >= 8);
         let probe = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(2))
+            .timeout(PROBE_TIMEOUT)
             .build()
             .ok();
         Self {
@@ -163,6 +174,7 @@ impl Supervisor {
             probe,
             token_text,
             children,
+            progress,
         }
     }
 
@@ -189,6 +201,7 @@ impl Supervisor {
                 Outcome::Shutdown => break,
                 other => self.after(other),
             };
+            self.progress.next_within(wait);
             tokio::select! {
                 () = sleep(wait) => {}
                 _ = shutdown.changed() => break,
@@ -326,6 +339,8 @@ impl Supervisor {
             stable: false,
         };
         loop {
+            // The first tick is immediate, the next `ready_poll` away.
+            self.progress.next_within(self.config.ready_poll);
             let next = tokio::select! {
                 status = child.wait() => Event::Exited(status),
                 _ = ticks.tick() => Event::Tick,
@@ -354,8 +369,10 @@ impl Supervisor {
                 }
                 Event::Tick => {}
             }
+            self.progress.next_within(PROBE_TIMEOUT);
             let connections = self.ready_connections().await;
             if let Some(unready_for) = self.observe(&mut run, connections, Instant::now()) {
+                self.progress.next_within(self.config.stop_grace);
                 let exit = self.stop(&mut child).await;
                 return Outcome::Unready {
                     exit,
