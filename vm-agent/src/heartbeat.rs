@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::event;
 use crate::logging::{Every, ids};
 use crate::metrics::{Host, boot_id};
+use crate::progress::Progress;
 use crate::slice::SliceStatus;
 use crate::supervisor::TunnelStatus;
 
@@ -72,6 +73,7 @@ pub struct Inputs {
 pub fn spawn(
     config: Config,
     inputs: Inputs,
+    progress: Progress,
     shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<HeartbeatStatus>, JoinHandle<()>) {
     let initial = HeartbeatStatus {
@@ -82,7 +84,7 @@ pub fn spawn(
     let (status, receiver) = watch::channel(initial);
     (
         receiver,
-        tokio::spawn(run(config, inputs, status, shutdown)),
+        tokio::spawn(run(config, inputs, status, progress, shutdown)),
     )
 }
 
@@ -100,6 +102,7 @@ async fn run(
     config: Config,
     inputs: Inputs,
     status: watch::Sender<HeartbeatStatus>,
+    progress: Progress,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let client = match reqwest::Client::builder()
@@ -127,11 +130,15 @@ async fn run(
         config,
     };
     let mut interval = sender.config.heartbeat.interval;
+    // Each request is bounded by the client's timeout, each wait by its own length.
+    let request_bound = sender.config.heartbeat.timeout;
     let credential = loop {
+        progress.next_within(request_bound);
         match sender.credential().await {
             Ok(credential) => break credential,
             Err(failure) => {
                 let wait = sender.failed(&failure, interval, &status);
+                progress.next_within(wait);
                 tokio::select! {
                     () = sleep(wait) => {}
                     _ = shutdown.changed() => return,
@@ -142,6 +149,7 @@ async fn run(
     status.send_modify(|s| s.registered = true);
     let mut sequence = 0_u64;
     loop {
+        progress.next_within(request_bound);
         sequence += 1;
         let beat = sender.heartbeat(sequence, &inputs);
         let wait = match sender.send(&credential, &beat).await {
@@ -169,6 +177,7 @@ async fn run(
             }
             Err(failure) => sender.failed(&failure, interval, &status),
         };
+        progress.next_within(wait);
         tokio::select! {
             () = sleep(wait) => {}
             _ = shutdown.changed() => break,

@@ -11,6 +11,8 @@ pub mod config;
 pub mod heartbeat;
 pub mod logging;
 pub mod metrics;
+pub mod progress;
+pub mod reaper;
 pub mod slice;
 pub mod status;
 pub mod supervisor;

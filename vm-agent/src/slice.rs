@@ -10,6 +10,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use control_api::Timestamp;
 use control_api::agent::{SliceReport, SliceState};
@@ -23,6 +24,12 @@ use crate::clock::wall_now;
 use crate::config::Slice;
 use crate::event;
 use crate::logging::ids;
+use crate::progress::Progress;
+
+/// How long one check may take. It only reads the mount table and metadata and writes a probe
+/// file, but on a struggling disk that can take a while, and a slow disk is reported, not a
+/// reason for the watchdog to restart the agent (and with it the tunnel).
+const CHECK_BOUND: Duration = Duration::from_mins(1);
 
 /// The slice as last checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +251,7 @@ fn probe(path: &Path) -> std::io::Result<()> {
 /// Checks the slice every `check_interval`, publishing each result and logging changes.
 pub fn spawn(
     config: Slice,
+    progress: Progress,
     mut shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<SliceStatus>, JoinHandle<()>) {
     let first = check(&config);
@@ -254,10 +262,12 @@ pub fn spawn(
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
+            progress.next_within(config.check_interval);
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = shutdown.changed() => break,
             }
+            progress.next_within(CHECK_BOUND);
             let config = config.clone();
             let Ok(next) = tokio::task::spawn_blocking(move || check(&config)).await else {
                 continue;

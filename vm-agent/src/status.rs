@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use control_api::Timestamp;
 use control_api::agent::{SliceState, TunnelState};
@@ -12,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio::time::{MissedTickBehavior, interval};
 
 use crate::clock::wall_now;
 use crate::heartbeat::HeartbeatStatus;
+use crate::progress::Progress;
 use crate::slice::SliceStatus;
 use crate::supervisor::TunnelStatus;
 
@@ -76,19 +79,29 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How often the loop comes round while nobody asks, to show the watchdog it is not stuck.
+const IDLE: Duration = Duration::from_secs(10);
+
 /// Answers each connection with a snapshot until shutdown, then removes the socket.
 pub async fn serve(
     listener: UnixListener,
     sources: Sources,
     path: std::path::PathBuf,
+    progress: Progress,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut idle = interval(IDLE);
+    idle.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        // A snapshot is a few KiB, well within the socket's buffer: the write does not wait
+        // for the client to read, so answering fits in the same bound.
+        progress.next_within(IDLE);
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => Some(accepted),
+            _ = idle.tick() => None,
             _ = shutdown.changed() => break,
         };
-        if let Ok((mut stream, _)) = accepted {
+        if let Some(Ok((mut stream, _))) = accepted {
             let mut text = serde_json::to_string(&sources.snapshot()).unwrap_or_default();
             text.push('\n');
             let _ = stream.write_all(text.as_bytes()).await;

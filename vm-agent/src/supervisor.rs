@@ -26,7 +26,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval, sleep, timeout};
@@ -36,9 +36,14 @@ use crate::clock::wall_now;
 use crate::config::{Cloudflared, TUNNEL_TOKEN_ENV, TunnelToken};
 use crate::event;
 use crate::logging::{Admit, RateLimit, cloudflared_level, ids};
+use crate::progress::Progress;
+use crate::reaper::{Children, Tracked};
 
 /// cloudflared's exit code for usage errors and invalid tokens.
 pub const PERMANENT_EXIT: i32 = 255;
+
+/// How long a `/ready` probe may take, body included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the supervisor knows, published on every change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,13 +84,16 @@ impl TunnelStatus {
 }
 
 /// Starts the supervisor; it runs until `shutdown` turns true, then stops cloudflared
-/// gracefully and returns.
+/// gracefully and returns. cloudflared is spawned through `children`, so the reaper leaves
+/// its exit status to the supervisor.
 pub fn spawn(
     config: Cloudflared,
+    children: Children,
+    progress: Progress,
     shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<TunnelStatus>, JoinHandle<()>) {
     let (status, receiver) = watch::channel(TunnelStatus::new());
-    let supervisor = Supervisor::new(config, status);
+    let supervisor = Supervisor::new(config, status, children, progress);
     (receiver, tokio::spawn(supervisor.run(shutdown)))
 }
 
@@ -118,6 +126,8 @@ struct Supervisor {
     probe: Option<reqwest::Client>,
     /// The token's text, kept only to scrub it from cloudflared's output.
     token_text: Option<String>,
+    children: Children,
+    progress: Progress,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +145,12 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl Supervisor {
-    fn new(config: Cloudflared, status: watch::Sender<TunnelStatus>) -> Self {
+    fn new(
+        config: Cloudflared,
+        status: watch::Sender<TunnelStatus>,
+        children: Children,
+        progress: Progress,
+    ) -> Self {
         let token_text = match &config.token {
             TunnelToken::File(path) => std::fs::read_to_string(path).ok(),
             TunnelToken::Environment(token) => Some(token.clone()),
@@ -144,7 +159,7 @@ impl Supervisor {
         .filter(|t| t.len() >= 8);
         let probe = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(2))
+            .timeout(PROBE_TIMEOUT)
             .build()
             .ok();
         Self {
@@ -158,6 +173,8 @@ impl Supervisor {
             status,
             probe,
             token_text,
+            children,
+            progress,
         }
     }
 
@@ -182,8 +199,9 @@ impl Supervisor {
             };
             let wait = match outcome {
                 Outcome::Shutdown => break,
-                other => self.after(other),
+                other => self.after(other, Instant::now()),
             };
+            self.progress.next_within(wait);
             tokio::select! {
                 () = sleep(wait) => {}
                 _ = shutdown.changed() => break,
@@ -201,7 +219,7 @@ impl Supervisor {
         event!(Level::Info, "supervisor", "cloudflared supervision stopped");
     }
 
-    fn start(&mut self) -> Result<Child, String> {
+    fn start(&mut self) -> Result<Tracked, String> {
         let mut command = Command::new(&self.config.binary);
         command
             .arg("tunnel")
@@ -227,8 +245,9 @@ impl Supervisor {
             }
         }
         command.args(&self.config.extra_args);
-        let mut child = command
-            .spawn()
+        let mut child = self
+            .children
+            .spawn(&mut command)
             .map_err(|e| format!("cannot start {}: {e}", self.config.binary.display()))?;
         let pid = child.id();
         if let Some(stdout) = child.stdout.take() {
@@ -306,7 +325,7 @@ impl Supervisor {
     }
 
     /// Follows one run of cloudflared until it exits, must be restarted, or the agent stops.
-    async fn watch(&mut self, mut child: Child, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+    async fn watch(&mut self, mut child: Tracked, shutdown: &mut watch::Receiver<bool>) -> Outcome {
         enum Event {
             Exited(std::io::Result<ExitStatus>),
             Tick,
@@ -320,6 +339,8 @@ impl Supervisor {
             stable: false,
         };
         loop {
+            // The first tick is immediate, the next `ready_poll` away.
+            self.progress.next_within(self.config.ready_poll);
             let next = tokio::select! {
                 status = child.wait() => Event::Exited(status),
                 _ = ticks.tick() => Event::Tick,
@@ -348,8 +369,10 @@ impl Supervisor {
                 }
                 Event::Tick => {}
             }
+            self.progress.next_within(PROBE_TIMEOUT);
             let connections = self.ready_connections().await;
             if let Some(unready_for) = self.observe(&mut run, connections, Instant::now()) {
+                self.progress.next_within(self.config.stop_grace);
                 let exit = self.stop(&mut child).await;
                 return Outcome::Unready {
                     exit,
@@ -422,7 +445,7 @@ impl Supervisor {
     }
 
     /// SIGTERM, up to the grace period, then SIGKILL. Returns the exit code.
-    async fn stop(&self, child: &mut Child) -> i32 {
+    async fn stop(&self, child: &mut Tracked) -> i32 {
         if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
@@ -439,9 +462,8 @@ impl Supervisor {
         child.wait().await.map_or(-1, exit_code)
     }
 
-    /// Records how a run ended and decides how long to wait before the next.
-    fn after(&mut self, outcome: Outcome) -> Duration {
-        let now = Instant::now();
+    /// Records how a run ended at `now` and decides how long to wait before the next.
+    fn after(&mut self, outcome: Outcome, now: Instant) -> Duration {
         let delay = self.backoff.next(now);
         let crash_loop = self.backoff.crash_loop(now);
         let (exit, why) = match outcome {
@@ -519,4 +541,249 @@ fn log_restart(why: &str, wait: Duration, delay: Delay) {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn config() -> Cloudflared {
+        Cloudflared {
+            binary: PathBuf::from("/nonexistent/cloudflared"),
+            token: TunnelToken::Environment("eyJhIjoidGVzdCJ9".to_owned()),
+            metrics: "127.0.0.1:9".parse().unwrap(),
+            extra_args: Vec::new(),
+            ready_poll: SECOND,
+            unready_restart_after: Duration::from_mins(1),
+            stop_grace: Duration::from_secs(5),
+            backoff_initial: SECOND,
+            backoff_max: Duration::from_mins(1),
+            stable_after: Duration::from_mins(2),
+            crash_loop_restarts: 3,
+            crash_loop_window: Duration::from_mins(10),
+            failed_retry: Duration::from_mins(5),
+            log_lines_per_minute: 10,
+        }
+    }
+
+    fn supervisor() -> (Supervisor, watch::Receiver<TunnelStatus>) {
+        // The probe client needs one, as in `main`; a second install is refused, harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (status, receiver) = watch::channel(TunnelStatus::new());
+        let (progress, _) = Progress::new();
+        let supervisor = Supervisor::new(config(), status, Children::default(), progress);
+        (supervisor, receiver)
+    }
+
+    /// A run that started at `start`.
+    fn run(start: Instant) -> Run {
+        Run {
+            ready_since: None,
+            unready_since: start,
+            stable: false,
+        }
+    }
+
+    #[test]
+    fn readiness_comes_and_goes_with_ready_connections() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        let mut run = run(t0);
+        assert_eq!(supervisor.observe(&mut run, None, t0 + SECOND), None);
+        assert_eq!(
+            status.borrow().state,
+            TunnelState::Starting,
+            "not ready yet is still starting"
+        );
+
+        assert_eq!(supervisor.observe(&mut run, Some(2), t0 + 2 * SECOND), None);
+        assert_eq!(run.ready_since, Some(t0 + 2 * SECOND));
+        let ready = status.borrow().clone();
+        assert_eq!(
+            (ready.state, ready.ready_connections),
+            (TunnelState::Ready, 2)
+        );
+        assert_eq!(ready.detail, "ready with 2 connections");
+
+        assert_eq!(supervisor.observe(&mut run, Some(4), t0 + 3 * SECOND), None);
+        assert_eq!(
+            run.ready_since,
+            Some(t0 + 2 * SECOND),
+            "still the same ready spell"
+        );
+        assert_eq!(status.borrow().ready_connections, 4);
+
+        assert_eq!(supervisor.observe(&mut run, None, t0 + 4 * SECOND), None);
+        let unready = status.borrow().clone();
+        assert_eq!(
+            (unready.state, unready.ready_connections),
+            (TunnelState::Unready, 0)
+        );
+        assert_eq!(
+            (run.ready_since, run.unready_since),
+            (None, t0 + 4 * SECOND)
+        );
+    }
+
+    #[test]
+    fn it_is_restarted_after_unready_restart_after_without_a_connection() {
+        let (mut supervisor, _status) = supervisor();
+        let t0 = Instant::now();
+        let mut run = run(t0);
+        let limit = Duration::from_mins(1);
+        let almost = Duration::from_secs(59);
+        assert_eq!(supervisor.observe(&mut run, None, t0 + almost), None);
+        assert_eq!(supervisor.observe(&mut run, None, t0 + limit), Some(limit));
+
+        // Once it was ready, the time without connections counts from the loss.
+        let mut run = self::run(t0);
+        supervisor.observe(&mut run, Some(1), t0 + 10 * SECOND);
+        let lost = t0 + 100 * SECOND;
+        assert_eq!(supervisor.observe(&mut run, None, lost), None);
+        assert_eq!(supervisor.observe(&mut run, None, lost + almost), None);
+        assert_eq!(
+            supervisor.observe(&mut run, None, lost + limit + SECOND),
+            Some(limit + SECOND)
+        );
+    }
+
+    #[test]
+    fn restarts_last_exit_and_the_wait_are_recorded() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        let wait = supervisor.after(Outcome::Exited(1), t0);
+        let s = status.borrow().clone();
+        assert_eq!((s.restarts, s.last_exit), (1, Some(1)));
+        assert_eq!(s.state, TunnelState::Backoff);
+        assert!(
+            wait <= SECOND,
+            "the first wait is drawn under the initial ceiling"
+        );
+        assert_eq!(s.next_start_in_ms, Some(millis(wait)));
+        assert_eq!((s.backoff_attempt, s.backoff_ceiling_ms), (1, Some(1_000)));
+        assert_eq!((s.pid, s.ready_connections), (None, 0));
+
+        supervisor.after(
+            Outcome::Unready {
+                exit: 143,
+                for_s: 60,
+            },
+            t0 + SECOND,
+        );
+        let s = status.borrow().clone();
+        assert_eq!((s.restarts, s.last_exit), (2, Some(143)));
+        assert_eq!((s.backoff_attempt, s.backoff_ceiling_ms), (2, Some(2_000)));
+        assert!(
+            s.detail.contains("no ready connection for 60 s"),
+            "{}",
+            s.detail
+        );
+
+        // A failed start has no exit code: the last one stays.
+        supervisor.after(
+            Outcome::SpawnFailed("cannot start".to_owned()),
+            t0 + 2 * SECOND,
+        );
+        let s = status.borrow().clone();
+        assert_eq!((s.restarts, s.last_exit), (3, Some(143)));
+    }
+
+    #[test]
+    fn exit_255_and_failed_starts_wait_at_least_failed_retry() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        let wait = supervisor.after(Outcome::Exited(PERMANENT_EXIT), t0);
+        assert!(wait >= Duration::from_mins(5), "{wait:?}");
+        let s = status.borrow().clone();
+        assert_eq!((s.state, s.last_exit), (TunnelState::Failed, Some(255)));
+        assert_eq!(s.next_start_in_ms, Some(millis(wait)));
+
+        let wait = supervisor.after(Outcome::SpawnFailed("no such file".to_owned()), t0);
+        assert!(wait >= Duration::from_mins(5), "{wait:?}");
+        assert_eq!(status.borrow().state, TunnelState::Failed);
+        assert!(
+            status
+                .borrow()
+                .detail
+                .starts_with("no such file; next try in")
+        );
+
+        // Any other exit is an ordinary restart.
+        let wait = supervisor.after(Outcome::Exited(1), t0 + SECOND);
+        assert!(wait < Duration::from_mins(5), "{wait:?}");
+        assert_eq!(status.borrow().state, TunnelState::Backoff);
+    }
+
+    #[test]
+    fn too_many_restarts_within_the_window_are_a_crash_loop() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        supervisor.after(Outcome::Exited(1), t0);
+        supervisor.after(Outcome::Exited(1), t0 + 10 * SECOND);
+        assert!(!status.borrow().crash_loop);
+        supervisor.after(Outcome::Exited(1), t0 + 20 * SECOND);
+        assert!(status.borrow().crash_loop, "3 restarts within 600 s");
+
+        // Restarts spread wider than the window are not.
+        let (mut supervisor, status) = self::supervisor();
+        for n in 0..5 {
+            supervisor.after(Outcome::Exited(1), t0 + n * 301 * SECOND);
+        }
+        assert!(!status.borrow().crash_loop);
+        assert_eq!(status.borrow().restarts, 5);
+    }
+
+    #[test]
+    fn a_stable_ready_period_resets_the_backoff_and_ends_a_crash_loop() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        for n in 0..3 {
+            supervisor.after(Outcome::Exited(1), t0 + n * SECOND);
+        }
+        assert!(status.borrow().crash_loop);
+        assert_eq!(status.borrow().backoff_attempt, 3);
+
+        let started = t0 + 10 * SECOND;
+        let mut run = run(started);
+        supervisor.observe(&mut run, Some(1), started);
+        supervisor.observe(&mut run, Some(1), started + 119 * SECOND);
+        assert!(!run.stable, "not yet the stable period");
+        assert!(status.borrow().crash_loop);
+        assert_eq!(status.borrow().backoff_attempt, 3);
+
+        supervisor.observe(&mut run, Some(1), started + 120 * SECOND);
+        assert!(run.stable);
+        let s = status.borrow().clone();
+        assert!(!s.crash_loop, "the crash loop is over");
+        assert_eq!((s.backoff_attempt, s.backoff_ceiling_ms), (0, None));
+
+        // The next crash starts from the initial delay, and one crash is no loop.
+        let wait = supervisor.after(Outcome::Exited(1), started + 121 * SECOND);
+        assert!(wait <= SECOND);
+        let s = status.borrow().clone();
+        assert_eq!((s.backoff_attempt, s.backoff_ceiling_ms), (1, Some(1_000)));
+        assert!(!s.crash_loop);
+    }
+
+    #[test]
+    fn a_ready_spell_shorter_than_the_stable_period_resets_nothing() {
+        let (mut supervisor, status) = supervisor();
+        let t0 = Instant::now();
+        supervisor.after(Outcome::Exited(1), t0);
+        supervisor.after(Outcome::Exited(1), t0 + SECOND);
+        let mut run = run(t0 + 2 * SECOND);
+        supervisor.observe(&mut run, Some(1), t0 + 2 * SECOND);
+        supervisor.observe(&mut run, None, t0 + 100 * SECOND);
+        // Ready again, but the stable period counts from the new ready spell.
+        supervisor.observe(&mut run, Some(1), t0 + 101 * SECOND);
+        supervisor.observe(&mut run, Some(1), t0 + 200 * SECOND);
+        assert!(!run.stable);
+        supervisor.after(Outcome::Exited(1), t0 + 201 * SECOND);
+        let s = status.borrow().clone();
+        assert_eq!((s.backoff_attempt, s.backoff_ceiling_ms), (3, Some(4_000)));
+    }
 }

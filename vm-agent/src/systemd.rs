@@ -1,5 +1,5 @@
 //! Talking to systemd: `READY=1` once every subsystem runs, `WATCHDOG=1` from the health loop
-//! while they keep running, `STATUS=` lines for `systemctl status`, `STOPPING=1` on shutdown.
+//! while they keep making progress, `STATUS=` lines for `systemctl status`, `STOPPING=1` on shutdown.
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
 use std::time::Duration;
