@@ -17,6 +17,16 @@ pub enum AgentState {
     Destroyed,
 }
 
+impl From<PeriodState> for AgentState {
+    /// A live Agent's state: the state of its open period.
+    fn from(state: PeriodState) -> Self {
+        match state {
+            PeriodState::Running => Self::Running,
+            PeriodState::Paused => Self::Paused,
+        }
+    }
+}
+
 /// An operation accepted but not yet confirmed by the provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -20,7 +20,7 @@ mod transfer;
 
 use std::collections::BTreeMap;
 
-use control_api::agents::{Agent, AgentList, AgentOperation, AgentState, ImagePin, PeriodState};
+use control_api::agents::{Agent, AgentList, AgentOperation, AgentState, ImagePin};
 use control_api::usage::ResourceKind;
 use control_api::{Timestamp, UPGRADE_NOTE};
 
@@ -52,10 +52,10 @@ pub fn to_api(row: AgentRow) -> Result<Agent, StoreError> {
             .current_image_id
             .as_deref()
             .is_some_and(|current| row.image_id.as_str() < current);
-    let state = match (destroyed, row.state) {
-        (true, _) => AgentState::Destroyed,
-        (false, PeriodState::Running) => AgentState::Running,
-        (false, PeriodState::Paused) => AgentState::Paused,
+    let state = if destroyed {
+        AgentState::Destroyed
+    } else {
+        row.state.into()
     };
     Ok(Agent {
         id: row.id,
@@ -162,6 +162,5 @@ pub(crate) async fn queue_job(
 /// Drops this replica's cached record of the Agent once `tx` commits, so its next heartbeat
 /// is judged against the record `tx` wrote.
 pub(crate) fn forget_after_commit(app: &crate::app::App, tx: &mut Tx, agent_id: &str) {
-    let (records, id) = (app.ingest.records().clone(), agent_id.to_owned());
-    tx.after_commit(move || RecordCache::forget(&*records, &id));
+    observed::forget_after_commit(tx, app.ingest.records().clone(), agent_id);
 }

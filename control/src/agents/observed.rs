@@ -4,6 +4,8 @@
 //! owner re-read under that lock (a transfer may have just moved it), the ledger switched
 //! from that instant on, and, once committed, this replica's cached record forgotten.
 
+use std::sync::Arc;
+
 use control_api::Timestamp;
 use control_api::agents::{AgentOperation, PeriodState};
 
@@ -41,7 +43,7 @@ pub struct Recorded {
 /// The caller commits `tx`.
 pub async fn record_observed(
     tx: &mut Tx,
-    cache: std::sync::Arc<impl RecordCache>,
+    cache: Arc<impl RecordCache>,
     agent_id: &str,
     cas: Cas<'_>,
     to: Option<PeriodState>,
@@ -84,7 +86,13 @@ pub async fn record_observed(
             .await?;
         at
     };
+    forget_after_commit(tx, cache, agent_id);
+    Ok(Some(Recorded { owner, at }))
+}
+
+/// Drops `cache`'s record of the Agent once `tx` commits: before, a concurrent reader would
+/// only cache the old row again.
+pub(super) fn forget_after_commit(tx: &mut Tx, cache: Arc<impl RecordCache>, agent_id: &str) {
     let id = agent_id.to_owned();
     tx.after_commit(move || cache.forget(&id));
-    Ok(Some(Recorded { owner, at }))
 }

@@ -8,21 +8,20 @@
 use std::time::Duration;
 
 use control_api::agents::PeriodState;
-use tracing::{info, warn};
-
 use tokio::sync::watch;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 
 use super::each;
 use crate::agents::{self, Cas};
 use crate::app::App;
+use crate::clock::millis;
 use crate::error::Result;
 use crate::store::DbText;
 
 /// Compares every live Agent with its provider once; returns how many were corrected.
 pub async fn reconcile(app: &App, every: Duration) -> Result<usize> {
     let now = app.clock.now();
-    let lease = i64::try_from(every.saturating_mul(2).as_millis()).unwrap_or(i64::MAX);
+    let lease = millis(every.saturating_mul(2));
     let mut tx = app.store.write().await?;
     let leader = tx
         .acquire_lease(

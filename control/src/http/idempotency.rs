@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::middleware::body;
 use crate::app::App;
 use crate::auth::Principal;
+use crate::clock::millis;
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
 use crate::store::{IdempotencyClaim, StoreError};
@@ -117,7 +118,7 @@ async fn claim(
     fingerprint: &str,
 ) -> Result<IdempotencyClaim, StoreError> {
     let now = app.clock.now().as_millis();
-    let ttl = i64::try_from(CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
+    let ttl = millis(CLAIM_TTL);
     let mut tx = app.store.write().await?;
     let claim = tx
         .claim_idempotency_key(

@@ -91,10 +91,7 @@ impl Ingest {
             return Err(IngestError::Unauthorized(REFUSED));
         };
         let ttl = millis(self.settings.credential_ttl);
-        let cached = self
-            .credentials
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let cached = sync::read(&self.credentials)
             .get(id)
             .filter(|c| now - c.fetched_at < ttl)
             .cloned();

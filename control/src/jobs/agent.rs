@@ -1,17 +1,56 @@
-//! What the Agent job kinds share: the Agent's row and cloud, and how an operation's end is
-//! recorded on the Agent (through `agents::record_observed`, the one owner of its state).
+//! What the Agent job kinds share: [`AgentJob`], a kind as its steps and the state its
+//! success leaves the Agent in; the Agent's row, cloud and server; and how an operation's end
+//! is recorded on the Agent (through `agents::record_observed`, the one owner of its state).
 
 use control_api::agents::{AgentState, PeriodState};
 use control_api::usage::ResourceKind;
 use serde_json::Value;
 use tracing::info;
 
-use super::{Outputs, StepCx, StepError};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{JobKind, Outputs, Step, StepCx, StepError};
 use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::error::Error;
-use crate::providers::{Cloud, ProviderError, resource_labels};
+use crate::providers::{Cloud, ProviderError, Servers, resource_labels};
 use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
+
+/// An Agent job kind: its steps, and the state the Agent is in once they are done (`None`:
+/// destroyed).
+pub(super) struct AgentJob {
+    pub(super) steps: &'static [Step],
+    pub(super) to: Option<PeriodState>,
+}
+
+#[async_trait]
+impl JobKind for AgentJob {
+    fn steps(&self) -> &'static [Step] {
+        self.steps
+    }
+
+    async fn conclude(
+        &self,
+        app: &App,
+        tx: &mut Tx,
+        job: &JobRow,
+        outputs: &Outputs,
+    ) -> Result<bool, Error> {
+        conclude(app, tx, job, outputs, self.to).await
+    }
+
+    async fn give_up(
+        &self,
+        app: &App,
+        tx: &mut Tx,
+        job: &JobRow,
+        message: &str,
+    ) -> Result<(), Error> {
+        give_up(app, tx, job, message).await
+    }
+}
 
 /// The Agent the job is about.
 pub(super) async fn agent(cx: &StepCx<'_>) -> Result<AgentRow, StepError> {
@@ -52,9 +91,22 @@ pub(super) async fn server_id(
     Ok(found.items.into_iter().next().map(|server| server.id))
 }
 
+/// The Agent, the id of its server, and the servers of its cloud, for a step that needs the
+/// server to exist.
+pub(super) async fn agent_server<'a>(
+    cx: &StepCx<'a>,
+) -> Result<(AgentRow, String, &'a Arc<dyn Servers>), StepError> {
+    let agent = agent(cx).await?;
+    let id = server_id(cx, &agent)
+        .await?
+        .ok_or_else(|| ProviderError::permanent(format!("agent {} has no VM", agent.id)))?;
+    let servers = &cloud(cx.app, &agent)?.servers;
+    Ok((agent, id, servers))
+}
+
 /// Ends the Agent's operation as the provider confirmed it: `to` from now on (`None`:
 /// destroyed), with its server recorded.
-pub(super) async fn conclude(
+async fn conclude(
     app: &App,
     tx: &mut Tx,
     job: &JobRow,
@@ -75,10 +127,7 @@ pub(super) async fn conclude(
     )
     .await?;
     if let Some(recorded) = &recorded {
-        let state = to.map_or(AgentState::Destroyed, |s| match s {
-            PeriodState::Running => AgentState::Running,
-            PeriodState::Paused => AgentState::Paused,
-        });
+        let state = to.map_or(AgentState::Destroyed, AgentState::from);
         let (job, owner) = (job.clone(), recorded.owner.clone());
         // Said once it is true: a job whose lease was lost rolls this back.
         tx.after_commit(move || {
@@ -97,12 +146,7 @@ pub(super) async fn conclude(
 }
 
 /// Ends the Agent's operation as failed: it keeps its state and shows the error.
-pub(super) async fn give_up(
-    app: &App,
-    tx: &mut Tx,
-    job: &JobRow,
-    message: &str,
-) -> Result<(), Error> {
+async fn give_up(app: &App, tx: &mut Tx, job: &JobRow, message: &str) -> Result<(), Error> {
     let outcome = OperationOutcome {
         error: Some(message),
         ..OperationOutcome::default()
@@ -110,7 +154,6 @@ pub(super) async fn give_up(
     let now = app.clock.now().as_millis();
     tx.finish_operation(&job.resource_id, job.kind, &outcome, now)
         .await?;
-
     agents::forget_after_commit(app, tx, &job.resource_id);
     Ok(())
 }

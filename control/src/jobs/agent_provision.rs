@@ -4,34 +4,34 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
 use serde_json::Value;
 
-use super::agent::{self, agent, cloud};
+use super::agent::{AgentJob, agent, cloud};
 use super::agent_start::wait_running;
-use super::{JobKind, Outputs, Step, StepCx, StepError, StepFuture};
+use super::{Step, StepCx, StepError, StepFuture};
 use crate::app::App;
 use crate::clock::millis;
 use crate::cloud_init::{self, AgentIdentity};
 use crate::error::Error;
 use crate::ingest::new_bootstrap_token;
 use crate::providers::{ErrorKind, ProviderError, Secret, ServerSpec, resource_labels};
-use crate::store::{AgentRow, JobRow, StoreError, Tx};
+use crate::store::{AgentRow, StoreError};
 
-pub(super) struct AgentProvision;
-
-const STEPS: &[Step] = &[
-    Step {
-        name: "server",
-        run: server,
-    },
-    Step {
-        name: "running",
-        run: running,
-    },
-];
+pub(super) static KIND: AgentJob = AgentJob {
+    steps: &[
+        Step {
+            name: "server",
+            run: server,
+        },
+        Step {
+            name: "running",
+            run: running,
+        },
+    ],
+    to: Some(PeriodState::Running),
+};
 
 /// Finds the Agent's server by its labels, or arms a bootstrap token and creates it.
 fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
@@ -67,7 +67,7 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
-    Box::pin(async move { wait_running(cx).await })
+    Box::pin(wait_running(cx))
 }
 
 /// Arms a new single-use bootstrap token (only its hash is stored) and renders the Agent's
@@ -99,31 +99,4 @@ async fn first_boot(app: &App, agent: &AgentRow) -> Result<Secret, StepError> {
     };
     cloud_init::agent_document(&identity, &Secret(token))
         .map_err(|e| ProviderError::permanent(format!("agent {} user data: {e}", agent.id)).into())
-}
-
-#[async_trait]
-impl JobKind for AgentProvision {
-    fn steps(&self) -> &'static [Step] {
-        STEPS
-    }
-
-    async fn conclude(
-        &self,
-        app: &App,
-        tx: &mut Tx,
-        job: &JobRow,
-        outputs: &Outputs,
-    ) -> Result<bool, Error> {
-        agent::conclude(app, tx, job, outputs, Some(PeriodState::Running)).await
-    }
-
-    async fn give_up(
-        &self,
-        app: &App,
-        tx: &mut Tx,
-        job: &JobRow,
-        message: &str,
-    ) -> Result<(), Error> {
-        agent::give_up(app, tx, job, message).await
-    }
 }

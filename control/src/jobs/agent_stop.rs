@@ -1,47 +1,36 @@
 //! Stopping an Agent: an ACPI shutdown (its vm-agent drains cloudflared), and a hard power-off
 //! if the server is still on when the next step looks.
 
-use async_trait::async_trait;
 use control_api::agents::PeriodState;
 
-use super::agent::{self, agent, cloud, server_id};
-use super::{JobKind, Outputs, Step, StepCx, StepFuture};
-use crate::app::App;
-use crate::error::Error;
-use crate::providers::ProviderError;
-use crate::store::{JobRow, Tx};
+use super::agent::{AgentJob, agent_server};
+use super::{Step, StepCx, StepFuture};
 
-pub(super) struct AgentStop;
-
-const STEPS: &[Step] = &[
-    Step {
-        name: "shutdown",
-        run: shutdown,
-    },
-    Step {
-        name: "off",
-        run: off,
-    },
-];
+pub(super) static KIND: AgentJob = AgentJob {
+    steps: &[
+        Step {
+            name: "shutdown",
+            run: shutdown,
+        },
+        Step {
+            name: "off",
+            run: off,
+        },
+    ],
+    to: Some(PeriodState::Paused),
+};
 
 fn shutdown<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let agent = agent(cx).await?;
-        let id = server_id(cx, &agent)
-            .await?
-            .ok_or_else(|| ProviderError::permanent(format!("agent {} has no VM", agent.id)))?;
-        cloud(cx.app, &agent)?.servers.shutdown(&id).await?;
+        let (_, id, servers) = agent_server(cx).await?;
+        servers.shutdown(&id).await?;
         Ok(None)
     })
 }
 
 fn off<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let agent = agent(cx).await?;
-        let id = server_id(cx, &agent)
-            .await?
-            .ok_or_else(|| ProviderError::permanent(format!("agent {} has no VM", agent.id)))?;
-        let servers = &cloud(cx.app, &agent)?.servers;
+        let (_, id, servers) = agent_server(cx).await?;
         let on = servers
             .get_server(&id)
             .await?
@@ -52,31 +41,4 @@ fn off<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         }
         Ok(None)
     })
-}
-
-#[async_trait]
-impl JobKind for AgentStop {
-    fn steps(&self) -> &'static [Step] {
-        STEPS
-    }
-
-    async fn conclude(
-        &self,
-        app: &App,
-        tx: &mut Tx,
-        job: &JobRow,
-        outputs: &Outputs,
-    ) -> Result<bool, Error> {
-        agent::conclude(app, tx, job, outputs, Some(PeriodState::Paused)).await
-    }
-
-    async fn give_up(
-        &self,
-        app: &App,
-        tx: &mut Tx,
-        job: &JobRow,
-        message: &str,
-    ) -> Result<(), Error> {
-        agent::give_up(app, tx, job, message).await
-    }
 }

@@ -108,10 +108,10 @@ pub trait JobKind: Send + Sync {
 /// queued), which the runner fails with a clear error rather than guess.
 fn kind_of(job: &JobRow) -> Option<&'static dyn JobKind> {
     match (job.resource_kind, job.kind) {
-        (ResourceKind::Agent, AgentOperation::Provision) => Some(&agent_provision::AgentProvision),
-        (ResourceKind::Agent, AgentOperation::Start) => Some(&agent_start::AgentStart),
-        (ResourceKind::Agent, AgentOperation::Stop) => Some(&agent_stop::AgentStop),
-        (ResourceKind::Agent, AgentOperation::Destroy) => Some(&agent_destroy::AgentDestroy),
+        (ResourceKind::Agent, AgentOperation::Provision) => Some(&agent_provision::KIND),
+        (ResourceKind::Agent, AgentOperation::Start) => Some(&agent_start::KIND),
+        (ResourceKind::Agent, AgentOperation::Stop) => Some(&agent_stop::KIND),
+        (ResourceKind::Agent, AgentOperation::Destroy) => Some(&agent_destroy::KIND),
         (ResourceKind::PlainVm, _) => None,
     }
 }

@@ -142,19 +142,7 @@ impl LocalProvider {
                 _ = ticks.tick() => {}
                 _ = shutdown.changed() => break,
             }
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let vm_dir = entry.path();
-                let Some(agent_id) = vm_dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .filter(|name| !name.starts_with('.'))
-                    .map(str::to_owned)
-                else {
-                    continue; // not a VM (a destroyed one being deleted)
-                };
+            for (agent_id, vm_dir) in vm_dirs(dir) {
                 if last_start
                     .get(&agent_id)
                     .is_some_and(|at| at.elapsed() < RESTART_SEC)
@@ -178,16 +166,12 @@ impl LocalProvider {
 }
 
 impl LocalProvider {
-    /// The VMs, by id, each under its lock for the duration of `f` when they are directories.
+    /// Every VM's record as it stands (a VM being created or destroyed may be missing).
     fn each_vm(&self) -> Vec<LocalVm> {
         match &self.backing {
             Backing::Memory(vms) => sync::lock(vms).values().cloned().collect(),
-            Backing::Processes { dir, .. } => std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
-                .filter_map(|entry| read_vm(&entry.path()).ok())
+            Backing::Processes { dir, .. } => vm_dirs(dir)
+                .filter_map(|(_, vm_dir)| read_vm(&vm_dir).ok())
                 .collect(),
         }
     }
@@ -208,6 +192,24 @@ impl LocalProvider {
         }
         Ok(dir.join(id))
     }
+}
+
+/// The VMs' directories under `dir`, with their ids. Dot names are not VMs (a destroyed one
+/// being deleted, a lock), and every reader of the directory skips them.
+fn vm_dirs(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let id = entry.file_name().into_string().ok()?;
+            (!id.starts_with('.')).then(|| (id, entry.path()))
+        })
+}
+
+/// What a change of a VM that does not exist answers.
+fn no_vm(id: &str) -> ProviderError {
+    ProviderError::not_found(format!("VM {id}"))
 }
 
 /// The VM id for a server spec: the id label of the resource it is made for.
@@ -303,7 +305,7 @@ impl Servers for LocalProvider {
     }
 
     async fn power_on(&self, id: &str) -> Result<(), ProviderError> {
-        let gone = || ProviderError::not_found(format!("VM {id}"));
+        let gone = || no_vm(id);
         match &self.backing {
             Backing::Memory(vms) => {
                 let mut vms = sync::lock(vms);
@@ -341,7 +343,7 @@ impl Servers for LocalProvider {
     }
 
     async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
-        let gone = || ProviderError::not_found(format!("VM {id}"));
+        let gone = || no_vm(id);
         match &self.backing {
             Backing::Memory(vms) => {
                 sync::lock(vms).remove(id).ok_or_else(gone)?;
@@ -382,7 +384,7 @@ impl Servers for LocalProvider {
 impl LocalProvider {
     /// Powers a VM off: its agent gets `grace` to stop (an ACPI shutdown), then SIGKILL.
     async fn power_down(&self, id: &str, grace: Duration) -> Result<(), ProviderError> {
-        let gone = || ProviderError::not_found(format!("VM {id}"));
+        let gone = || no_vm(id);
         match &self.backing {
             Backing::Memory(vms) => {
                 sync::lock(vms).get_mut(id).ok_or_else(gone)?.running = false;
