@@ -20,12 +20,14 @@ pub trait RecordCache: Send + Sync + 'static {
 /// Which compare-and-set a change makes on the Agent's row.
 #[derive(Clone, Copy, Debug)]
 pub enum Cas<'a> {
-    /// Seen in another state than recorded (`from`), with no operation under way.
-    Observed { from: PeriodState },
-    /// The provider confirmed `operation`; the VM's id, once it has one.
+    /// Seen in `to` while recorded `from`, with no operation under way.
+    Observed { from: PeriodState, to: PeriodState },
+    /// The provider confirmed `operation`, which leaves the Agent in `to` (`None`:
+    /// destroyed); the VM's id, once it has one.
     Concluded {
         operation: AgentOperation,
         provider_id: Option<&'a str>,
+        to: Option<PeriodState>,
     },
 }
 
@@ -38,7 +40,7 @@ pub struct Recorded {
     pub at: Timestamp,
 }
 
-/// Records that the Agent is in `to` from `at` on (`None`: destroyed), if `cas` still holds.
+/// Records the change `cas` describes from `at` on, if its compare-and-set still holds.
 /// Returns `None`, having changed nothing, when it does not (another change won the race).
 /// The caller commits `tx`.
 pub async fn record_observed(
@@ -46,26 +48,25 @@ pub async fn record_observed(
     cache: Arc<impl RecordCache>,
     agent_id: &str,
     cas: Cas<'_>,
-    to: Option<PeriodState>,
     at: Timestamp,
 ) -> Result<Option<Recorded>, StoreError> {
     let now = at.as_millis();
-    let changed = match cas {
-        Cas::Observed { from } => match to {
-            Some(to) => tx.observe_state(agent_id, from, to, now).await?,
-            None => false,
-        },
+    let (changed, to) = match cas {
+        Cas::Observed { from, to } => (tx.observe_state(agent_id, from, to, now).await?, Some(to)),
         Cas::Concluded {
             operation,
             provider_id,
+            to,
         } => {
             let outcome = OperationOutcome {
                 provider_id,
                 state: to,
                 error: None,
             };
-            tx.finish_operation(agent_id, operation, &outcome, now)
-                .await?
+            let changed = tx
+                .finish_operation(agent_id, operation, &outcome, now)
+                .await?;
+            (changed, to)
         }
     };
     if !changed {

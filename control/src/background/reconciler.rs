@@ -71,8 +71,7 @@ pub async fn reconcile(app: &App, every: Duration) -> Result<usize> {
             &mut tx,
             app.ingest.records().clone(),
             &agent.id,
-            Cas::Observed { from },
-            Some(to),
+            Cas::Observed { from, to },
             app.clock.now(),
         )
         .await?;

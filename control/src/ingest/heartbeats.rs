@@ -145,8 +145,8 @@ impl Ingest {
                     agent_id,
                     Cas::Observed {
                         from: PeriodState::Paused,
+                        to: PeriodState::Running,
                     },
-                    Some(PeriodState::Running),
                     Timestamp::from_millis(now),
                 )
                 .await?

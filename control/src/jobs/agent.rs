@@ -116,13 +116,13 @@ async fn conclude(
     let cas = Cas::Concluded {
         operation: job.kind,
         provider_id: outputs.get("server").and_then(Value::as_str),
+        to,
     };
     let recorded = agents::record_observed(
         tx,
         app.ingest.records().clone(),
         &job.resource_id,
         cas,
-        to,
         app.clock.now(),
     )
     .await?;

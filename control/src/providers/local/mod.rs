@@ -481,7 +481,9 @@ mod tests {
     async fn an_agent_started_but_not_recorded_is_adopted_not_doubled() {
         let dir = tempfile::tempdir().unwrap();
         let program = dir.path().join("fake-vm-agent");
-        std::fs::write(&program, "#!/bin/sh\nsleep 60\n").unwrap();
+        // Not `sleep` as the last command: sh would exec it, and the process would lose the
+        // command line that names the VM.
+        std::fs::write(&program, "#!/bin/sh\nsleep 60\nexit 0\n").unwrap();
         std::os::unix::fs::PermissionsExt::set_mode(
             &mut std::fs::metadata(&program).unwrap().permissions(),
             0o755,
