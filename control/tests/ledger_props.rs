@@ -444,7 +444,12 @@ impl World {
         let mut tx = self.app.store.read().await.unwrap();
         for model in &self.agents {
             let stored = tx
-                .agent_periods(&model.id, None, i64::MIN, i64::MAX)
+                .resource_periods(
+                    control::ledger::ResourceRef::agent(&model.id),
+                    None,
+                    i64::MIN,
+                    i64::MAX,
+                )
                 .await
                 .unwrap();
             // 1. Tiling: from provisioning to destruction (or now), no gap, no overlap, at most

@@ -17,6 +17,7 @@ use test_support::{TestDb, dual_backend_tests, have_program};
 dual_backend_tests!(
     migrations_apply_once_and_are_checked,
     the_database_refuses_to_edit_audit_events,
+    the_database_keeps_every_state_period,
     sql_shells_cannot_edit_audit_events,
     verify_names_the_first_tampered_event,
     concurrent_appends_form_one_chain,
@@ -94,6 +95,56 @@ async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
     }
     assert_eq!(store.snapshot().await.unwrap(), before);
     assert!(audit::verify(&store).await.unwrap().ok);
+}
+
+/// Ledger invariant 4 (survival) holds in the database too: no period is ever deleted, a closed
+/// one never changes, while the open one still closes.
+async fn the_database_keeps_every_state_period(db: TestDb) {
+    let store = common::connect(&db).await;
+    execute(
+        &store,
+        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
+    )
+    .await
+    .unwrap();
+    execute(
+        &store,
+        "INSERT INTO state_periods
+             (id, resource_kind, resource_id, account_id, state, started_at, ended_at)
+         VALUES ('per_closed', 'plain_vm', 'pvm_t', 'acc_t', 'running', 0, 1000),
+                ('per_open', 'plain_vm', 'pvm_t', 'acc_t', 'paused', 1000, NULL)",
+    )
+    .await
+    .unwrap();
+    let before = store.snapshot().await.unwrap();
+    let edits: &[&'static str] = &[
+        "DELETE FROM state_periods WHERE id = 'per_closed'",
+        "DELETE FROM state_periods WHERE id = 'per_open'",
+        "DELETE FROM state_periods",
+        "UPDATE state_periods SET ended_at = 2000 WHERE id = 'per_closed'",
+        "UPDATE state_periods SET account_id = 'acc_t', state = 'paused' WHERE ended_at IS NOT NULL",
+    ];
+    for sql in edits {
+        let refused = execute(&store, sql).await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "{sql}: {refused:?}"
+        );
+    }
+    if db.backend == test_support::Backend::Postgres {
+        let refused = execute(&store, "TRUNCATE state_periods").await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "TRUNCATE: {refused:?}"
+        );
+    }
+    assert_eq!(store.snapshot().await.unwrap(), before);
+    execute(
+        &store,
+        "UPDATE state_periods SET ended_at = 3000 WHERE id = 'per_open'",
+    )
+    .await
+    .expect("the open period still closes");
 }
 
 async fn sql_shells_cannot_edit_audit_events(db: TestDb) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use control_api::Timestamp;
 use control_api::agents::{AgentOperation, PeriodState};
 
-use crate::ledger;
+use crate::ledger::{self, ResourceRef};
 use crate::store::{OperationOutcome, StoreError, Tx};
 
 /// A cache of Agents' records that a change must invalidate (ingestion's, on each replica).
@@ -78,9 +78,9 @@ pub async fn record_observed(
         .ok_or_else(|| StoreError::Corrupt(format!("agent {agent_id} vanished under its lock")))?
         .account_id;
     let at = if let Some(state) = to {
-        ledger::switch(tx, agent_id, &owner, state, at).await?
+        ledger::switch(tx, ResourceRef::agent(agent_id), &owner, state, at).await?
     } else {
-        let at = ledger::close(tx, agent_id, at).await?;
+        let at = ledger::close(tx, ResourceRef::agent(agent_id), at).await?;
         tx.mark_destroyed(agent_id, at.as_millis()).await?;
         // Its VM is gone: nothing may heartbeat as it any more.
         tx.revoke_agent_credentials(agent_id, at.as_millis())

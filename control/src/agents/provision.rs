@@ -14,16 +14,12 @@ use crate::audit::{self, NewEvent};
 use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::{new_id, prefix};
-use crate::ledger;
+use crate::ledger::{self, ResourceRef};
 use crate::store::{NewAgent, StoreError};
 use crate::validate::Checks;
 
-pub async fn provision(
-    app: &App,
-    caller: &Caller,
-    request: &ProvisionAgent,
-    idem: Option<&IdempotencyKey>,
-) -> Result<Agent> {
+/// Validates the request and names the account the Agent is for.
+fn target_account<'a>(caller: &'a Caller, request: &'a ProvisionAgent) -> Result<&'a str> {
     let mut checks = Checks::new();
     checks.dns_label("name", &request.name);
     let account_id = match (
@@ -45,7 +41,16 @@ pub async fn provision(
         }
     };
     checks.finish()?;
+    Ok(account_id)
+}
 
+pub async fn provision(
+    app: &App,
+    caller: &Caller,
+    request: &ProvisionAgent,
+    idem: Option<&IdempotencyKey>,
+) -> Result<Agent> {
+    let account_id = target_account(caller, request)?;
     let now = app.clock.now();
     let provider = app.providers.default_cloud().name;
     if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
@@ -89,7 +94,14 @@ pub async fn provision(
     })
     .await?;
     // Paused until the VM is seen running.
-    ledger::open(&mut tx, &agent_id, account_id, PeriodState::Paused, now).await?;
+    ledger::open(
+        &mut tx,
+        ResourceRef::agent(&agent_id),
+        account_id,
+        PeriodState::Paused,
+        now,
+    )
+    .await?;
     audit::append(
         &mut tx,
         NewEvent {

@@ -6,6 +6,7 @@ use control_api::agents::{StatePeriod, Timeline};
 use super::visible_agent;
 use crate::app::{App, Caller};
 use crate::error::{Error, Result};
+use crate::ledger::ResourceRef;
 
 /// The Agent's state periods overlapping `[from, to)` (by default its whole lifetime so far).
 /// Account tokens see only the periods attributed to their account.
@@ -26,7 +27,12 @@ pub async fn timeline(
     let from = from.map_or(agent.provisioned_at, Timestamp::as_millis);
     let to = to.map_or(i64::MAX, Timestamp::as_millis);
     let periods = tx
-        .agent_periods(id, caller.principal.account_scope(), from, to)
+        .resource_periods(
+            ResourceRef::agent(id),
+            caller.principal.account_scope(),
+            from,
+            to,
+        )
         .await?
         .into_iter()
         .map(|p| StatePeriod {

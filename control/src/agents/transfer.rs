@@ -11,7 +11,7 @@ use crate::audit::{self, NewEvent};
 use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::prefix;
-use crate::ledger;
+use crate::ledger::{self, ResourceRef};
 use crate::store::StoreError;
 
 /// Moves an Agent to another account at this instant: the source's open period ends now and
@@ -56,12 +56,12 @@ pub async fn transfer(
         )));
     }
     let open = tx
-        .open_period(id)
+        .open_period(ResourceRef::agent(id))
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("agent {id} has no open state period")))?;
     // The event records the instant the ledger split at (later than `now` only if this
     // replica's clock lags the one that opened the current period).
-    let at = ledger::switch(&mut tx, id, to, open.state, now).await?;
+    let at = ledger::switch(&mut tx, ResourceRef::agent(id), to, open.state, now).await?;
     audit::append(
         &mut tx,
         NewEvent {

@@ -12,6 +12,7 @@ use super::records::Known;
 use super::{Ingest, IngestError, Live, Transition};
 use crate::agents::{self, Cas};
 use crate::clock::millis;
+use crate::ledger::ResourceRef;
 use crate::sync;
 
 impl Ingest {
@@ -129,7 +130,7 @@ impl Ingest {
         let mut now_running = false;
         let mut ignore_before = None;
         if transition.maybe_running
-            && let Some(open) = tx.open_period(agent_id).await?
+            && let Some(open) = tx.open_period(ResourceRef::agent(agent_id)).await?
         {
             let stopped_recently = now - open.started_at < millis(self.settings.stop_quiet);
             if open.state == PeriodState::Paused

@@ -1,6 +1,8 @@
 //! The ledger: state periods and the daily usage rolled up from them.
 //!
-//! Invariants kept here (DESIGN.md, "The ledger"): an Agent's periods tile
+//! Every function here takes a [`ResourceRef`]: Agents and Plain VMs share one ledger.
+//!
+//! Invariants kept here (DESIGN.md, "The ledger"): a resource's periods tile
 //! `[provisioned_at, destroyed_at)` with at most one open period (1); every period and usage row
 //! belongs to exactly one account, and a transfer splits the open period at its instant (2);
 //! per resource and UTC day the usage seconds over accounts equal the seconds of that day in
@@ -20,6 +22,7 @@ use control_api::usage::ResourceKind;
 use control_api::{Day, Timestamp};
 
 use crate::ids::{new_id, prefix};
+pub use crate::store::ResourceRef;
 use crate::store::{PeriodRow, Result, Store, StoreError, Tx, UsageRowRecord};
 
 /// Whole seconds in `[start_ms, end_ms)` by the tick rule.
@@ -30,27 +33,28 @@ pub fn seconds(start_ms: i64, end_ms: i64) -> i64 {
     end_ms.div_euclid(1000) - start_ms.div_euclid(1000)
 }
 
-/// Opens an Agent's first period at its provisioning instant.
+/// Opens a resource's first period at its provisioning instant.
 pub async fn open(
     tx: &mut Tx,
-    agent_id: &str,
+    resource: ResourceRef<'_>,
     account_id: &str,
     state: PeriodState,
     at: Timestamp,
 ) -> Result<()> {
-    insert_open(tx, agent_id, account_id, state, at.as_millis()).await
+    insert_open(tx, resource, account_id, state, at.as_millis()).await
 }
 
 async fn insert_open(
     tx: &mut Tx,
-    agent_id: &str,
+    resource: ResourceRef<'_>,
     account_id: &str,
     state: PeriodState,
     at: i64,
 ) -> Result<()> {
     tx.insert_period(&PeriodRow {
         id: new_id(prefix::PERIOD),
-        agent_id: agent_id.to_owned(),
+        resource_kind: resource.kind,
+        resource_id: resource.id.to_owned(),
         account_id: account_id.to_owned(),
         state,
         started_at: at,
@@ -59,21 +63,21 @@ async fn insert_open(
     .await
 }
 
-/// Records that from `at` on the Agent is in `state` on `account_id`: closes the open period and
-/// opens the next. Does nothing if that is already so. Returns the instant used. The caller
-/// holds the Agent's row lock.
+/// Records that from `at` on the resource is in `state` on `account_id`: closes the open period
+/// and opens the next. Does nothing if that is already so. Returns the instant used. The caller
+/// holds the resource's row lock.
 ///
 /// `at` never moves before the open period's start (a replica whose clock lags cannot rewrite
 /// history); a change at the very instant the open period started relabels that still-empty
 /// period instead of leaving a zero-length one behind.
 pub async fn switch(
     tx: &mut Tx,
-    agent_id: &str,
+    resource: ResourceRef<'_>,
     account_id: &str,
     state: PeriodState,
     at: Timestamp,
 ) -> Result<Timestamp> {
-    let open = open_period(tx, agent_id).await?;
+    let open = open_period(tx, resource).await?;
     let at = at.as_millis().max(open.started_at);
     if open.account_id == account_id && open.state == state {
         return Ok(Timestamp::from_millis(at));
@@ -82,31 +86,31 @@ pub async fn switch(
         tx.relabel_open_period(&open.id, account_id, state).await?;
     } else {
         tx.close_period(&open.id, at).await?;
-        insert_open(tx, agent_id, account_id, state, at).await?;
+        insert_open(tx, resource, account_id, state, at).await?;
     }
     Ok(Timestamp::from_millis(at))
 }
 
-/// Ends the Agent's lifetime at `at` (or at its open period's start, if that is later) and
+/// Ends the resource's lifetime at `at` (or at its open period's start, if that is later) and
 /// returns the instant used.
-pub async fn close(tx: &mut Tx, agent_id: &str, at: Timestamp) -> Result<Timestamp> {
-    let open = open_period(tx, agent_id).await?;
+pub async fn close(tx: &mut Tx, resource: ResourceRef<'_>, at: Timestamp) -> Result<Timestamp> {
+    let open = open_period(tx, resource).await?;
     let at = at.as_millis().max(open.started_at);
     tx.close_period(&open.id, at).await?;
     Ok(Timestamp::from_millis(at))
 }
 
-async fn open_period(tx: &mut Tx, agent_id: &str) -> Result<PeriodRow> {
-    tx.open_period(agent_id)
+async fn open_period(tx: &mut Tx, resource: ResourceRef<'_>) -> Result<PeriodRow> {
+    tx.open_period(resource)
         .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("agent {agent_id} has no open state period")))
+        .ok_or_else(|| StoreError::Corrupt(format!("{resource} has no open state period")))
 }
 
 /// The usage rows of `day` computed from the periods overlapping it, with open periods counted
 /// up to `now`. Rows worth zero seconds are left out.
 pub fn day_usage(periods: &[PeriodRow], day: Day, now: Timestamp) -> Vec<UsageRowRecord> {
     let (day_start, day_end) = (day.start().as_millis(), day.end().as_millis());
-    let mut totals: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    let mut totals: BTreeMap<(ResourceRef<'_>, &str), (i64, i64)> = BTreeMap::new();
     for period in periods {
         let end = period.ended_at.unwrap_or(now.as_millis());
         let secs = seconds(period.started_at.max(day_start), end.min(day_end));
@@ -114,22 +118,25 @@ pub fn day_usage(periods: &[PeriodRow], day: Day, now: Timestamp) -> Vec<UsageRo
             continue;
         }
         let entry = totals
-            .entry((period.agent_id.as_str(), period.account_id.as_str()))
+            .entry((period.resource(), period.account_id.as_str()))
             .or_default();
-        match period.state {
-            PeriodState::Running => entry.0 += secs,
-            PeriodState::Paused => entry.1 += secs,
+        match (period.resource_kind, period.state) {
+            // A Plain VM bills its existence: stopped time counts like running time.
+            (ResourceKind::PlainVm, _) | (ResourceKind::Agent, PeriodState::Running) => {
+                entry.0 += secs;
+            }
+            (ResourceKind::Agent, PeriodState::Paused) => entry.1 += secs,
         }
     }
     let day_text = day.to_string();
     totals
         .into_iter()
         .map(
-            |((agent_id, account_id), (running_s, paused_s))| UsageRowRecord {
+            |((resource, account_id), (running_s, paused_s))| UsageRowRecord {
                 day: day_text.clone(),
-                resource_id: agent_id.to_owned(),
+                resource_id: resource.id.to_owned(),
                 account_id: account_id.to_owned(),
-                resource_kind: ResourceKind::Agent,
+                resource_kind: resource.kind,
                 running_s,
                 paused_s,
             },
@@ -208,7 +215,8 @@ mod tests {
     ) -> PeriodRow {
         PeriodRow {
             id: format!("per_{start}"),
-            agent_id: agent.to_owned(),
+            resource_kind: ResourceKind::Agent,
+            resource_id: agent.to_owned(),
             account_id: account.to_owned(),
             state,
             started_at: start,
@@ -273,6 +281,43 @@ mod tests {
                 rows[1].paused_s
             ),
             ("acc_2", 86_400 - 3_600, 0)
+        );
+    }
+
+    #[test]
+    fn a_plain_vm_bills_its_stopped_time_like_running_time() {
+        let day = Day::parse("2026-11-23").unwrap();
+        let start = day.start().as_millis();
+        let mut stopped = period(
+            "pvm_a",
+            "acc_1",
+            PeriodState::Paused,
+            start,
+            Some(start + 600_000),
+        );
+        stopped.resource_kind = ResourceKind::PlainVm;
+        let mut running = period(
+            "pvm_a",
+            "acc_1",
+            PeriodState::Running,
+            start + 600_000,
+            None,
+        );
+        running.resource_kind = ResourceKind::PlainVm;
+        // An Agent with the same id shape stays a separate resource with its own row.
+        let agent = period("pvm_a", "acc_1", PeriodState::Paused, start, None);
+        let now = Timestamp::from_millis(start + 3_600_000);
+        let rows = day_usage(&[stopped, running, agent], day, now);
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| (r.resource_kind, r.running_s, r.paused_s))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (ResourceKind::Agent, 0, 3_600),
+                (ResourceKind::PlainVm, 3_600, 0)
+            ]
         );
     }
 }

@@ -45,7 +45,7 @@ pub use idempotency::IdempotencyClaim;
 pub use images::ImageRow;
 pub use jobs::JobRow;
 pub use liveness::{LIVENESS_BATCH, LivenessRow};
-pub use periods::PeriodRow;
+pub use periods::{PeriodRow, ResourceRef};
 pub use usage::{RollupState, UsageRowRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -108,8 +108,9 @@ impl From<sqlx::Error> for StoreError {
             if db.is_unique_violation() {
                 return Self::Conflict(db.constraint().unwrap_or(db.message()).to_owned());
             }
-            // The audit triggers raise these; SQLite reports RAISE(ABORT) as a plain error.
-            if db.message().contains("append-only") {
+            // The audit and state-period triggers raise these ("…: DELETE refused"); SQLite
+            // reports RAISE(ABORT) as a plain error.
+            if db.message().contains("append-only") || db.message().ends_with(" refused") {
                 return Self::Refused(db.message().to_owned());
             }
         }
@@ -251,6 +252,16 @@ impl Store {
         match &self.pools {
             Pools::Sqlite { pool, .. } => SQLITE_MIGRATIONS.run(pool).await?,
             Pools::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Applies the pending migrations up to and including `version` only: the schema an older
+    /// release left behind, for upgrade tests and for staging an upgrade by hand.
+    pub async fn migrate_to(&self, version: i64) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { pool, .. } => SQLITE_MIGRATIONS.run_to(version, pool).await?,
+            Pools::Postgres(pool) => POSTGRES_MIGRATIONS.run_to(version, pool).await?,
         }
         Ok(())
     }

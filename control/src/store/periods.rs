@@ -1,13 +1,38 @@
-//! State periods: the ledger's raw material. Rows are closed, never deleted.
+//! State periods: the ledger's raw material, for resources of any kind. Rows are closed, never
+//! deleted (the database refuses both a DELETE and a change to a closed row).
 
 use control_api::agents::PeriodState;
+use control_api::usage::ResourceKind;
 
 use super::{DbText, Result, StoreError, Tx, on_conn};
+
+/// What the ledger accounts for: a resource of some kind, by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceRef<'a> {
+    pub kind: ResourceKind,
+    pub id: &'a str,
+}
+
+impl<'a> ResourceRef<'a> {
+    pub fn agent(id: &'a str) -> Self {
+        Self {
+            kind: ResourceKind::Agent,
+            id,
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_db(), self.id)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeriodRow {
     pub id: String,
-    pub agent_id: String,
+    pub resource_kind: ResourceKind,
+    pub resource_id: String,
     pub account_id: String,
     pub state: PeriodState,
     pub started_at: i64,
@@ -17,7 +42,8 @@ pub struct PeriodRow {
 #[derive(sqlx::FromRow)]
 struct RawPeriod {
     id: String,
-    agent_id: String,
+    resource_kind: String,
+    resource_id: String,
     account_id: String,
     state: String,
     started_at: i64,
@@ -29,8 +55,9 @@ impl TryFrom<RawPeriod> for PeriodRow {
     fn try_from(raw: RawPeriod) -> Result<Self> {
         Ok(Self {
             state: PeriodState::from_db(&raw.state)?,
+            resource_kind: ResourceKind::from_db(&raw.resource_kind)?,
             id: raw.id,
-            agent_id: raw.agent_id,
+            resource_id: raw.resource_id,
             account_id: raw.account_id,
             started_at: raw.started_at,
             ended_at: raw.ended_at,
@@ -49,6 +76,15 @@ fn expect_one(rows: u64, what: &str, period_id: &str) -> Result<()> {
     }
 }
 
+impl PeriodRow {
+    pub fn resource(&self) -> ResourceRef<'_> {
+        ResourceRef {
+            kind: self.resource_kind,
+            id: &self.resource_id,
+        }
+    }
+}
+
 fn convert(raws: Vec<RawPeriod>) -> Result<Vec<PeriodRow>> {
     raws.into_iter().map(PeriodRow::try_from).collect()
 }
@@ -56,11 +92,13 @@ fn convert(raws: Vec<RawPeriod>) -> Result<Vec<PeriodRow>> {
 impl Tx {
     pub async fn insert_period(&mut self, period: &PeriodRow) -> Result<()> {
         on_conn!(self, conn => sqlx::query(
-            "INSERT INTO state_periods (id, agent_id, account_id, state, started_at, ended_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO state_periods
+                 (id, resource_kind, resource_id, account_id, state, started_at, ended_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&period.id)
-        .bind(&period.agent_id)
+        .bind(period.resource_kind.as_db())
+        .bind(&period.resource_id)
         .bind(&period.account_id)
         .bind(period.state.as_db())
         .bind(period.started_at)
@@ -71,12 +109,14 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn open_period(&mut self, agent_id: &str) -> Result<Option<PeriodRow>> {
+    pub async fn open_period(&mut self, resource: ResourceRef<'_>) -> Result<Option<PeriodRow>> {
         let raw: Option<RawPeriod> = on_conn!(self, conn => sqlx::query_as(
-            "SELECT id, agent_id, account_id, state, started_at, ended_at
-             FROM state_periods WHERE agent_id = $1 AND ended_at IS NULL",
+            "SELECT id, resource_kind, resource_id, account_id, state, started_at, ended_at
+             FROM state_periods
+             WHERE resource_kind = $1 AND resource_id = $2 AND ended_at IS NULL",
         )
-        .bind(agent_id)
+        .bind(resource.kind.as_db())
+        .bind(resource.id)
         .fetch_optional(conn)
         .await)?;
         raw.map(PeriodRow::try_from).transpose()
@@ -114,22 +154,24 @@ impl Tx {
         expect_one(relabelled, "relabel", period_id)
     }
 
-    /// An Agent's periods overlapping `[from, to)`, oldest first, optionally of one account.
-    pub async fn agent_periods(
+    /// A resource's periods overlapping `[from, to)`, oldest first, optionally of one account.
+    pub async fn resource_periods(
         &mut self,
-        agent_id: &str,
+        resource: ResourceRef<'_>,
         account_id: Option<&str>,
         from: i64,
         to: i64,
     ) -> Result<Vec<PeriodRow>> {
         let raws = on_conn!(self, conn => sqlx::query_as(
-            "SELECT id, agent_id, account_id, state, started_at, ended_at
+            "SELECT id, resource_kind, resource_id, account_id, state, started_at, ended_at
              FROM state_periods
-             WHERE agent_id = $1 AND account_id = COALESCE($2, account_id)
-               AND started_at < $4 AND (ended_at IS NULL OR ended_at > $3)
+             WHERE resource_kind = $1 AND resource_id = $2
+               AND account_id = COALESCE($3, account_id)
+               AND started_at < $5 AND (ended_at IS NULL OR ended_at > $4)
              ORDER BY started_at, id",
         )
-        .bind(agent_id)
+        .bind(resource.kind.as_db())
+        .bind(resource.id)
         .bind(account_id)
         .bind(from)
         .bind(to)
@@ -138,13 +180,13 @@ impl Tx {
         convert(raws)
     }
 
-    /// Every period of every Agent overlapping `[from, to)`, destroyed Agents included.
+    /// Every period of every resource overlapping `[from, to)`, destroyed ones included.
     pub async fn periods_overlapping(&mut self, from: i64, to: i64) -> Result<Vec<PeriodRow>> {
         let raws = on_conn!(self, conn => sqlx::query_as(
-            "SELECT id, agent_id, account_id, state, started_at, ended_at
+            "SELECT id, resource_kind, resource_id, account_id, state, started_at, ended_at
              FROM state_periods
              WHERE started_at < $2 AND (ended_at IS NULL OR ended_at > $1)
-             ORDER BY agent_id, started_at",
+             ORDER BY resource_kind, resource_id, started_at, id",
         )
         .bind(from)
         .bind(to)

@@ -81,11 +81,16 @@ impl Reply {
 }
 
 pub async fn connect(db: &TestDb) -> Store {
-    let store = Store::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connecting");
+    let store = connect_unmigrated(db).await;
     store.migrate().await.expect("migrating");
     store
+}
+
+/// The store of `db` as it is, no migration applied.
+pub async fn connect_unmigrated(db: &TestDb) -> Store {
+    Store::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connecting")
 }
 
 impl Harness {
