@@ -37,6 +37,39 @@ struct FileConfig {
     reconciler: ReconcilerSection,
     #[serde(default)]
     local_provider: LocalSection,
+    #[serde(default)]
+    providers: ProvidersSection,
+}
+
+/// The `[providers]` section: which cloud new resources go to and where Agents' tunnels come
+/// from. Each cloud a name here selects is configured in its own section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersSection {
+    /// The cloud new Agents and Plain VMs are created on [default: local].
+    #[serde(default)]
+    pub default: CloudName,
+    /// Where each Agent's tunnel is made [default: local].
+    #[serde(default)]
+    pub tunnels: TunnelsName,
+}
+
+/// The clouds this release can create servers on.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudName {
+    /// VMs on this machine ([`crate::providers::local`]), for laptops and tests.
+    #[default]
+    Local,
+}
+
+/// The tunnel providers this release can make tunnels with.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelsName {
+    /// Records kept by the local provider, given to the stand-in cloudflared.
+    #[default]
+    Local,
 }
 
 /// The `[local_provider]` section: the programs local VMs run and whom they report to.
@@ -103,6 +136,7 @@ pub struct Config {
     pub job_poll_interval: Duration,
     pub reconcile_interval: Duration,
     pub local: LocalSection,
+    pub providers: ProvidersSection,
     pub settings: Settings,
 }
 
@@ -216,6 +250,7 @@ impl Config {
                 ..defaults
             },
             local: parsed.local_provider.clone(),
+            providers: parsed.providers.clone(),
             reconcile_interval: Duration::from_secs(positive(
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,
@@ -313,6 +348,16 @@ mod tests {
     }
 
     #[test]
+    fn providers_default_to_the_local_ones() {
+        let config = Config::from_text(None, &Overrides::default()).unwrap();
+        assert_eq!(config.providers, ProvidersSection::default());
+        let text = "[providers]\ndefault = \"local\"\ntunnels = \"local\"\n";
+        let config =
+            Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
+        assert_eq!(config.providers.default, CloudName::Local);
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let path = Path::new("/etc/control.toml");
         let message = |text: &str| {
@@ -324,6 +369,15 @@ mod tests {
         assert!(
             unknown.contains("/etc/control.toml") && unknown.contains("rollup_every"),
             "{unknown}"
+        );
+        let cloud = message("[providers]\ndefault = \"hetzner\"\n");
+        assert!(
+            cloud.contains("providers.default") || cloud.contains("default"),
+            "{cloud}"
+        );
+        assert!(
+            cloud.contains("hetzner") && cloud.contains("local"),
+            "{cloud}"
         );
         let wrong_type = message("listen = 8080\n");
         assert!(wrong_type.contains("listen"), "{wrong_type}");

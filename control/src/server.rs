@@ -14,16 +14,26 @@ use tracing::{error, info};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, LogFormat};
-use crate::providers::Providers;
+use crate::config::{CloudName, Config, LogFormat, ProvidersSection, TunnelsName};
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
+use crate::providers::{Providers, Tunnels};
 use crate::store::{Store, StoreOptions, redact_url};
 use crate::{accounts, background, http};
 
-/// The providers resources may live on. New Agents go to the first; only the local one
-/// exists today, and the clouds join it here, each from its own configuration section.
-fn providers(local: &Arc<LocalProvider>) -> Providers {
-    Providers::new(local::cloud(local.clone()))
+/// The providers resources may live on, as `[providers]` selects them: the cloud new
+/// resources go to, every other cloud existing resources may live on, and the tunnels.
+/// The local provider is always there: resources made on it stay reachable whatever the
+/// default becomes.
+fn providers(config: &ProvidersSection, local: &Arc<LocalProvider>) -> Providers {
+    let default = match config.default {
+        CloudName::Local => local::cloud(local.clone()),
+    };
+    let tunnels: Arc<dyn Tunnels> = match config.tunnels {
+        TunnelsName::Local => local.clone(),
+    };
+    Providers::new(default)
+        .with(local::cloud(local.clone()))
+        .with_tunnels(tunnels)
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -65,7 +75,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub async fn open(config: &Config) -> anyhow::Result<App> {
     let store = open_store(config).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let providers = Providers::new(local::cloud(Arc::new(LocalProvider::in_memory())));
+    let providers = providers(&config.providers, &Arc::new(LocalProvider::in_memory()));
     Ok(App::new(store, clock, providers, config.settings.clone()))
 }
 
@@ -117,7 +127,12 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         })?,
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = App::new(store, clock, providers(&local), config.settings.clone());
+    let app = App::new(
+        store,
+        clock,
+        providers(&config.providers, &local),
+        config.settings.clone(),
+    );
     info!(
         listen = %address,
         database = %redact_url(&config.database),

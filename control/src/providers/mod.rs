@@ -2,7 +2,7 @@
 //! capability traits rather than one VM trait: [`Servers`], [`Firewalls`], [`Volumes`] and
 //! [`Tunnels`]. A cloud implements what it has (Hetzner: servers, firewalls, volumes; Fly:
 //! machines and volumes; Cloudflare: tunnels); [`local`] implements all of them on this
-//! machine. [`Providers`] is the set this control plane was configured with.
+//! machine. Which clouds exist comes from configuration ([`crate::config::ProvidersSection`]). [`Providers`] is the set this control plane was configured with.
 //!
 //! Every call is keyed so that it can be repeated: a job may run a step again after a crash
 //! or on another replica. Everything we create carries [`resource_labels`], so a step looks
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use control_api::usage::ResourceKind;
+use serde::{Deserialize, Serialize};
 
 /// Text that must not reach logs or debug output (tokens, user data carrying them).
 #[derive(Clone, PartialEq, Eq)]
@@ -211,14 +212,15 @@ pub trait Servers: Send + Sync + Debug {
 }
 
 /// Which way a firewall rule faces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     In,
     Out,
 }
 
 /// One firewall rule, in Hetzner's shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallRule {
     pub direction: Direction,
     /// `tcp`, `udp`, `icmp`, `esp` or `gre`.
@@ -237,7 +239,7 @@ pub struct FirewallSpec {
     pub rules: Vec<FirewallRule>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Firewall {
     pub id: String,
     pub name: String,
@@ -272,7 +274,7 @@ pub struct VolumeSpec {
     pub format: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub id: String,
     pub name: String,
@@ -294,7 +296,7 @@ pub trait Volumes: Send + Sync + Debug {
     async fn delete_volume(&self, id: &str) -> Result<(), ProviderError>;
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
     pub id: String,
     pub name: String,

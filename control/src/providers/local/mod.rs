@@ -17,8 +17,10 @@
 //! ([`crate::cloud_init`]), as a real one would. Files: [`vm`] (the record, its lock, the
 //! directory), [`process`] (its vm-agent), [`programs`] (building the programs VMs run).
 
+mod cloud;
 mod process;
 pub mod programs;
+mod records;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -40,14 +42,14 @@ use crate::sync;
 /// The name resources on this provider record.
 pub const NAME: &str = "local";
 
-/// The local provider as a cloud: servers today; its firewalls, volumes and tunnels arrive
-/// with the Plain VM and providers work.
+/// The local provider as a cloud: servers, firewalls and volumes (its tunnels are added to
+/// [`super::Providers`] on their own, as Cloudflare's are).
 pub fn cloud(local: std::sync::Arc<LocalProvider>) -> super::Cloud {
     super::Cloud {
         name: NAME,
-        servers: local,
-        firewalls: None,
-        volumes: None,
+        servers: local.clone(),
+        firewalls: Some(local.clone()),
+        volumes: Some(local),
     }
 }
 
@@ -81,6 +83,7 @@ enum Backing {
 #[derive(Debug)]
 pub struct LocalProvider {
     backing: Backing,
+    cloud: cloud::CloudRecords,
 }
 
 /// How long a stopping vm-agent gets before SIGKILL (its own cloudflared grace is shorter).
@@ -97,10 +100,12 @@ impl LocalProvider {
     pub fn in_memory() -> Self {
         Self {
             backing: Backing::Memory(Mutex::new(BTreeMap::new())),
+            cloud: cloud::CloudRecords::memory(),
         }
     }
 
-    /// VMs that are directories under `dir`, each running a vm-agent process.
+    /// VMs that are directories under `dir`, each running a vm-agent process; firewalls,
+    /// volumes and tunnels are records under `dir/.cloud` (a dot name is never a VM).
     pub fn with_processes(dir: &Path, config: LocalVmConfig) -> std::io::Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -111,6 +116,7 @@ impl LocalProvider {
                 dir: dir.to_owned(),
                 config,
             },
+            cloud: cloud::CloudRecords::dir(&dir.join(".cloud"))?,
         })
     }
 
@@ -244,6 +250,8 @@ impl Servers for LocalProvider {
             ProviderError::conflict(format!("a local VM {id} exists already"))
                 .with_code("uniqueness_error")
         };
+        self.attach(id, &spec.firewall_ids, &spec.volume_ids)
+            .await?;
         match &self.backing {
             Backing::Memory(vms) => {
                 let mut vms = sync::lock(vms);
@@ -413,7 +421,7 @@ mod tests {
     use crate::providers::{ErrorKind, ServerStatus, resource_labels};
     use control_api::usage::ResourceKind;
 
-    fn spec() -> ServerSpec {
+    pub(super) fn spec() -> ServerSpec {
         let identity = AgentIdentity {
             agent_id: "agt_1".to_owned(),
             image_version: "2026.11.0".to_owned(),
