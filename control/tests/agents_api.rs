@@ -16,6 +16,7 @@ use test_support::{TestDb, dual_backend_tests};
 
 dual_backend_tests!(
     a_spent_bootstrap_token_is_never_armed_again,
+    only_an_operator_re_bootstraps_and_it_is_audited,
     the_bootstrap_token_is_exchanged_once,
     heartbeats_need_the_agents_own_credential,
     a_heartbeat_records_a_paused_agent_running,
@@ -143,6 +144,74 @@ async fn a_spent_bootstrap_token_is_never_armed_again(db: TestDb) {
     tx.commit().await.unwrap();
     assert!(!armed, "a spent token was armed again");
     register(&h, &agent, &fresh).await.problem(401, None);
+}
+
+async fn only_an_operator_re_bootstraps_and_it_is_audited(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, old_credential) = enrolled(&h, &token, "dev").await;
+    let old_token = h.local.vm(&agent).unwrap().bootstrap_token.unwrap();
+    let path = format!("/api/agents/{agent}/bootstrap-token");
+
+    // Refused without changing anything: an account token, a missing Agent, a destroyed one.
+    let before = h.snapshot().await;
+    h.post(&path, &token, json!({})).await.problem(403, None);
+    h.post(
+        "/api/agents/agt_01JZZZZZZZZZZZZZZZZZZZZZZZ/bootstrap-token",
+        &h.operator,
+        json!({}),
+    )
+    .await
+    .problem(404, None);
+    assert_eq!(h.snapshot().await, before);
+
+    let issued = h.post(&path, &h.operator, json!({})).await;
+    assert_eq!(issued.status, 201, "{:#}", issued.body);
+    let fresh = issued.body["bootstrap_token"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, old_token);
+    assert!(issued.body["expires_at"].is_string());
+    // The fact is audited, the secret is not: neither in the event nor anywhere stored.
+    let events = h
+        .get(&format!("/api/audit?resource_id={agent}"), &h.operator)
+        .await;
+    let event = events.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "agent.rebootstrap")
+        .unwrap_or_else(|| panic!("no agent.rebootstrap event: {:#}", events.body));
+    assert!(event["actor"].as_str().unwrap().starts_with("token:"));
+    assert!(
+        !h.snapshot().await.contains(&fresh),
+        "the token is stored in clear"
+    );
+
+    // The old token stays spent; the new one registers once and ends the old credential.
+    register(&h, &agent, &old_token).await.problem(401, None);
+    let registered = register(&h, &agent, &fresh).await;
+    assert_eq!(registered.status, 200, "{:#}", registered.body);
+    register(&h, &agent, &fresh).await.problem(401, None);
+    let new_credential = registered.body["credential"].as_str().unwrap();
+    heartbeat(&h, &old_credential, &beat(&agent, "boot-2", 1, 1))
+        .await
+        .problem(401, None);
+    accepted(&h, new_credential, &beat(&agent, "boot-2", 1, 1)).await;
+
+    // A destroyed Agent has no VM to bootstrap.
+    let destroyed = h
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{agent}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
+    h.run_jobs().await;
+    let before = h.snapshot().await;
+    h.post(&path, &h.operator, json!({}))
+        .await
+        .problem(409, None);
+    assert_eq!(h.snapshot().await, before);
 }
 
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).

@@ -98,6 +98,19 @@ pub struct ProvisionAgent {
     pub account_id: Option<String>,
 }
 
+/// Answer of `POST /api/agents/{id}/bootstrap-token`: a fresh single-use token for an Agent
+/// whose VM lost its credential. It is shown once and stored nowhere but as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BootstrapToken {
+    pub agent_id: String,
+    /// Put it on the VM at `/etc/vm-agent/bootstrap-token` (mode 0600): a vm-agent without a
+    /// credential (`/var/lib/vm-agent/credential`) registers with it at its next heartbeat,
+    /// once, and receives a new credential, which revokes the Agent's older ones.
+    pub bootstrap_token: String,
+    pub expires_at: Timestamp,
+}
+
 /// Body of `POST /api/agents/{id}/transfer`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

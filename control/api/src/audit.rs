@@ -19,6 +19,9 @@ pub enum AuditAction {
     AgentDestroy,
     #[serde(rename = "agent.transfer")]
     AgentTransfer,
+    /// An operator issued a fresh bootstrap token for an Agent whose VM lost its credential.
+    #[serde(rename = "agent.rebootstrap")]
+    AgentRebootstrap,
 }
 
 /// One audit event. `hash` is SHA-256 over the event's fields and `prev_hash`, the hash of the

@@ -12,6 +12,7 @@
 //! May call: the store, the ledger, the audit chain, idempotency. Never a provider: that is
 //! the jobs' work.
 
+mod bootstrap;
 mod observed;
 mod operate;
 mod provision;
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_id, prefix};
 use crate::store::{AgentRow, StoreError, Tx};
 
+pub use bootstrap::rebootstrap;
 pub use observed::{Cas, RecordCache, Recorded, record_observed};
 pub use operate::request;
 pub use provision::provision;

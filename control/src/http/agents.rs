@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use control_api::Timestamp;
 use control_api::agents::{
-    Agent, AgentList, AgentOperation, ProvisionAgent, Timeline, TransferAgent,
+    Agent, AgentList, AgentOperation, BootstrapToken, ProvisionAgent, Timeline, TransferAgent,
 };
 use control_api::problem::Problem;
 use serde::Deserialize;
@@ -228,6 +228,32 @@ pub(super) async fn transfer(
 ) -> Answer<Agent> {
     let agent = lifecycle::transfer(&app, &caller, &id, &body, idem.as_ref()).await?;
     Ok((StatusCode::OK, Json(agent)))
+}
+
+/// Issue a fresh bootstrap token for an Agent whose VM lost its credential (operators only).
+///
+/// The token is in this answer and nowhere else (the database keeps its hash); the call is an
+/// audit event. The VM registers with it once and gets a new credential, which revokes its
+/// older ones. Each call replaces the previous token, so it takes no Idempotency-Key: a
+/// replayed answer would have to keep the secret.
+#[utoipa::path(
+    post, path = "/api/agents/{id}/bootstrap-token", operation_id = "rebootstrap_agent", tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 201, description = "A fresh single-use token", body = BootstrapToken),
+        (status = 403, description = "Not an operator token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such Agent", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Destroyed", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn rebootstrap(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<BootstrapToken> {
+    let token = lifecycle::rebootstrap(&app, &caller, &id).await?;
+    Ok((StatusCode::CREATED, Json(token)))
 }
 
 /// The Agent's state periods in a window, oldest first.

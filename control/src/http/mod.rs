@@ -73,6 +73,7 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(agents::start))
         .routes(routes!(agents::stop))
         .routes(routes!(agents::transfer))
+        .routes(routes!(agents::rebootstrap))
         .routes(routes!(agents::timeline))
         .routes(routes!(accounts::create_account))
         .routes(routes!(accounts::create_token))

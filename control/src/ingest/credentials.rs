@@ -59,6 +59,9 @@ impl Ingest {
             secret_hash: hex::encode(sha256(&secret)),
             revoked_at: None,
         };
+        // One credential per Agent: a VM registering again (after an operator's re-bootstrap)
+        // ends whatever the lost one could still do.
+        tx.revoke_agent_credentials(&request.agent_id, now).await?;
         tx.insert_credential(&credential, now).await?;
         tx.commit().await?;
         info!(

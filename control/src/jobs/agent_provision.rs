@@ -83,8 +83,8 @@ async fn first_boot(app: &App, agent: &AgentRow) -> Result<Secret, StepError> {
     if !armed {
         return Err(ProviderError::permanent(format!(
             "agent {} has no server, but its VM traded its bootstrap token already; \
-             re-bootstrapping it is an operator's decision",
-            agent.id
+             re-bootstrapping it is an operator's decision (POST /api/agents/{}/bootstrap-token)",
+            agent.id, agent.id
         ))
         .into());
     }

@@ -39,6 +39,33 @@ impl Tx {
         Ok(armed == 1)
     }
 
+    /// Stores the hash of a fresh bootstrap token for `agent_id` whatever became of the last
+    /// one: an operator's explicit re-bootstrap, never a retry's. The spent token stays spent
+    /// (its hash is gone); only the new one can register.
+    pub async fn replace_bootstrap(
+        &mut self,
+        agent_id: &str,
+        token_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "INSERT INTO agent_bootstrap (agent_id, token_hash, created_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, NULL)
+             ON CONFLICT (agent_id) DO UPDATE
+             SET token_hash = excluded.token_hash, created_at = excluded.created_at,
+                 expires_at = excluded.expires_at, used_at = NULL",
+        )
+        .bind(agent_id)
+        .bind(token_hash)
+        .bind(now)
+        .bind(expires_at)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
     pub async fn bootstrap(&mut self, agent_id: &str) -> Result<Option<BootstrapRow>> {
         Ok(on_conn!(self, conn => sqlx::query_as(
             "SELECT token_hash, expires_at, used_at FROM agent_bootstrap WHERE agent_id = $1",

@@ -523,6 +523,7 @@ mod db_text {
             Self::AgentStop,
             Self::AgentDestroy,
             Self::AgentTransfer,
+            Self::AgentRebootstrap,
         ];
         fn as_db(self) -> &'static str {
             match self {
@@ -531,6 +532,7 @@ mod db_text {
                 Self::AgentStop => "agent.stop",
                 Self::AgentDestroy => "agent.destroy",
                 Self::AgentTransfer => "agent.transfer",
+                Self::AgentRebootstrap => "agent.rebootstrap",
             }
         }
     }
