@@ -1,6 +1,7 @@
 //! Taking one heartbeat in: the live view in memory, and the transitions written at once (an
 //! Agent recorded paused whose VM is seen running, a new boot id, an Agent heard from again).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use control_api::Timestamp;
@@ -68,46 +69,13 @@ impl Ingest {
 
     /// Updates the live view; returns what must be written at once.
     fn observe(&self, agent_id: &str, known: &Known, beat: Heartbeat, now: i64) -> Transition {
-        let process_started =
-            now - i64::try_from(beat.agent_uptime_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
-        let recorded_paused = known.state == PeriodState::Paused && known.operation.is_none();
-        let mut shard = sync::lock(self.shard(agent_id));
-        let mut transition = Transition::default();
-        match shard.get_mut(agent_id) {
-            None => {
-                transition.maybe_running = recorded_paused;
-                shard.insert(
-                    agent_id.to_owned(),
-                    Live {
-                        last_seen: now,
-                        latest: beat,
-                        process_started,
-                        written_at: None,
-                        beats_since_write: 1,
-                        urgent: false,
-                        unhealthy: false,
-                        ignore_before: None,
-                    },
-                );
-            }
-            Some(live) => {
-                if live.latest.boot_id != beat.boot_id {
-                    transition.rebooted_from = Some(live.latest.boot_id.clone());
-                }
-                transition.healthy_again = live.unhealthy;
-                transition.maybe_running = recorded_paused
-                    && live
-                        .ignore_before
-                        .is_none_or(|before| process_started >= before);
-                live.urgent |= live.latest.cloudflared.state != beat.cloudflared.state
-                    || live.latest.slice.state != beat.slice.state;
-                live.last_seen = now;
-                live.process_started = process_started;
-                live.latest = beat;
-                live.beats_since_write = live.beats_since_write.saturating_add(1);
-            }
-        }
-        transition
+        observe(
+            &mut sync::lock(self.shard(agent_id)),
+            agent_id,
+            known,
+            beat,
+            now,
+        )
     }
 
     /// Writes a transition at once: the ledger first (the Agent row's lock), then liveness.
@@ -181,5 +149,196 @@ impl Ingest {
             );
         }
         Ok(())
+    }
+}
+
+/// What one heartbeat changes in an Agent's live view (`shard` holds it), and which of those
+/// changes must be written at once: the first heartbeat or one from a process started after a
+/// stop of an Agent recorded paused (it may be running), a new boot id, an Agent heard from
+/// again after being judged unhealthy. A tunnel or slice state change is marked urgent for the
+/// next flush.
+fn observe(
+    shard: &mut HashMap<String, Live>,
+    agent_id: &str,
+    known: &Known,
+    beat: Heartbeat,
+    now: i64,
+) -> Transition {
+    let process_started =
+        now - i64::try_from(beat.agent_uptime_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+    let recorded_paused = known.state == PeriodState::Paused && known.operation.is_none();
+    let mut transition = Transition::default();
+    match shard.get_mut(agent_id) {
+        None => {
+            transition.maybe_running = recorded_paused;
+            shard.insert(
+                agent_id.to_owned(),
+                Live {
+                    last_seen: now,
+                    latest: beat,
+                    process_started,
+                    written_at: None,
+                    beats_since_write: 1,
+                    urgent: false,
+                    unhealthy: false,
+                    ignore_before: None,
+                },
+            );
+        }
+        Some(live) => {
+            if live.latest.boot_id != beat.boot_id {
+                transition.rebooted_from = Some(live.latest.boot_id.clone());
+            }
+            transition.healthy_again = live.unhealthy;
+            transition.maybe_running = recorded_paused
+                && live
+                    .ignore_before
+                    .is_none_or(|before| process_started >= before);
+            live.urgent |= live.latest.cloudflared.state != beat.cloudflared.state
+                || live.latest.slice.state != beat.slice.state;
+            live.last_seen = now;
+            live.process_started = process_started;
+            live.latest = beat;
+            live.beats_since_write = live.beats_since_write.saturating_add(1);
+        }
+    }
+    transition
+}
+
+#[cfg(test)]
+mod tests {
+    use control_api::agents::AgentOperation;
+    use serde_json::json;
+
+    use super::*;
+
+    const AGENT: &str = "agt_1";
+
+    fn beat(boot_id: &str, uptime_s: u64, tunnel: &str) -> Heartbeat {
+        serde_json::from_value(json!({
+            "agent_id": AGENT,
+            "boot_id": boot_id,
+            "sequence": 1,
+            "agent_version": "0.1.0",
+            "image_version": "2026.11.0",
+            "agent_uptime_s": uptime_s,
+            "cloudflared": {"state": tunnel, "ready_connections": 4, "restarts": 0, "crash_loop": false},
+            "slice": {"state": "mounted", "free_bytes": 1000, "total_bytes": 2000},
+            "host": {"cpus": 2, "load_centi": [1, 2, 3], "memory_total_bytes": 4,
+                     "memory_available_bytes": 2, "root_free_bytes": 9, "uptime_s": 100}
+        }))
+        .unwrap()
+    }
+
+    fn known(state: PeriodState, operation: Option<AgentOperation>) -> Known {
+        Known {
+            account_id: "acc_1".to_owned(),
+            state,
+            operation,
+            destroyed: false,
+        }
+    }
+
+    fn summary(t: &Transition) -> (Option<&str>, bool, bool) {
+        (t.rebooted_from.as_deref(), t.healthy_again, t.maybe_running)
+    }
+
+    #[test]
+    fn the_first_heartbeat_of_an_agent_recorded_paused_may_mean_running() {
+        let mut shard = HashMap::new();
+        let paused = known(PeriodState::Paused, None);
+        let t = observe(&mut shard, AGENT, &paused, beat("b1", 5, "ready"), 100_000);
+        assert_eq!(summary(&t), (None, false, true));
+        let live = &shard[AGENT];
+        assert_eq!((live.last_seen, live.process_started), (100_000, 95_000));
+        assert_eq!((live.written_at, live.beats_since_write), (None, 1));
+
+        // Running already, or paused with an operation in flight: nothing to write.
+        for quiet in [
+            known(PeriodState::Running, None),
+            known(PeriodState::Paused, Some(AgentOperation::Stop)),
+            known(PeriodState::Paused, Some(AgentOperation::Provision)),
+        ] {
+            let mut shard = HashMap::new();
+            let t = observe(&mut shard, AGENT, &quiet, beat("b1", 5, "ready"), 100_000);
+            assert!(!t.any(), "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_boot_id_and_a_return_from_silence_are_written_at_once() {
+        let mut shard = HashMap::new();
+        let running = known(PeriodState::Running, None);
+        observe(&mut shard, AGENT, &running, beat("b1", 5, "ready"), 100_000);
+        let same = observe(
+            &mut shard,
+            AGENT,
+            &running,
+            beat("b1", 35, "ready"),
+            130_000,
+        );
+        assert!(!same.any());
+        assert_eq!(shard[AGENT].beats_since_write, 2);
+
+        let rebooted = observe(&mut shard, AGENT, &running, beat("b2", 1, "ready"), 160_000);
+        assert_eq!(summary(&rebooted), (Some("b1"), false, false));
+
+        shard.get_mut(AGENT).unwrap().unhealthy = true;
+        let back = observe(
+            &mut shard,
+            AGENT,
+            &running,
+            beat("b2", 91, "ready"),
+            250_000,
+        );
+        assert_eq!(summary(&back), (None, true, false));
+        assert_eq!(shard[AGENT].last_seen, 250_000);
+    }
+
+    #[test]
+    fn heartbeats_from_the_process_a_stop_ended_are_not_a_start() {
+        let mut shard = HashMap::new();
+        let running = known(PeriodState::Running, None);
+        observe(
+            &mut shard,
+            AGENT,
+            &running,
+            beat("b1", 100, "ready"),
+            100_000,
+        );
+        // The Agent was stopped at 150 s: its old process (started at 0 s) is ignored...
+        shard.get_mut(AGENT).unwrap().ignore_before = Some(150_000);
+        let paused = known(PeriodState::Paused, None);
+        let late = observe(
+            &mut shard,
+            AGENT,
+            &paused,
+            beat("b1", 155, "ready"),
+            155_000,
+        );
+        assert!(
+            !late.maybe_running,
+            "an in-flight beat of the stopped process"
+        );
+        // ...a process started after the stop is a VM running again.
+        let fresh = observe(&mut shard, AGENT, &paused, beat("b1", 2, "ready"), 160_000);
+        assert!(fresh.maybe_running);
+    }
+
+    #[test]
+    fn a_tunnel_or_slice_change_is_urgent_for_the_next_flush() {
+        let mut shard = HashMap::new();
+        let running = known(PeriodState::Running, None);
+        observe(&mut shard, AGENT, &running, beat("b1", 5, "ready"), 100_000);
+        assert!(!shard[AGENT].urgent);
+        let t = observe(
+            &mut shard,
+            AGENT,
+            &running,
+            beat("b1", 35, "unready"),
+            130_000,
+        );
+        assert!(!t.any(), "written behind, not at once");
+        assert!(shard[AGENT].urgent);
     }
 }
