@@ -23,6 +23,7 @@ mod leases;
 mod liveness;
 mod periods;
 mod replicas;
+mod text;
 mod usage;
 
 use std::str::FromStr;
@@ -46,6 +47,7 @@ pub use images::ImageRow;
 pub use jobs::JobRow;
 pub use liveness::{LIVENESS_BATCH, LivenessRow};
 pub use periods::{PeriodRow, ResourceRef};
+pub(crate) use text::DbText;
 pub use usage::{RollupState, UsageRowRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -443,98 +445,6 @@ impl Tx {
             hook();
         }
         Ok(())
-    }
-}
-
-/// Text forms of enums as stored in the database.
-pub(crate) trait DbText: Sized + Copy + 'static {
-    const NAME: &'static str;
-    const ALL: &'static [Self];
-    fn as_db(self) -> &'static str;
-
-    fn from_db(text: &str) -> Result<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_db() == text)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown {} `{text}`", Self::NAME)))
-    }
-}
-
-mod db_text {
-    use control_api::accounts::TokenRole;
-    use control_api::agents::{AgentOperation, PeriodState};
-    use control_api::audit::AuditAction;
-    use control_api::usage::ResourceKind;
-
-    use super::DbText;
-
-    impl DbText for PeriodState {
-        const NAME: &'static str = "period state";
-        const ALL: &'static [Self] = &[Self::Running, Self::Paused];
-        fn as_db(self) -> &'static str {
-            match self {
-                Self::Running => "running",
-                Self::Paused => "paused",
-            }
-        }
-    }
-
-    impl DbText for AgentOperation {
-        const NAME: &'static str = "operation";
-        const ALL: &'static [Self] = &[Self::Provision, Self::Start, Self::Stop, Self::Destroy];
-        fn as_db(self) -> &'static str {
-            match self {
-                Self::Provision => "provision",
-                Self::Start => "start",
-                Self::Stop => "stop",
-                Self::Destroy => "destroy",
-            }
-        }
-    }
-
-    impl DbText for TokenRole {
-        const NAME: &'static str = "token role";
-        const ALL: &'static [Self] = &[Self::Operator, Self::Account];
-        fn as_db(self) -> &'static str {
-            match self {
-                Self::Operator => "operator",
-                Self::Account => "account",
-            }
-        }
-    }
-
-    impl DbText for ResourceKind {
-        const NAME: &'static str = "resource kind";
-        const ALL: &'static [Self] = &[Self::Agent, Self::PlainVm];
-        fn as_db(self) -> &'static str {
-            match self {
-                Self::Agent => "agent",
-                Self::PlainVm => "plain_vm",
-            }
-        }
-    }
-
-    impl DbText for AuditAction {
-        const NAME: &'static str = "audit action";
-        const ALL: &'static [Self] = &[
-            Self::AgentProvision,
-            Self::AgentStart,
-            Self::AgentStop,
-            Self::AgentDestroy,
-            Self::AgentTransfer,
-            Self::AgentRebootstrap,
-        ];
-        fn as_db(self) -> &'static str {
-            match self {
-                Self::AgentProvision => "agent.provision",
-                Self::AgentStart => "agent.start",
-                Self::AgentStop => "agent.stop",
-                Self::AgentDestroy => "agent.destroy",
-                Self::AgentTransfer => "agent.transfer",
-                Self::AgentRebootstrap => "agent.rebootstrap",
-            }
-        }
     }
 }
 

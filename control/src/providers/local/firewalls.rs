@@ -1,0 +1,184 @@
+//! The local provider's firewalls: rulesets kept as records, applied to servers by id.
+
+use async_trait::async_trait;
+
+use super::cloud::{in_use, new_record_id, page, taken};
+use super::records::Write;
+use super::{LocalProvider, matches};
+use crate::providers::{
+    Firewall, FirewallRule, FirewallSpec, Firewalls, Labels, Page, ProviderError, Servers,
+};
+
+#[async_trait]
+impl Firewalls for LocalProvider {
+    async fn create_firewall(&self, spec: &FirewallSpec) -> Result<Firewall, ProviderError> {
+        self.cloud
+            .firewalls
+            .change(|all| {
+                if all.values().any(|f| f.name == spec.name) {
+                    return Err(taken("firewall", &spec.name));
+                }
+                let firewall = Firewall {
+                    id: new_record_id("fw"),
+                    name: spec.name.clone(),
+                    labels: spec.labels.clone(),
+                    rules: spec.rules.clone(),
+                    servers: Vec::new(),
+                };
+                Ok((Write::Put(firewall.id.clone(), firewall.clone()), firewall))
+            })
+            .await
+    }
+
+    async fn get_firewall(&self, id: &str) -> Result<Option<Firewall>, ProviderError> {
+        self.cloud.firewalls.get(id)
+    }
+
+    async fn list_firewalls(
+        &self,
+        selector: &Labels,
+        _page: Option<&str>,
+    ) -> Result<Page<Firewall>, ProviderError> {
+        Ok(page(self.cloud.firewalls.all()?, |f| {
+            matches(&f.labels, selector)
+        }))
+    }
+
+    async fn set_rules(&self, id: &str, rules: &[FirewallRule]) -> Result<(), ProviderError> {
+        self.cloud
+            .firewalls
+            .change(|all| {
+                let mut firewall = all
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ProviderError::not_found(format!("firewall {id}")))?;
+                firewall.rules = rules.to_vec();
+                Ok((Write::Put(id.to_owned(), firewall), ()))
+            })
+            .await
+    }
+
+    async fn apply_to_server(&self, id: &str, server_id: &str) -> Result<(), ProviderError> {
+        if self.get_server(server_id).await?.is_none() {
+            return Err(ProviderError::not_found(format!("server {server_id}")));
+        }
+        self.cloud
+            .firewalls
+            .change(|all| {
+                let mut firewall = all
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ProviderError::not_found(format!("firewall {id}")))?;
+                if firewall.servers.iter().any(|s| s == server_id) {
+                    return Ok((Write::Nothing, ()));
+                }
+                firewall.servers.push(server_id.to_owned());
+                Ok((Write::Put(id.to_owned(), firewall), ()))
+            })
+            .await
+    }
+
+    async fn delete_firewall(&self, id: &str) -> Result<(), ProviderError> {
+        let Some(firewall) = self.cloud.firewalls.get(id)? else {
+            return Err(ProviderError::not_found(format!("firewall {id}")));
+        };
+        if let Some(server) = self.live_server(&firewall.servers).await? {
+            return Err(in_use("firewall", id, &server));
+        }
+        self.cloud
+            .firewalls
+            .change(|_| Ok((Write::Delete(id.to_owned()), ())))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use control_api::usage::ResourceKind;
+
+    use super::*;
+    use crate::providers::{Direction, ErrorKind, resource_labels};
+
+    fn ssh_only() -> Vec<FirewallRule> {
+        vec![FirewallRule {
+            direction: Direction::In,
+            protocol: "tcp".to_owned(),
+            port: Some("22".to_owned()),
+            source_ips: vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()],
+            destination_ips: Vec::new(),
+            description: Some("ssh".to_owned()),
+        }]
+    }
+
+    #[tokio::test]
+    async fn firewalls_keep_names_unique_and_outlive_no_server() {
+        let local = LocalProvider::in_memory();
+        let labels = resource_labels(ResourceKind::PlainVm, "pvm_1");
+        let spec = FirewallSpec {
+            name: "pvm-1".to_owned(),
+            labels: labels.clone(),
+            rules: ssh_only(),
+        };
+        let firewall = local.create_firewall(&spec).await.unwrap();
+        let again = local.create_firewall(&spec).await.unwrap_err();
+        assert_eq!(
+            (again.kind, again.code.as_deref()),
+            (ErrorKind::Conflict, Some("uniqueness_error"))
+        );
+        let found = local.list_firewalls(&labels, None).await.unwrap().items;
+        assert_eq!(
+            found,
+            vec![firewall.clone()],
+            "found by our label, to adopt"
+        );
+        let other = resource_labels(ResourceKind::PlainVm, "pvm_2");
+        assert!(
+            local
+                .list_firewalls(&other, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+
+        local.set_rules(&firewall.id, &[]).await.unwrap();
+        assert!(
+            local
+                .get_firewall(&firewall.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .rules
+                .is_empty()
+        );
+
+        // Applied at the server's creation; in use until the server is gone.
+        let mut server = crate::providers::local::servers::tests::spec();
+        server.firewall_ids = vec![firewall.id.clone()];
+        let server = local.create_server(&server).await.unwrap();
+        let applied = local.get_firewall(&firewall.id).await.unwrap().unwrap();
+        assert_eq!(applied.servers, vec![server.id.clone()]);
+        let busy = local.delete_firewall(&firewall.id).await.unwrap_err();
+        assert_eq!(
+            (busy.kind, busy.code.as_deref()),
+            (ErrorKind::Transient, Some("resource_in_use"))
+        );
+        local.delete_server(&server.id).await.unwrap();
+        local.delete_firewall(&firewall.id).await.unwrap();
+        let gone = local.delete_firewall(&firewall.id).await.unwrap_err();
+        assert_eq!(gone.kind, ErrorKind::NotFound, "a repeated delete is done");
+    }
+
+    #[tokio::test]
+    async fn a_server_naming_an_unknown_volume_is_refused() {
+        let local = LocalProvider::in_memory();
+        let mut server = crate::providers::local::servers::tests::spec();
+        server.volume_ids = vec!["vol-missing".to_owned()];
+        let refused = local.create_server(&server).await.unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.code.as_deref()),
+            (ErrorKind::Permanent, Some("invalid_input"))
+        );
+        assert!(local.get_server("agt_1").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,418 @@
+//! The local provider's servers: creating a VM (what cloud-init delivers, then its record,
+//! then its vm-agent), powering it on and off, and deleting it, each under the VM's lock.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::process::{agent_alive, remove_tree, spawn_agent, stop_agent};
+use super::vm::{LocalVm, lay_out, lock_vm, read_vm, transient, write_secret, write_vm};
+use super::{AGENT_STOP_GRACE, Backing, LocalProvider, matches};
+use crate::cloud_init;
+use crate::providers::{Labels, Page, ProviderError, Server, ServerSpec, Servers};
+use crate::sync;
+
+/// What a change of a VM that does not exist answers.
+fn no_vm(id: &str) -> ProviderError {
+    ProviderError::not_found(format!("VM {id}"))
+}
+
+/// The VM id for a server spec: the id label of the resource it is made for.
+fn vm_id(spec: &ServerSpec) -> Result<&str, ProviderError> {
+    spec.labels
+        .get(crate::providers::ID_LABEL)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            ProviderError::permanent(
+                "a local VM is named by its control/id label, which is missing",
+            )
+            .with_code("invalid_input")
+        })
+}
+
+#[async_trait]
+impl Servers for LocalProvider {
+    async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
+        let id = vm_id(spec)?;
+        let user_data = spec.user_data.as_ref().ok_or_else(|| {
+            ProviderError::permanent("a local VM boots an Agent and needs its cloud-init document")
+                .with_code("invalid_input")
+        })?;
+        let (identity, token) = cloud_init::read_agent_document(user_data).map_err(|e| {
+            ProviderError::permanent(format!("user data: {e}")).with_code("invalid_input")
+        })?;
+        let name_taken = || {
+            ProviderError::conflict(format!("a local VM {id} exists already"))
+                .with_code("uniqueness_error")
+        };
+        self.attach(id, &spec.firewall_ids, &spec.volume_ids)
+            .await?;
+        match &self.backing {
+            Backing::Memory(vms) => {
+                let mut vms = sync::lock(vms);
+                if vms.contains_key(id) {
+                    return Err(name_taken());
+                }
+                let mut vm = LocalVm::booted(id, spec);
+                vm.bootstrap_token = Some(token.0);
+                let server = vm.server();
+                vms.insert(id.to_owned(), vm);
+                Ok(server)
+            }
+            Backing::Processes { dir, config } => {
+                let vm_dir = Self::vm_dir(dir, id)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&vm_dir)
+                    .map_err(|e| transient("creating", &vm_dir, e))?;
+                let _lock = lock_vm(&vm_dir).await?;
+                if read_vm(&vm_dir).is_ok() {
+                    return Err(name_taken());
+                }
+                // Cloud-init's delivery, then the record (the intent) before any process.
+                lay_out(&vm_dir, &identity, config)?;
+                write_secret(&vm_dir.join("bootstrap-token"), &token.0)?;
+                let mut vm = LocalVm::booted(id, spec);
+                write_vm(&vm_dir, &vm)?;
+                spawn_agent(&vm_dir, config, &mut vm)?;
+                write_vm(&vm_dir, &vm)?;
+                Ok(vm.server())
+            }
+        }
+    }
+
+    async fn get_server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        Ok(match &self.backing {
+            Backing::Memory(vms) => sync::lock(vms).get(id).map(LocalVm::server),
+            Backing::Processes { dir, .. } => Self::vm_dir(dir, id)
+                .ok()
+                .and_then(|vm_dir| read_vm(&vm_dir).ok())
+                .map(|vm| vm.server()),
+        })
+    }
+
+    async fn list_servers(
+        &self,
+        selector: &Labels,
+        _page: Option<&str>,
+    ) -> Result<Page<Server>, ProviderError> {
+        let mut items: Vec<Server> = self
+            .each_vm()
+            .iter()
+            .map(LocalVm::server)
+            .filter(|server| matches(&server.labels, selector))
+            .collect();
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Page { items, next: None })
+    }
+
+    async fn power_on(&self, id: &str) -> Result<(), ProviderError> {
+        let gone = || no_vm(id);
+        match &self.backing {
+            Backing::Memory(vms) => {
+                let mut vms = sync::lock(vms);
+                let vm = vms.get_mut(id).ok_or_else(gone)?;
+                if !vm.running {
+                    vm.running = true;
+                    vm.boots += 1;
+                }
+            }
+            Backing::Processes { dir, config } => {
+                let vm_dir = Self::vm_dir(dir, id)?;
+                let _lock = lock_vm(&vm_dir).await?;
+                let mut vm = read_vm(&vm_dir).map_err(|_| gone())?;
+                if !vm.running {
+                    vm.running = true;
+                    vm.boots += 1;
+                    // On before its agent starts: the record says what is meant to run.
+                    write_vm(&vm_dir, &vm)?;
+                }
+                if !agent_alive(&vm) {
+                    spawn_agent(&vm_dir, config, &mut vm)?;
+                }
+                write_vm(&vm_dir, &vm)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self, id: &str) -> Result<(), ProviderError> {
+        self.power_down(id, AGENT_STOP_GRACE).await
+    }
+
+    async fn power_off(&self, id: &str) -> Result<(), ProviderError> {
+        self.power_down(id, Duration::ZERO).await
+    }
+
+    async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
+        let gone = || no_vm(id);
+        match &self.backing {
+            Backing::Memory(vms) => {
+                sync::lock(vms).remove(id).ok_or_else(gone)?;
+            }
+            Backing::Processes { dir, .. } => {
+                let vm_dir = Self::vm_dir(dir, id)?;
+                // Dot names are skipped by every supervisor.
+                let trash = dir.join(format!(".destroyed-{id}"));
+                let found = match lock_vm(&vm_dir).await {
+                    Ok(held) => {
+                        if let Ok(mut vm) = read_vm(&vm_dir) {
+                            vm.running = false;
+                            write_vm(&vm_dir, &vm)?;
+                            stop_agent(&vm_dir, &mut vm, AGENT_STOP_GRACE).await;
+                        }
+                        // Out of every replica's sight at once, still under the lock (a
+                        // directory being deleted file by file would be half a VM).
+                        remove_tree(trash.clone()).await?;
+                        std::fs::rename(&vm_dir, &trash)
+                            .map_err(|e| transient("removing", &vm_dir, e))?;
+                        drop(held);
+                        true
+                    }
+                    Err(e) if e.kind == crate::providers::ErrorKind::NotFound => false,
+                    Err(e) => return Err(e),
+                };
+                // Gone already, perhaps half-way: finish the deletion all the same.
+                remove_tree(trash).await?;
+                if !found {
+                    return Err(gone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LocalProvider {
+    /// Powers a VM off: its agent gets `grace` to stop (an ACPI shutdown), then SIGKILL.
+    async fn power_down(&self, id: &str, grace: Duration) -> Result<(), ProviderError> {
+        let gone = || no_vm(id);
+        match &self.backing {
+            Backing::Memory(vms) => {
+                sync::lock(vms).get_mut(id).ok_or_else(gone)?.running = false;
+            }
+            Backing::Processes { dir, .. } => {
+                let vm_dir = Self::vm_dir(dir, id)?;
+                let _lock = lock_vm(&vm_dir).await?;
+                let mut vm = read_vm(&vm_dir).map_err(|_| gone())?;
+                // Off first, so no supervisor starts the agent again while it stops.
+                vm.running = false;
+                write_vm(&vm_dir, &vm)?;
+                stop_agent(&vm_dir, &mut vm, grace).await;
+                write_vm(&vm_dir, &vm)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::process::{find_agent, host_boot, kill_leftovers, process_started};
+    use super::super::vm::{VmLock, try_lock_vm};
+    use super::super::*;
+    use super::*;
+    use crate::cloud_init::AgentIdentity;
+    use crate::providers::Secret;
+    use crate::providers::{ErrorKind, ServerStatus, resource_labels};
+    use control_api::usage::ResourceKind;
+
+    pub(in crate::providers::local) fn spec() -> ServerSpec {
+        let identity = AgentIdentity {
+            agent_id: "agt_1".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+        };
+        ServerSpec {
+            name: "agt-1".to_owned(),
+            image: "local-2026.11.0".to_owned(),
+            server_type: None,
+            location: None,
+            labels: resource_labels(ResourceKind::Agent, "agt_1"),
+            user_data: Some(
+                cloud_init::agent_document(&identity, &Secret("agb_token".to_owned())).unwrap(),
+            ),
+            firewall_ids: Vec::new(),
+            volume_ids: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn in_memory_vms_boot_their_pinned_image_only() {
+        let provider = LocalProvider::in_memory();
+        let id = provider.create_server(&spec()).await.unwrap().id;
+        let again = provider.create_server(&spec()).await.unwrap_err();
+        assert_eq!(
+            again.kind,
+            ErrorKind::Conflict,
+            "a second create is refused"
+        );
+        let found = provider
+            .list_servers(&resource_labels(ResourceKind::Agent, "agt_1"), None)
+            .await
+            .unwrap();
+        assert_eq!(found.items.len(), 1, "and the first is found by its labels");
+        assert_eq!(
+            provider.vm(&id).unwrap().bootstrap_token.as_deref(),
+            Some("agb_token")
+        );
+        provider.shutdown(&id).await.unwrap();
+        assert_eq!(
+            provider.get_server(&id).await.unwrap().unwrap().status,
+            ServerStatus::Off
+        );
+        provider.power_on(&id).await.unwrap();
+        let vm = provider.vm(&id).unwrap();
+        // Powering on takes no image: a VM only ever boots the image it was created from.
+        assert_eq!(
+            (vm.running, vm.image_ref.as_str(), vm.boots),
+            (true, "local-2026.11.0", 2)
+        );
+        provider.delete_server(&id).await.unwrap();
+        assert_eq!(
+            provider.delete_server(&id).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(provider.get_server(&id).await.unwrap(), None);
+    }
+
+    /// Control killed between starting a VM's vm-agent and recording it: the retry adopts the
+    /// running agent instead of starting a second one, and a stop ends the one that runs.
+    #[tokio::test]
+    async fn an_agent_started_but_not_recorded_is_adopted_not_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("fake-vm-agent");
+        // Not `sleep` as the last command: sh would exec it, and the process would lose the
+        // command line that names the VM.
+        std::fs::write(&program, "#!/bin/sh\nsleep 60\nexit 0\n").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&program).unwrap().permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let config = LocalVmConfig {
+            vm_agent: program,
+            cloudflared: "/bin/true".into(),
+            control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            heartbeat_interval: Duration::from_secs(30),
+        };
+        let vms = dir.path().join("vms");
+        let provider = LocalProvider::with_processes(&vms, config.clone()).unwrap();
+        let id = provider.create_server(&spec()).await.unwrap().id;
+        let vm_dir = vms.join(&id);
+        let first = find_agent(&vm_dir).expect("create started the agent");
+        // The crash window: the record forgets the process it started.
+        let mut vm = vm::read_vm(&vm_dir).unwrap();
+        vm.clear_process();
+        vm::write_vm(&vm_dir, &vm).unwrap();
+        // The retry and the supervisor both adopt it.
+        provider.power_on(&id).await.unwrap();
+        assert!(!ensure_agent(&vm_dir, &config).unwrap());
+        assert_eq!(provider.vm(&id).unwrap().pid, Some(first));
+        let agents: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                    String::from_utf8_lossy(&cmd)
+                        .contains(&*vm_dir.join("agent.toml").to_string_lossy())
+                })
+            })
+            .collect();
+        assert_eq!(agents, vec![first], "exactly one vm-agent for the VM");
+        // Forgotten again, a stop still ends the one that runs.
+        let mut vm = vm::read_vm(&vm_dir).unwrap();
+        vm.clear_process();
+        vm::write_vm(&vm_dir, &vm).unwrap();
+        provider.power_off(&id).await.unwrap();
+        assert_eq!(
+            find_agent(&vm_dir),
+            None,
+            "the unrecorded agent was stopped"
+        );
+        provider.delete_server(&id).await.unwrap();
+    }
+
+    /// Two changes of one VM on a single runtime thread: the second waits for the first,
+    /// which holds the lock across `.await`s, without parking the only thread. (A blocking
+    /// `flock` here hung both replicas of the end-to-end test.)
+    #[test]
+    fn waiting_for_a_vm_lock_leaves_the_runtime_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm_dir = dir.path().to_owned();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let first = lock_vm(&vm_dir).await.unwrap();
+                assert!(
+                    matches!(try_lock_vm(&vm_dir).unwrap(), VmLock::Busy),
+                    "held means held, within one process too"
+                );
+                let second = tokio::spawn({
+                    let vm_dir = vm_dir.clone();
+                    async move { lock_vm(&vm_dir).await.map(drop) }
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await; // the holder's own await
+                assert!(!second.is_finished());
+                drop(first);
+                second.await.unwrap().unwrap();
+            });
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the runtime thread was parked waiting for the lock");
+    }
+
+    /// A recorded agent whose PID now belongs to another process: that process's group is
+    /// not ours to kill.
+    #[test]
+    fn leftovers_are_killed_only_in_the_agents_own_group() {
+        let mut other = std::process::Command::new("sleep");
+        other.arg("30");
+        std::os::unix::process::CommandExt::process_group(&mut other, 0);
+        let mut other = other.spawn().unwrap();
+        let pid = other.id();
+        let mut vm = LocalVm::booted("agt_1", &spec());
+        vm.pid = Some(pid);
+        vm.pid_started = process_started(pid).map(|started| started + 1); // a reused PID
+        vm.host_boot = host_boot();
+        assert!(!agent_alive(&vm));
+        kill_leftovers(&vm);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another process's group was killed"
+        );
+        // Once that PID is free (the agent gone), its group is the agent's leftovers.
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_vm_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("agt_gone");
+        assert!(matches!(try_lock_vm(&gone).unwrap(), VmLock::Gone));
+        assert!(
+            matches!(lock_vm(&gone).await, Err(e) if e.kind == ErrorKind::NotFound && e.message.contains("agt_gone"))
+        );
+    }
+
+    #[test]
+    fn process_start_times_tell_processes_apart() {
+        let own = process_started(std::process::id()).unwrap();
+        assert!(own > 0);
+        assert_eq!(process_started(u32::MAX), None);
+    }
+}
