@@ -11,6 +11,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod background;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod cloud_init;

@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::providers::ProviderError;
 use crate::store::{JobRow, StoreError, Tx};
 
-pub use runner::{retry_delay, run_due};
+pub use runner::run_due;
 
 /// What the finished steps produced, by step name.
 pub type Outputs = serde_json::Map<String, Value>;

@@ -98,7 +98,10 @@ mod tests {
         for &value in T::ALL {
             assert_eq!(T::from_db(value.as_db()).unwrap(), value);
         }
-        assert!(matches!(T::from_db("nonsense"), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            T::from_db("nonsense"),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
