@@ -20,8 +20,7 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_PATH: &str = "/etc/vm-agent/agent.toml";
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "VM_AGENT_";
-/// The environment variable cloudflared itself reads its token from.
-pub const TUNNEL_TOKEN_ENV: &str = "TUNNEL_TOKEN";
+pub use control_api::agent_config::TUNNEL_TOKEN_ENV;
 
 /// The raw inputs: the file's text (with its path) and the environment.
 #[derive(Clone, Default)]

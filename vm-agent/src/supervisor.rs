@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use control_api::Timestamp;
 use control_api::agent::TunnelState;
+use control_api::agent_config::SUPERVISOR_ONLY_ENV;
 use log::Level;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -228,14 +229,13 @@ impl Supervisor {
             .arg(self.config.metrics.to_string())
             .arg("--management-diagnostics=false")
             .arg("run")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove(TUNNEL_TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        for name in SUPERVISOR_ONLY_ENV {
+            command.env_remove(name);
+        }
         match &self.config.token {
             TunnelToken::File(path) => {
                 command.arg("--token-file").arg(path);

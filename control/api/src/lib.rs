@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod agent_config;
 pub mod agents;
 pub mod audit;
 pub mod images;

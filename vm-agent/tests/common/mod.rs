@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use control_api::agent_config::SUPERVISOR_ONLY_ENV;
 use serde_json::Value;
 use test_support::{Daemon, free_port, workspace_bin};
 
@@ -175,11 +176,10 @@ backoff_max_s = 2
             .args(["run", "--config"])
             .arg(config)
             .env("STAND_IN_CLOUDFLARED_SCRIPT", self.path("script.json"))
-            .env("STAND_IN_CLOUDFLARED_LOG", self.path("launches.jsonl"))
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("TUNNEL_TOKEN");
+            .env("STAND_IN_CLOUDFLARED_LOG", self.path("launches.jsonl"));
+        for name in SUPERVISOR_ONLY_ENV {
+            command.env_remove(name);
+        }
         for (name, value) in env {
             command.env(name, value);
         }
