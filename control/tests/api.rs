@@ -675,6 +675,17 @@ async fn tokens_are_checked(db: TestDb) {
         .await;
     basic.problem(401, None);
     assert_eq!(h.get("/api/agents", &h.operator).await.status, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = h
+        .raw(
+            Method::GET,
+            "/api/agents",
+            None,
+            &[("authorization", format!("bearer {}", h.operator))],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(lower.status, 200, "{:#}", lower.body);
     for open in ["/healthz", "/readyz", "/api/openapi.json"] {
         assert_eq!(
             h.call(Method::GET, open, None, None).await.status,

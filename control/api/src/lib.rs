@@ -30,3 +30,36 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// The token of an `Authorization` header that reads `Bearer <token>`, as the dashboard and
+/// vm-agent send it; `None` for another scheme or no token. The scheme is matched without
+/// regard to case (RFC 7235 §2.1) and the token is trimmed.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens_are_read_with_any_case_of_the_scheme() {
+        for (header, token) in [
+            ("Bearer ctl_x", Some("ctl_x")),
+            ("bearer ctl_x", Some("ctl_x")),
+            ("BEARER ctl_x", Some("ctl_x")),
+            ("BeArEr   ctl_x  ", Some("ctl_x")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearer    ", None),
+            ("Basic dXNlcjpwYXNz", None),
+            ("Bearerctl_x", None),
+            ("Bearer:ctl_x", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_token(header), token, "{header:?}");
+        }
+    }
+}

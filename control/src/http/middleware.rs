@@ -105,11 +105,11 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return ApiError::unauthorized("send `Authorization: Bearer <token>`").into_response();
     };
-    let Some(bearer) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+    let Some(bearer) = value.to_str().ok().and_then(control_api::bearer_token) else {
         return ApiError::unauthorized("the Authorization header must read `Bearer <token>`")
             .into_response();
     };
-    let Some((token_id, secret)) = auth::parse_bearer(bearer.trim()) else {
+    let Some((token_id, secret)) = auth::parse_bearer(bearer) else {
         return ApiError::unauthorized("the bearer token is not a control token").into_response();
     };
     let token = match app.store.read().await {
