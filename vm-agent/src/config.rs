@@ -3,6 +3,9 @@
 //! (`VM_AGENT_CLOUDFLARED__BINARY`). The tunnel token may come from `TUNNEL_TOKEN` instead of
 //! a file.
 //!
+//! The file's keys and their types are `control_api::agent_config::AgentToml`, the very type
+//! control writes the file with; this module adds the defaults, the environment and the checks.
+//!
 //! Everything is read and validated before anything starts, and every error names the key and
 //! where it came from. Tests build a [`Source`] by hand; nothing here reads the process
 //! environment except [`Source::from_process`].
@@ -14,12 +17,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use control_api::agent_config::AgentToml;
 
 /// Where the config file is by default.
 pub const DEFAULT_PATH: &str = "/etc/vm-agent/agent.toml";
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "VM_AGENT_";
+/// The environment variable cloudflared itself reads its token from.
 pub use control_api::agent_config::TUNNEL_TOKEN_ENV;
 
 /// The raw inputs: the file's text (with its path) and the environment.
@@ -146,105 +150,6 @@ pub struct Config {
     pub heartbeat: Heartbeat,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    agent_id: String,
-    image_version: String,
-    control_url: String,
-    #[serde(default, deserialize_with = "lenient")]
-    allow_insecure_control: Option<bool>,
-    bootstrap_token_file: Option<PathBuf>,
-    credential_file: Option<PathBuf>,
-    status_socket: Option<PathBuf>,
-    log_level: Option<String>,
-    #[serde(default)]
-    cloudflared: RawCloudflared,
-    #[serde(default)]
-    slice: RawSlice,
-    #[serde(default)]
-    heartbeat: RawHeartbeat,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCloudflared {
-    binary: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-    metrics: Option<String>,
-    #[serde(default)]
-    extra_args: Vec<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    ready_poll_ms: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    unready_restart_after_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    stop_grace_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    backoff_initial_ms: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    backoff_max_ms: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    stable_after_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    crash_loop_restarts: Option<u32>,
-    #[serde(default, deserialize_with = "lenient")]
-    crash_loop_window_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    failed_retry_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    log_lines_per_minute: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSlice {
-    path: Option<PathBuf>,
-    owner: Option<String>,
-    mountinfo: Option<PathBuf>,
-    #[serde(default, deserialize_with = "lenient")]
-    check_interval_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    nearly_full_percent: Option<u8>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(clippy::struct_field_names)] // the suffix is the unit in the config key
-struct RawHeartbeat {
-    #[serde(default, deserialize_with = "lenient")]
-    interval_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    timeout_s: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    backoff_max_s: Option<u64>,
-}
-
-/// Accepts a number or boolean either native (from the file) or as text (from the
-/// environment, where everything is text).
-fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr + Deserialize<'de>,
-    T::Err: fmt::Display,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either<T> {
-        Native(T),
-        Text(String),
-    }
-    match Option::<Either<T>>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(Either::Native(value)) => Ok(Some(value)),
-        Some(Either::Text(text)) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}"))),
-    }
-}
-
 impl Config {
     /// Reads and validates the configuration; checks the files it names can be read.
     pub fn load(source: &Source) -> Result<Self, ConfigError> {
@@ -278,7 +183,7 @@ impl Config {
                 .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
                 .map_or_else(|| file_origin.clone(), |(_, name)| name.clone())
         };
-        let raw: Raw =
+        let raw: AgentToml =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let message = e.inner().to_string();
                 let key = field_name(&e.path().to_string(), &message);
@@ -359,7 +264,7 @@ fn readable(
 
 #[allow(clippy::too_many_lines)] // one check per key, in file order
 fn validate(
-    raw: Raw,
+    raw: AgentToml,
     source: &Source,
     fail: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<Config, ConfigError> {
@@ -600,4 +505,109 @@ fn validate(
         slice,
         heartbeat,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use control_api::agent_config::{CloudflaredToml, HeartbeatToml, SliceToml};
+
+    use super::*;
+
+    /// The file control writes, through the type it writes it with, is the configuration
+    /// vm-agent runs with: every key written is read, none is lost or renamed on the way.
+    #[test]
+    fn a_written_agent_toml_loads_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        for name in ["bootstrap-token", "tunnel-token", "cloudflared"] {
+            std::fs::write(path(name), "x").unwrap();
+        }
+        let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        let file = AgentToml {
+            agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            control_url: "http://127.0.0.1:9/".to_owned(),
+            allow_insecure_control: Some(true),
+            bootstrap_token_file: Some(path("bootstrap-token")),
+            credential_file: Some(path("state/credential")),
+            status_socket: Some(path("status.sock")),
+            log_level: Some("debug".to_owned()),
+            cloudflared: CloudflaredToml {
+                binary: Some(path("cloudflared")),
+                token_file: Some(path("tunnel-token")),
+                metrics: Some("127.0.0.1:20999".to_owned()),
+                extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+                ready_poll_ms: Some(100),
+                unready_restart_after_s: Some(1),
+                stop_grace_s: Some(2),
+                backoff_initial_ms: Some(100),
+                backoff_max_ms: Some(800),
+                stable_after_s: Some(3),
+                crash_loop_restarts: Some(4),
+                crash_loop_window_s: Some(60),
+                failed_retry_s: Some(30),
+                log_lines_per_minute: Some(7),
+            },
+            slice: SliceToml {
+                path: Some(path("data/home-coder")),
+                owner: Some(owner.name.clone()),
+                mountinfo: Some(path("mountinfo")),
+                check_interval_s: Some(5),
+                nearly_full_percent: Some(90),
+            },
+            heartbeat: HeartbeatToml {
+                interval_s: Some(11),
+                timeout_s: Some(2),
+                backoff_max_s: Some(12),
+            },
+        };
+        let source = Source {
+            file: Some((path("agent.toml"), file.to_toml().unwrap())),
+            env: BTreeMap::new(),
+        };
+        let config = Config::load(&source).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                agent_id: file.agent_id.clone(),
+                image_version: file.image_version.clone(),
+                control_url: "http://127.0.0.1:9".to_owned(),
+                bootstrap_token_file: path("bootstrap-token"),
+                credential_file: path("state/credential"),
+                status_socket: path("status.sock"),
+                log_level: log::LevelFilter::Debug,
+                cloudflared: Cloudflared {
+                    binary: path("cloudflared"),
+                    token: TunnelToken::File(path("tunnel-token")),
+                    metrics: "127.0.0.1:20999".parse().unwrap(),
+                    extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+                    ready_poll: Duration::from_millis(100),
+                    unready_restart_after: Duration::from_secs(1),
+                    stop_grace: Duration::from_secs(2),
+                    backoff_initial: Duration::from_millis(100),
+                    backoff_max: Duration::from_millis(800),
+                    stable_after: Duration::from_secs(3),
+                    crash_loop_restarts: 4,
+                    crash_loop_window: Duration::from_mins(1),
+                    failed_retry: Duration::from_secs(30),
+                    log_lines_per_minute: 7,
+                },
+                slice: Slice {
+                    path: path("data/home-coder"),
+                    owner: owner.name,
+                    owner_uid: owner.uid.as_raw(),
+                    mountinfo: path("mountinfo"),
+                    check_interval: Duration::from_secs(5),
+                    nearly_full_percent: 90,
+                },
+                heartbeat: Heartbeat {
+                    interval: Duration::from_secs(11),
+                    timeout: Duration::from_secs(2),
+                    backoff_max: Duration::from_secs(12),
+                },
+            }
+        );
+    }
 }

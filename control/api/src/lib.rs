@@ -1,8 +1,9 @@
 //! Wire types exchanged with `control`: by the dashboard over the public API and, later, by
 //! `vm-agent` over the agent API.
 //!
-//! This crate holds types and their JSON shape only, never behaviour that needs the server, so
-//! the agent can depend on it without pulling in storage or HTTP code. Types change additively
+//! This crate holds types and their JSON shape only (and, in [`agent_config`], the TOML of the
+//! agent's config file), never behaviour that needs the server, so the agent can depend on it
+//! without pulling in storage or HTTP code. Types change additively
 //! (new fields are `Option` with `#[serde(default)]`) so an old agent keeps talking to a new
 //! control; `tests/golden.rs` pins the JSON of every type.
 
