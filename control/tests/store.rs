@@ -33,6 +33,7 @@ fn event(n: i64) -> NewEvent<'static> {
         account_id: "acc_test",
         to_account_id: None,
         request_id: None,
+        caller_request_id: None,
         details: serde_json::json!({ "n": n }),
     }
 }
