@@ -1,5 +1,5 @@
-//! Wire types exchanged with `control`: by the dashboard over the public API and, later, by
-//! `vm-agent` over the agent API.
+//! Wire types exchanged with `control`: by the dashboard over the public API and by `vm-agent`
+//! over the agent API.
 //!
 //! This crate holds types and their JSON shape only (and, in [`agent_config`], the TOML of the
 //! agent's config file), never behaviour that needs the server, so the agent can depend on it
