@@ -77,14 +77,19 @@ impl App {
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
+    /// Ours, never one the caller chose.
     pub request_id: String,
+    /// The caller's own `X-Request-Id`, recorded beside ours.
+    pub caller_request_id: Option<String>,
 }
 
 impl Caller {
+    /// `request_id` is ours (a new one if `None`).
     pub fn new(principal: Principal, request_id: Option<String>) -> Self {
         Self {
             principal,
             request_id: request_id.unwrap_or_else(|| new_id(prefix::REQUEST)),
+            caller_request_id: None,
         }
     }
 }

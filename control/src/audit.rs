@@ -31,7 +31,12 @@ pub struct NewEvent<'a> {
     pub resource_id: &'a str,
     pub account_id: &'a str,
     pub to_account_id: Option<&'a str>,
+    /// Ours (see `http::middleware::request_id`).
     pub request_id: Option<&'a str>,
+    /// The caller's own `X-Request-Id`: stored in `details` as `caller_request_id`, so the
+    /// chain's hashed fields keep their meaning (and earlier events their hashes).
+    pub caller_request_id: Option<&'a str>,
+    /// A JSON object.
     pub details: serde_json::Value,
 }
 
@@ -57,6 +62,20 @@ pub fn event_hash(row: &AuditRow) -> String {
 
 /// Appends `event` to the chain inside `tx`; it becomes visible when `tx` commits.
 pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
+    let mut details = event.details;
+    if let Some(caller_request_id) = event.caller_request_id {
+        match details.as_object_mut() {
+            Some(fields) => {
+                fields.insert("caller_request_id".to_owned(), caller_request_id.into());
+            }
+            None => {
+                details = serde_json::json!({
+                    "details": details,
+                    "caller_request_id": caller_request_id,
+                });
+            }
+        }
+    }
     let (head_seq, head_hash) = tx.lock_audit_head().await?;
     let mut row = AuditRow {
         seq: head_seq + 1,
@@ -69,7 +88,7 @@ pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
         account_id: event.account_id.to_owned(),
         to_account_id: event.to_account_id.map(str::to_owned),
         request_id: event.request_id.map(str::to_owned),
-        details: event.details.to_string(),
+        details: details.to_string(),
         prev_hash: head_hash,
         hash: String::new(),
     };

@@ -5,9 +5,16 @@
 //! Either both commit or neither does, so a retry can never repeat an effect that happened, nor
 //! find a stored answer for one that did not.
 
+use std::time::Duration;
+
+use control_api::Timestamp;
 use serde::Serialize;
 
-use crate::store::{Result, StoreError, Tx};
+use crate::clock::millis;
+use crate::store::{Result, Store, StoreError, Tx};
+
+/// How long completed Idempotency-Key answers are kept.
+pub const RETENTION: Duration = Duration::from_hours(24);
 
 /// A claimed key: the caller's scope (an account, or the operators), the key itself, and the
 /// token naming this request as the claim's holder.
@@ -40,4 +47,16 @@ pub async fn record<T: Serialize>(
             "this request's Idempotency-Key claim expired and a retry took it over; this request changed nothing".to_owned(),
         ))
     }
+}
+
+/// Forgets answers older than [`RETENTION`] and claims stranded past their lease (a failed
+/// request whose claim could not be released); returns how many keys it forgot.
+pub async fn purge(store: &Store, now: Timestamp) -> Result<u64> {
+    let now = now.as_millis();
+    let mut tx = store.write().await?;
+    let purged = tx
+        .purge_idempotency_keys(now - millis(RETENTION), now)
+        .await?;
+    tx.commit().await?;
+    Ok(purged)
 }

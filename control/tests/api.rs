@@ -21,6 +21,7 @@ dual_backend_tests!(
     tokens_are_checked,
     conflicting_operations_are_refused,
     listings_page,
+    a_callers_request_id_is_kept_beside_ours,
 );
 
 async fn lifecycle_walkthrough(db: TestDb) {
@@ -675,6 +676,17 @@ async fn tokens_are_checked(db: TestDb) {
         .await;
     basic.problem(401, None);
     assert_eq!(h.get("/api/agents", &h.operator).await.status, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = h
+        .raw(
+            Method::GET,
+            "/api/agents",
+            None,
+            &[("authorization", format!("bearer {}", h.operator))],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(lower.status, 200, "{:#}", lower.body);
     for open in ["/healthz", "/readyz", "/api/openapi.json"] {
         assert_eq!(
             h.call(Method::GET, open, None, None).await.status,
@@ -844,5 +856,115 @@ async fn readiness_follows_the_database() {
     assert_eq!(
         h.call(Method::GET, "/healthz", None, None).await.status,
         200
+    );
+}
+
+/// Log lines written while the guard lives on this thread.
+fn capture_logs() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || Writer(sink.clone()))
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A caller's `X-Request-Id` is theirs: ours is new for every request and is what the
+/// answer, its problem document, the log and the audit log carry as `request_id`; the
+/// caller's is kept beside it (`caller_request_id`), so a caller cannot make two requests
+/// share an id in our records.
+async fn a_callers_request_id_is_kept_beside_ours(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let (logs, guard) = capture_logs();
+    let send = |path: &'static str, body: &'static str| {
+        let h = &h;
+        let token = token.clone();
+        async move {
+            h.raw(
+                Method::POST,
+                path,
+                Some(&token),
+                &[
+                    ("content-type", "application/json".to_owned()),
+                    ("x-request-id", "caller-chosen-1".to_owned()),
+                ],
+                body.as_bytes().to_vec(),
+            )
+            .await
+        }
+    };
+    let first = send("/api/agents", r#"{"name":"dev"}"#).await;
+    let second = send("/api/agents", r#"{"name":"dev2"}"#).await;
+    let refused = send("/api/agents", r#"{"name":""}"#).await;
+    drop(guard);
+    assert_eq!((first.status.as_u16(), second.status.as_u16()), (202, 202));
+    let ours: Vec<&str> = [&first, &second, &refused]
+        .iter()
+        .map(|reply| reply.header("x-request-id").unwrap())
+        .collect();
+    for id in &ours {
+        assert!(id.starts_with("req_"), "{ours:?}");
+    }
+    assert!(
+        ours[0] != ours[1] && ours[1] != ours[2],
+        "one id per request: {ours:?}"
+    );
+    // The problem document names our id too (`problem` checks it matches the header).
+    refused.problem(422, Some("name"));
+
+    let id = first.body["id"].as_str().unwrap();
+    let audit = h.get(&format!("/api/audit?resource_id={id}"), &token).await;
+    let event = &audit.body["items"][0];
+    assert_eq!(event["request_id"], ours[0], "{event:#}");
+    assert_eq!(
+        event["details"]["caller_request_id"], "caller-chosen-1",
+        "{event:#}"
+    );
+    // Without the header, the details carry no caller id.
+    let quiet = h.post("/api/agents", &token, json!({"name": "dev3"})).await;
+    let quiet_id = quiet.body["id"].as_str().unwrap();
+    let audit = h
+        .get(&format!("/api/audit?resource_id={quiet_id}"), &token)
+        .await;
+    assert!(
+        audit.body["items"][0]["details"]
+            .get("caller_request_id")
+            .is_none()
+    );
+
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("agent provisioning accepted") && line.contains(id))
+        .unwrap_or_else(|| panic!("no provisioning line for {id} in:\n{logs}"));
+    assert!(
+        line.contains(&format!("request_id={}", ours[0]))
+            && line.contains("caller_request_id=caller-chosen-1"),
+        "{line}"
+    );
+    assert!(
+        !logs
+            .replace("caller_request_id=", "")
+            .contains("request_id=caller-chosen-1"),
+        "the caller's id was logged as ours:\n{logs}"
     );
 }

@@ -175,6 +175,7 @@ async fn verify_is_clean_while_events_are_appended(db: TestDb) {
                         account_id: "acc_test",
                         to_account_id: None,
                         request_id: None,
+                        caller_request_id: None,
                         details: json!({}),
                     },
                 )

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use control::audit::{self, NewEvent};
-use control::store::{Backend, Store, StoreError, StoreOptions};
+use control::store::{Backend, IdempotencyClaim, Store, StoreError, StoreOptions};
 use control_api::Timestamp;
 use control_api::audit::AuditAction;
 use control_api::usage::ResourceKind;
@@ -21,6 +21,7 @@ dual_backend_tests!(
     sql_shells_cannot_edit_audit_events,
     verify_names_the_first_tampered_event,
     concurrent_appends_form_one_chain,
+    idempotency_claims_stranded_past_their_lease_are_purged,
 );
 
 fn event(n: i64) -> NewEvent<'static> {
@@ -33,6 +34,7 @@ fn event(n: i64) -> NewEvent<'static> {
         account_id: "acc_test",
         to_account_id: None,
         request_id: None,
+        caller_request_id: None,
         details: serde_json::json!({ "n": n }),
     }
 }
@@ -338,4 +340,61 @@ async fn concurrent_appends_form_one_chain(db: TestDb) {
         .unwrap();
     assert!(cli.status.success());
     assert!(String::from_utf8_lossy(&cli.stdout).starts_with("audit chain ok: 1000 events"));
+}
+
+/// A request whose claim could not be released (the database was unreachable, or control
+/// died) leaves a claim with no answer. Once its lease has passed the sweep forgets it, as it
+/// forgets answers past their retention; it never forgets a live claim nor an answer younger
+/// than its retention.
+async fn idempotency_claims_stranded_past_their_lease_are_purged(db: TestDb) {
+    const HOUR: i64 = 3_600_000;
+    const LEASE: i64 = 60_000;
+    let store = common::connect(&db).await;
+    let now = Timestamp::from_millis(1_790_000_000_000);
+    let t = now.as_millis();
+    // (key, claimed at, answered): claims hold a one-minute lease from when they were made.
+    let keys = [
+        ("answered-25h-ago", t - 25 * HOUR, true),
+        ("answered-1h-ago", t - HOUR, true),
+        ("stranded-2h-ago", t - 2 * HOUR, false),
+        ("stranded-30h-ago", t - 30 * HOUR, false),
+        ("live-claim", t - 10_000, false),
+    ];
+    for (key, at, answered) in keys {
+        let mut tx = store.write().await.unwrap();
+        let claim = tx
+            .claim_idempotency_key("operator", key, "hash", key, at, at + LEASE)
+            .await
+            .unwrap();
+        assert_eq!(claim, IdempotencyClaim::Claimed, "{key}");
+        if answered {
+            assert!(
+                tx.complete_idempotency_key("operator", key, key, 200, "{}")
+                    .await
+                    .unwrap()
+            );
+        }
+        tx.commit().await.unwrap();
+    }
+
+    let purged = control::idempotency::purge(&store, now).await.unwrap();
+
+    // A key still stored refuses a different request; a forgotten one is free to claim.
+    let mut kept = Vec::new();
+    for (key, _, _) in keys {
+        let mut tx = store.write().await.unwrap();
+        let claim = tx
+            .claim_idempotency_key("operator", key, "other", "probe", t, t + LEASE)
+            .await
+            .unwrap();
+        drop(tx); // rolled back: the probe changes nothing
+        if claim == IdempotencyClaim::Mismatch {
+            kept.push(key);
+        }
+    }
+    assert_eq!(
+        (kept, purged),
+        (vec!["answered-1h-ago", "live-claim"], 3),
+        "kept: an answer within its retention and a claim within its lease"
+    );
 }

@@ -38,7 +38,7 @@ type BadConfig<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
 #[test]
 fn bad_configuration_is_refused_naming_the_key() {
     let rig = Rig::new();
-    let good = std::fs::read_to_string(rig.config("")).unwrap();
+    let good = std::fs::read_to_string(rig.config()).unwrap();
     let replace = |from: &str, to: &str| {
         assert!(good.contains(from), "{from}");
         good.replace(from, to)
@@ -145,6 +145,6 @@ fn bad_configuration_is_refused_naming_the_key() {
             "{what}: the agent started"
         );
     }
-    let (code, _) = vm_agent(&rig, "check-config", &rig.config(""), &[]);
+    let (code, _) = vm_agent(&rig, "check-config", &rig.config(), &[]);
     assert_eq!(code, Some(0));
 }

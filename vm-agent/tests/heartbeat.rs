@@ -15,7 +15,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 fn the_bootstrap_token_is_exchanged_once_for_a_credential() {
     let mut rig = Rig::new();
     rig.start_control();
-    let config = rig.config("");
+    let config = rig.config();
     let agent = rig.start_agent(&config, &[]);
     eventually(&agent, "three heartbeats", WITHIN, || {
         rig.heartbeats().len() >= 3
@@ -93,7 +93,7 @@ fn the_bootstrap_token_is_exchanged_once_for_a_credential() {
 fn heartbeats_carry_what_control_needs_and_nothing_else() {
     let mut rig = Rig::new();
     rig.start_control();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "a heartbeat with the tunnel up", WITHIN, || {
         rig.heartbeats()
             .iter()
@@ -139,7 +139,7 @@ fn heartbeats_carry_what_control_needs_and_nothing_else() {
 fn an_unreachable_control_neither_stops_the_tunnel_nor_floods_the_log() {
     let mut rig = Rig::new();
     rig.start_control();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "heartbeats", WITHIN, || rig.heartbeats().len() >= 2);
     rig.stop_control();
     eventually(&agent, "the failures noticed", WITHIN, || {

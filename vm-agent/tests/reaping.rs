@@ -69,7 +69,7 @@ fn orphans_cloudflared_leaves_behind_are_reaped() {
     let mut rig = Rig::new();
     rig.start_control();
     let binary = abandoning_cloudflared(&rig, "0.5");
-    let agent = rig.start_agent(&rig.config(""), &with_binary(&binary));
+    let agent = rig.start_agent(&rig.config(), &with_binary(&binary));
     eventually(&agent, "the tunnel up", WITHIN, || {
         rig.status()["tunnel"]["state"] == "ready"
     });
@@ -118,7 +118,7 @@ fn cloudflareds_exit_codes_still_reach_the_supervisor() {
     // Every run's orphan dies about when cloudflared itself exits, so the SIGCHLDs coincide.
     let binary = abandoning_cloudflared(&rig, "0.1");
     rig.script(&json!({"exit_after_ms": 100, "exit_code": 3}));
-    let agent = rig.start_agent(&rig.config(""), &with_binary(&binary));
+    let agent = rig.start_agent(&rig.config(), &with_binary(&binary));
     eventually(&agent, "six exits", WITHIN, || {
         exit_codes_logged(&agent.log()).len() >= 6
     });

@@ -17,7 +17,7 @@ fn a_missing_slice_is_reported_and_never_created() {
     rig.start_control();
     std::fs::remove_dir_all(rig.slice()).unwrap();
     rig.mount_table(None);
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "a heartbeat saying so", WITHIN, || {
         rig.heartbeats()
             .iter()
@@ -59,7 +59,7 @@ fn a_plain_directory_is_not_a_mounted_slice() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.mount_table(None);
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the missing state", WITHIN, || {
         rig.status()["slice"]["report"]["state"] == "missing"
     });
@@ -82,7 +82,7 @@ fn a_read_only_slice_is_reported() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.mount_slice(true);
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the read-only state", WITHIN, || {
         rig.heartbeats()
             .iter()
@@ -96,7 +96,7 @@ fn a_read_only_slice_is_reported() {
 fn a_mounted_slice_reports_its_room() {
     let mut rig = Rig::new();
     rig.start_control();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "a heartbeat with the slice", WITHIN, || {
         rig.heartbeats()
             .iter()

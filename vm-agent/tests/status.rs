@@ -15,7 +15,7 @@ use test_support::{have_program, workspace_bin};
 fn status_shows_a_support_engineer_what_is_going_on() {
     let mut rig = Rig::new();
     rig.start_control();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(
         &agent,
         "the tunnel up and a heartbeat",

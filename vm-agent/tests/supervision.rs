@@ -42,7 +42,7 @@ fn a_crashed_cloudflared_is_restarted() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"exit_after_ms": 300, "exit_code": 1}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "a restart", WITHIN, || rig.starts().len() >= 2);
     let status = rig.status();
     assert!(status["tunnel"]["restarts"].as_u64().unwrap() >= 1);
@@ -64,7 +64,7 @@ fn backoff_grows_and_is_capped() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"exit_after_ms": 0, "exit_code": 1}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "seven restarts", WITHIN, || {
         restarts_logged(&agent.log()).len() >= 7
     });
@@ -102,7 +102,7 @@ fn backoff_starts_over_only_after_a_stable_ready_period() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"exit_after_ms": 150, "exit_code": 1}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "three restarts", WITHIN, || {
         restarts_logged(&agent.log()).len() >= 3
     });
@@ -135,7 +135,7 @@ fn a_crash_loop_is_flagged_logged_and_reported() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"exit_after_ms": 0, "exit_code": 2}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the crash-loop flag", WITHIN, || {
         rig.status()["tunnel"]["crash_loop"] == true
     });
@@ -164,7 +164,7 @@ fn exit_255_is_not_retried_in_a_hot_loop() {
     let mut rig = Rig::new();
     rig.start_control();
     std::fs::write(rig.path("tunnel-token"), "invalid").unwrap();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the failed state", WITHIN, || {
         rig.status()["tunnel"]["state"] == "failed"
     });
@@ -190,7 +190,7 @@ fn exit_255_is_not_retried_in_a_hot_loop() {
 fn a_prolonged_loss_of_connections_restarts_it() {
     let mut rig = Rig::new();
     rig.start_control();
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the tunnel up", WITHIN, || {
         rig.status()["tunnel"]["state"] == "ready"
     });
@@ -230,7 +230,7 @@ fn stopping_the_agent_drains_cloudflared() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"drain_ms": 300}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the tunnel up", WITHIN, || {
         rig.status()["tunnel"]["state"] == "ready"
     });
@@ -262,7 +262,7 @@ fn a_cloudflared_ignoring_sigterm_is_killed_after_the_grace_period() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"ignore_sigterm": true}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the tunnel up", WITHIN, || {
         rig.status()["tunnel"]["state"] == "ready"
     });
@@ -305,7 +305,7 @@ fn the_token_is_in_no_command_line_and_no_log() {
         rig.script(&json!({"print_token": true}));
         let config = if from_env {
             // No token file: the agent takes TUNNEL_TOKEN and passes it in cloudflared's environment.
-            let path = rig.config("");
+            let path = rig.config();
             let text = std::fs::read_to_string(&path).unwrap();
             let text = text
                 .lines()
@@ -315,7 +315,7 @@ fn the_token_is_in_no_command_line_and_no_log() {
             std::fs::write(&path, text).unwrap();
             path
         } else {
-            rig.config("")
+            rig.config()
         };
         let env = if from_env {
             vec![("TUNNEL_TOKEN", TUNNEL_TOKEN.to_owned())]
@@ -361,7 +361,7 @@ fn cloudflared_does_not_inherit_the_agents_systemd_sockets() {
         ("NOTIFY_SOCKET", notify.display().to_string()),
         ("WATCHDOG_USEC", "1000000".to_owned()),
     ];
-    let agent = rig.start_agent(&rig.config(""), &env);
+    let agent = rig.start_agent(&rig.config(), &env);
     eventually(&agent, "cloudflared started", WITHIN, || {
         !rig.starts().is_empty()
     });
@@ -404,7 +404,7 @@ fn cloudflared_output_reaches_the_log_rate_limited() {
         "VM_AGENT_CLOUDFLARED__LOG_LINES_PER_MINUTE",
         "30".to_owned(),
     )];
-    let agent = rig.start_agent(&rig.config(""), &env);
+    let agent = rig.start_agent(&rig.config(), &env);
     eventually(&agent, "dropped lines reported", WITHIN, || {
         agent
             .log()
@@ -432,7 +432,7 @@ fn sigint_stops_the_agent_like_sigterm() {
     let mut rig = Rig::new();
     rig.start_control();
     rig.script(&json!({"drain_ms": 200}));
-    let agent = rig.start_agent(&rig.config(""), &[]);
+    let agent = rig.start_agent(&rig.config(), &[]);
     eventually(&agent, "the tunnel up", WITHIN, || {
         rig.status()["tunnel"]["state"] == "ready"
     });

@@ -43,6 +43,8 @@ pub struct AuditEvent {
     /// The destination account of a transfer.
     #[serde(default)]
     pub to_account_id: Option<String>,
+    /// The id control gave the request that caused the event (a caller's own `X-Request-Id`
+    /// is in `details.caller_request_id`).
     #[serde(default)]
     pub request_id: Option<String>,
     pub details: serde_json::Value,

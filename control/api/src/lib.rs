@@ -1,13 +1,15 @@
-//! Wire types exchanged with `control`: by the dashboard over the public API and, later, by
-//! `vm-agent` over the agent API.
+//! Wire types exchanged with `control`: by the dashboard over the public API and by `vm-agent`
+//! over the agent API.
 //!
-//! This crate holds types and their JSON shape only, never behaviour that needs the server, so
-//! the agent can depend on it without pulling in storage or HTTP code. Types change additively
+//! This crate holds types and their JSON shape only (and, in [`agent_config`], the TOML of the
+//! agent's config file), never behaviour that needs the server, so the agent can depend on it
+//! without pulling in storage or HTTP code. Types change additively
 //! (new fields are `Option` with `#[serde(default)]`) so an old agent keeps talking to a new
 //! control; `tests/golden.rs` pins the JSON of every type.
 
 pub mod accounts;
 pub mod agent;
+pub mod agent_config;
 pub mod agents;
 pub mod audit;
 pub mod images;
@@ -28,4 +30,37 @@ pub struct Health {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// The token of an `Authorization` header that reads `Bearer <token>`, as the dashboard and
+/// vm-agent send it; `None` for another scheme or no token. The scheme is matched without
+/// regard to case (RFC 7235 §2.1) and the token is trimmed.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens_are_read_with_any_case_of_the_scheme() {
+        for (header, token) in [
+            ("Bearer ctl_x", Some("ctl_x")),
+            ("bearer ctl_x", Some("ctl_x")),
+            ("BEARER ctl_x", Some("ctl_x")),
+            ("BeArEr   ctl_x  ", Some("ctl_x")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearer    ", None),
+            ("Basic dXNlcjpwYXNz", None),
+            ("Bearerctl_x", None),
+            ("Bearer:ctl_x", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_token(header), token, "{header:?}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use control_api::agent::{
     Heartbeat, HeartbeatAck, HostMetrics, RegisterRequest, RegisterResponse, SliceReport,
     SliceState, TunnelReport, TunnelState,
 };
+use control_api::agent_config::{AgentToml, CloudflaredToml, HeartbeatToml, SliceToml};
 use control_api::agents::{
     Agent, AgentList, AgentOperation, AgentState, ImagePin, PeriodState, ProvisionAgent,
     StatePeriod, Timeline, TransferAgent,
@@ -347,4 +348,65 @@ fn the_agent_protocol() {
         }
     );
     assert!(!redacted.contains("secret-bootstrap"), "{redacted}");
+}
+
+/// An `agent.toml` with every key set.
+fn agent_toml() -> AgentToml {
+    AgentToml {
+        agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+        image_version: "2026.11.0".to_owned(),
+        control_url: "https://control.example".to_owned(),
+        allow_insecure_control: Some(false),
+        bootstrap_token_file: Some("/etc/vm-agent/bootstrap-token".into()),
+        credential_file: Some("/var/lib/vm-agent/credential".into()),
+        status_socket: Some("/run/vm-agent/status.sock".into()),
+        log_level: Some("debug".to_owned()),
+        cloudflared: CloudflaredToml {
+            binary: Some("/usr/bin/cloudflared".into()),
+            token_file: Some("/etc/vm-agent/tunnel-token".into()),
+            metrics: Some("127.0.0.1:20241".to_owned()),
+            extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+            ready_poll_ms: Some(2_000),
+            unready_restart_after_s: Some(120),
+            stop_grace_s: Some(35),
+            backoff_initial_ms: Some(1_000),
+            backoff_max_ms: Some(60_000),
+            stable_after_s: Some(120),
+            crash_loop_restarts: Some(5),
+            crash_loop_window_s: Some(600),
+            failed_retry_s: Some(300),
+            log_lines_per_minute: Some(120),
+        },
+        slice: SliceToml {
+            path: Some("/data/home-coder".into()),
+            owner: Some("coder".to_owned()),
+            mountinfo: Some("/proc/self/mountinfo".into()),
+            check_interval_s: Some(30),
+            nearly_full_percent: Some(95),
+        },
+        heartbeat: HeartbeatToml {
+            interval_s: Some(30),
+            timeout_s: Some(10),
+            backoff_max_s: Some(300),
+        },
+    }
+}
+
+/// vm-agent reads the file control writes through the same type; this pins its text, which
+/// agents of earlier images must keep reading (they refuse unknown keys).
+#[test]
+fn the_agent_config_file() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/agent.toml");
+    let rendered = agent_toml().to_toml().unwrap();
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(rendered, golden, "the text of agent.toml changed");
+    assert_eq!(
+        toml::from_str::<AgentToml>(&golden).unwrap(),
+        agent_toml(),
+        "agent.toml does not read back"
+    );
 }

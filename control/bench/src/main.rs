@@ -366,7 +366,7 @@ async fn seed(url: &str, count: usize) -> anyhow::Result<Vec<Agent>> {
             .await?;
             control::ledger::open(
                 &mut tx,
-                &id,
+                control::ledger::ResourceRef::agent(&id),
                 &account,
                 PeriodState::Paused,
                 Timestamp::from_millis(provisioned),
@@ -388,7 +388,7 @@ async fn seed(url: &str, count: usize) -> anyhow::Result<Vec<Agent>> {
             );
             control::ledger::switch(
                 &mut tx,
-                &id,
+                control::ledger::ResourceRef::agent(&id),
                 &account,
                 PeriodState::Running,
                 Timestamp::from_millis(provisioned + 1_000),

@@ -45,6 +45,7 @@ pub async fn rebootstrap(app: &App, caller: &Caller, id: &str) -> Result<Bootstr
             account_id: &agent.account_id,
             to_account_id: None,
             request_id: Some(&caller.request_id),
+            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({ "expires_at": expires_at }),
         },
     )

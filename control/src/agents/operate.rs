@@ -55,6 +55,7 @@ pub async fn request(
             account_id: &before.account_id,
             to_account_id: None,
             request_id: Some(&caller.request_id),
+            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({}),
         },
     )

@@ -113,6 +113,7 @@ pub async fn provision(
             account_id,
             to_account_id: None,
             request_id: Some(&caller.request_id),
+            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({
                 "name": request.name,
                 "provider": provider,

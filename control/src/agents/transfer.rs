@@ -73,6 +73,7 @@ pub async fn transfer(
             account_id: &before.account_id,
             to_account_id: Some(to),
             request_id: Some(&caller.request_id),
+            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({ "state": open.state }),
         },
     )

@@ -1,5 +1,5 @@
 //! The background work of `control serve`, each a task driven by a shutdown signal: the job
-//! runner, the usage rollup (and the sweep of old Idempotency-Key answers), ingestion's
+//! runner, the usage rollup (and the sweep of old Idempotency-Key records), ingestion's
 //! upkeep and the reconciler. Each duty is an idempotent reconciler, safe to run on every
 //! replica at once, twice, or after a crash, and to stop at any point.
 //!
@@ -21,7 +21,6 @@ use crate::app::App;
 use crate::jobs;
 
 pub use reconciler::reconcile;
-pub use rollup::IDEMPOTENCY_RETENTION;
 
 /// How often each duty runs.
 #[derive(Clone, Copy, Debug)]

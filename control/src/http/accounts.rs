@@ -7,12 +7,10 @@ use control_api::accounts::{Account, CreateAccount, CreateToken, CreatedToken};
 use control_api::images::{Image, ImageList, RegisterImage, SetCurrentImage};
 use control_api::problem::Problem;
 
-use super::error::ApiError;
+use super::error::Answer;
 use super::extract::{ApiJson, Idempotency, Operator};
 use crate::app::App;
 use crate::{accounts, images};
-
-type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 /// Create an account (operators only).
 #[utoipa::path(

@@ -11,12 +11,10 @@ use control_api::problem::Problem;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::error::ApiError;
+use super::error::{Answer, ApiError};
 use super::extract::{ApiJson, ApiQuery, Idempotency};
 use crate::agents as lifecycle;
 use crate::app::{App, Caller};
-
-type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! The one HTTP error type. Every 4xx and 5xx leaves as `application/problem+json` (RFC 9457);
 //! internal errors are logged whole, with the request id, and shown as a generic 500.
 
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use control_api::problem::{FieldError, PROBLEM_JSON, Problem};
@@ -8,6 +9,9 @@ use tracing::error;
 
 use crate::error::Error;
 use crate::store::StoreError;
+
+/// What a JSON handler answers: a status and a body, or a problem.
+pub(super) type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 /// A problem answer under construction.
 #[derive(Debug)]

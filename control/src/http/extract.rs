@@ -11,9 +11,15 @@ use crate::app::Caller;
 use crate::auth::Principal;
 use crate::idempotency::IdempotencyKey;
 
-/// The request id every log line and problem document carries (see `http::request_id`).
+/// The request's ids (see `http::middleware::request_id`).
 #[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub struct RequestId {
+    /// Ours, new for every request: every log line, audit event and problem document carries it.
+    pub id: String,
+    /// What the caller sent as `X-Request-Id`, if it was sane: kept beside ours, for the caller
+    /// to find its request again.
+    pub caller: Option<String>,
+}
 
 /// A JSON body: `application/json`, syntactically valid (else 400), and of the expected shape
 /// (else 422 naming the field: unknown, missing or of the wrong type).
@@ -138,8 +144,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Principal>()
             .cloned()
             .ok_or_else(|| ApiError::unauthorized("this endpoint needs a bearer token"))?;
-        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        Ok(Caller::new(principal, request_id))
+        let ids = parts.extensions.get::<RequestId>();
+        let mut caller = Caller::new(principal, ids.map(|ids| ids.id.clone()));
+        caller.caller_request_id = ids.and_then(|ids| ids.caller.clone());
+        Ok(caller)
     }
 }
 

@@ -20,19 +20,29 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Largest problem body this layer rewrites (problem documents are small).
 const PROBLEM_LIMIT: usize = 64 * 1024;
 
-/// Gives every request an id (the caller's `X-Request-Id` if it is sane, else a new one),
-/// runs it inside a span carrying that id, echoes the id back, and logs the outcome.
+/// Gives every request an id of ours, runs it inside a span carrying that id, answers with it
+/// in `X-Request-Id`, and logs the outcome. A caller's own `X-Request-Id` (if it is sane) is
+/// kept beside ours as `caller_request_id`, never taken for ours: logs and audit events must
+/// not carry an id a caller chose, nor two requests share one.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
+    let caller = request
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| new_id(prefix::REQUEST), str::to_owned);
-    request.extensions_mut().insert(RequestId(id.clone()));
+        .map(str::to_owned);
+    let id = new_id(prefix::REQUEST);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let span = info_span!("request", request_id = %id);
+    let span = info_span!(
+        "request",
+        request_id = %id,
+        caller_request_id = caller.as_deref().map(tracing::field::display),
+    );
+    request.extensions_mut().insert(RequestId {
+        id: id.clone(),
+        caller,
+    });
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     span.in_scope(|| {
@@ -56,7 +66,10 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
 /// it: our handlers, axum's own rejections (405, 413) or the fallback.
 pub async fn problem_context(request: Request, next: Next) -> Response {
     let instance = request.uri().path().to_owned();
-    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.id.clone());
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -105,11 +118,11 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return ApiError::unauthorized("send `Authorization: Bearer <token>`").into_response();
     };
-    let Some(bearer) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+    let Some(bearer) = value.to_str().ok().and_then(control_api::bearer_token) else {
         return ApiError::unauthorized("the Authorization header must read `Bearer <token>`")
             .into_response();
     };
-    let Some((token_id, secret)) = auth::parse_bearer(bearer.trim()) else {
+    let Some((token_id, secret)) = auth::parse_bearer(bearer) else {
         return ApiError::unauthorized("the bearer token is not a control token").into_response();
     };
     let token = match app.store.read().await {

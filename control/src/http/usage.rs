@@ -10,14 +10,12 @@ use control_api::usage::UsageReport;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::error::ApiError;
+use super::error::Answer;
 use super::extract::{ApiQuery, Operator};
 use crate::app::{App, Caller};
 use crate::audit;
 use crate::error::Error;
 use crate::ledger::report as usage;
-
-type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

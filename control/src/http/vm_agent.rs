@@ -68,7 +68,7 @@ pub(super) async fn heartbeat(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(control_api::bearer_token)
         .ok_or_else(|| {
             app.ingest
                 .stats
@@ -76,7 +76,7 @@ pub(super) async fn heartbeat(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ApiError::unauthorized("send `Authorization: Bearer <agent credential>`")
         })?;
-    let agent_id = app.ingest.authenticate_heartbeat(bearer.trim()).await?;
+    let agent_id = app.ingest.authenticate_heartbeat(bearer).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -122,7 +122,7 @@ impl Ingest {
                 .is_some();
             }
         }
-        let written = tx.write_liveness(std::slice::from_ref(&row), true).await?;
+        let written = tx.write_liveness(std::slice::from_ref(&row)).await?;
         tx.commit().await?;
         self.stats.transitions.fetch_add(1, Ordering::Relaxed);
         self.count_written(written.len());

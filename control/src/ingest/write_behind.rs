@@ -31,7 +31,7 @@ impl Ingest {
         let mut total = 0;
         for chunk in rows.chunks(LIVENESS_BATCH) {
             let mut tx = self.store.write().await?;
-            let written = tx.write_liveness(chunk, true).await?;
+            let written = tx.write_liveness(chunk).await?;
             tx.commit().await?;
             total += written.len();
             self.count_written(written.len());

@@ -381,9 +381,7 @@ mod tests {
         response
     }
 
-    async fn provider(
-        answers: Vec<Canned>,
-    ) -> (String, Shared) {
+    async fn provider(answers: Vec<Canned>) -> (String, Shared) {
         let script = Arc::new(Mutex::new(Script {
             answers: answers.into(),
             seen: Vec::new(),

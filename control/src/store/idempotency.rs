@@ -36,7 +36,8 @@ impl Tx {
         now: i64,
         locked_until: i64,
     ) -> Result<IdempotencyClaim> {
-        // A concurrent release can delete the row between our insert and our read: try again.
+        // A concurrent release or purge can delete the row between our insert and our read or
+        // our takeover: try again.
         for _ in 0..3 {
             let inserted = on_conn!(self, conn => sqlx::query(
                 "INSERT INTO idempotency_keys (principal, idem_key, request_hash, claim_token, status,
@@ -87,11 +88,10 @@ impl Tx {
             .execute(conn)
             .await
                 .map(|done| done.rows_affected()))?;
-            return Ok(if taken == 1 {
-                IdempotencyClaim::Claimed
-            } else {
-                IdempotencyClaim::InFlight
-            });
+            if taken == 1 {
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            // Taken over by a concurrent retry, or purged by the sweep: look again.
         }
         Ok(IdempotencyClaim::InFlight)
     }
@@ -142,12 +142,17 @@ impl Tx {
         Ok(released == 1)
     }
 
-    /// Forgets keys created before `before`; returns how many.
-    pub async fn purge_idempotency_keys(&mut self, before: i64) -> Result<u64> {
+    /// Forgets answered keys created before `answered_before`, and claims left without an
+    /// answer whose lease ended before `now` (their request failed and its release did not
+    /// happen). Never a claim whose lease still runs. Returns how many.
+    pub async fn purge_idempotency_keys(&mut self, answered_before: i64, now: i64) -> Result<u64> {
         let result = on_conn!(self, conn => sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < $1 AND status IS NOT NULL",
+            "DELETE FROM idempotency_keys
+             WHERE (status IS NOT NULL AND created_at < $1)
+                OR (status IS NULL AND locked_until < $2)",
         )
-        .bind(before)
+        .bind(answered_before)
+        .bind(now)
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;

@@ -24,12 +24,9 @@ pub const LIVENESS_BATCH: usize = 500;
 impl Tx {
     /// Writes liveness rows in one statement. A row only replaces one that is not newer, so a
     /// replica writing behind never takes an Agent back from the replica that saw it last.
-    /// `healthy` rows also clear the unhealthy mark. Returns the Agents actually written.
-    pub async fn write_liveness(
-        &mut self,
-        rows: &[LivenessRow],
-        healthy: bool,
-    ) -> Result<Vec<String>> {
+    /// A row written clears the unhealthy mark: the Agent was heard from. Returns the Agents
+    /// actually written.
+    pub async fn write_liveness(&mut self, rows: &[LivenessRow]) -> Result<Vec<String>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -56,12 +53,9 @@ impl Tx {
                    last_seen_at = excluded.last_seen_at, boot_id = excluded.boot_id,
                    sequence = excluded.sequence, agent_version = excluded.agent_version,
                    tunnel_state = excluded.tunnel_state, slice_state = excluded.slice_state,
-                   report = excluded.report",
+                   report = excluded.report, unhealthy_since = NULL
+                 WHERE agent_liveness.last_seen_at <= excluded.last_seen_at RETURNING agent_id",
             );
-            if healthy {
-                query.push(", unhealthy_since = NULL");
-            }
-            query.push(" WHERE agent_liveness.last_seen_at <= excluded.last_seen_at RETURNING agent_id");
             query.build_query_scalar().fetch_all(conn).await
         })?;
         Ok(written)

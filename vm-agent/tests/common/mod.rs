@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use control_api::agent_config::{
+    AgentToml, CloudflaredToml, HeartbeatToml, SUPERVISOR_ONLY_ENV, SliceToml,
+};
 use serde_json::Value;
 use test_support::{Daemon, free_port, workspace_bin};
 
@@ -80,9 +83,8 @@ impl Rig {
         std::fs::rename(temp, path).unwrap();
     }
 
-    /// The agent's configuration with fast timings, plus `extra` lines (top-level keys first).
-    pub fn config(&self, extra: &str) -> PathBuf {
-        let (top, sections) = extra.split_once("\n[").map_or((extra, ""), |(t, s)| (t, s));
+    /// The agent's configuration with fast timings, written to `agent.toml`.
+    pub fn config(&self) -> PathBuf {
         let uid = std::fs::metadata(self.dir.path())
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
             .unwrap();
@@ -90,51 +92,48 @@ impl Rig {
             .unwrap()
             .unwrap()
             .name;
-        let text = format!(
-            r#"agent_id = "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ"
-image_version = "2026.11.0"
-control_url = "http://127.0.0.1:{control}"
-allow_insecure_control = true
-bootstrap_token_file = "{dir}/bootstrap-token"
-credential_file = "{dir}/state/credential"
-status_socket = "{dir}/run/status.sock"
-{top}
-
-[cloudflared]
-binary = "{cloudflared}"
-token_file = "{dir}/tunnel-token"
-metrics = "127.0.0.1:{metrics}"
-ready_poll_ms = 100
-unready_restart_after_s = 1
-stop_grace_s = 2
-backoff_initial_ms = 100
-backoff_max_ms = 800
-stable_after_s = 1
-crash_loop_restarts = 4
-crash_loop_window_s = 60
-failed_retry_s = 30
-
-[slice]
-path = "{slice}"
-owner = "{owner}"
-mountinfo = "{dir}/mountinfo"
-check_interval_s = 1
-
-[heartbeat]
-# Control answers with 1 s: heartbeats every second prove the agent follows control's interval.
-interval_s = 30
-timeout_s = 2
-backoff_max_s = 2
-{sections_prefix}{sections}"#,
-            control = self.control_port,
-            dir = self.dir.path().display(),
-            cloudflared = workspace_bin("stand-in-cloudflared").display(),
-            metrics = self.metrics_port,
-            slice = self.slice().display(),
-            sections_prefix = if sections.is_empty() { "" } else { "[" },
-        );
+        let file = AgentToml {
+            agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            control_url: format!("http://127.0.0.1:{}", self.control_port),
+            allow_insecure_control: Some(true),
+            bootstrap_token_file: Some(self.path("bootstrap-token")),
+            credential_file: Some(self.path("state/credential")),
+            status_socket: Some(self.path("run/status.sock")),
+            log_level: None,
+            cloudflared: CloudflaredToml {
+                binary: Some(workspace_bin("stand-in-cloudflared")),
+                token_file: Some(self.path("tunnel-token")),
+                metrics: Some(format!("127.0.0.1:{}", self.metrics_port)),
+                extra_args: Vec::new(),
+                ready_poll_ms: Some(100),
+                unready_restart_after_s: Some(1),
+                stop_grace_s: Some(2),
+                backoff_initial_ms: Some(100),
+                backoff_max_ms: Some(800),
+                stable_after_s: Some(1),
+                crash_loop_restarts: Some(4),
+                crash_loop_window_s: Some(60),
+                failed_retry_s: Some(30),
+                log_lines_per_minute: None,
+            },
+            slice: SliceToml {
+                path: Some(self.slice()),
+                owner: Some(owner),
+                mountinfo: Some(self.path("mountinfo")),
+                check_interval_s: Some(1),
+                nearly_full_percent: None,
+            },
+            // Control answers with 1 s: heartbeats every second prove the agent follows
+            // control's interval.
+            heartbeat: HeartbeatToml {
+                interval_s: Some(30),
+                timeout_s: Some(2),
+                backoff_max_s: Some(2),
+            },
+        };
         let path = self.path("agent.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, file.to_toml().unwrap()).unwrap();
         path
     }
 
@@ -175,11 +174,10 @@ backoff_max_s = 2
             .args(["run", "--config"])
             .arg(config)
             .env("STAND_IN_CLOUDFLARED_SCRIPT", self.path("script.json"))
-            .env("STAND_IN_CLOUDFLARED_LOG", self.path("launches.jsonl"))
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("TUNNEL_TOKEN");
+            .env("STAND_IN_CLOUDFLARED_LOG", self.path("launches.jsonl"));
+        for name in SUPERVISOR_ONLY_ENV {
+            command.env_remove(name);
+        }
         for (name, value) in env {
             command.env(name, value);
         }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use control_api::agent_config::SUPERVISOR_ONLY_ENV;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
@@ -111,13 +112,12 @@ pub(super) fn spawn_agent(
         .arg("run")
         .arg("--config")
         .arg(vm_dir.join("agent.toml"))
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("TUNNEL_TOKEN")
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err);
+    for name in SUPERVISOR_ONLY_ENV {
+        command.env_remove(name);
+    }
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let child = command.spawn().map_err(|e| {
         ProviderError::permanent(format!("cannot start {}: {e}", config.vm_agent.display()))

@@ -339,6 +339,44 @@ pub(super) mod tests {
         provider.delete_server(&id).await.unwrap();
     }
 
+    /// A VM's `agent.toml` is written through vm-agent's own file type, so it reads back as
+    /// what was meant (vm-agent's side: `config::tests` in vm-agent).
+    #[test]
+    fn a_vm_is_laid_out_with_an_agent_toml_that_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LocalVmConfig {
+            vm_agent: "/bin/true".into(),
+            cloudflared: "/bin/true".into(),
+            control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            heartbeat_interval: Duration::from_secs(3),
+        };
+        let identity = AgentIdentity {
+            agent_id: "agt_1".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+        };
+        super::super::vm::lay_out(dir.path(), &identity, &config).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
+        let file: control_api::agent_config::AgentToml = toml::from_str(&text).unwrap();
+        assert_eq!(
+            (
+                file.agent_id.as_str(),
+                file.image_version.as_str(),
+                file.control_url.as_str()
+            ),
+            ("agt_1", "2026.11.0", "http://127.0.0.1:9")
+        );
+        assert_eq!(
+            file.cloudflared.token_file,
+            Some(dir.path().join("tunnel-token"))
+        );
+        assert_eq!(file.slice.path, Some(dir.path().join("data/home-coder")));
+        assert_eq!(
+            (file.heartbeat.interval_s, file.heartbeat.backoff_max_s),
+            (Some(3), Some(30))
+        );
+        assert!(dir.path().join("data/home-coder").is_dir());
+    }
+
     /// Two changes of one VM on a single runtime thread: the second waits for the first,
     /// which holds the lock across `.await`s, without parking the only thread. (A blocking
     /// `flock` here hung both replicas of the end-to-end test.)

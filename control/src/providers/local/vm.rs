@@ -1,10 +1,10 @@
 //! A local VM's record (`vm.json`), its lock file, and the directory cloud-init would fill.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
+use control_api::agent_config::{AgentToml, CloudflaredToml, HeartbeatToml, SliceToml};
 use control_api::usage::ResourceKind;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -236,43 +236,41 @@ pub(super) fn lay_out(
         .get(hash % config.control_urls.len().max(1))
         .cloned()
         .unwrap_or_default();
-    let dir = vm_dir.display();
-    let mut toml = String::new();
-    let _ = write!(
-        toml,
-        r#"# Written by control's local provider: what cloud-init would deliver to a real VM.
-agent_id = "{agent_id}"
-image_version = "{image}"
-control_url = "{control_url}"
-allow_insecure_control = true
-bootstrap_token_file = "{dir}/bootstrap-token"
-credential_file = "{dir}/state/credential"
-status_socket = "{dir}/status.sock"
-
-[cloudflared]
-binary = "{cloudflared}"
-token_file = "{dir}/tunnel-token"
-metrics = "127.0.0.1:{port}"
-extra_args = ["--grace-period", "1s"]
-stop_grace_s = 5
-
-[slice]
-path = "{slice}"
-owner = "{owner}"
-mountinfo = "{dir}/mountinfo"
-
-[heartbeat]
-interval_s = {interval}
-backoff_max_s = {backoff_max}
-"#,
-        agent_id = identity.agent_id,
-        image = identity.image_version,
-        cloudflared = config.cloudflared.display(),
-        port = free_port()?,
-        slice = slice.display(),
-        interval = config.heartbeat_interval.as_secs().max(1),
-        // A local control restarts in seconds: retry well within the health window.
-        backoff_max = (config.heartbeat_interval.as_secs() * 10).max(10),
+    let file = AgentToml {
+        agent_id: identity.agent_id.clone(),
+        image_version: identity.image_version.clone(),
+        control_url,
+        allow_insecure_control: Some(true),
+        bootstrap_token_file: Some(vm_dir.join("bootstrap-token")),
+        credential_file: Some(vm_dir.join("state/credential")),
+        status_socket: Some(vm_dir.join("status.sock")),
+        log_level: None,
+        cloudflared: CloudflaredToml {
+            binary: Some(config.cloudflared.clone()),
+            token_file: Some(vm_dir.join("tunnel-token")),
+            metrics: Some(format!("127.0.0.1:{}", free_port()?)),
+            extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+            stop_grace_s: Some(5),
+            ..CloudflaredToml::default()
+        },
+        slice: SliceToml {
+            path: Some(slice),
+            owner: Some(owner),
+            mountinfo: Some(vm_dir.join("mountinfo")),
+            ..SliceToml::default()
+        },
+        heartbeat: HeartbeatToml {
+            interval_s: Some(config.heartbeat_interval.as_secs().max(1)),
+            // A local control restarts in seconds: retry well within the health window.
+            backoff_max_s: Some((config.heartbeat_interval.as_secs() * 10).max(10)),
+            ..HeartbeatToml::default()
+        },
+    };
+    let text = file
+        .to_toml()
+        .map_err(|e| transient("writing the config of", vm_dir, e))?;
+    let toml = format!(
+        "# Written by control's local provider: what cloud-init would deliver to a real VM.\n{text}"
     );
     std::fs::write(vm_dir.join("agent.toml"), toml)
         .map_err(|e| transient("writing the config of", vm_dir, e))

@@ -94,7 +94,7 @@ async fn heartbeat(
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(control_api::bearer_token)
         .unwrap_or_default();
     let known = control
         .bootstraps

@@ -1,0 +1,346 @@
+//! Configuration: defaults, then the file (`/etc/vm-agent/agent.toml` or `--config`), then
+//! `VM_AGENT_*` environment variables, nested keys joined with `__`
+//! (`VM_AGENT_CLOUDFLARED__BINARY`). The tunnel token may come from `TUNNEL_TOKEN` instead of
+//! a file.
+//!
+//! The file's keys and their types are `control_api::agent_config::AgentToml`, the very type
+//! control writes the file with; this module adds the defaults, the environment and the checks.
+//!
+//! Everything is read and validated before anything starts, and every error names the key and
+//! where it came from. This file reads the inputs and merges them; `validate.rs` turns the
+//! merged file into a [`Config`], key by key, with the defaults. Tests build a [`Source`] by
+//! hand; nothing here reads the process environment except [`Source::from_process`].
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use control_api::agent_config::AgentToml;
+use validate::validate;
+
+/// Where the config file is by default.
+pub const DEFAULT_PATH: &str = "/etc/vm-agent/agent.toml";
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "VM_AGENT_";
+/// The environment variable cloudflared itself reads its token from.
+pub use control_api::agent_config::TUNNEL_TOKEN_ENV;
+
+/// The raw inputs: the file's text (with its path) and the environment.
+#[derive(Clone, Default)]
+pub struct Source {
+    pub file: Option<(PathBuf, String)>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The environment may hold the tunnel token: show names only.
+        f.debug_struct("Source")
+            .field("file", &self.file.as_ref().map(|(path, _)| path))
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Source {
+    /// Reads `path` and this process's `VM_AGENT_*` and `TUNNEL_TOKEN` variables.
+    #[allow(clippy::disallowed_methods)] // the one place that reads the process environment
+    pub fn from_process(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: "--config".to_owned(),
+            origin: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let env = std::env::vars()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) || name == TUNNEL_TOKEN_ENV)
+            .collect();
+        Ok(Self {
+            file: Some((path.to_owned(), text)),
+            env,
+        })
+    }
+}
+
+/// A configuration error: which key, from where, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: `{key}` {message}")]
+pub struct ConfigError {
+    pub key: String,
+    /// The file or environment variable the value came from.
+    pub origin: String,
+    pub message: String,
+}
+
+/// How cloudflared gets its tunnel token. Never on its command line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TunnelToken {
+    /// Passed as `--token-file`.
+    File(PathBuf),
+    /// Passed in cloudflared's environment as `TUNNEL_TOKEN`.
+    Environment(String),
+}
+
+impl fmt::Debug for TunnelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Environment(_) => f.write_str("Environment([redacted])"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cloudflared {
+    pub binary: PathBuf,
+    pub token: TunnelToken,
+    /// Where cloudflared serves `/ready` and `/metrics`; always a loopback address.
+    pub metrics: SocketAddr,
+    pub extra_args: Vec<String>,
+    pub ready_poll: Duration,
+    /// How long it may stay without ready connections before it is restarted.
+    pub unready_restart_after: Duration,
+    /// Between SIGTERM and SIGKILL when stopping it.
+    pub stop_grace: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Ready for this long in one run: the backoff starts over.
+    pub stable_after: Duration,
+    /// This many restarts within `crash_loop_window` is a crash loop.
+    pub crash_loop_restarts: u32,
+    pub crash_loop_window: Duration,
+    /// The wait after a permanent failure (exit 255: usage error or invalid token).
+    pub failed_retry: Duration,
+    /// How many of cloudflared's stderr lines reach the log per minute.
+    pub log_lines_per_minute: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub path: PathBuf,
+    pub owner: String,
+    pub owner_uid: u32,
+    /// The mount table read to tell a mount point from a plain directory.
+    pub mountinfo: PathBuf,
+    pub check_interval: Duration,
+    pub nearly_full_percent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Until control says otherwise.
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Ceiling of the jittered backoff while control is unreachable.
+    pub backoff_max: Duration,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub agent_id: String,
+    pub image_version: String,
+    pub control_url: String,
+    pub bootstrap_token_file: PathBuf,
+    pub credential_file: PathBuf,
+    pub status_socket: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub cloudflared: Cloudflared,
+    pub slice: Slice,
+    pub heartbeat: Heartbeat,
+}
+
+impl Config {
+    /// Reads and validates the configuration; checks the files it names can be read.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let file_origin = source.file.as_ref().map_or_else(
+            || "defaults".to_owned(),
+            |(path, _)| path.display().to_string(),
+        );
+        let mut table = match &source.file {
+            Some((_, text)) => toml::from_str::<toml::Table>(text).map_err(|e| ConfigError {
+                key: e
+                    .span()
+                    .and_then(|span| text.get(span))
+                    .map_or_else(|| "(file)".to_owned(), |s| s.trim().to_owned()),
+                origin: file_origin.clone(),
+                message: e.message().to_owned(),
+            })?,
+            None => toml::Table::new(),
+        };
+        let mut from_env = BTreeMap::new();
+        for (name, value) in &source.env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            from_env.insert(path.join("."), name.clone());
+            insert(&mut table, &path, value.clone());
+        }
+        let origin_of = |key: &str| {
+            from_env
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map_or_else(|| file_origin.clone(), |(_, name)| name.clone())
+        };
+        let raw: AgentToml =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let message = e.inner().to_string();
+                let key = field_name(&e.path().to_string(), &message);
+                ConfigError {
+                    origin: origin_of(&key),
+                    key,
+                    message,
+                }
+            })?;
+        let fail = |key: &str, message: String| ConfigError {
+            key: key.to_owned(),
+            origin: origin_of(key),
+            message,
+        };
+        validate(raw, source, &fail)
+    }
+}
+
+/// Sets `path` in `table` to the text `value`, creating tables on the way.
+fn insert(table: &mut toml::Table, path: &[String], value: String) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), toml::Value::String(value));
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// The key a deserialization error is about (a missing key is reported at its parent).
+fn field_name(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (parent, missing) {
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use control_api::agent_config::{CloudflaredToml, HeartbeatToml, SliceToml};
+
+    use super::*;
+
+    /// The file control writes, through the type it writes it with, is the configuration
+    /// vm-agent runs with: every key written is read, none is lost or renamed on the way.
+    #[test]
+    fn a_written_agent_toml_loads_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        for name in ["bootstrap-token", "tunnel-token", "cloudflared"] {
+            std::fs::write(path(name), "x").unwrap();
+        }
+        let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        let file = AgentToml {
+            agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            control_url: "http://127.0.0.1:9/".to_owned(),
+            allow_insecure_control: Some(true),
+            bootstrap_token_file: Some(path("bootstrap-token")),
+            credential_file: Some(path("state/credential")),
+            status_socket: Some(path("status.sock")),
+            log_level: Some("debug".to_owned()),
+            cloudflared: CloudflaredToml {
+                binary: Some(path("cloudflared")),
+                token_file: Some(path("tunnel-token")),
+                metrics: Some("127.0.0.1:20999".to_owned()),
+                extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+                ready_poll_ms: Some(100),
+                unready_restart_after_s: Some(1),
+                stop_grace_s: Some(2),
+                backoff_initial_ms: Some(100),
+                backoff_max_ms: Some(800),
+                stable_after_s: Some(3),
+                crash_loop_restarts: Some(4),
+                crash_loop_window_s: Some(60),
+                failed_retry_s: Some(30),
+                log_lines_per_minute: Some(7),
+            },
+            slice: SliceToml {
+                path: Some(path("data/home-coder")),
+                owner: Some(owner.name.clone()),
+                mountinfo: Some(path("mountinfo")),
+                check_interval_s: Some(5),
+                nearly_full_percent: Some(90),
+            },
+            heartbeat: HeartbeatToml {
+                interval_s: Some(11),
+                timeout_s: Some(2),
+                backoff_max_s: Some(12),
+            },
+        };
+        let source = Source {
+            file: Some((path("agent.toml"), file.to_toml().unwrap())),
+            env: BTreeMap::new(),
+        };
+        let config = Config::load(&source).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                agent_id: file.agent_id.clone(),
+                image_version: file.image_version.clone(),
+                control_url: "http://127.0.0.1:9".to_owned(),
+                bootstrap_token_file: path("bootstrap-token"),
+                credential_file: path("state/credential"),
+                status_socket: path("status.sock"),
+                log_level: log::LevelFilter::Debug,
+                cloudflared: Cloudflared {
+                    binary: path("cloudflared"),
+                    token: TunnelToken::File(path("tunnel-token")),
+                    metrics: "127.0.0.1:20999".parse().unwrap(),
+                    extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
+                    ready_poll: Duration::from_millis(100),
+                    unready_restart_after: Duration::from_secs(1),
+                    stop_grace: Duration::from_secs(2),
+                    backoff_initial: Duration::from_millis(100),
+                    backoff_max: Duration::from_millis(800),
+                    stable_after: Duration::from_secs(3),
+                    crash_loop_restarts: 4,
+                    crash_loop_window: Duration::from_mins(1),
+                    failed_retry: Duration::from_secs(30),
+                    log_lines_per_minute: 7,
+                },
+                slice: Slice {
+                    path: path("data/home-coder"),
+                    owner: owner.name,
+                    owner_uid: owner.uid.as_raw(),
+                    mountinfo: path("mountinfo"),
+                    check_interval: Duration::from_secs(5),
+                    nearly_full_percent: 90,
+                },
+                heartbeat: Heartbeat {
+                    interval: Duration::from_secs(11),
+                    timeout: Duration::from_secs(2),
+                    backoff_max: Duration::from_secs(12),
+                },
+            }
+        );
+    }
+}
