@@ -17,6 +17,7 @@ use test_support::{TestDb, dual_backend_tests};
 dual_backend_tests!(
     a_spent_bootstrap_token_is_never_armed_again,
     only_an_operator_re_bootstraps_and_it_is_audited,
+    an_operators_token_supersedes_every_earlier_one,
     the_bootstrap_token_is_exchanged_once,
     heartbeats_need_the_agents_own_credential,
     a_heartbeat_records_a_paused_agent_running,
@@ -212,6 +213,35 @@ async fn only_an_operator_re_bootstraps_and_it_is_audited(db: TestDb) {
         .await
         .problem(409, None);
     assert_eq!(h.snapshot().await, before);
+}
+
+async fn an_operators_token_supersedes_every_earlier_one(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let agent = h.agent(&token, "dev").await;
+    let first = h.local.vm(&agent).unwrap().bootstrap_token.unwrap();
+    // A provisioning retry armed a second token; the first stays good beside it...
+    let (second, hash) = control::ingest::new_bootstrap_token().unwrap();
+    let now = h.now().as_millis();
+    let mut tx = h.app.store.write().await.unwrap();
+    assert!(
+        tx.put_bootstrap(&agent, &hash, now, now + 3_600_000)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    // ...until an operator issues a fresh one, which is then the only one.
+    let issued = h
+        .post(
+            &format!("/api/agents/{agent}/bootstrap-token"),
+            &h.operator,
+            json!({}),
+        )
+        .await;
+    assert_eq!(issued.status, 201, "{:#}", issued.body);
+    register(&h, &agent, &first).await.problem(401, None);
+    register(&h, &agent, &second).await.problem(401, None);
+    let fresh = issued.body["bootstrap_token"].as_str().unwrap();
+    assert_eq!(register(&h, &agent, fresh).await.status, 200);
 }
 
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).

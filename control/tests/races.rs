@@ -23,6 +23,7 @@ use test_support::{Backend, TestDb, dual_backend_tests};
 use tokio::sync::{Notify, mpsc};
 
 dual_backend_tests!(
+    a_server_adopted_after_a_conflict_still_registers,
     a_replica_that_lost_its_lease_changes_nothing,
     verify_is_clean_while_events_are_appended,
     nul_bytes_in_ids_are_bad_input_on_both_backends,
@@ -87,6 +88,120 @@ impl Servers for Gated {
     async fn delete_server(&self, _: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+}
+
+/// The local provider, behind a network that loses the answer to the first create (the server
+/// is made all the same) and a listing that does not show it yet on the next attempt's lookup.
+#[derive(Debug)]
+struct Lagging {
+    inner: Arc<control::providers::local::LocalProvider>,
+    creates: AtomicUsize,
+    lists: AtomicUsize,
+}
+
+#[async_trait]
+impl Servers for Lagging {
+    async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
+        let created = self.inner.create_server(spec).await;
+        if self.creates.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(ProviderError::transient("timed out waiting for the answer"));
+        }
+        created
+    }
+    async fn get_server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        self.inner.get_server(id).await
+    }
+    async fn list_servers(
+        &self,
+        selector: &Labels,
+        page: Option<&str>,
+    ) -> Result<Page<Server>, ProviderError> {
+        // The first attempt's lookup and the second's see nothing; the adoption lookup does.
+        if self.lists.fetch_add(1, Ordering::SeqCst) < 2 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        self.inner.list_servers(selector, page).await
+    }
+    async fn power_on(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.power_on(id).await
+    }
+    async fn shutdown(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.shutdown(id).await
+    }
+    async fn power_off(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.power_off(id).await
+    }
+    async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.delete_server(id).await
+    }
+}
+
+/// A retry that found no server armed a new bootstrap token, then met a uniqueness conflict
+/// and adopted the server the first attempt made, which holds the token armed before: that
+/// token must still register (it used to be refused forever).
+async fn a_server_adopted_after_a_conflict_still_registers(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let lagging = Arc::new(Lagging {
+        inner: h.local.clone(),
+        creates: AtomicUsize::new(0),
+        lists: AtomicUsize::new(0),
+    });
+    let replica = App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        Providers::new(Cloud {
+            name: "local",
+            servers: lagging.clone(),
+            firewalls: None,
+            volumes: None,
+        }),
+        Settings::default(),
+    );
+    let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);
+    let agent = provisioned.body["id"].as_str().unwrap().to_owned();
+    control::jobs::run_due(&replica).await.unwrap();
+    let held = h.local.vm(&agent).unwrap().bootstrap_token.unwrap();
+    for _ in 0..5 {
+        h.advance(10 * 60 * 1000);
+        control::jobs::run_due(&replica).await.unwrap();
+    }
+    assert_eq!(
+        lagging.creates.load(Ordering::SeqCst),
+        2,
+        "a second create met the conflict"
+    );
+    let view = h.get(&format!("/api/agents/{agent}"), &token).await;
+    assert_eq!(view.body["state"], "running", "{:#}", view.body);
+    assert_eq!(h.local.vm(&agent).unwrap().bootstrap_token.unwrap(), held);
+
+    let register = |bootstrap: &str| {
+        json!({"agent_id": agent, "bootstrap_token": bootstrap, "boot_id": "boot-1",
+               "agent_version": "0.1.0", "image_version": "2026.11.0"})
+    };
+    let registered = h
+        .call(
+            Method::POST,
+            "/api/agent/v1/register",
+            None,
+            Some(register(&held)),
+        )
+        .await;
+    assert_eq!(registered.status, 200, "{:#}", registered.body);
+    // Single use all the same: the token is spent, and so is the one the retry armed.
+    h.call(
+        Method::POST,
+        "/api/agent/v1/register",
+        None,
+        Some(register(&held)),
+    )
+    .await
+    .problem(401, None);
 }
 
 async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {

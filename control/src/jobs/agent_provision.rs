@@ -71,9 +71,10 @@ fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// Arms a new single-use bootstrap token (only its hash is stored) and renders the Agent's
-/// first-boot document around it. Called only when the lookup by labels found no server, so
-/// no VM the provider lists holds the unused token it replaces; a token a VM has spent is
-/// never re-armed (the step fails: re-bootstrapping is an operator's decision).
+/// first-boot document around it. Called only when the lookup by labels found no server; the
+/// unused token it replaces stays good beside it, for a server an earlier attempt made that
+/// the lookup could not see yet (the create then conflicts and adopts it). A token a VM has
+/// spent is never re-armed (the step fails: re-bootstrapping is an operator's decision).
 async fn first_boot(app: &App, agent: &AgentRow) -> Result<Secret, StepError> {
     let (token, hash) = new_bootstrap_token().map_err(Error::from)?;
     let now = app.clock.now().as_millis();

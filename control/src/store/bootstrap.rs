@@ -6,14 +6,18 @@ use super::{Result, Tx, on_conn};
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct BootstrapRow {
     pub token_hash: String,
+    /// The unused token this one replaced, still good until either is spent (migration 0005
+    /// says why).
+    pub previous_token_hash: Option<String>,
     pub expires_at: i64,
     pub used_at: Option<i64>,
 }
 
 impl Tx {
-    /// Stores the hash of a new bootstrap token for `agent_id`, replacing an unused earlier one.
-    /// A spent token is never re-armed: returns false, changing nothing, when the Agent's VM
-    /// has traded its token already.
+    /// Stores the hash of a new bootstrap token for `agent_id`, replacing an unused earlier one,
+    /// which stays good beside it until either is spent (a server an earlier attempt created
+    /// holds it). A spent token is never re-armed: returns false, changing nothing, when the
+    /// Agent's VM has traded its token already.
     pub async fn put_bootstrap(
         &mut self,
         agent_id: &str,
@@ -25,7 +29,8 @@ impl Tx {
             "INSERT INTO agent_bootstrap (agent_id, token_hash, created_at, expires_at, used_at)
              VALUES ($1, $2, $3, $4, NULL)
              ON CONFLICT (agent_id) DO UPDATE
-             SET token_hash = excluded.token_hash, created_at = excluded.created_at,
+             SET previous_token_hash = agent_bootstrap.token_hash,
+                 token_hash = excluded.token_hash, created_at = excluded.created_at,
                  expires_at = excluded.expires_at
              WHERE agent_bootstrap.used_at IS NULL",
         )
@@ -53,8 +58,9 @@ impl Tx {
             "INSERT INTO agent_bootstrap (agent_id, token_hash, created_at, expires_at, used_at)
              VALUES ($1, $2, $3, $4, NULL)
              ON CONFLICT (agent_id) DO UPDATE
-             SET token_hash = excluded.token_hash, created_at = excluded.created_at,
-                 expires_at = excluded.expires_at, used_at = NULL",
+             SET token_hash = excluded.token_hash, previous_token_hash = NULL,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at,
+                 used_at = NULL",
         )
         .bind(agent_id)
         .bind(token_hash)
@@ -68,7 +74,8 @@ impl Tx {
 
     pub async fn bootstrap(&mut self, agent_id: &str) -> Result<Option<BootstrapRow>> {
         Ok(on_conn!(self, conn => sqlx::query_as(
-            "SELECT token_hash, expires_at, used_at FROM agent_bootstrap WHERE agent_id = $1",
+            "SELECT token_hash, previous_token_hash, expires_at, used_at
+             FROM agent_bootstrap WHERE agent_id = $1",
         )
         .bind(agent_id)
         .fetch_optional(conn)
