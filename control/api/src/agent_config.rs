@@ -15,6 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The environment variable vm-agent, and cloudflared after it, read a tunnel token from.
 pub const TUNNEL_TOKEN_ENV: &str = "TUNNEL_TOKEN";
 
+/// Prefix of the environment variables that override vm-agent's file (`VM_AGENT_SLICE__PATH`).
+/// Whoever starts a VM's vm-agent removes its own from the agent's environment.
+pub const ENV_PREFIX: &str = "VM_AGENT_";
+
 /// Variables of a supervisor's own environment that no child it starts may inherit: systemd's
 /// notify socket and watchdog (systemd would take the child's messages for the supervisor's),
 /// and the tunnel token (a child is handed its own token explicitly, never the supervisor's by

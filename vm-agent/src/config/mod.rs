@@ -25,7 +25,7 @@ use validate::validate;
 /// Where the config file is by default.
 pub const DEFAULT_PATH: &str = "/etc/vm-agent/agent.toml";
 /// Prefix of the environment variables that override the file.
-pub const ENV_PREFIX: &str = "VM_AGENT_";
+pub use control_api::agent_config::ENV_PREFIX;
 /// The environment variable cloudflared itself reads its token from.
 pub use control_api::agent_config::TUNNEL_TOKEN_ENV;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use control_api::agent_config::SUPERVISOR_ONLY_ENV;
+use control_api::agent_config::{ENV_PREFIX as VM_AGENT_ENV_PREFIX, SUPERVISOR_ONLY_ENV};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
@@ -117,6 +117,13 @@ pub(super) fn spawn_agent(
         .stderr(err);
     for name in SUPERVISOR_ONLY_ENV {
         command.env_remove(name);
+    }
+    // A VM's agent reads its configuration from its own agent.toml, never from control's
+    // environment: a `VM_AGENT_*` variable set for control must not reconfigure every VM.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(VM_AGENT_ENV_PREFIX) {
+            command.env_remove(name);
+        }
     }
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let child = command.spawn().map_err(|e| {
