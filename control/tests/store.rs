@@ -18,6 +18,7 @@ dual_backend_tests!(
     migrations_apply_once_and_are_checked,
     the_database_refuses_to_edit_audit_events,
     the_database_keeps_every_state_period,
+    an_unhealthy_mark_is_cleared_only_by_a_newer_heartbeat,
     sql_shells_cannot_edit_audit_events,
     verify_names_the_first_tampered_event,
     concurrent_appends_form_one_chain,
@@ -147,6 +148,74 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
     )
     .await
     .expect("the open period still closes");
+}
+
+async fn an_unhealthy_mark_is_cleared_only_by_a_newer_heartbeat(db: TestDb) {
+    use control::store::LivenessRow;
+    let store = common::connect(&db).await;
+    execute(
+        &store,
+        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
+    )
+    .await
+    .unwrap();
+    execute(
+        &store,
+        "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
+         VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
+    )
+    .await
+    .unwrap();
+    execute(
+        &store,
+        "INSERT INTO agents (id, account_id, name, provider, image_id, image_ref, env, state,
+                             provisioned_at, updated_at)
+         VALUES ('agt_t', 'acc_t', 'dev', 'local', 'img_t', 'local-v1', '{}', 'running', 0, 0)",
+    )
+    .await
+    .unwrap();
+    let row = |last_seen_at| LivenessRow {
+        agent_id: "agt_t".to_owned(),
+        custodian: "rep_a".to_owned(),
+        last_seen_at,
+        boot_id: "boot-1".to_owned(),
+        sequence: 1,
+        agent_version: "0.1.0".to_owned(),
+        tunnel_state: "ready".to_owned(),
+        slice_state: "mounted".to_owned(),
+        report: "{}".to_owned(),
+        unhealthy_since: None,
+    };
+    let write = |rows: Vec<LivenessRow>| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.write().await.unwrap();
+            tx.write_liveness(&rows).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let unhealthy_since = || {
+        let store = store.clone();
+        async move {
+            let mut tx = store.read().await.unwrap();
+            tx.liveness("agt_t").await.unwrap().unwrap().unhealthy_since
+        }
+    };
+    write(vec![row(1_000)]).await;
+    let mut tx = store.write().await.unwrap();
+    assert!(
+        tx.mark_unhealthy("agt_t", "rep_a", 100_000, 100_000)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(unhealthy_since().await, Some(100_000));
+    // The same heartbeat written behind again (a flush, a handoff): still unhealthy.
+    write(vec![row(1_000)]).await;
+    assert_eq!(unhealthy_since().await, Some(100_000));
+    // A newer one: heard from again.
+    write(vec![row(2_000)]).await;
+    assert_eq!(unhealthy_since().await, None);
 }
 
 async fn sql_shells_cannot_edit_audit_events(db: TestDb) {

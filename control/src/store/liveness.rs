@@ -24,8 +24,8 @@ pub const LIVENESS_BATCH: usize = 500;
 impl Tx {
     /// Writes liveness rows in one statement. A row only replaces one that is not newer, so a
     /// replica writing behind never takes an Agent back from the replica that saw it last.
-    /// A row written clears the unhealthy mark: the Agent was heard from. Returns the Agents
-    /// actually written.
+    /// A row newer than the stored one clears the unhealthy mark (the Agent was heard from);
+    /// the same heartbeat written again leaves it. Returns the Agents actually written.
     pub async fn write_liveness(&mut self, rows: &[LivenessRow]) -> Result<Vec<String>> {
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -53,7 +53,9 @@ impl Tx {
                    last_seen_at = excluded.last_seen_at, boot_id = excluded.boot_id,
                    sequence = excluded.sequence, agent_version = excluded.agent_version,
                    tunnel_state = excluded.tunnel_state, slice_state = excluded.slice_state,
-                   report = excluded.report, unhealthy_since = NULL
+                   report = excluded.report,
+                   unhealthy_since = CASE WHEN excluded.last_seen_at > agent_liveness.last_seen_at
+                                          THEN NULL ELSE agent_liveness.unhealthy_since END
                  WHERE agent_liveness.last_seen_at <= excluded.last_seen_at RETURNING agent_id",
             );
             query.build_query_scalar().fetch_all(conn).await
