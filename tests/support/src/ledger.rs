@@ -674,7 +674,7 @@ fn conservation(
         });
         if !(low..=high).contains(&total) {
             out.push(format!(
-                "conservation: {day} {resource}: the usage rows add up to {total} s, but it lived {} s \
+                "conservation: {day} {resource}: the usage rows add up to {total} s, but it lived {} \
                  of that day up to the rollup",
                 range(low, high)
             ));
