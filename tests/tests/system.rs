@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control};
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents};
 use serde_json::{Value, json};
 use test_support::{TestDb, free_port, workspace_bin};
 
@@ -26,14 +26,14 @@ fn millis(text: &Value) -> Option<i64> {
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// The one vm-agent process running for `agent`, seen among the real processes.
 fn vm_agent_pid(data: &Path, agent: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(data.join("local-vms").join(agent).join("vm.json")).ok()?;
-    let vm: Value = serde_json::from_str(&text).ok()?;
-    let pid = u32::try_from(vm["pid"].as_u64()?).ok()?;
-    processes_under(data)
-        .iter()
-        .any(|(p, _)| *p == pid)
-        .then_some(pid)
+    let pids = vm_agents(data, agent);
+    assert!(
+        pids.len() <= 1,
+        "several vm-agents run for {agent}: {pids:?}"
+    );
+    pids.first().copied()
 }
 
 fn signal(pid: u32, signal: &str) {
@@ -223,10 +223,17 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
         agent(&op, &stopped).await["state"] == "paused"
     })
     .await;
+    // Among the real processes, not by the pid the local provider recorded (which it forgets
+    // even when the kill failed): its vm-agent, and whatever ran for its VM, are gone.
     eventually("its vm-agent gone", WITHIN, || async {
         vm_agent_pid(&data, &stopped).is_none()
     })
     .await;
+    assert_eq!(
+        processes_under(&data.join("local-vms").join(&stopped)),
+        [],
+        "nothing runs for the stopped VM"
+    );
 
     // A hung VM: its agent frozen. Unhealthy after three silent intervals; no period changes.
     let pid = vm_agent_pid(&data, &hung).unwrap();
