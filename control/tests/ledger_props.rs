@@ -174,6 +174,14 @@ async fn stored_periods(tx: &mut Tx) -> Vec<Period> {
         .collect()
 }
 
+fn agent_lifetime(id: &str, provisioned_at: i64, destroyed_at: Option<i64>) -> Lifetime {
+    Lifetime {
+        resource: Resource::agent(id),
+        provisioned_at,
+        destroyed_at,
+    }
+}
+
 /// Every usage row in the store, as the checker sees them.
 async fn stored_usage(tx: &mut Tx) -> Vec<Usage> {
     tx.usage(None, "0000-01-01", "9999-12-31")
@@ -531,11 +539,7 @@ impl World {
             .await
             .unwrap()
             .into_iter()
-            .map(|a| Lifetime {
-                resource: Resource::agent(&a.id),
-                provisioned_at: a.provisioned_at,
-                destroyed_at: a.destroyed_at,
-            })
+            .map(|a| agent_lifetime(&a.id, a.provisioned_at, a.destroyed_at))
             .collect();
         let periods = stored_periods(&mut tx).await;
         let usage = stored_usage(&mut tx).await;
@@ -600,11 +604,7 @@ impl World {
         let mut expected_lifetimes: Vec<Lifetime> = self
             .agents
             .iter()
-            .map(|m| Lifetime {
-                resource: Resource::agent(&m.id),
-                provisioned_at: m.provisioned_at,
-                destroyed_at: m.destroyed_at,
-            })
+            .map(|m| agent_lifetime(&m.id, m.provisioned_at, m.destroyed_at))
             .collect();
         expected_lifetimes.sort_by(|a, b| a.resource.cmp(&b.resource));
         assert_eq!(lifetimes, expected_lifetimes, "lifetimes, {step}");

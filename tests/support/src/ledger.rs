@@ -537,34 +537,20 @@ fn attribution(
             ));
             continue;
         }
-        // The period in force from `at` on, and the one just before `at`.
-        let from_at = ordered.iter().rev().find(|p| p.started_at <= at);
-        let before_at = ordered.iter().rev().find(|p| p.started_at < at);
-        match from_at {
-            Some(period) if period.account == last.to => {}
-            Some(period) => out.push(format!(
-                "attribution: {resource} is transferred to {:?} at {}, but {period} is in force then",
-                last.to,
-                instant(at)
-            )),
-            None => out.push(format!(
-                "attribution: {resource} is transferred at {}, when it has no period",
-                instant(at)
-            )),
-        }
+        // From `at` on, the period in force is the last destination's; just before `at` (unless
+        // that is before the resource existed), the first source's.
+        let from_at = ordered.iter().rev().find(|p| p.started_at <= at).copied();
+        expect_account(out, resource, at, from_at, ("to", &last.to), "then");
         if provisioned.is_some_and(|p| at > p) {
-            match before_at {
-                Some(period) if period.account == first.from => {}
-                Some(period) => out.push(format!(
-                    "attribution: {resource} is transferred from {:?} at {}, but {period} is in force just before",
-                    first.from,
-                    instant(at)
-                )),
-                None => out.push(format!(
-                    "attribution: {resource} is transferred at {}, with no period before it",
-                    instant(at)
-                )),
-            }
+            let before_at = ordered.iter().rev().find(|p| p.started_at < at).copied();
+            expect_account(
+                out,
+                resource,
+                at,
+                before_at,
+                ("from", &first.from),
+                "just before",
+            );
         }
     }
     for (resource, list) in periods {
@@ -581,6 +567,29 @@ fn attribution(
                 ));
             }
         }
+    }
+}
+
+/// That `period`, in force around the transfer of `resource` at `at`, is on the account the
+/// transfer names (`side`: "to" its destination or "from" its source).
+fn expect_account(
+    out: &mut Vec<String>,
+    resource: &Resource,
+    at: i64,
+    period: Option<&Period>,
+    (side, account): (&str, &str),
+    when: &str,
+) {
+    match period {
+        Some(period) if period.account == account => {}
+        Some(period) => out.push(format!(
+            "attribution: {resource} is transferred {side} {account:?} at {}, but {period} is in force {when}",
+            instant(at)
+        )),
+        None => out.push(format!(
+            "attribution: {resource} is transferred at {}, with no period in force {when}",
+            instant(at)
+        )),
     }
 }
 
@@ -898,17 +907,17 @@ mod tests {
         }
     }
 
-    fn violations_with(
-        snapshot: &Snapshot,
-        previous: Option<&Snapshot>,
-        word: &str,
-    ) -> Vec<String> {
-        let all = check(snapshot, previous);
+    /// Panics unless the history, changed by `change`, breaks an invariant in words that
+    /// mention `word`; checked alone, or (`after_history`) against the unchanged history.
+    fn caught(change: impl FnOnce(&mut Snapshot), word: &str, after_history: bool) {
+        let before = history();
+        let mut broken = history();
+        change(&mut broken);
+        let all = check(&broken, after_history.then_some(&before));
         assert!(
             all.iter().any(|v| v.contains(word)),
             "expected a violation mentioning `{word}`, got {all:#?}"
         );
-        all
     }
 
     #[test]
@@ -948,61 +957,74 @@ mod tests {
 
     #[test]
     fn a_gap_is_caught() {
-        let mut broken = history();
-        broken.periods[1].ended_at = Some(broken.periods[1].ended_at.unwrap() - 2_000);
-        violations_with(&broken, None, "tiling: gap");
-        let mut broken = history();
-        broken.periods[0].started_at += 1_000;
-        violations_with(&broken, None, "after its provisioning");
-        let mut broken = history();
-        broken.lifetimes[0].destroyed_at = Some(broken.lifetimes[0].destroyed_at.unwrap() + 1);
-        violations_with(&broken, None, "before its destruction");
+        caught(
+            |h| h.periods[1].ended_at = Some(h.periods[1].started_at + 100),
+            "tiling: gap",
+            false,
+        );
+        caught(
+            |h| h.periods[0].started_at += 1_000,
+            "after its provisioning",
+            false,
+        );
+        caught(
+            |h| h.lifetimes[0].destroyed_at = h.lifetimes[0].destroyed_at.map(|d| d + 1),
+            "before its destruction",
+            false,
+        );
     }
 
     #[test]
     fn an_overlap_is_caught() {
-        let mut broken = history();
-        broken.periods[1].ended_at = Some(broken.periods[1].ended_at.unwrap() + 1);
-        violations_with(&broken, None, "tiling: overlap");
-        let mut broken = history();
-        broken.periods[3].ended_at = Some(broken.periods[3].ended_at.unwrap() + 1);
-        violations_with(&broken, None, "runs past the destruction");
+        caught(
+            |h| h.periods[1].ended_at = h.periods[1].ended_at.map(|e| e + 1),
+            "tiling: overlap",
+            false,
+        );
+        caught(
+            |h| h.periods[3].ended_at = h.periods[3].ended_at.map(|e| e + 1),
+            "runs past the destruction",
+            false,
+        );
     }
 
     #[test]
     fn two_open_periods_are_caught() {
-        let mut broken = history();
-        broken.periods[4].ended_at = None;
-        violations_with(&broken, None, "2 open periods");
-        let mut broken = history();
-        broken.periods[3].ended_at = None;
-        violations_with(&broken, None, "is still open");
-        let mut broken = history();
-        broken.periods[5].ended_at = Some(broken.rolled_up.unwrap().latest);
-        violations_with(&broken, None, "lives, but its last period ended");
+        caught(|h| h.periods[4].ended_at = None, "2 open periods", false);
+        caught(|h| h.periods[3].ended_at = None, "is still open", false);
+        caught(
+            |h| h.periods[5].ended_at = Some(h.periods[5].started_at + 1),
+            "lives, but its last period ended",
+            false,
+        );
     }
 
     #[test]
     fn a_conservation_error_is_caught() {
-        let mut broken = history();
-        broken.usage[2].paused_s -= 1;
-        violations_with(&broken, None, "conservation: 2026-11-02 agent agt_a");
+        caught(
+            |h| h.usage[2].paused_s -= 1,
+            "conservation: 2026-11-02 agent agt_a",
+            false,
+        );
         // Rows that agree with the periods, but the periods do not cover the lifetime.
-        let mut broken = history();
-        broken.lifetimes[1].provisioned_at -= 60_000;
-        violations_with(&broken, None, "conservation: 2026-11-02 plain_vm pvm_b");
+        caught(
+            |h| h.lifetimes[1].provisioned_at -= 60_000,
+            "conservation: 2026-11-02 plain_vm pvm_b",
+            false,
+        );
         // A day with no row at all.
-        let mut broken = history();
-        broken.usage.remove(0);
-        broken.usage.remove(0);
-        violations_with(&broken, None, "conservation: 2026-11-01 agent agt_a");
+        caught(
+            |h| drop(h.usage.drain(..2)),
+            "conservation: 2026-11-01 agent agt_a",
+            false,
+        );
         // Rows without a rollup, rows past the rollup's day.
-        let mut broken = history();
-        broken.rolled_up = None;
-        violations_with(&broken, None, "no rollup has run");
-        let mut broken = history();
-        broken.usage[3].day = broken.usage[3].day.next();
-        violations_with(&broken, None, "after the rollup's");
+        caught(|h| h.rolled_up = None, "no rollup has run", false);
+        caught(
+            |h| h.usage[3].day = h.usage[3].day.next(),
+            "after the rollup's",
+            false,
+        );
     }
 
     #[test]
@@ -1018,69 +1040,79 @@ mod tests {
         live.usage[3].running_s += 5;
         assert_none(&check(&live, None), "rows at the window's end");
         live.usage[3].running_s += 1;
-        violations_with(&live, None, "39595..=39605 s");
+        let all = check(&live, None);
+        assert!(
+            all.iter().any(|v| v.contains("39595..=39605 s")),
+            "{all:#?}"
+        );
     }
 
     #[test]
     fn misattribution_is_caught() {
-        let mut broken = history();
-        broken.usage[1].account = "acc_3".to_owned();
-        violations_with(
-            &broken,
-            None,
+        caught(
+            |h| h.usage[1].account = "acc_3".to_owned(),
             "attribution: 2026-11-01 agent agt_a on \"acc_3\"",
+            false,
         );
-        let mut broken = history();
-        broken.transfers[0].to = "acc_3".to_owned();
-        violations_with(&broken, None, "is transferred to \"acc_3\"");
-        let mut broken = history();
-        broken.transfers[0].from = "acc_3".to_owned();
-        violations_with(&broken, None, "is transferred from \"acc_3\"");
-        let mut broken = history();
-        broken.transfers.clear();
-        violations_with(&broken, None, "without a transfer");
-        let mut broken = history();
-        broken.periods[0].account = String::new();
-        violations_with(&broken, None, "belongs to no account");
+        caught(
+            |h| h.transfers[0].to = "acc_3".to_owned(),
+            "is transferred to \"acc_3\"",
+            false,
+        );
+        caught(
+            |h| h.transfers[0].from = "acc_3".to_owned(),
+            "is transferred from \"acc_3\"",
+            false,
+        );
+        caught(|h| h.transfers.clear(), "without a transfer", false);
+        caught(
+            |h| h.periods[0].account = String::new(),
+            "belongs to no account",
+            false,
+        );
     }
 
     #[test]
     fn a_vanished_period_is_caught() {
-        let before = history();
-        let mut after = history();
-        after.periods.remove(0);
-        violations_with(
-            &after,
-            Some(&before),
+        caught(
+            |h| drop(h.periods.remove(0)),
             "survival: agent agt_a's Paused period",
+            true,
         );
-        // A closed period changed, a settled open one relabelled, a resource gone.
-        let mut after = history();
-        after.periods[2].account = "acc_3".to_owned();
-        violations_with(&after, Some(&before), "became");
-        let mut after = history();
-        after.periods[5].state = State::Running;
-        violations_with(&after, Some(&before), "ms old, became");
-        let mut after = history();
-        after.lifetimes.remove(1);
-        violations_with(&after, Some(&before), "survival: plain_vm pvm_b vanished");
-        let mut after = history();
-        after.transfers.clear();
-        violations_with(&after, Some(&before), "the transfer of agent agt_a");
+        // A closed period changed, a settled open one relabelled, a resource or transfer gone.
+        caught(
+            |h| h.periods[2].account = "acc_3".to_owned(),
+            "became",
+            true,
+        );
+        caught(
+            |h| h.periods[5].state = State::Running,
+            "ms old, became",
+            true,
+        );
+        caught(
+            |h| drop(h.lifetimes.remove(1)),
+            "survival: plain_vm pvm_b vanished",
+            true,
+        );
+        caught(|h| h.transfers.clear(), "the transfer of agent agt_a", true);
     }
 
     #[test]
     fn a_final_days_rows_never_change() {
-        let before = history();
-        let mut after = history();
-        after.usage.remove(1);
-        violations_with(&after, Some(&before), "survival: the usage row 2026-11-01");
+        caught(
+            |h| drop(h.usage.remove(1)),
+            "survival: the usage row 2026-11-01",
+            true,
+        );
         // Today's rows may be counted again; a period still open may close.
+        let before = history();
+        let later = before.settled.unwrap() + 60_000;
         let mut after = history();
         after.usage[3].running_s += 60;
-        after.periods[5].ended_at = Some(before.settled.unwrap() + 60_000);
-        after.lifetimes[1].destroyed_at = after.periods[5].ended_at;
-        after.rolled_up = Some(RolledUp::at(before.settled.unwrap() + 60_000));
+        after.periods[5].ended_at = Some(later);
+        after.lifetimes[1].destroyed_at = Some(later);
+        after.rolled_up = Some(RolledUp::at(later));
         assert_none(&check(&after, Some(&before)), "a later rollup");
     }
 
