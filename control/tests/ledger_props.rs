@@ -4,15 +4,18 @@
 //! Random sequences of provision, start, stop, transfer, destroy, job runs, heartbeats, VMs
 //! powered off or on behind control's back, reconciler passes and rollups are
 //! applied through the lifecycle service at random instants spanning several UTC days. A small
-//! reference model predicts which operations are accepted and what periods must result; the
-//! database is then checked against the model and against the invariants directly.
+//! reference model predicts which operations are accepted and what periods must result. After
+//! every step the database is read and checked against the model and, by the shared checker
+//! `test_support::ledger` (its own tick rule and UTC days, never `control::ledger`'s), against
+//! the invariants, including survival against what the step before read. The run counts the
+//! transfers, destroys and UTC days its cases covered, and fails if any of them is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use control::agents as lifecycle;
 use control::app::{App, Caller, Settings};
@@ -21,11 +24,14 @@ use control::clock::{Clock, ManualClock};
 use control::ledger;
 use control::providers::local::LocalProvider;
 use control::providers::{Providers, Servers};
-use control::store::Store;
+use control::store::{AuditFilter, Store, Tx};
+use control_api::Timestamp;
 use control_api::agents::{AgentOperation, PeriodState, ProvisionAgent, TransferAgent};
-use control_api::{Day, Timestamp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use test_support::ledger::{
+    self as checker, Day, Kind, Lifetime, Period, Resource, RolledUp, Snapshot, Transfer, Usage,
+};
 use test_support::{Backend, TestDb, proptest_cases};
 
 const ACCOUNTS: usize = 3;
@@ -75,7 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..ACCOUNTS).prop_map(|account| Op::Provision { account }),
         2 => agent.clone().prop_map(|agent| Op::Start { agent }),
         2 => agent.clone().prop_map(|agent| Op::Stop { agent }),
-        1 => agent.clone().prop_map(|agent| Op::Destroy { agent }),
+        2 => agent.clone().prop_map(|agent| Op::Destroy { agent }),
         2 => (agent.clone(), 0..ACCOUNTS).prop_map(|(agent, to)| Op::Transfer { agent, to }),
         4 => Just(Op::RunJobs),
         1 => Just(Op::Rollup),
@@ -151,11 +157,69 @@ fn heartbeat(agent_id: &str) -> control_api::agent::Heartbeat {
     .unwrap()
 }
 
-fn seconds_in_day(start: i64, end: i64, day: Day) -> i64 {
-    ledger::seconds(
-        start.max(day.start().as_millis()),
-        end.min(day.end().as_millis()),
-    )
+/// Every period in the store, as the checker sees them: the one place this test reads periods
+/// (and knows `PeriodRow`'s fields), so a change of the store's period API is made here only.
+async fn stored_periods(tx: &mut Tx) -> Vec<Period> {
+    tx.periods_overlapping(i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| Period {
+            resource: Resource::new(p.resource_kind.into(), &p.resource_id),
+            account: p.account_id,
+            state: p.state.into(),
+            started_at: p.started_at,
+            ended_at: p.ended_at,
+        })
+        .collect()
+}
+
+fn agent_lifetime(id: &str, provisioned_at: i64, destroyed_at: Option<i64>) -> Lifetime {
+    Lifetime {
+        resource: Resource::agent(id),
+        provisioned_at,
+        destroyed_at,
+    }
+}
+
+/// Every usage row in the store, as the checker sees them.
+async fn stored_usage(tx: &mut Tx) -> Vec<Usage> {
+    tx.usage(None, "0000-01-01", "9999-12-31")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| Usage {
+            day: Day::parse(&r.day).unwrap(),
+            resource: Resource::new(r.resource_kind.into(), &r.resource_id),
+            account: r.account_id,
+            running_s: r.running_s,
+            paused_s: r.paused_s,
+        })
+        .collect()
+}
+
+/// What the whole run covered, so that it can fail if the generated cases miss a feature.
+#[derive(Debug, Default)]
+struct Coverage {
+    cases: usize,
+    steps_checked: usize,
+    transfers: usize,
+    destroys: usize,
+    rollups: usize,
+    cases_over_several_days: usize,
+    most_days: i64,
+}
+
+impl Coverage {
+    fn add(&mut self, case: &Self) {
+        self.cases += case.cases;
+        self.steps_checked += case.steps_checked;
+        self.transfers += case.transfers;
+        self.destroys += case.destroys;
+        self.rollups += case.rollups;
+        self.cases_over_several_days += case.cases_over_several_days;
+        self.most_days = self.most_days.max(case.most_days);
+    }
 }
 
 struct World {
@@ -165,6 +229,14 @@ struct World {
     accounts: Vec<String>,
     agents: Vec<ModelAgent>,
     caller: Caller,
+    /// The instant of the last rollup, which today's usage rows count up to.
+    rolled_up_at: Option<i64>,
+    /// What the last check read, for survival.
+    previous: Option<Snapshot>,
+    steps_checked: usize,
+    transfers: usize,
+    destroys: usize,
+    rollups: usize,
 }
 
 impl World {
@@ -221,6 +293,12 @@ impl World {
             accounts,
             agents: Vec::new(),
             caller,
+            rolled_up_at: None,
+            previous: None,
+            steps_checked: 0,
+            transfers: 0,
+            destroys: 0,
+            rollups: 0,
         }
     }
 
@@ -232,11 +310,7 @@ impl World {
         let now = self.now();
         match *op {
             Op::Advance { ms } => self.clock.advance_ms(ms),
-            Op::Rollup => {
-                ledger::rollup(&self.app.store, self.clock.now())
-                    .await
-                    .unwrap();
-            }
+            Op::Rollup => self.rollup_twice().await,
             Op::Provision { account } => {
                 let request = ProvisionAgent {
                     name: format!("box-{}", self.agents.len()),
@@ -300,6 +374,7 @@ impl World {
                     model.account = to;
                     model.changes.push((now, to, model.state));
                     model.audit_events += 1;
+                    self.transfers += 1;
                 }
             }
             Op::RunJobs => {
@@ -328,6 +403,7 @@ impl World {
                         AgentOperation::Destroy => {
                             model.vm_on = false;
                             model.destroyed_at = Some(now);
+                            self.destroys += 1;
                         }
                     }
                 }
@@ -438,173 +514,158 @@ impl World {
         model.vm_on = !model.vm_on;
     }
 
-    /// Checks every invariant against the database.
-    async fn check(&self) {
-        let now = self.now();
-        let mut tx = self.app.store.read().await.unwrap();
-        for model in &self.agents {
-            let stored = tx
-                .resource_periods(
-                    control::ledger::ResourceRef::agent(&model.id),
-                    None,
-                    i64::MIN,
-                    i64::MAX,
-                )
+    /// 7. Rolls up twice at this instant: the second rollup must give the same rows.
+    async fn rollup_twice(&mut self) {
+        let mut rows = Vec::new();
+        for _ in 0..2 {
+            ledger::rollup(&self.app.store, self.clock.now())
                 .await
                 .unwrap();
-            // 1. Tiling: from provisioning to destruction (or now), no gap, no overlap, at most
-            // one open period, and it is open exactly while the Agent lives.
-            assert_eq!(
-                stored.first().map(|p| p.started_at),
-                Some(model.provisioned_at),
-                "{model:?}"
-            );
-            for pair in stored.windows(2) {
-                assert_eq!(
-                    pair[0].ended_at,
-                    Some(pair[1].started_at),
-                    "gap or overlap: {stored:?}"
-                );
-            }
-            let open = stored.iter().filter(|p| p.ended_at.is_none()).count();
-            assert_eq!(
-                open,
-                usize::from(model.destroyed_at.is_none()),
-                "{stored:?}"
-            );
-            assert_eq!(
-                stored.last().and_then(|p| p.ended_at),
-                model.destroyed_at,
-                "{stored:?}"
-            );
-            // 2. Attribution: every period on the account that owned the Agent then; a transfer
-            // splits at its instant. 4. Survival: destroyed Agents keep their periods.
-            let expected: Vec<_> = model_periods(model)
-                .into_iter()
-                .map(|(account, state, start, end)| {
-                    (self.accounts[account].clone(), state, start, end)
-                })
-                .collect();
-            let actual: Vec<_> = stored
-                .iter()
-                .map(|p| (p.account_id.clone(), p.state, p.started_at, p.ended_at))
-                .collect();
-            assert_eq!(actual, expected, "periods of {}", model.id);
-            // 4. Survival: every accepted operation's audit event is kept.
-            let events = tx
-                .audit_events(&control::store::AuditFilter {
-                    resource_id: Some(&model.id),
-                    limit: 1_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            assert_eq!(
-                events.len(),
-                model.audit_events,
-                "audit events of {}",
-                model.id
-            );
+            rows.push(stored_usage(&mut self.app.store.read().await.unwrap()).await);
         }
-        drop(tx);
-
-        // 7. Rolling up twice gives the same rows.
-        ledger::rollup(&self.app.store, self.clock.now())
-            .await
-            .unwrap();
-        let first_day = Timestamp::from_millis(
-            self.agents
-                .iter()
-                .map(|a| a.provisioned_at)
-                .min()
-                .unwrap_or(now),
-        )
-        .day();
-        let today = self.clock.now().day();
-        let rows = |store: Store| async move {
-            store
-                .read()
-                .await
-                .unwrap()
-                .usage(None, &first_day.to_string(), &today.to_string())
-                .await
-                .unwrap()
-        };
-        let once = rows(self.app.store.clone()).await;
-        ledger::rollup(&self.app.store, self.clock.now())
-            .await
-            .unwrap();
-        assert_eq!(
-            rows(self.app.store.clone()).await,
-            once,
-            "a second rollup changed the rows"
+        checker::assert_none(
+            &checker::same_rollup(&rows[0], &rows[1]),
+            "rolling up twice",
         );
+        self.rolled_up_at = Some(self.now());
+        self.rollups += 1;
+    }
 
-        // 3. Conservation, and 2. attribution of usage: rows equal what the model's periods
-        // are worth per day and account, and add up to the lifetime seconds of each day.
-        let mut expected: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
-        let mut lifetime: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let mut day = first_day;
-        while day <= today {
-            for model in &self.agents {
-                let life =
-                    seconds_in_day(model.provisioned_at, model.destroyed_at.unwrap_or(now), day);
-                if life > 0 {
-                    lifetime.insert((day.to_string(), model.id.clone()), life);
-                }
-                for (account, state, start, end) in model_periods(model) {
-                    let secs = seconds_in_day(start, end.unwrap_or(now), day);
-                    if secs > 0 {
-                        let entry = expected
-                            .entry((
-                                day.to_string(),
-                                model.id.clone(),
-                                self.accounts[account].clone(),
-                            ))
-                            .or_default();
-                        match state {
-                            PeriodState::Running => entry.0 += secs,
-                            PeriodState::Paused => entry.1 += secs,
-                        }
-                    }
-                }
-            }
-            day = day.next();
+    /// Reads the ledger in one snapshot, with the number of audit events of each resource.
+    async fn read(&self) -> (Snapshot, BTreeMap<String, usize>) {
+        let mut tx = self.app.store.read().await.unwrap();
+        let lifetimes = tx
+            .agents(None, None, true, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| agent_lifetime(&a.id, a.provisioned_at, a.destroyed_at))
+            .collect();
+        let periods = stored_periods(&mut tx).await;
+        let usage = stored_usage(&mut tx).await;
+        let events = tx
+            .audit_events(&AuditFilter {
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut audit_events: BTreeMap<String, usize> = BTreeMap::new();
+        for event in &events {
+            *audit_events.entry(event.resource_id.clone()).or_default() += 1;
         }
-        let actual: BTreeMap<_, _> = once
-            .iter()
-            .map(|r| {
-                (
-                    (r.day.clone(), r.resource_id.clone(), r.account_id.clone()),
-                    (r.running_s, r.paused_s),
-                )
+        let transfers = events
+            .into_iter()
+            .filter(|e| e.action.ends_with(".transfer"))
+            .map(|e| Transfer {
+                resource: Resource::new(Kind::parse(&e.resource_kind).unwrap(), &e.resource_id),
+                at: e.at,
+                from: e.account_id,
+                to: e.to_account_id.expect("a transfer names its destination"),
             })
             .collect();
-        assert_eq!(actual, expected, "usage rows");
-        let mut summed: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for row in &once {
-            *summed
-                .entry((row.day.clone(), row.resource_id.clone()))
-                .or_default() += row.running_s + row.paused_s;
+        let rolled_up = tx.rollup_state().await.unwrap().ran_at.map(RolledUp::at);
+        let snapshot = Snapshot {
+            lifetimes,
+            periods,
+            usage,
+            transfers,
+            rolled_up,
+            settled: Some(self.now()),
+        };
+        (snapshot, audit_events)
+    }
+
+    /// The periods the model predicts for one Agent, as the checker sees them.
+    fn model_periods(&self, model: &ModelAgent) -> Vec<Period> {
+        model_periods(model)
+            .into_iter()
+            .map(|(account, state, started_at, ended_at)| Period {
+                resource: Resource::agent(&model.id),
+                account: self.accounts[account].clone(),
+                state: state.into(),
+                started_at,
+                ended_at,
+            })
+            .collect()
+    }
+
+    /// Checks the database after a step: against the invariants (and, for survival, against
+    /// what the step before read), and against the model.
+    async fn check(&mut self, step: &str) {
+        let (snapshot, audit_events) = self.read().await;
+        checker::assert_none(&checker::check(&snapshot, self.previous.as_ref()), step);
+
+        // The lifetimes and periods the model predicts: 1. tiling from provisioning to
+        // destruction, 2. every period on the account that owned the Agent then, a transfer
+        // splitting at its instant, 4. destroyed Agents keep their periods.
+        let mut lifetimes = snapshot.lifetimes.clone();
+        lifetimes.sort_by(|a, b| a.resource.cmp(&b.resource));
+        let mut expected_lifetimes: Vec<Lifetime> = self
+            .agents
+            .iter()
+            .map(|m| agent_lifetime(&m.id, m.provisioned_at, m.destroyed_at))
+            .collect();
+        expected_lifetimes.sort_by(|a, b| a.resource.cmp(&b.resource));
+        assert_eq!(lifetimes, expected_lifetimes, "lifetimes, {step}");
+        let mut expected_periods = Vec::new();
+        for model in &self.agents {
+            let resource = Resource::agent(&model.id);
+            let stored: Vec<&Period> = snapshot
+                .periods
+                .iter()
+                .filter(|p| p.resource == resource)
+                .collect();
+            let expected = self.model_periods(model);
+            assert_eq!(
+                stored,
+                expected.iter().collect::<Vec<_>>(),
+                "periods of {}, {step}",
+                model.id
+            );
+            // 4. Survival: every accepted operation's audit event is kept.
+            assert_eq!(
+                audit_events.get(&model.id).copied().unwrap_or(0),
+                model.audit_events,
+                "audit events of {}, {step}",
+                model.id
+            );
+            expected_periods.extend(expected);
         }
         assert_eq!(
-            summed, lifetime,
-            "conservation: usage over accounts = lifetime seconds per day"
+            snapshot.periods.len(),
+            expected_periods.len(),
+            "periods of Agents the model does not know, {step}"
         );
 
-        // Days before today are final: a later rollup leaves them alone.
+        // 3. Conservation and 2. attribution of usage: the rows are what the model's periods
+        // are worth per day and account, counted up to the last rollup.
+        assert_eq!(
+            snapshot.rolled_up,
+            self.rolled_up_at.map(RolledUp::at),
+            "the rollup's instant, {step}"
+        );
+        let expected_usage = self
+            .rolled_up_at
+            .map(|at| checker::expected_usage(&expected_periods, at))
+            .unwrap_or_default();
+        let mut usage = snapshot.usage.clone();
+        usage.sort();
+        assert_eq!(usage, expected_usage, "usage rows, {step}");
+
+        self.previous = Some(snapshot);
+        self.steps_checked += 1;
+    }
+
+    /// The last checks of a case: a rollup (twice, 7) counts everything up to now; an hour
+    /// later another leaves the days before final (4, against the check before); the audit
+    /// chain verifies.
+    async fn finish(&mut self) {
+        self.rollup_twice().await;
+        self.check("after the last rollup").await;
         self.clock.advance_ms(3_600_000);
-        ledger::rollup(&self.app.store, self.clock.now())
-            .await
-            .unwrap();
-        let later = rows(self.app.store.clone()).await;
-        let closed = |rows: &[control::store::UsageRowRecord]| {
-            rows.iter()
-                .filter(|r| r.day < today.to_string())
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(closed(&later), closed(&once), "a closed day changed");
+        self.rollup_twice().await;
+        self.check("after a rollup an hour later").await;
 
         let verdict = control::audit::verify(&self.app.store).await.unwrap();
         assert!(verdict.ok, "{:?}", verdict.first_bad);
@@ -629,9 +690,10 @@ fn run(backend: Backend) {
     };
     // Start somewhere in a day, a few milliseconds off the second, to exercise the tick rule.
     let scenario = (prop::collection::vec(op(), 1..64), 0..86_400_000_i64);
+    let coverage = Mutex::new(Coverage::default());
     TestRunner::new(config)
         .run(&scenario, |(ops, offset)| {
-            runtime.block_on(async {
+            let case = runtime.block_on(async {
                 let db = TestDb::new(backend).await.unwrap();
                 let store = common::connect(&db).await;
                 let start = Timestamp::from_millis(
@@ -641,15 +703,46 @@ fn run(backend: Backend) {
                         + offset,
                 );
                 let mut world = World::new(store.clone(), start).await;
-                for op in &ops {
+                world.check("before any step").await;
+                for (n, op) in ops.iter().enumerate() {
                     world.apply(op).await;
+                    world.check(&format!("after step {n}, {op:?}")).await;
                 }
-                world.check().await;
+                let days = Day::of(world.now()).0 - Day::of(start.as_millis()).0 + 1;
+                let rollups = world.rollups;
+                world.finish().await;
                 store.close().await;
+                Coverage {
+                    cases: 1,
+                    steps_checked: world.steps_checked,
+                    transfers: world.transfers,
+                    destroys: world.destroys,
+                    rollups,
+                    cases_over_several_days: usize::from(days > 1),
+                    most_days: days,
+                }
             });
+            coverage.lock().unwrap().add(&case);
             Ok(())
         })
         .unwrap();
+    let c = coverage.into_inner().unwrap();
+    eprintln!(
+        "ledger_props on {backend:?}: {} cases, {} steps checked, {} transfers, {} destroys, \
+         {} rollups, {} cases over several UTC days (at most {} days)",
+        c.cases,
+        c.steps_checked,
+        c.transfers,
+        c.destroys,
+        c.rollups,
+        c.cases_over_several_days,
+        c.most_days
+    );
+    // Each is all but certain at the default number of cases (see the counts printed above).
+    assert!(c.transfers > 0, "no case transferred an Agent: {c:?}");
+    assert!(c.destroys > 0, "no case destroyed an Agent: {c:?}");
+    assert!(c.rollups > 0, "no case rolled up usage mid-way: {c:?}");
+    assert!(c.most_days > 1, "no case spanned several UTC days: {c:?}");
 }
 
 #[test]

@@ -112,9 +112,8 @@ where
     }
 }
 
-/// Processes whose command line mentions `dir`: the local provider's VMs of one test.
-pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.display().to_string();
+/// Every live process (zombies left out) with its arguments.
+fn processes() -> Vec<(u32, Vec<String>)> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -122,13 +121,49 @@ pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
             let zombie = stat
                 .rsplit_once(") ")
                 .is_some_and(|(_, rest)| rest.starts_with('Z'));
-            (cmdline.contains(&needle) && !zombie).then_some((pid, cmdline))
+            let args = cmdline
+                .split(|b| *b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            (!zombie).then_some((pid, args))
         })
+        .collect()
+}
+
+/// Processes whose command line mentions `dir`: the local provider's VMs of one test.
+pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    processes()
+        .into_iter()
+        .map(|(pid, args)| (pid, args.join(" ")))
+        .filter(|(_, cmdline)| cmdline.contains(&needle))
+        .collect()
+}
+
+/// The live vm-agent processes of the local VM `agent` under the data dir `data`, found by
+/// their command line (`vm-agent run --config <data>/local-vms/<agent>/agent.toml`, as the
+/// local provider starts them), never by the pid the provider recorded: so a process the
+/// provider believes stopped is still seen, and no other test's VMs ever match.
+pub fn vm_agents(data: &Path, agent: &str) -> Vec<u32> {
+    let config = data
+        .join("local-vms")
+        .join(agent)
+        .join("agent.toml")
+        .display()
+        .to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.first()
+                .is_some_and(|program| Path::new(program).ends_with("vm-agent"))
+                && args.ends_with(&["run".to_owned(), "--config".to_owned(), config.clone()])
+        })
+        .map(|(pid, _)| pid)
         .collect()
 }
 

@@ -2,21 +2,32 @@
 //! vm-agents (with the stand-in cloudflared), driven through the API the way the dashboard
 //! drives it, including a hung VM, a killed agent and a control restart, then checked against
 //! the ledger's invariants. On SQLite, on PostgreSQL, and on PostgreSQL with two replicas that
-//! the agents heartbeat to in turn.
+//! the agents heartbeat to in turn. The ledger read over HTTP (timelines, usage, the audit log's
+//! transfers) is checked by the shared checker, `test_support::ledger`, before and after every
+//! Agent is destroyed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 #![allow(clippy::disallowed_methods)] // the test compares with the wall clock the binaries use
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control};
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents};
 use serde_json::{Value, json};
+use test_support::ledger::{
+    self as checker, Day, Kind, Lifetime, Period, Resource, RolledUp, Snapshot, State, Transfer,
+    Usage,
+};
 use test_support::{TestDb, free_port, workspace_bin};
 
 const WITHIN: Duration = Duration::from_secs(30);
+
+/// How long before `control usage rollup` starts a background rollup (every 2 s on each
+/// replica) may have begun and still write its rows after it: the rows read next count up to
+/// an instant no earlier than that.
+const ROLLUP_MARGIN_MS: i64 = 5_000;
 
 /// The instants of a period, in milliseconds.
 fn millis(text: &Value) -> Option<i64> {
@@ -26,14 +37,18 @@ fn millis(text: &Value) -> Option<i64> {
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap()
+}
+
+/// The one vm-agent process running for `agent`, seen among the real processes.
 fn vm_agent_pid(data: &Path, agent: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(data.join("local-vms").join(agent).join("vm.json")).ok()?;
-    let vm: Value = serde_json::from_str(&text).ok()?;
-    let pid = u32::try_from(vm["pid"].as_u64()?).ok()?;
-    processes_under(data)
-        .iter()
-        .any(|(p, _)| *p == pid)
-        .then_some(pid)
+    let pids = vm_agents(data, agent);
+    assert!(
+        pids.len() <= 1,
+        "several vm-agents run for {agent}: {pids:?}"
+    );
+    pids.first().copied()
 }
 
 fn signal(pid: u32, signal: &str) {
@@ -156,6 +171,90 @@ async fn agent(api: &Api, id: &str) -> Value {
     api.get(&format!("/api/agents/{id}")).await
 }
 
+/// Runs `control usage rollup` beside the replicas and returns the earliest instant the usage
+/// rows read after it can count up to.
+fn roll_up(system: &System) -> i64 {
+    let started = now_ms();
+    let status = Command::new(workspace_bin("control"))
+        .args(&system.args)
+        .args(["usage", "rollup"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    started - ROLLUP_MARGIN_MS
+}
+
+/// The ledger as the API shows it to an operator: the Agents' lifetimes and timelines, every
+/// day's usage since the first was provisioned, and the transfers in the audit log. The usage
+/// rows count up to an instant between `counted_from` and the moment they were read.
+async fn read_ledger(op: &Api, agents: &[String], counted_from: i64) -> Snapshot {
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    let mut snapshot = Snapshot::default();
+    for id in agents {
+        let view = agent(op, id).await;
+        let resource = Resource::agent(id);
+        snapshot.lifetimes.push(Lifetime {
+            resource: resource.clone(),
+            provisioned_at: millis(&view["provisioned_at"]).unwrap(),
+            destroyed_at: millis(&view["destroyed_at"]),
+        });
+        let timeline = op.get(&format!("/api/agents/{id}/timeline")).await;
+        for period in timeline["periods"].as_array().unwrap() {
+            snapshot.periods.push(Period {
+                resource: resource.clone(),
+                account: text(&period["account_id"]),
+                state: State::parse(period["state"].as_str().unwrap()).unwrap(),
+                started_at: millis(&period["started_at"]).unwrap(),
+                ended_at: millis(&period["ended_at"]),
+            });
+        }
+    }
+    let first = snapshot
+        .lifetimes
+        .iter()
+        .map(|l| Day::of(l.provisioned_at))
+        .min()
+        .unwrap();
+    let usage = op
+        .get(&format!("/api/usage?from={first}&to={}", Day::of(now_ms())))
+        .await;
+    let read_at = now_ms();
+    for row in usage["rows"].as_array().unwrap() {
+        let kind = Kind::parse(row["resource_kind"].as_str().unwrap()).unwrap();
+        snapshot.usage.push(Usage {
+            day: Day::parse(row["day"].as_str().unwrap()).unwrap(),
+            resource: Resource::new(kind, row["resource_id"].as_str().unwrap()),
+            account: text(&row["account_id"]),
+            running_s: row["running_s"].as_i64().unwrap(),
+            paused_s: row["paused_s"].as_i64().unwrap(),
+        });
+    }
+    snapshot.rolled_up = Some(RolledUp {
+        earliest: counted_from,
+        latest: read_at,
+    });
+    let mut cursor = String::new();
+    loop {
+        let page = op.get(&format!("/api/audit?limit=100{cursor}")).await;
+        for event in page["items"].as_array().unwrap() {
+            if event["action"].as_str().unwrap().ends_with(".transfer") {
+                let kind = Kind::parse(event["resource_kind"].as_str().unwrap()).unwrap();
+                snapshot.transfers.push(Transfer {
+                    resource: Resource::new(kind, event["resource_id"].as_str().unwrap()),
+                    at: millis(&event["at"]).unwrap(),
+                    from: text(&event["account_id"]),
+                    to: text(&event["to_account_id"]),
+                });
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    snapshot
+}
+
 async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
     let mut system = System::start(db, replicas);
     let data = system.data();
@@ -223,10 +322,17 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
         agent(&op, &stopped).await["state"] == "paused"
     })
     .await;
+    // Among the real processes, not by the pid the local provider recorded (which it forgets
+    // even when the kill failed): its vm-agent, and whatever ran for its VM, are gone.
     eventually("its vm-agent gone", WITHIN, || async {
         vm_agent_pid(&data, &stopped).is_none()
     })
     .await;
+    assert_eq!(
+        processes_under(&data.join("local-vms").join(&stopped)),
+        [],
+        "nothing runs for the stopped VM"
+    );
 
     // A hung VM: its agent frozen. Unhealthy after three silent intervals; no period changes.
     let pid = vm_agent_pid(&data, &hung).unwrap();
@@ -336,79 +442,31 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
 
     // The ledger: tiling, attribution at the transfer, conservation, survival, the audit chain.
     // Rolled up first: the usage counts up to the rollup, the lifetimes up to a moment later.
-    let status = Command::new(workspace_bin("control"))
-        .args(&system.args)
-        .args(["usage", "rollup"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let now = time::OffsetDateTime::now_utc();
-    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap();
-    let mut lifetime: BTreeMap<String, i64> = BTreeMap::new();
-    for id in &agents {
-        let view = agent(&op, id).await;
-        let periods = op.get(&format!("/api/agents/{id}/timeline")).await["periods"]
-            .as_array()
-            .unwrap()
-            .clone();
-        assert_eq!(
-            periods[0]["started_at"], view["provisioned_at"],
-            "{id} starts at provisioning"
-        );
-        for pair in periods.windows(2) {
-            assert_eq!(
-                pair[0]["ended_at"], pair[1]["started_at"],
-                "{id}: no gap, no overlap"
-            );
-        }
-        let open = periods.iter().filter(|p| p["ended_at"].is_null()).count();
-        assert_eq!(
-            open,
-            usize::from(view["destroyed_at"].is_null()),
-            "{id}: open exactly while it lives"
-        );
-        let start = millis(&view["provisioned_at"]).unwrap();
-        let end = millis(&view["destroyed_at"]).unwrap_or(now_ms);
-        lifetime.insert(id.clone(), end.div_euclid(1000) - start.div_euclid(1000));
-    }
-    let timeline = op.get(&format!("/api/agents/{hung}/timeline")).await["periods"]
-        .as_array()
-        .unwrap()
-        .clone();
-    let accounts: Vec<&str> = timeline
+    let counted_from = roll_up(&system);
+    let live = read_ledger(&op, &agents, counted_from).await;
+    checker::assert_none(
+        &checker::check(&live, None),
+        "after the stop, the transfer, the destroy and the start",
+    );
+    let hung_resource = Resource::agent(&hung);
+    let accounts: Vec<&str> = live
+        .periods
         .iter()
-        .map(|p| p["account_id"].as_str().unwrap())
+        .filter(|p| p.resource == hung_resource)
+        .map(|p| p.account.as_str())
         .collect();
     assert_eq!(accounts.last(), Some(&globex.as_str()));
     assert!(
         accounts.contains(&acme.as_str()),
         "Acme keeps its periods before the transfer"
     );
-
-    // From yesterday: a run across midnight UTC has rows on two days.
-    let (from, to) = ((now - time::Duration::days(1)).date(), now.date());
-    let usage = op.get(&format!("/api/usage?from={from}&to={to}")).await;
-    let mut summed: BTreeMap<String, i64> = BTreeMap::new();
-    for row in usage["rows"].as_array().unwrap() {
-        *summed
-            .entry(row["resource_id"].as_str().unwrap().to_owned())
-            .or_default() += row["running_s"].as_i64().unwrap() + row["paused_s"].as_i64().unwrap();
-    }
-    for id in &agents {
-        // Rolled up a moment ago: the rows count up to then, within a few seconds of now.
-        let rolled = summed.get(id).copied().unwrap_or(0);
-        let expected = lifetime[id];
-        assert!(
-            rolled <= expected && expected - rolled <= 5,
-            "{id}: usage {rolled} s, lifetime {expected} s"
-        );
-    }
-    let hung_accounts: std::collections::BTreeSet<&str> = usage["rows"]
-        .as_array()
-        .unwrap()
+    assert_eq!(live.transfers.len(), 1, "{:?}", live.transfers);
+    // From the first day: a run across midnight UTC has rows on two days.
+    let hung_accounts: BTreeSet<&str> = live
+        .usage
         .iter()
-        .filter(|r| r["resource_id"] == hung.as_str())
-        .map(|r| r["account_id"].as_str().unwrap())
+        .filter(|r| r.resource == hung_resource)
+        .map(|r| r.account.as_str())
         .collect();
     assert_eq!(
         hung_accounts,
@@ -467,6 +525,31 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
             .iter()
             .all(|(_, cmd)| !cmd.contains("vm-agent")),
         "no vm-agent is left"
+    );
+
+    // Destroyed: every period, transfer and final day's usage survives, the usage covers the
+    // whole lives, and two rollups give the same rows. Rolled up once no background rollup
+    // that began before the last destroy can still write, so the rows are exact.
+    tokio::time::sleep(Duration::from_millis(ROLLUP_MARGIN_MS.unsigned_abs())).await;
+    let counted_from = roll_up(&system);
+    let destroyed = read_ledger(&op, &agents, counted_from).await;
+    assert!(
+        destroyed
+            .lifetimes
+            .iter()
+            .all(|l| l.destroyed_at.is_some_and(|at| at <= counted_from)),
+        "every lifetime ends before the rollup window: {:?}",
+        destroyed.lifetimes
+    );
+    checker::assert_none(
+        &checker::check(&destroyed, Some(&live)),
+        "after every Agent is destroyed",
+    );
+    let counted_from = roll_up(&system);
+    let again = read_ledger(&op, &agents, counted_from).await;
+    checker::assert_none(
+        &checker::same_rollup(&destroyed.usage, &again.usage),
+        "rolling up twice",
     );
 }
 

@@ -1,4 +1,5 @@
 //! Shared test setup: a fresh database per test on both backends, and the workspace's binaries.
+//! [`ledger`] checks the ledger invariants on what a test read, by arithmetic of its own.
 //!
 //! PostgreSQL comes from, in order: `CONTROL_TEST_POSTGRES_URL` (a server where the tests may
 //! create databases, as in CI); else a throwaway cluster this process starts with the
@@ -11,6 +12,8 @@
 
 #![allow(clippy::disallowed_methods)] // this crate is where tests read their environment
 #![allow(clippy::expect_used)] // test setup: a failure to set up is a failed test, said loudly
+
+pub mod ledger;
 
 use std::io::Write;
 use std::net::TcpListener;
