@@ -17,6 +17,7 @@ pub mod clock;
 pub mod cloud_init;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod http;
 pub mod idempotency;
 pub mod ids;

@@ -29,7 +29,13 @@ pub struct Replica {
 /// Starts `control serve` on `port` with `args` before the subcommand (config, data dir,
 /// database), logging at INFO.
 pub fn start_control(args: &[String], port: u16) -> Replica {
+    start_control_with(args, port, &[])
+}
+
+/// [`start_control`] with extra environment variables (a failpoint).
+pub fn start_control_with(args: &[String], port: u16, env: &[(&str, &str)]) -> Replica {
     let mut command = Command::new(workspace_bin("control"));
+    command.envs(env.iter().copied());
     command
         .args(args)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -42,6 +48,49 @@ pub fn start_control(args: &[String], port: u16) -> Replica {
         url: format!("http://127.0.0.1:{port}"),
         port,
     }
+}
+
+/// Writes the configuration the end-to-end tests run control with: fast heartbeats, health
+/// judgements, reconciler, rollup and job polling, local VMs running the workspace's vm-agent
+/// and stand-in cloudflared and reporting to `control_urls`, and job leases of
+/// `job_lease_secs` (the default when `None`). Returns the file's path.
+pub fn write_control_config(
+    dir: &Path,
+    control_urls: &[String],
+    job_lease_secs: Option<u64>,
+) -> PathBuf {
+    let urls: Vec<String> = control_urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let lease = job_lease_secs.map_or(String::new(), |s| format!("lease_secs = {s}\n"));
+    let path = dir.join("control.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[agents]
+heartbeat_interval_secs = 1
+unhealthy_after_intervals = 3
+replica_timeout_secs = 3
+
+[reconciler]
+interval_secs = 2
+
+[usage]
+rollup_interval_secs = 2
+
+[jobs]
+poll_interval_ms = 200
+{lease}
+[local_provider]
+vm_agent = "{vm_agent}"
+cloudflared = "{cloudflared}"
+control_urls = [{urls}]
+"#,
+            vm_agent = workspace_bin("vm-agent").display(),
+            cloudflared = workspace_bin("stand-in-cloudflared").display(),
+            urls = urls.join(", "),
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// A JSON API client with a bearer token.

@@ -14,7 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents};
+use e2e::{
+    Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents,
+    write_control_config,
+};
 use serde_json::{Value, json};
 use test_support::ledger::{
     self as checker, Day, Kind, Lifetime, Period, Resource, RolledUp, Snapshot, State, Transfer,
@@ -79,37 +82,9 @@ impl System {
         let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
         let urls: Vec<String> = ports
             .iter()
-            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+            .map(|p| format!("http://127.0.0.1:{p}"))
             .collect();
-        let config = dir.path().join("control.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[agents]
-heartbeat_interval_secs = 1
-unhealthy_after_intervals = 3
-replica_timeout_secs = 3
-
-[reconciler]
-interval_secs = 2
-
-[usage]
-rollup_interval_secs = 2
-
-[jobs]
-poll_interval_ms = 200
-
-[local_provider]
-vm_agent = "{vm_agent}"
-cloudflared = "{cloudflared}"
-control_urls = [{urls}]
-"#,
-                vm_agent = workspace_bin("vm-agent").display(),
-                cloudflared = workspace_bin("stand-in-cloudflared").display(),
-                urls = urls.join(", "),
-            ),
-        )
-        .unwrap();
+        let config = write_control_config(dir.path(), &urls, None);
         let mut args = vec![
             "--config".to_owned(),
             config.display().to_string(),

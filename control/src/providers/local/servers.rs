@@ -76,7 +76,9 @@ impl Servers for LocalProvider {
                 write_secret(&vm_dir.join("bootstrap-token"), &token.0)?;
                 let mut vm = LocalVm::booted(id, spec);
                 write_vm(&vm_dir, &vm)?;
+                crate::failpoint::hit("local-vm-recorded");
                 spawn_agent(&vm_dir, config, &mut vm)?;
+                crate::failpoint::hit("local-agent-spawned");
                 write_vm(&vm_dir, &vm)?;
                 Ok(vm.server())
             }
