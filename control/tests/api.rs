@@ -860,18 +860,26 @@ async fn readiness_follows_the_database() {
 }
 
 /// Log lines written while the guard lives on this thread.
-fn capture_logs() -> (
-    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    tracing::subscriber::DefaultGuard,
-) {
-    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || Writer(sink.clone()))
-        .finish();
-    (buffer, tracing::subscriber::set_default(subscriber))
+/// The INFO lines this test process logged, from a global subscriber installed on first use:
+/// a scoped one misses what runs on the runtime's other worker threads, and tracing's caches
+/// of which callsites are enabled are shared by every test in the process. Tests pick their
+/// own lines out by the ids they made.
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Writer(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        buffer
+    })
+    .clone()
 }
 
 struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -894,7 +902,7 @@ async fn a_callers_request_id_is_kept_beside_ours(db: TestDb) {
     let h = Harness::new(db).await;
     h.release("2026.11.0").await;
     let (_, token) = h.account("Acme").await;
-    let (logs, guard) = capture_logs();
+    let logs = capture_logs();
     let send = |path: &'static str, body: &'static str| {
         let h = &h;
         let token = token.clone();
@@ -915,7 +923,6 @@ async fn a_callers_request_id_is_kept_beside_ours(db: TestDb) {
     let first = send("/api/agents", r#"{"name":"dev"}"#).await;
     let second = send("/api/agents", r#"{"name":"dev2"}"#).await;
     let refused = send("/api/agents", r#"{"name":""}"#).await;
-    drop(guard);
     assert_eq!((first.status.as_u16(), second.status.as_u16()), (202, 202));
     let ours: Vec<&str> = [&first, &second, &refused]
         .iter()

@@ -41,9 +41,42 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The key a deserialization error is about, from the path the deserializer reached (as
+/// `serde_path_to_error` prints it: `.` or `?` for the top) and its message: a missing key is
+/// reported at its parent, so the key named in the message is joined to that path. Empty for
+/// the document itself. Control names the field of a refused request with it, vm-agent the key
+/// of a refused configuration.
+pub fn error_field(path: &str, message: &str) -> String {
+    let parent = if path == "." || path == "?" { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (parent, missing) {
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, error_field};
+
+    #[test]
+    fn error_fields_name_the_missing_key_under_its_parent() {
+        assert_eq!(error_field(".", "missing field `name`"), "name");
+        assert_eq!(error_field("?", "missing field `name`"), "name");
+        assert_eq!(
+            error_field("slice", "missing field `path` at line 3"),
+            "slice.path"
+        );
+        assert_eq!(
+            error_field("heartbeat.interval_s", "invalid type"),
+            "heartbeat.interval_s"
+        );
+        assert_eq!(error_field(".", "expected a map"), "");
+    }
 
     #[test]
     fn bearer_tokens_are_read_with_any_case_of_the_scheme() {

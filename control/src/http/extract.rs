@@ -110,20 +110,13 @@ where
     }
 }
 
-/// The field an error is about: the path serde reached, or, for a missing field (reported at
-/// its parent), the parent's path joined with the field named in the message.
+/// The field an error is about (see [`control_api::error_field`]); the body itself, or an
+/// element of a top-level array that is not an object missing a field, is `body`.
 fn field_name(path: &str, message: &str) -> String {
-    let parent = if path == "." || path == "?" { "" } else { path };
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name);
-    match (parent, missing) {
-        ("", Some(name)) => name.to_owned(),
-        (parent, Some(name)) => format!("{parent}.{name}"),
-        ("", None) => "body".to_owned(),
-        (parent, None) if parent.starts_with('[') => "body".to_owned(),
-        (parent, None) => parent.to_owned(),
+    let missing = message.starts_with("missing field `");
+    match control_api::error_field(path, message) {
+        field if field.is_empty() || (field.starts_with('[') && !missing) => "body".to_owned(),
+        field => field,
     }
 }
 

@@ -189,7 +189,7 @@ impl Config {
         let raw: AgentToml =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let message = e.inner().to_string();
-                let key = field_name(&e.path().to_string(), &message);
+                let key = control_api::error_field(&e.path().to_string(), &message);
                 ConfigError {
                     origin: origin_of(&key),
                     key,
@@ -223,20 +223,6 @@ fn insert(table: &mut toml::Table, path: &[String], value: String) {
                 insert(inner, rest, value);
             }
         }
-    }
-}
-
-/// The key a deserialization error is about (a missing key is reported at its parent).
-fn field_name(path: &str, message: &str) -> String {
-    let parent = if path == "." { "" } else { path };
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name);
-    match (parent, missing) {
-        ("", Some(name)) => name.to_owned(),
-        (parent, Some(name)) => format!("{parent}.{name}"),
-        (parent, None) => parent.to_owned(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::LocalProvider;
-use super::records::{Records, Write};
+use super::records::Records;
 use crate::providers::{Firewall, Page, ProviderError, Servers, Tunnel, Volume};
 
 /// What the local provider keeps of a tunnel.
@@ -78,6 +78,15 @@ pub(super) fn in_use(what: &str, id: &str, server: &str) -> ProviderError {
         .with_code("resource_in_use")
 }
 
+/// Records that `firewall` applies to `server_id`; whether that is new.
+pub(super) fn applies_to(firewall: &mut Firewall, server_id: &str) -> bool {
+    if firewall.servers.iter().any(|s| s == server_id) {
+        return false;
+    }
+    firewall.servers.push(server_id.to_owned());
+    true
+}
+
 pub(super) fn page<T>(all: BTreeMap<String, T>, keep: impl Fn(&T) -> bool) -> Page<T> {
     Page {
         items: all.into_values().filter(|item| keep(item)).collect(),
@@ -117,17 +126,7 @@ impl LocalProvider {
         for id in firewall_ids {
             self.cloud
                 .firewalls
-                .change(|all| {
-                    let mut firewall = all
-                        .get(id)
-                        .cloned()
-                        .ok_or_else(|| unknown("firewall", id))?;
-                    if firewall.servers.iter().any(|s| s == server_id) {
-                        return Ok((Write::Nothing, ()));
-                    }
-                    firewall.servers.push(server_id.to_owned());
-                    Ok((Write::Put(id.clone(), firewall), ()))
-                })
+                .update(id, || unknown("firewall", id), |f| applies_to(f, server_id))
                 .await?;
         }
         for id in volume_ids {
@@ -144,11 +143,13 @@ impl LocalProvider {
             }
             self.cloud
                 .volumes
-                .change(|all| {
-                    let mut volume = all.get(id).cloned().ok_or_else(|| unknown("volume", id))?;
-                    volume.server = Some(server_id.to_owned());
-                    Ok((Write::Put(id.clone(), volume), ()))
-                })
+                .update(
+                    id,
+                    || unknown("volume", id),
+                    |volume| {
+                        volume.server.replace(server_id.to_owned()).as_deref() != Some(server_id)
+                    },
+                )
                 .await?;
         }
         Ok(())

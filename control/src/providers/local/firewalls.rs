@@ -2,12 +2,16 @@
 
 use async_trait::async_trait;
 
-use super::cloud::{in_use, new_record_id, page, taken};
+use super::cloud::{applies_to, in_use, new_record_id, page, taken};
 use super::records::Write;
 use super::{LocalProvider, matches};
 use crate::providers::{
     Firewall, FirewallRule, FirewallSpec, Firewalls, Labels, Page, ProviderError, Servers,
 };
+
+fn no_firewall(id: &str) -> ProviderError {
+    ProviderError::not_found(format!("firewall {id}"))
+}
 
 #[async_trait]
 impl Firewalls for LocalProvider {
@@ -47,14 +51,14 @@ impl Firewalls for LocalProvider {
     async fn set_rules(&self, id: &str, rules: &[FirewallRule]) -> Result<(), ProviderError> {
         self.cloud
             .firewalls
-            .change(|all| {
-                let mut firewall = all
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| ProviderError::not_found(format!("firewall {id}")))?;
-                firewall.rules = rules.to_vec();
-                Ok((Write::Put(id.to_owned(), firewall), ()))
-            })
+            .update(
+                id,
+                || no_firewall(id),
+                |firewall| {
+                    firewall.rules = rules.to_vec();
+                    true
+                },
+            )
             .await
     }
 
@@ -64,23 +68,13 @@ impl Firewalls for LocalProvider {
         }
         self.cloud
             .firewalls
-            .change(|all| {
-                let mut firewall = all
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| ProviderError::not_found(format!("firewall {id}")))?;
-                if firewall.servers.iter().any(|s| s == server_id) {
-                    return Ok((Write::Nothing, ()));
-                }
-                firewall.servers.push(server_id.to_owned());
-                Ok((Write::Put(id.to_owned(), firewall), ()))
-            })
+            .update(id, || no_firewall(id), |f| applies_to(f, server_id))
             .await
     }
 
     async fn delete_firewall(&self, id: &str) -> Result<(), ProviderError> {
         let Some(firewall) = self.cloud.firewalls.get(id)? else {
-            return Err(ProviderError::not_found(format!("firewall {id}")));
+            return Err(no_firewall(id));
         };
         if let Some(server) = self.live_server(&firewall.servers).await? {
             return Err(in_use("firewall", id, &server));

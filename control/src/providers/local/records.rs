@@ -125,6 +125,28 @@ impl<T: Clone + Serialize + DeserializeOwned> Records<T> {
     }
 }
 
+impl<T: Clone + Serialize + DeserializeOwned> Records<T> {
+    /// Edits record `id` under the lock; `edit` says whether it changed anything, and
+    /// `missing` is the error when there is no such record.
+    pub(super) async fn update(
+        &self,
+        id: &str,
+        missing: impl FnOnce() -> ProviderError,
+        edit: impl FnOnce(&mut T) -> bool,
+    ) -> Result<(), ProviderError> {
+        self.change(|all| {
+            let mut record = all.get(id).cloned().ok_or_else(missing)?;
+            let write = if edit(&mut record) {
+                Write::Put(id.to_owned(), record)
+            } else {
+                Write::Nothing
+            };
+            Ok((write, ()))
+        })
+        .await
+    }
+}
+
 /// What a [`Records::change`] writes.
 pub(super) enum Write<T> {
     Put(String, T),

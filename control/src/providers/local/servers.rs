@@ -307,7 +307,16 @@ pub(super) mod tests {
         let provider = LocalProvider::with_processes(&vms, config.clone()).unwrap();
         let id = provider.create_server(&spec()).await.unwrap().id;
         let vm_dir = vms.join(&id);
-        let first = find_agent(&vm_dir).expect("create started the agent");
+        // A process whose exec is still finishing has no command line yet: look a while.
+        let mut first = None;
+        for _ in 0..200 {
+            first = find_agent(&vm_dir);
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = first.expect("create started the agent");
         // The crash window: the record forgets the process it started.
         let mut vm = vm::read_vm(&vm_dir).unwrap();
         vm.clear_process();
