@@ -25,7 +25,7 @@ const VERIFY_BATCH: i64 = 1_000;
 #[derive(Clone, Debug)]
 pub struct NewEvent<'a> {
     pub at: Timestamp,
-    pub actor: &'a str,
+    pub actor: String,
     pub action: AuditAction,
     pub resource_kind: ResourceKind,
     pub resource_id: &'a str,
@@ -38,6 +38,31 @@ pub struct NewEvent<'a> {
     pub caller_request_id: Option<&'a str>,
     /// A JSON object.
     pub details: serde_json::Value,
+}
+
+impl<'a> NewEvent<'a> {
+    /// What `caller` does at `at` to `resource`, owned by `account_id`: the actor and both
+    /// request ids come from the caller; no destination account, empty details.
+    pub fn by(
+        caller: &'a crate::app::Caller,
+        at: Timestamp,
+        action: AuditAction,
+        resource: crate::store::ResourceRef<'a>,
+        account_id: &'a str,
+    ) -> Self {
+        Self {
+            at,
+            actor: caller.principal.actor(),
+            action,
+            resource_kind: resource.kind,
+            resource_id: resource.id,
+            account_id,
+            to_account_id: None,
+            request_id: Some(&caller.request_id),
+            caller_request_id: caller.caller_request_id.as_deref(),
+            details: serde_json::json!({}),
+        }
+    }
 }
 
 /// SHA-256 over the event's fields in a fixed order (a JSON array, so no field can bleed into
@@ -81,7 +106,7 @@ pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
         seq: head_seq + 1,
         id: new_id(prefix::EVENT),
         at: event.at.as_millis(),
-        actor: event.actor.to_owned(),
+        actor: event.actor,
         action: event.action.as_db().to_owned(),
         resource_kind: event.resource_kind.as_db().to_owned(),
         resource_id: event.resource_id.to_owned(),

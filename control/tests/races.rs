@@ -283,7 +283,7 @@ async fn verify_is_clean_while_events_are_appended(db: TestDb) {
                     &mut tx,
                     control::audit::NewEvent {
                         at: control_api::Timestamp::from_millis(n),
-                        actor: "token:tok_test",
+                        actor: "token:tok_test".to_owned(),
                         action: control_api::audit::AuditAction::AgentStart,
                         resource_kind: control_api::usage::ResourceKind::Agent,
                         resource_id: &agent,

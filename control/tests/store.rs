@@ -28,7 +28,7 @@ dual_backend_tests!(
 fn event(n: i64) -> NewEvent<'static> {
     NewEvent {
         at: Timestamp::from_millis(1_790_000_000_000 + n),
-        actor: "token:tok_test",
+        actor: "token:tok_test".to_owned(),
         action: AuditAction::AgentStart,
         resource_kind: ResourceKind::Agent,
         resource_id: "agt_test",
@@ -53,6 +53,25 @@ async fn execute(store: &Store, sql: &'static str) -> Result<(), StoreError> {
     tx.commit().await
 }
 
+/// Each of `edits` (and, on PostgreSQL, `truncate`) is refused by the database, and the
+/// database is as it was.
+async fn all_refused(db: &TestDb, store: &Store, edits: &[&'static str], truncate: &'static str) {
+    let before = store.snapshot().await.unwrap();
+    let postgres_only: &[&'static str] = if db.backend == test_support::Backend::Postgres {
+        &[truncate]
+    } else {
+        &[]
+    };
+    for sql in edits.iter().chain(postgres_only) {
+        let refused = execute(store, sql).await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "{sql}: {refused:?}"
+        );
+    }
+    assert_eq!(store.snapshot().await.unwrap(), before);
+}
+
 async fn migrations_apply_once_and_are_checked(db: TestDb) {
     let store = common::connect(&db).await;
     assert!(store.is_migrated().await.unwrap());
@@ -75,28 +94,13 @@ async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
     for n in 1..=3 {
         append(&store, n).await;
     }
-    let before = store.snapshot().await.unwrap();
     let edits: &[&'static str] = &[
         "UPDATE audit_events SET actor = 'someone else' WHERE seq = 2",
         "UPDATE audit_events SET details = '{}'",
         "DELETE FROM audit_events WHERE seq = 3",
         "DELETE FROM audit_events",
     ];
-    for sql in edits {
-        let refused = execute(&store, sql).await;
-        assert!(
-            matches!(refused, Err(StoreError::Refused(_))),
-            "{sql}: {refused:?}"
-        );
-    }
-    if db.backend == test_support::Backend::Postgres {
-        let refused = execute(&store, "TRUNCATE audit_events").await;
-        assert!(
-            matches!(refused, Err(StoreError::Refused(_))),
-            "TRUNCATE: {refused:?}"
-        );
-    }
-    assert_eq!(store.snapshot().await.unwrap(), before);
+    all_refused(&db, &store, edits, "TRUNCATE audit_events").await;
     assert!(audit::verify(&store).await.unwrap().ok);
 }
 
@@ -119,7 +123,6 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
     )
     .await
     .unwrap();
-    let before = store.snapshot().await.unwrap();
     let edits: &[&'static str] = &[
         "DELETE FROM state_periods WHERE id = 'per_closed'",
         "DELETE FROM state_periods WHERE id = 'per_open'",
@@ -127,21 +130,7 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
         "UPDATE state_periods SET ended_at = 2000 WHERE id = 'per_closed'",
         "UPDATE state_periods SET account_id = 'acc_t', state = 'paused' WHERE ended_at IS NOT NULL",
     ];
-    for sql in edits {
-        let refused = execute(&store, sql).await;
-        assert!(
-            matches!(refused, Err(StoreError::Refused(_))),
-            "{sql}: {refused:?}"
-        );
-    }
-    if db.backend == test_support::Backend::Postgres {
-        let refused = execute(&store, "TRUNCATE state_periods").await;
-        assert!(
-            matches!(refused, Err(StoreError::Refused(_))),
-            "TRUNCATE: {refused:?}"
-        );
-    }
-    assert_eq!(store.snapshot().await.unwrap(), before);
+    all_refused(&db, &store, edits, "TRUNCATE state_periods").await;
     execute(
         &store,
         "UPDATE state_periods SET ended_at = 3000 WHERE id = 'per_open'",

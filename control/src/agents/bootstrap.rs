@@ -5,7 +5,6 @@
 use control_api::Timestamp;
 use control_api::agents::BootstrapToken;
 use control_api::audit::AuditAction;
-use control_api::usage::ResourceKind;
 use tracing::info;
 
 use super::visible_agent;
@@ -14,6 +13,7 @@ use crate::audit::{self, NewEvent};
 use crate::clock::millis;
 use crate::error::{Error, Result};
 use crate::ingest::new_bootstrap_token;
+use crate::ledger::ResourceRef;
 
 /// Issues a fresh bootstrap token for Agent `id`, replacing the last one (spent or not). The
 /// token is in the answer only; the database keeps its hash, the audit log the fact.
@@ -37,16 +37,14 @@ pub async fn rebootstrap(app: &App, caller: &Caller, id: &str) -> Result<Bootstr
     audit::append(
         &mut tx,
         NewEvent {
-            at: now,
-            actor: &caller.principal.actor(),
-            action: AuditAction::AgentRebootstrap,
-            resource_kind: ResourceKind::Agent,
-            resource_id: id,
-            account_id: &agent.account_id,
-            to_account_id: None,
-            request_id: Some(&caller.request_id),
-            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({ "expires_at": expires_at }),
+            ..NewEvent::by(
+                caller,
+                now,
+                AuditAction::AgentRebootstrap,
+                ResourceRef::agent(id),
+                &agent.account_id,
+            )
         },
     )
     .await?;

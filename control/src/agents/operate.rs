@@ -2,7 +2,6 @@
 
 use control_api::agents::{Agent, AgentOperation, PeriodState};
 use control_api::audit::AuditAction;
-use control_api::usage::ResourceKind;
 use tracing::info;
 
 use super::{ACCEPTED, queue_job, reread, visible_agent};
@@ -10,6 +9,7 @@ use crate::app::{App, Caller};
 use crate::audit::{self, NewEvent};
 use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
+use crate::ledger::ResourceRef;
 use crate::store::AgentRow;
 
 /// Accepts a start, stop or destroy.
@@ -46,18 +46,13 @@ pub async fn request(
     }
     audit::append(
         &mut tx,
-        NewEvent {
-            at: now,
-            actor: &caller.principal.actor(),
+        NewEvent::by(
+            caller,
+            now,
             action,
-            resource_kind: ResourceKind::Agent,
-            resource_id: id,
-            account_id: &before.account_id,
-            to_account_id: None,
-            request_id: Some(&caller.request_id),
-            caller_request_id: caller.caller_request_id.as_deref(),
-            details: serde_json::json!({}),
-        },
+            ResourceRef::agent(id),
+            &before.account_id,
+        ),
     )
     .await?;
     queue_job(&mut tx, operation, id, caller, now).await?;

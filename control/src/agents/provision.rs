@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use control_api::agents::{Agent, AgentOperation, PeriodState, ProvisionAgent};
 use control_api::audit::AuditAction;
-use control_api::usage::ResourceKind;
 use tracing::info;
 
 use super::{ACCEPTED, queue_job, reread};
@@ -105,21 +104,19 @@ pub async fn provision(
     audit::append(
         &mut tx,
         NewEvent {
-            at: now,
-            actor: &caller.principal.actor(),
-            action: AuditAction::AgentProvision,
-            resource_kind: ResourceKind::Agent,
-            resource_id: &agent_id,
-            account_id,
-            to_account_id: None,
-            request_id: Some(&caller.request_id),
-            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({
                 "name": request.name,
                 "provider": provider,
                 "image_id": image.id,
                 "image_version": image.version,
             }),
+            ..NewEvent::by(
+                caller,
+                now,
+                AuditAction::AgentProvision,
+                ResourceRef::agent(&agent_id),
+                account_id,
+            )
         },
     )
     .await?;

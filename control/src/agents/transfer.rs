@@ -2,7 +2,6 @@
 
 use control_api::agents::{Agent, TransferAgent};
 use control_api::audit::AuditAction;
-use control_api::usage::ResourceKind;
 use tracing::info;
 
 use super::{reread, visible_agent};
@@ -65,16 +64,15 @@ pub async fn transfer(
     audit::append(
         &mut tx,
         NewEvent {
-            at,
-            actor: &caller.principal.actor(),
-            action: AuditAction::AgentTransfer,
-            resource_kind: ResourceKind::Agent,
-            resource_id: id,
-            account_id: &before.account_id,
             to_account_id: Some(to),
-            request_id: Some(&caller.request_id),
-            caller_request_id: caller.caller_request_id.as_deref(),
             details: serde_json::json!({ "state": open.state }),
+            ..NewEvent::by(
+                caller,
+                at,
+                AuditAction::AgentTransfer,
+                ResourceRef::agent(id),
+                &before.account_id,
+            )
         },
     )
     .await?;
