@@ -25,23 +25,15 @@ impl Tx {
         now: i64,
         expires_at: i64,
     ) -> Result<bool> {
-        let armed = on_conn!(self, conn => sqlx::query(
-            "INSERT INTO agent_bootstrap (agent_id, token_hash, created_at, expires_at, used_at)
+        const SQL: &str = "INSERT INTO agent_bootstrap
+                 (agent_id, token_hash, created_at, expires_at, used_at)
              VALUES ($1, $2, $3, $4, NULL)
              ON CONFLICT (agent_id) DO UPDATE
              SET previous_token_hash = agent_bootstrap.token_hash,
                  token_hash = excluded.token_hash, created_at = excluded.created_at,
                  expires_at = excluded.expires_at
-             WHERE agent_bootstrap.used_at IS NULL",
-        )
-        .bind(agent_id)
-        .bind(token_hash)
-        .bind(now)
-        .bind(expires_at)
-        .execute(conn)
-        .await
-            .map(|done| done.rows_affected()))?;
-        Ok(armed == 1)
+             WHERE agent_bootstrap.used_at IS NULL";
+        Ok(self.arm(SQL, agent_id, token_hash, now, expires_at).await? == 1)
     }
 
     /// Stores the hash of a fresh bootstrap token for `agent_id` whatever became of the last
@@ -54,22 +46,34 @@ impl Tx {
         now: i64,
         expires_at: i64,
     ) -> Result<()> {
-        on_conn!(self, conn => sqlx::query(
-            "INSERT INTO agent_bootstrap (agent_id, token_hash, created_at, expires_at, used_at)
+        const SQL: &str = "INSERT INTO agent_bootstrap
+                 (agent_id, token_hash, created_at, expires_at, used_at)
              VALUES ($1, $2, $3, $4, NULL)
              ON CONFLICT (agent_id) DO UPDATE
              SET token_hash = excluded.token_hash, previous_token_hash = NULL,
                  created_at = excluded.created_at, expires_at = excluded.expires_at,
-                 used_at = NULL",
-        )
-        .bind(agent_id)
-        .bind(token_hash)
-        .bind(now)
-        .bind(expires_at)
-        .execute(conn)
-        .await
-            .map(|done| done.rows_affected()))?;
+                 used_at = NULL";
+        self.arm(SQL, agent_id, token_hash, now, expires_at).await?;
         Ok(())
+    }
+
+    /// Runs one of the two upserts above; returns the rows it changed.
+    async fn arm(
+        &mut self,
+        sql: &'static str,
+        agent_id: &str,
+        token_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<u64> {
+        Ok(on_conn!(self, conn => sqlx::query(sql)
+            .bind(agent_id)
+            .bind(token_hash)
+            .bind(now)
+            .bind(expires_at)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected()))?)
     }
 
     pub async fn bootstrap(&mut self, agent_id: &str) -> Result<Option<BootstrapRow>> {
