@@ -270,36 +270,26 @@ impl Store {
 
     /// Whether every migration this build knows has been applied.
     pub async fn is_migrated(&self) -> Result<bool> {
-        let (latest, applied): (i64, Option<i64>) = match &self.pools {
+        const APPLIED: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE";
+        let (migrator, applied): (&sqlx::migrate::Migrator, Option<i64>) = match &self.pools {
             Pools::Sqlite { pool, .. } => (
-                SQLITE_MIGRATIONS
-                    .iter()
-                    .map(|m| m.version)
-                    .max()
-                    .unwrap_or(0),
-                sqlx::query_scalar(
-                    "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
-                )
-                .fetch_one(pool)
-                .await
-                .ok()
-                .flatten(),
+                &SQLITE_MIGRATIONS,
+                sqlx::query_scalar(APPLIED)
+                    .fetch_one(pool)
+                    .await
+                    .ok()
+                    .flatten(),
             ),
             Pools::Postgres(pool) => (
-                POSTGRES_MIGRATIONS
-                    .iter()
-                    .map(|m| m.version)
-                    .max()
-                    .unwrap_or(0),
-                sqlx::query_scalar(
-                    "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
-                )
-                .fetch_one(pool)
-                .await
-                .ok()
-                .flatten(),
+                &POSTGRES_MIGRATIONS,
+                sqlx::query_scalar(APPLIED)
+                    .fetch_one(pool)
+                    .await
+                    .ok()
+                    .flatten(),
             ),
         };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
         Ok(applied == Some(latest))
     }
 
