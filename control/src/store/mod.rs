@@ -30,10 +30,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{Column, Postgres, Row, Sqlite, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -177,6 +175,13 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+/// The pool settings both backends share.
+fn pool_options<DB: sqlx::Database>(options: &StoreOptions) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+}
+
 /// A database URL without its password (in the user part or a `password=` parameter), fit
 /// for logs and error messages.
 pub fn redact_url(text: &str) -> String {
@@ -221,9 +226,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(options.busy_timeout);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(options.acquire_timeout)
+            let pool = pool_options(options)
                 .connect_with(connect)
                 .await
                 .map_err(connect_error)?;
@@ -235,9 +238,7 @@ impl Store {
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let connect = PgConnectOptions::from_str(url).map_err(connect_error)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(options.acquire_timeout)
+            let pool = pool_options(options)
                 .connect_with(connect)
                 .await
                 .map_err(connect_error)?;
