@@ -22,6 +22,11 @@ pub struct Settings {
     /// The first retry delay; it doubles per attempt up to `job_retry_cap`.
     pub job_retry_base: Duration,
     pub job_retry_cap: Duration,
+    /// How long a job may wait for the provider to get where it was asked to (a server to
+    /// start, to shut down) before the wait counts as a failure.
+    pub job_wait_limit: Duration,
+    /// How long a stopping Agent's OS gets to shut down (ACPI) before its power is cut.
+    pub stop_grace: Duration,
     pub ingest: IngestSettings,
 }
 
@@ -32,6 +37,8 @@ impl Default for Settings {
             job_max_attempts: 8,
             job_retry_base: Duration::from_secs(2),
             job_retry_cap: Duration::from_mins(5),
+            job_wait_limit: Duration::from_mins(15),
+            stop_grace: Duration::from_mins(1),
             ingest: IngestSettings::default(),
         }
     }

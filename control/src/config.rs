@@ -93,6 +93,7 @@ struct AgentsSection {
     write_every_heartbeats: Option<u32>,
     bootstrap_ttl_secs: Option<u64>,
     replica_timeout_secs: Option<u64>,
+    stop_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +114,7 @@ struct JobsSection {
     poll_interval_ms: Option<u64>,
     lease_secs: Option<u64>,
     max_attempts: Option<i64>,
+    wait_limit_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -246,6 +248,16 @@ impl Config {
                     lease_default,
                 )?),
                 job_max_attempts: max_attempts,
+                job_wait_limit: Duration::from_secs(positive(
+                    "jobs.wait_limit_secs",
+                    parsed.jobs.wait_limit_secs,
+                    defaults.job_wait_limit.as_secs(),
+                )?),
+                stop_grace: Duration::from_secs(positive(
+                    "agents.stop_grace_secs",
+                    parsed.agents.stop_grace_secs,
+                    defaults.stop_grace.as_secs(),
+                )?),
                 ingest,
                 ..defaults
             },

@@ -23,6 +23,7 @@ use test_support::{Backend, TestDb, dual_backend_tests};
 use tokio::sync::{Notify, mpsc};
 
 dual_backend_tests!(
+    a_stop_gives_the_os_its_grace_then_cuts_the_power,
     a_server_adopted_after_a_conflict_still_registers,
     a_replica_that_lost_its_lease_changes_nothing,
     verify_is_clean_while_events_are_appended,
@@ -137,6 +138,102 @@ impl Servers for Lagging {
     async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
         self.inner.delete_server(id).await
     }
+}
+
+/// The local provider behind a guest that ignores ACPI: shutdown does nothing, power-off works.
+#[derive(Debug)]
+struct Stubborn {
+    inner: Arc<control::providers::local::LocalProvider>,
+    power_offs: AtomicUsize,
+}
+
+#[async_trait]
+impl Servers for Stubborn {
+    async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
+        self.inner.create_server(spec).await
+    }
+    async fn get_server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        self.inner.get_server(id).await
+    }
+    async fn list_servers(
+        &self,
+        selector: &Labels,
+        page: Option<&str>,
+    ) -> Result<Page<Server>, ProviderError> {
+        self.inner.list_servers(selector, page).await
+    }
+    async fn power_on(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.power_on(id).await
+    }
+    async fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn power_off(&self, id: &str) -> Result<(), ProviderError> {
+        self.power_offs.fetch_add(1, Ordering::SeqCst);
+        self.inner.power_off(id).await
+    }
+    async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.delete_server(id).await
+    }
+}
+
+/// A stop waits for the OS to shut down, for the stop grace, without spending the job's
+/// attempts (the replica allows one), then cuts the power and records the Agent paused.
+async fn a_stop_gives_the_os_its_grace_then_cuts_the_power(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let agent = h.agent(&token, "dev").await;
+    let stubborn = Arc::new(Stubborn {
+        inner: h.local.clone(),
+        power_offs: AtomicUsize::new(0),
+    });
+    let replica = App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        Providers::new(Cloud {
+            name: "local",
+            servers: stubborn.clone(),
+            firewalls: None,
+            volumes: None,
+        }),
+        Settings {
+            job_max_attempts: 1,
+            ..Settings::default()
+        },
+    );
+    let stop = h
+        .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
+        .await;
+    assert_eq!(stop.status, 202, "{:#}", stop.body);
+    let view = || async { h.get(&format!("/api/agents/{agent}"), &token).await.body };
+    for _ in 0..11 {
+        control::jobs::run_due(&replica).await.unwrap();
+        assert_eq!(
+            stubborn.power_offs.load(Ordering::SeqCst),
+            0,
+            "within the grace"
+        );
+        let seen = view().await;
+        assert_eq!(
+            (&seen["state"], &seen["operation"]),
+            (&json!("running"), &json!("stop")),
+            "{seen:#}"
+        );
+        h.advance(5_000);
+    }
+    h.advance(5_000); // 60 s since the shutdown: the grace is over
+    control::jobs::run_due(&replica).await.unwrap();
+    assert_eq!(stubborn.power_offs.load(Ordering::SeqCst), 1);
+    h.advance(5_000);
+    control::jobs::run_due(&replica).await.unwrap();
+    let seen = view().await;
+    assert_eq!(
+        (&seen["state"], &seen["operation"], &seen["last_error"]),
+        (&json!("paused"), &json!(null), &json!(null)),
+        "{seen:#}"
+    );
+    assert_eq!(stubborn.power_offs.load(Ordering::SeqCst), 1);
 }
 
 /// A retry that found no server armed a new bootstrap token, then met a uniqueness conflict

@@ -4,7 +4,7 @@
 use control_api::agents::PeriodState;
 
 use super::agent::{AgentJob, agent_server};
-use super::{Step, StepCx, StepFuture, StepResult};
+use super::{Step, StepCx, StepError, StepFuture, StepResult};
 use crate::providers::{ProviderError, ServerStatus};
 
 pub(super) static KIND: AgentJob = AgentJob {
@@ -44,11 +44,10 @@ pub(super) async fn wait_running(cx: &StepCx<'_>) -> StepResult {
     if server.status == ServerStatus::Running {
         Ok(None)
     } else if server.status.is_on() {
-        Err(ProviderError::transient(format!(
-            "server {id} is {:?}, not running yet",
-            server.status
-        ))
-        .into())
+        Err(StepError::Wait {
+            reason: format!("server {id} is {:?}, not running yet", server.status),
+            after: std::time::Duration::from_secs(5),
+        })
     } else {
         Err(ProviderError::permanent(format!(
             "server {id} is {:?} instead of starting",

@@ -21,6 +21,7 @@ mod runner;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use control_api::agents::AgentOperation;
@@ -60,6 +61,11 @@ pub enum StepError {
     /// Our own failure (the database, a stored value); retried like a transient one.
     #[error(transparent)]
     Control(#[from] Error),
+    /// Not a failure: the provider is on its way to what was asked (a server starting, an OS
+    /// shutting down). The step runs again after `after` without spending an attempt, until
+    /// the job has waited `job_wait_limit` in all.
+    #[error("waiting: {reason}")]
+    Wait { reason: String, after: Duration },
 }
 
 impl From<StoreError> for StepError {

@@ -128,6 +128,13 @@ async fn failed(
     let (retryable, retry_after) = match error {
         StepError::Provider(e) => (e.is_retryable(), e.retry_after),
         StepError::Control(_) => (true, None),
+        StepError::Wait { reason, after } => {
+            let waited = app.clock.now().as_millis() - job.created_at;
+            if waited < millis(app.settings.job_wait_limit) {
+                return postpone(app, job, step, reason, *after).await;
+            }
+            (true, None)
+        }
     };
     if !retryable || job.attempts >= app.settings.job_max_attempts {
         return close(app, job, Some(kind), &error.to_string()).await;
@@ -158,6 +165,34 @@ async fn failed(
         retry_in_ms = millis(delay),
         error = %message,
         "job step failed; will retry"
+    );
+    Ok(())
+}
+
+/// Runs the job again after `after`, this run not counted as an attempt.
+async fn postpone(
+    app: &App,
+    job: &JobRow,
+    step: &str,
+    reason: &str,
+    after: std::time::Duration,
+) -> Result<()> {
+    let mut tx = app.store.write().await?;
+    tx.postpone_job(
+        &job.id,
+        &app.replica_id,
+        app.clock.now().as_millis() + millis(after),
+        &format!("waiting: {reason}"),
+    )
+    .await?;
+    tx.commit().await?;
+    debug!(
+        resource_id = %job.resource_id,
+        job_id = %job.id,
+        step,
+        look_again_in_ms = millis(after),
+        reason,
+        "job step waiting for the provider"
     );
     Ok(())
 }

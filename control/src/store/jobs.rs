@@ -162,6 +162,31 @@ impl Tx {
         Ok(())
     }
 
+    /// Puts the job back to run again at `run_after` without counting this run as an attempt:
+    /// it was waiting, not failing. Only `owner` may.
+    pub async fn postpone_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        run_after: i64,
+        reason: &str,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_after = $3, last_error = $4, lease_owner = NULL,
+                             lease_until = NULL, attempts = CASE WHEN attempts > 0
+                                                                 THEN attempts - 1 ELSE 0 END
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(run_after)
+        .bind(reason)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
     /// Records that the job finished its first `step` steps, with what they produced, in the
     /// transaction that follows the last of them. Returns false if `owner` no longer holds it.
     pub async fn record_job_step(
