@@ -27,6 +27,8 @@ pub struct Settings {
     pub job_wait_limit: Duration,
     /// How long a stopping Agent's OS gets to shut down (ACPI) before its power is cut.
     pub stop_grace: Duration,
+    /// The size of a new Agent's slice volume, in GB (Hetzner's smallest is 10).
+    pub slice_size_gb: u32,
     pub ingest: IngestSettings,
 }
 
@@ -39,6 +41,7 @@ impl Default for Settings {
             job_retry_cap: Duration::from_mins(5),
             job_wait_limit: Duration::from_mins(15),
             stop_grace: Duration::from_mins(1),
+            slice_size_gb: 10,
             ingest: IngestSettings::default(),
         }
     }

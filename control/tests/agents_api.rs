@@ -18,6 +18,7 @@ dual_backend_tests!(
     a_spent_bootstrap_token_is_never_armed_again,
     only_an_operator_re_bootstraps_and_it_is_audited,
     an_operators_token_supersedes_every_earlier_one,
+    an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing,
     the_bootstrap_token_is_exchanged_once,
     heartbeats_need_the_agents_own_credential,
     a_heartbeat_records_a_paused_agent_running,
@@ -242,6 +243,79 @@ async fn an_operators_token_supersedes_every_earlier_one(db: TestDb) {
     register(&h, &agent, &second).await.problem(401, None);
     let fresh = issued.body["bootstrap_token"].as_str().unwrap();
     assert_eq!(register(&h, &agent, fresh).await.status, 200);
+}
+
+/// Provisioning makes, on a cloud that has them, one firewall with no rule (zero inbound
+/// ports) and one ext4 slice volume, both attached to the server; a firewall an attempt made
+/// before it died is adopted, not doubled; destroying the Agent leaves none of them.
+async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(db: TestDb) {
+    use control::providers::{FirewallSpec, Firewalls, Servers, Volumes, resource_labels};
+    use control_api::usage::ResourceKind;
+
+    let (h, token) = setup(db).await;
+    let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);
+    let agent = provisioned.body["id"].as_str().unwrap().to_owned();
+    let labels = resource_labels(ResourceKind::Agent, &agent);
+    // An attempt that died after the provider made the firewall, before recording it.
+    let orphan = h
+        .local
+        .create_firewall(&FirewallSpec {
+            name: agent.replace('_', "-").to_ascii_lowercase(),
+            labels: labels.clone(),
+            rules: Vec::new(),
+        })
+        .await
+        .unwrap();
+    h.run_jobs().await;
+    assert_eq!(agent_view(&h, &token, &agent).await["state"], "running");
+
+    let firewalls = h.local.list_firewalls(&labels, None).await.unwrap().items;
+    let volumes = h.local.list_volumes(&labels, None).await.unwrap().items;
+    let servers = h.local.list_servers(&labels, None).await.unwrap().items;
+    assert_eq!(firewalls.len(), 1, "{firewalls:?}");
+    assert_eq!(firewalls[0].id, orphan.id, "adopted, not doubled");
+    assert!(firewalls[0].rules.is_empty(), "no inbound rule at all");
+    assert_eq!(firewalls[0].servers, vec![servers[0].id.clone()]);
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(volumes[0].size_gb, 10);
+    assert_eq!(volumes[0].server.as_deref(), Some(servers[0].id.as_str()));
+
+    let destroyed = h
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{agent}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
+    h.run_jobs().await;
+    assert_eq!(agent_view(&h, &token, &agent).await["state"], "destroyed");
+    assert!(
+        h.local
+            .list_servers(&labels, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        h.local
+            .list_volumes(&labels, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        h.local
+            .list_firewalls(&labels, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).

@@ -15,7 +15,7 @@ use super::{JobKind, Outputs, Step, StepCx, StepError};
 use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::error::Error;
-use crate::providers::{Cloud, ProviderError, Servers, resource_labels};
+use crate::providers::{Cloud, ErrorKind, ProviderError, Servers, resource_labels};
 use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
 
 /// An Agent job kind: its steps, and the state the Agent is in once they are done (`None`:
@@ -89,6 +89,20 @@ pub(super) async fn server_id(
         .list_servers(&labels, None)
         .await?;
     Ok(found.items.into_iter().next().map(|server| server.id))
+}
+
+/// The name the Agent's resources carry at the provider: a hostname (no underscores, no
+/// capitals), deterministic, so a repeated create meets a uniqueness conflict.
+pub(super) fn provider_name(agent: &AgentRow) -> String {
+    agent.id.replace('_', "-").to_ascii_lowercase()
+}
+
+/// A delete's result, with "gone already" as done.
+pub(super) fn deleted(result: Result<(), ProviderError>) -> Result<(), ProviderError> {
+    match result {
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The Agent, the id of its server, and the servers of its cloud, for a step that needs the

@@ -1,15 +1,29 @@
 //! Destroying an Agent: delete its server (the recorded one, or the one carrying its labels
-//! if provisioning never recorded it); a server that is gone already is done.
+//! if provisioning never recorded it), then its volume and its firewall (found by our labels;
+//! Hetzner detaches both when the server goes, and refuses to delete them before). Whatever is
+//! gone already is done.
 
-use super::agent::{AgentJob, agent, cloud, server_id};
+use control_api::usage::ResourceKind;
+
+use super::agent::{AgentJob, agent, cloud, deleted, server_id};
 use super::{Step, StepCx, StepFuture};
-use crate::providers::ErrorKind;
+use crate::providers::resource_labels;
 
 pub(super) static KIND: AgentJob = AgentJob {
-    steps: &[Step {
-        name: "delete_server",
-        run: delete_server,
-    }],
+    steps: &[
+        Step {
+            name: "delete_server",
+            run: delete_server,
+        },
+        Step {
+            name: "delete_volume",
+            run: delete_volume,
+        },
+        Step {
+            name: "delete_firewall",
+            run: delete_firewall,
+        },
+    ],
     to: None,
 };
 
@@ -19,9 +33,35 @@ fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let Some(id) = server_id(cx, &agent).await? else {
             return Ok(None);
         };
-        match cloud(cx.app, &agent)?.servers.delete_server(&id).await {
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-            other => other.map(|()| None).map_err(Into::into),
+        deleted(cloud(cx.app, &agent)?.servers.delete_server(&id).await)?;
+        Ok(None)
+    })
+}
+
+fn delete_volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let agent = agent(cx).await?;
+        let Some(volumes) = &cloud(cx.app, &agent)?.volumes else {
+            return Ok(None);
+        };
+        let labels = resource_labels(ResourceKind::Agent, &agent.id);
+        for volume in volumes.list_volumes(&labels, None).await?.items {
+            deleted(volumes.delete_volume(&volume.id).await)?;
         }
+        Ok(None)
+    })
+}
+
+fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let agent = agent(cx).await?;
+        let Some(firewalls) = &cloud(cx.app, &agent)?.firewalls else {
+            return Ok(None);
+        };
+        let labels = resource_labels(ResourceKind::Agent, &agent.id);
+        for firewall in firewalls.list_firewalls(&labels, None).await?.items {
+            deleted(firewalls.delete_firewall(&firewall.id).await)?;
+        }
+        Ok(None)
     })
 }

@@ -1,6 +1,8 @@
-//! Provisioning an Agent: its server, created with its first-boot document (after arming its
-//! single-use bootstrap token) or adopted when an earlier attempt made it, then running.
-//! Tunnels, firewalls and volumes join as steps with the clouds that have them.
+//! Provisioning an Agent: on a cloud that has them, its own firewall (no inbound rule at all:
+//! an Agent has zero inbound ports) and its volume (the slice, ext4); then its server, with
+//! both attached and its first-boot document (after arming its single-use bootstrap token);
+//! then running. Each is found by our labels before it is made and adopted when an earlier
+//! attempt made it. Tunnels join as a step with the tunnel provider.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,7 @@ use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
 use serde_json::Value;
 
-use super::agent::{AgentJob, agent, cloud};
+use super::agent::{AgentJob, agent, cloud, provider_name};
 use super::agent_start::wait_running;
 use super::{Step, StepCx, StepError, StepFuture};
 use crate::app::App;
@@ -16,11 +18,21 @@ use crate::clock::millis;
 use crate::cloud_init::{self, AgentIdentity};
 use crate::error::Error;
 use crate::ingest::new_bootstrap_token;
-use crate::providers::{ErrorKind, ProviderError, Secret, ServerSpec, resource_labels};
+use crate::providers::{
+    ErrorKind, FirewallSpec, ProviderError, Secret, ServerSpec, VolumeSpec, resource_labels,
+};
 use crate::store::{AgentRow, StoreError};
 
 pub(super) static KIND: AgentJob = AgentJob {
     steps: &[
+        Step {
+            name: "firewall",
+            run: firewall,
+        },
+        Step {
+            name: "volume",
+            run: volume,
+        },
         Step {
             name: "server",
             run: server,
@@ -33,36 +45,98 @@ pub(super) static KIND: AgentJob = AgentJob {
     to: Some(PeriodState::Running),
 };
 
-/// Finds the Agent's server by its labels, or arms a bootstrap token and creates it.
+/// The Agent's firewall, on a cloud that has firewalls: no rule, so nothing gets in.
+fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let agent = agent(cx).await?;
+        let Some(firewalls) = &cloud(cx.app, &agent)?.firewalls else {
+            return Ok(None);
+        };
+        let labels = resource_labels(ResourceKind::Agent, &agent.id);
+        let spec = FirewallSpec {
+            name: provider_name(&agent),
+            labels: labels.clone(),
+            rules: Vec::new(),
+        };
+        let find = async || -> Result<Option<String>, ProviderError> {
+            let found = firewalls.list_firewalls(&labels, None).await?;
+            Ok(found.items.into_iter().next().map(|f| f.id))
+        };
+        if let Some(id) = find().await? {
+            return Ok(Some(Value::String(id)));
+        }
+        let id = match firewalls.create_firewall(&spec).await {
+            Ok(created) => created.id,
+            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Value::String(id)))
+    })
+}
+
+/// The Agent's slice, on a cloud that has volumes: formatted ext4 (the image mounts it at
+/// `/data` by its filesystem label), so it outlives stops and server replacement.
+fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let agent = agent(cx).await?;
+        let Some(volumes) = &cloud(cx.app, &agent)?.volumes else {
+            return Ok(None);
+        };
+        let labels = resource_labels(ResourceKind::Agent, &agent.id);
+        let spec = VolumeSpec {
+            name: format!("{}-slice", provider_name(&agent)),
+            size_gb: cx.app.settings.slice_size_gb,
+            location: None,
+            labels: labels.clone(),
+            format: Some("ext4".to_owned()),
+        };
+        let find = async || -> Result<Option<String>, ProviderError> {
+            let found = volumes.list_volumes(&labels, None).await?;
+            Ok(found.items.into_iter().next().map(|v| v.id))
+        };
+        if let Some(id) = find().await? {
+            return Ok(Some(Value::String(id)));
+        }
+        let id = match volumes.create_volume(&spec).await {
+            Ok(created) => created.id,
+            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Value::String(id)))
+    })
+}
+
+/// Finds the Agent's server by its labels, or arms a bootstrap token and creates it with the
+/// firewall and volume the steps before made.
 fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let servers = &cloud(cx.app, &agent)?.servers;
         let labels = resource_labels(ResourceKind::Agent, &agent.id);
-        if let Some(found) = servers.list_servers(&labels, None).await?.items.first() {
-            return Ok(Some(Value::String(found.id.clone())));
+        let find = async || -> Result<Option<String>, ProviderError> {
+            let found = servers.list_servers(&labels, None).await?;
+            Ok(found.items.into_iter().next().map(|s| s.id))
+        };
+        if let Some(id) = find().await? {
+            return Ok(Some(Value::String(id)));
         }
+        let made_before = |step: &str| cx.output(step).map(str::to_owned).into_iter().collect();
         let spec = ServerSpec {
-            // Server names are hostnames: no underscores, no capitals.
-            name: agent.id.replace('_', "-").to_ascii_lowercase(),
+            name: provider_name(&agent),
             image: agent.image_ref.clone(),
             server_type: None,
             location: None,
             labels: labels.clone(),
             user_data: Some(first_boot(cx.app, &agent).await?),
-            firewall_ids: Vec::new(),
-            volume_ids: Vec::new(),
+            firewall_ids: made_before("firewall"),
+            volume_ids: made_before("volume"),
         };
-        match servers.create_server(&spec).await {
-            Ok(created) => Ok(Some(Value::String(created.id))),
-            // Made by an attempt that died before its lookup could see it: adopt it.
-            Err(e) if e.kind == ErrorKind::Conflict => {
-                let found = servers.list_servers(&labels, None).await?;
-                let adopted = found.items.first().ok_or(e)?;
-                Ok(Some(Value::String(adopted.id.clone())))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let id = match servers.create_server(&spec).await {
+            Ok(created) => created.id,
+            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Value::String(id)))
     })
 }
 

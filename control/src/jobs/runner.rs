@@ -62,8 +62,14 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
     let mut outputs: Outputs = serde_json::from_str(&job.outputs)
         .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?;
     let steps = kind.steps();
-    let mut reached = usize::try_from(job.step).unwrap_or(usize::MAX);
+    // Steps are done by name, not by count: a job an earlier release queued resumes where it
+    // was even when this release adds steps before that one (those run; the done ones not).
+    let mut reached = 0;
     while let Some(step) = steps.get(reached) {
+        if outputs.contains_key(step.name) {
+            reached += 1;
+            continue;
+        }
         let cx = StepCx {
             app,
             job,
