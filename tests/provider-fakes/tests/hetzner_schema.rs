@@ -235,14 +235,23 @@ async fn a_dropped_answer_is_not_checked() {
     let api = Api::new(&fake);
     fake.control()
         .crash_next(&Method::POST, "/v1/servers", 1, CrashMode::DropConnection);
-    let sent = api
-        .send(
-            reqwest::Method::POST,
-            "/servers",
-            Some(json!({"name": "c", "server_type": "cx22", "image": "debian-12"})),
-        )
+    // Not even a status line arrives: `send` itself fails, as when the provider's edge dies.
+    let sent = reqwest::Client::new()
+        .post(format!("{}/servers", fake.url()))
+        .bearer_auth(fake.token())
+        .json(&json!({"name": "c", "server_type": "cx22", "image": "debian-12"}))
+        .send()
         .await;
-    assert!(sent.is_err(), "the client must not get an answer");
+    assert!(
+        sent.is_err(),
+        "the client must get no answer, got {:?}",
+        sent.map(|r| r.status())
+    );
+    assert_eq!(
+        fake.control().servers().len(),
+        1,
+        "the server was created all the same"
+    );
     api.get("/servers").await;
     assert_eq!(assert_answers_match_spec(fake.control()), 1);
 }
