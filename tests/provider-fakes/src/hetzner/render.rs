@@ -50,7 +50,9 @@ fn server_type(t: &ServerType) -> Value {
         .locations
         .iter()
         .filter_map(|name| catalog::location(name))
-        .map(|l| json!({"id": l.id, "name": l.name, "deprecation": null}))
+        // `available` and `recommended` are newer than the spec copy; Hetzner's
+        // Python client (hcloud 2.27) requires them.
+        .map(|l| json!({"id": l.id, "name": l.name, "deprecation": null, "available": true, "recommended": true}))
         .collect();
     let prices: Vec<Value> = t
         .locations

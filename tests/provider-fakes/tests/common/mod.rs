@@ -142,11 +142,34 @@ pub fn id(v: &Value) -> u64 {
     v["id"].as_u64().unwrap_or_else(|| panic!("no id in {v}"))
 }
 
+/// Keys the live API returns that this copy of the spec predates, found when Hetzner's own client
+/// refused answers without them: (schema, key, its definition). Keep this list short and sourced.
+const NEWER_THAN_SPEC: &[(&str, &str, &str)] = &[
+    // hcloud-python 2.27's `ServerTypeLocation` requires both.
+    (
+        "server_type_location",
+        "available",
+        r#"{"type": "boolean"}"#,
+    ),
+    (
+        "server_type_location",
+        "recommended",
+        r#"{"type": "boolean"}"#,
+    ),
+];
+
 fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
-        serde_json::from_str(include_str!("../../specs/hetzner-cloud-openapi.json"))
-            .expect("the spec copy is JSON")
+        let mut spec: Value =
+            serde_json::from_str(include_str!("../../specs/hetzner-cloud-openapi.json"))
+                .expect("the spec copy is JSON");
+        for (schema, key, definition) in NEWER_THAN_SPEC {
+            let properties = &mut spec["components"]["schemas"][schema]["properties"];
+            assert!(properties.is_object(), "the spec has no schema {schema}");
+            properties[key] = serde_json::from_str(definition).expect("a JSON schema");
+        }
+        spec
     })
 }
 
