@@ -305,9 +305,15 @@ pub(crate) async fn list(
             .firewalls
             .values()
             .filter(|f| query.keeps(&f.name, &f.labels))
-            .map(|f| (f.id, f.name.clone(), render::firewall(f)))
+            .map(|f| (f.id, f.name.clone(), f.id))
             .collect();
-        let (firewalls, meta) = query.page(rows);
+        let (page, meta) = query.page(rows);
+        // Render the page only: a list of thousands costs what a page costs.
+        let firewalls: Vec<Value> = page
+            .iter()
+            .filter_map(|id| state.firewalls.get(id))
+            .map(render::firewall)
+            .collect();
         Ok(Json(json!({"firewalls": firewalls, "meta": meta})).into_response())
     })
 }

@@ -16,7 +16,9 @@ use super::control::{Answer, CrashMode, Fault};
 use super::error::ApiError;
 use super::{Shared, lock};
 
+/// The most answers kept, and the most bytes of their bodies: a long run keeps its latest.
 const MAX_ANSWERS: usize = 20_000;
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 pub(crate) struct FaultEntry {
     pub method: String,
@@ -85,6 +87,7 @@ pub(crate) struct Gate {
     pub faults: Vec<FaultEntry>,
     pub bucket: Bucket,
     pub answers: VecDeque<Answer>,
+    answer_bytes: usize,
     pub record: bool,
     correlation: u64,
 }
@@ -102,6 +105,7 @@ impl Gate {
                 at: Instant::now(),
             },
             answers: VecDeque::new(),
+            answer_bytes: 0,
             record,
             correlation: 0,
         }
@@ -283,10 +287,14 @@ fn crash_response(mode: CrashMode) -> Response {
 
 fn record(shared: &Shared, answer: Answer) {
     let mut gate = lock(&shared.gate);
-    if gate.answers.len() >= MAX_ANSWERS {
-        gate.answers.pop_front();
-    }
+    gate.answer_bytes += answer.body.len();
     gate.answers.push_back(answer);
+    while gate.answers.len() > MAX_ANSWERS || gate.answer_bytes > MAX_ANSWER_BYTES {
+        let Some(old) = gate.answers.pop_front() else {
+            break;
+        };
+        gate.answer_bytes -= old.body.len();
+    }
 }
 
 /// Any path the fake does not serve: Hetzner's 404 envelope.

@@ -350,9 +350,15 @@ pub(crate) async fn list(
             .values()
             .filter(|s| query.keeps(&s.name, &s.labels))
             .filter(|s| query.status.is_empty() || query.status.iter().any(|st| st == s.status))
-            .map(|s| (s.id, s.name.clone(), render::server(state, s)))
+            .map(|s| (s.id, s.name.clone(), s.id))
             .collect();
-        let (servers, meta) = query.page(rows);
+        let (page, meta) = query.page(rows);
+        // Render the page only: a list of thousands costs what a page costs.
+        let servers: Vec<Value> = page
+            .iter()
+            .filter_map(|id| state.servers.get(id))
+            .map(|s| render::server(state, s))
+            .collect();
         Ok(Json(json!({"servers": servers, "meta": meta})).into_response())
     })
 }

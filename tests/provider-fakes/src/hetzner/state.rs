@@ -4,7 +4,7 @@
 //! disappears). This keeps the fake deterministic and free of timers; it must never apply an
 //! action's effect before the action reports `success`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -148,6 +148,8 @@ pub(crate) struct State {
     pub firewalls: BTreeMap<u64, Firewall>,
     pub volumes: BTreeMap<u64, Volume>,
     pub actions: BTreeMap<u64, Action>,
+    /// The ids of the actions still running, so each call looks at those only.
+    running: BTreeSet<u64>,
     pub images: Vec<Image>,
     pub action_delay: Duration,
     pub ignore_shutdown: bool,
@@ -164,6 +166,7 @@ impl State {
             firewalls: BTreeMap::new(),
             volumes: BTreeMap::new(),
             actions: BTreeMap::new(),
+            running: BTreeSet::new(),
             images: catalog::system_images(),
             action_delay,
             ignore_shutdown: false,
@@ -210,27 +213,28 @@ impl State {
             after,
         };
         self.actions.insert(id, action);
+        self.running.insert(id);
         id
     }
 
+    fn running(&self) -> impl Iterator<Item = &Action> {
+        self.running.iter().filter_map(|id| self.actions.get(id))
+    }
+
     pub(crate) fn server_busy(&self, server: u64) -> bool {
-        self.actions
-            .values()
-            .any(|a| a.status == ActionStatus::Running && a.resources.contains(&(server, "server")))
+        self.running()
+            .any(|a| a.resources.contains(&(server, "server")))
     }
 
     pub(crate) fn volume_busy(&self, volume: u64) -> bool {
-        self.actions
-            .values()
-            .any(|a| a.status == ActionStatus::Running && a.resources.contains(&(volume, "volume")))
+        self.running()
+            .any(|a| a.resources.contains(&(volume, "volume")))
     }
 
     /// Finishes every action due by `now`, in the order they end, and applies their effects.
     pub(crate) fn advance(&mut self, now: Instant) {
         let mut due: Vec<(Instant, u64)> = self
-            .actions
-            .values()
-            .filter(|a| a.status == ActionStatus::Running)
+            .running()
             .map(|a| (a.started_at + a.duration, a.id))
             .filter(|(end, _)| *end <= now)
             .collect();
@@ -238,11 +242,10 @@ impl State {
         for (end, id) in due {
             self.finish(id, end);
         }
-        for action in self
-            .actions
-            .values_mut()
-            .filter(|a| a.status == ActionStatus::Running)
-        {
+        for id in &self.running {
+            let Some(action) = self.actions.get_mut(id) else {
+                continue;
+            };
             let elapsed = now.saturating_duration_since(action.started_at).as_millis();
             let total = action.duration.as_millis().max(1);
             action.progress = u8::try_from((elapsed * 100 / total).min(99)).unwrap_or(99);
@@ -265,6 +268,7 @@ impl State {
             .and_then(|after| self.actions.get(&after))
             .is_some_and(|a| a.status == ActionStatus::Error);
         let finished = self.clock.wall(end);
+        self.running.remove(&id);
         let Some(action) = self.actions.get_mut(&id) else {
             return;
         };

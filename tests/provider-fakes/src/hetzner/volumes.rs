@@ -132,9 +132,15 @@ pub(crate) async fn list(
             .values()
             .filter(|v| query.keeps(&v.name, &v.labels))
             .filter(|_| query.status.is_empty() || query.status.iter().any(|s| s == "available"))
-            .map(|v| (v.id, v.name.clone(), render::volume(v)))
+            .map(|v| (v.id, v.name.clone(), v.id))
             .collect();
-        let (volumes, meta) = query.page(rows);
+        let (page, meta) = query.page(rows);
+        // Render the page only: a list of thousands costs what a page costs.
+        let volumes: Vec<Value> = page
+            .iter()
+            .filter_map(|id| state.volumes.get(id))
+            .map(render::volume)
+            .collect();
         Ok(Json(json!({"volumes": volumes, "meta": meta})).into_response())
     })
 }
