@@ -287,3 +287,49 @@ async fn volumes_are_sized_placed_attached_and_detached() {
     );
     assert_answers_match_spec(fake.control());
 }
+
+#[tokio::test]
+async fn put_renames_and_relabels_only() {
+    let fake = common::start(Duration::ZERO).await;
+    let api = Api::new(&fake);
+    let server = id(&api
+        .create_server("old-name", json!({"a": "1", "b": "2"}))
+        .await
+        .body["server"]);
+    api.create_server("taken", json!({})).await;
+    let path = format!("/servers/{server}");
+    let put = |body| api.send(reqwest::Method::PUT, &path, Some(body));
+    let renamed = put(json!({"name": "new-name", "labels": {"c": "3"}}))
+        .await
+        .unwrap();
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(
+        (
+            renamed.body["server"]["name"].as_str(),
+            renamed.body["server"]["labels"].clone()
+        ),
+        (Some("new-name"), json!({"c": "3"}))
+    );
+    assert_eq!(
+        put(json!({"name": "taken"})).await.unwrap().code(),
+        "uniqueness_error"
+    );
+    assert_eq!(
+        put(json!({"labels": {"-bad": "x"}})).await.unwrap().code(),
+        "invalid_input"
+    );
+    assert_eq!(
+        put(json!({"name": "bad_name"})).await.unwrap().code(),
+        "invalid_input"
+    );
+    let fw = api
+        .send(
+            reqwest::Method::PUT,
+            "/firewalls/1",
+            Some(json!({"name": "x"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fw.code(), "not_found");
+    assert_answers_match_spec(fake.control());
+}

@@ -68,6 +68,44 @@ async fn every_answer_of_every_endpoint_matches_the_openapi_schemas() {
         .await;
     api.get(&format!("/volumes/{vol_id}")).await;
     let action = id(&server.body["action"]);
+    let put = |path: String, body| {
+        let api = &api;
+        async move {
+            api.send(reqwest::Method::PUT, &path, Some(body))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        put(
+            format!("/servers/{plain_id}"),
+            json!({"labels": {"x": "y"}})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        put(format!("/firewalls/{fw_id}"), json!({"name": "fw-1b"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put(
+            format!("/volumes/{vol_id}"),
+            json!({"name": "vol-1b", "labels": {}})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        put(format!("/servers/{plain_id}"), json!({"name": "agent-a1"}))
+            .await
+            .status,
+        409
+    );
     api.get(&format!("/actions?id={action}&id=1")).await;
 
     let r = api

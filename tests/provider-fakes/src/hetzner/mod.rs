@@ -15,6 +15,7 @@ mod middleware;
 mod render;
 mod servers;
 mod state;
+mod update;
 mod volumes;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/servers"),
     ("POST", "/v1/servers"),
     ("GET", "/v1/servers/{id}"),
+    ("PUT", "/v1/servers/{id}"),
     ("DELETE", "/v1/servers/{id}"),
     ("POST", "/v1/servers/{id}/actions/poweron"),
     ("POST", "/v1/servers/{id}/actions/poweroff"),
@@ -50,6 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/firewalls"),
     ("POST", "/v1/firewalls"),
     ("GET", "/v1/firewalls/{id}"),
+    ("PUT", "/v1/firewalls/{id}"),
     ("DELETE", "/v1/firewalls/{id}"),
     ("POST", "/v1/firewalls/{id}/actions/set_rules"),
     ("POST", "/v1/firewalls/{id}/actions/apply_to_resources"),
@@ -57,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/volumes"),
     ("POST", "/v1/volumes"),
     ("GET", "/v1/volumes/{id}"),
+    ("PUT", "/v1/volumes/{id}"),
     ("DELETE", "/v1/volumes/{id}"),
     ("POST", "/v1/volumes/{id}/actions/attach"),
     ("POST", "/v1/volumes/{id}/actions/detach"),
@@ -201,7 +205,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/servers", get(servers::list).post(servers::create))
         .route(
             "/v1/servers/{id}",
-            get(servers::get_one).delete(servers::delete),
+            get(servers::get_one)
+                .put(update::server)
+                .delete(servers::delete),
         )
         .route("/v1/servers/{id}/actions/poweron", post(servers::poweron))
         .route("/v1/servers/{id}/actions/poweroff", post(servers::poweroff))
@@ -214,7 +220,9 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/v1/firewalls/{id}",
-            get(firewalls::get_one).delete(firewalls::delete),
+            get(firewalls::get_one)
+                .put(update::firewall)
+                .delete(firewalls::delete),
         )
         .route(
             "/v1/firewalls/{id}/actions/set_rules",
@@ -231,7 +239,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route(
             "/v1/volumes/{id}",
-            get(volumes::get_one).delete(volumes::delete),
+            get(volumes::get_one)
+                .put(update::volume)
+                .delete(volumes::delete),
         )
         .route("/v1/volumes/{id}/actions/attach", post(volumes::attach))
         .route("/v1/volumes/{id}/actions/detach", post(volumes::detach))
