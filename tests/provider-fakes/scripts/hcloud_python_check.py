@@ -56,6 +56,10 @@ def main(url: str, token: str) -> None:
     assert len(page.servers) == 11 and page.meta.pagination.last_page == 2, page.meta.pagination
     assert client.servers.get_by_name("agent-a1").id == server.id
 
+    server = server.update(labels={**labels, "state": "checked"})
+    assert server.labels["state"] == "checked"
+    fw = client.firewalls.update(fw, name="agent-a1-renamed")
+    assert fw.name == "agent-a1-renamed"
     server.shutdown().wait_until_finished()
     server.power_off().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "off"
