@@ -51,6 +51,13 @@ async fn every_answer_carries_the_budget_and_a_spent_budget_is_429() {
         refused.body
     );
     assert_eq!(header(&refused, "ratelimit-limit"), 3);
+    assert_eq!(fake.control().rate_limited_calls(), 1);
+    let wrong_path = api.get("/serverz").await;
+    assert_eq!(
+        (wrong_path.status, wrong_path.code()),
+        (429, "rate_limit_exceeded"),
+        "a wrong path spends budget too"
+    );
     assert!(
         fake.control().servers().is_empty(),
         "a refused call does nothing"
@@ -260,4 +267,18 @@ async fn a_crashed_delete_still_deletes() {
     );
     assert!(fake.control().firewalls().is_empty());
     assert_answers_match_spec(fake.control());
+}
+
+#[tokio::test]
+async fn calls_to_paths_the_fake_does_not_serve_are_counted_404s() {
+    let fake = common::start(Duration::ZERO).await;
+    let api = Api::new(&fake);
+    let reply = api.get("/servers/1/metrics").await;
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+    assert!(reply.headers.contains_key("ratelimit-remaining"));
+    assert_eq!(fake.control().calls(&Method::GET, "<unmatched>"), 1);
+    assert_eq!(
+        Api::with_token(&fake, "x").get("/nothing").await.status,
+        401
+    );
 }

@@ -192,13 +192,20 @@ impl Control {
         lock(&self.shared.gate).bucket.remaining(Instant::now())
     }
 
-    /// Calls made to one route, whatever their answer.
+    /// Calls made to one route, whatever their answer. Calls to paths the fake does not serve
+    /// count under the template `<unmatched>`.
     pub fn calls(&self, method: &Method, template: &str) -> u64 {
         let gate = lock(&self.shared.gate);
         gate.calls
             .get(&(method.as_str().to_owned(), template.to_owned()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Calls answered 429 `rate_limit_exceeded` because the budget was spent (injected 429s are
+    /// not counted here).
+    pub fn rate_limited_calls(&self) -> u64 {
+        lock(&self.shared.gate).rate_limited
     }
 
     pub fn calls_total(&self) -> u64 {
@@ -214,6 +221,7 @@ impl Control {
         let mut gate = lock(&self.shared.gate);
         gate.calls.clear();
         gate.total = 0;
+        gate.rate_limited = 0;
     }
 
     /// Every answer given so far (when recording), oldest first.

@@ -84,6 +84,8 @@ impl Bucket {
 pub(crate) struct Gate {
     pub calls: BTreeMap<(String, String), u64>,
     pub total: u64,
+    /// Calls refused because the budget was spent.
+    pub rate_limited: u64,
     pub faults: Vec<FaultEntry>,
     pub bucket: Bucket,
     pub answers: VecDeque<Answer>,
@@ -97,6 +99,7 @@ impl Gate {
         Gate {
             calls: BTreeMap::new(),
             total: 0,
+            rate_limited: 0,
             faults: Vec::new(),
             bucket: Bucket {
                 limit,
@@ -161,6 +164,9 @@ fn admit(
     gate.correlation += 1;
     // Unauthenticated calls belong to no project, so they spend no project's budget.
     let allowed = !authorized || gate.bucket.take(now);
+    if !allowed {
+        gate.rate_limited += 1;
+    }
     let remaining = gate.bucket.remaining(now);
     let budget = Budget {
         allowed,
@@ -215,17 +221,7 @@ pub(crate) async fn gate(
             }
         }
     };
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("ratelimit-limit", budget.limit.to_string()),
-        ("ratelimit-remaining", budget.remaining.to_string()),
-        ("ratelimit-reset", budget.reset.to_string()),
-        ("x-correlation-id", format!("{correlation:016x}")),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
+    add_headers(&mut response, &budget, correlation);
     if !lock(&shared.gate).record {
         return response;
     }
@@ -260,6 +256,20 @@ pub(crate) async fn gate(
         },
     );
     Response::from_parts(parts, Body::from(bytes))
+}
+
+fn add_headers(response: &mut Response, budget: &Budget, correlation: u64) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", budget.limit.to_string()),
+        ("ratelimit-remaining", budget.remaining.to_string()),
+        ("ratelimit-reset", budget.reset.to_string()),
+        ("x-correlation-id", format!("{correlation:016x}")),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Marks a crash answer whose body must not be read (reading it would end it early).
@@ -297,12 +307,26 @@ fn record(shared: &Shared, answer: Answer) {
     }
 }
 
-/// Any path the fake does not serve: Hetzner's 404 envelope.
-pub(crate) async fn unknown_route() -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "the requested resource was not found",
-    )
-    .into_response()
+/// The template under which calls to paths the fake does not serve are counted.
+pub(crate) const UNMATCHED: &str = "<unmatched>";
+
+/// Any path the fake does not serve: counted and charged like any call (at Hetzner a wrong path
+/// spends budget too), then Hetzner's 404 envelope.
+pub(crate) async fn unknown_route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let authorized = authorized(request.headers(), &shared.token);
+    let (budget, _, correlation) = admit(&shared, request.method().as_str(), UNMATCHED, authorized);
+    let mut response = if !authorized {
+        ApiError::unauthorized()
+    } else if !budget.allowed {
+        ApiError::rate_limited()
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the requested resource was not found",
+        )
+    }
+    .into_response();
+    add_headers(&mut response, &budget, correlation);
+    response
 }
