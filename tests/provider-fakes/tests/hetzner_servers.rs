@@ -301,14 +301,25 @@ async fn actions_progress_and_the_server_follows() {
         api.get(&format!("/servers/{server}")).await.body["server"]["status"],
         "running"
     );
+    // As hcloud-go asks while it waits: repeated ids, two sort keys, a page.
     let both = api
         .get(&format!(
-            "/actions?id={}&id={}",
-            id(&created.body["action"]),
-            id(&done)
+            "/actions?id={}&id={}&sort=status&sort=id&page=1",
+            id(&done),
+            id(&created.body["action"])
         ))
         .await;
-    assert_eq!(both.body["actions"].as_array().unwrap().len(), 2);
+    let ids: Vec<u64> = both.body["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id)
+        .collect();
+    assert_eq!(ids, [id(&created.body["action"]), id(&done)]);
+    assert_eq!(
+        api.get("/actions?id=1&sort=colour").await.code(),
+        "invalid_input"
+    );
 
     let off = api
         .post(&format!("/servers/{server}/actions/poweroff"), json!({}))

@@ -299,7 +299,7 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref())?;
+    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
     shared.with(|state, _| {
         let rows = state
             .firewalls

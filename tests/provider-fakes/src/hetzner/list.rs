@@ -14,7 +14,8 @@ pub(crate) struct ListQuery {
     pub name: Option<String>,
     pub selector: Option<Selector>,
     pub status: Vec<String>,
-    pub sort: Option<(String, bool)>,
+    /// Sort keys, first the primary one: (field, descending).
+    pub sort: Vec<(String, bool)>,
     pub page: u64,
     pub per_page: u64,
     pub ids: Vec<u64>,
@@ -27,12 +28,15 @@ fn number(field: &str, value: &str) -> Result<u64, ApiError> {
 }
 
 impl ListQuery {
-    pub(crate) fn parse(raw: Option<&str>) -> Result<ListQuery, ApiError> {
+    /// Sort fields of the resource lists.
+    pub(crate) const RESOURCE_SORTS: &'static [&'static str] = &["id", "name", "created"];
+
+    pub(crate) fn parse(raw: Option<&str>, sortable: &[&str]) -> Result<ListQuery, ApiError> {
         let mut q = ListQuery {
             name: None,
             selector: None,
             status: Vec::new(),
-            sort: None,
+            sort: Vec::new(),
             page: 1,
             per_page: DEFAULT_PER_PAGE,
             ids: Vec::new(),
@@ -55,13 +59,13 @@ impl ListQuery {
                             return Err(ApiError::invalid_field("sort", "unknown direction"));
                         }
                     };
-                    if !matches!(field, "id" | "name" | "created") {
+                    if !sortable.contains(&field) {
                         return Err(ApiError::invalid_field(
                             "sort",
                             format!("cannot sort by '{field}'"),
                         ));
                     }
-                    q.sort = Some((field.to_owned(), desc));
+                    q.sort.push((field.to_owned(), desc));
                 }
                 "page" => {
                     q.page = number("page", &value)?;
@@ -94,18 +98,17 @@ impl ListQuery {
 
     /// Sorts `(id, name, item)` rows (ids grow with creation time) and cuts out the page.
     pub(crate) fn page<T>(&self, mut rows: Vec<(u64, String, T)>) -> (Vec<T>, Value) {
-        match &self.sort {
-            Some((field, desc)) => {
-                if field == "name" {
-                    rows.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
-                } else {
-                    rows.sort_by_key(|r| r.0);
-                }
-                if *desc {
-                    rows.reverse();
-                }
+        rows.sort_by_key(|r| r.0);
+        // Stable sorts from the last key to the first leave the first key primary.
+        for (field, desc) in self.sort.iter().rev() {
+            if field == "name" {
+                rows.sort_by(|a, b| a.1.cmp(&b.1));
+            } else {
+                rows.sort_by_key(|r| r.0);
             }
-            None => rows.sort_by_key(|r| r.0),
+            if *desc {
+                rows.reverse();
+            }
         }
         let total = rows.len() as u64;
         let last_page = total.div_ceil(self.per_page).max(1);
