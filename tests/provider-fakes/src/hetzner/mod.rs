@@ -13,6 +13,7 @@ mod labels;
 mod list;
 mod middleware;
 mod render;
+pub mod schema;
 mod servers;
 mod state;
 mod update;
