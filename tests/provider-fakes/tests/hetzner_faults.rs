@@ -282,3 +282,35 @@ async fn calls_to_paths_the_fake_does_not_serve_are_counted_404s() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_late_answer_comes_after_the_call_took_effect() {
+    let fake = common::start(Duration::ZERO).await;
+    fake.control()
+        .stall_answer_next(&Method::POST, "/v1/servers", 1, Duration::from_millis(400));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(format!("{}/servers", fake.url()))
+        .bearer_auth(fake.token())
+        .json(&json!({"name": "slow-1", "server_type": "cx22", "image": "debian-12"}))
+        .send()
+        .await;
+    assert!(sent.unwrap_err().is_timeout());
+    assert_eq!(
+        fake.control().servers().len(),
+        1,
+        "the server exists though the client gave up"
+    );
+    // Let the late answer go out (or be dropped with the connection) before looking again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fake.control().clear_answers();
+    let api = Api::new(&fake);
+    assert_eq!(
+        api.create_server("slow-1", json!({})).await.code(),
+        "uniqueness_error"
+    );
+    assert_eq!(assert_answers_match_spec(fake.control()), 1);
+}

@@ -25,6 +25,9 @@ pub enum Fault {
     },
     /// Wait this long, then do the call and answer normally.
     Stall(Duration),
+    /// Do the call at once, then wait this long before answering (a client that times out
+    /// meanwhile has had its call done all the same).
+    StallAnswer(Duration),
     /// Do the call (the resource is created, deleted, …), then lose the answer.
     Crash(CrashMode),
 }
@@ -150,6 +153,11 @@ impl Control {
         self.inject(method, template, times, Fault::Stall(delay));
     }
 
+    /// The next `times` matching calls take effect at once but are answered after `delay`.
+    pub fn stall_answer_next(&self, method: &Method, template: &str, times: u32, delay: Duration) {
+        self.inject(method, template, times, Fault::StallAnswer(delay));
+    }
+
     /// The next `times` matching calls take effect but their answer is lost.
     pub fn crash_next(&self, method: &Method, template: &str, times: u32, mode: CrashMode) {
         self.inject(method, template, times, Fault::Crash(mode));
@@ -227,6 +235,11 @@ impl Control {
     /// Every answer given so far (when recording), oldest first.
     pub fn answers(&self) -> Vec<Answer> {
         lock(&self.shared.gate).answers.iter().cloned().collect()
+    }
+
+    /// Forgets the recorded answers (to check only what follows).
+    pub fn clear_answers(&self) {
+        lock(&self.shared.gate).clear_answers();
     }
 
     /// Registers a snapshot image (what a baked Agent image is at Hetzner) and returns its id.

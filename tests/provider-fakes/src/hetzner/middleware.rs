@@ -114,6 +114,11 @@ impl Gate {
         }
     }
 
+    pub(crate) fn clear_answers(&mut self) {
+        self.answers.clear();
+        self.answer_bytes = 0;
+    }
+
     fn take_fault(&mut self, method: &str, template: &str) -> Option<Fault> {
         let i = self
             .faults
@@ -213,6 +218,11 @@ pub(crate) async fn gate(
             Some(Fault::Stall(delay)) => {
                 tokio::time::sleep(delay).await;
                 next.run(request).await
+            }
+            Some(Fault::StallAnswer(delay)) => {
+                let response = next.run(request).await;
+                tokio::time::sleep(delay).await;
+                response
             }
             Some(Fault::Crash(mode)) => {
                 // The call takes effect, then its answer is lost.
