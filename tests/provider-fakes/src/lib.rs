@@ -1,0 +1,6 @@
+//! Loopback fakes of the providers' HTTP APIs, so control's provider clients are tested against the
+//! real wire protocol (paths, JSON shapes, status codes, error envelopes, rate limits) without an
+//! account. One module per provider; each serves on 127.0.0.1 (or a given address) and must never
+//! reach the network. Fly Machines and Cloudflare fakes are to come beside `hetzner`.
+
+pub mod hetzner;

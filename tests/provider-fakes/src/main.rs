@@ -1,0 +1,67 @@
+//! `provider-fakes hetzner --listen ADDR [--token T]`: runs a fake standalone so anyone can point
+//! control at it by hand. It prints the base URL and the token, then serves until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use provider_fakes::hetzner::{HetznerFake, Options};
+
+#[derive(Parser)]
+#[command(about = "Loopback fakes of the cloud providers' APIs")]
+struct Cli {
+    #[command(subcommand)]
+    provider: Provider,
+}
+
+#[derive(Subcommand)]
+enum Provider {
+    /// The Hetzner Cloud API v1.
+    Hetzner {
+        /// Address to listen on, e.g. 127.0.0.1:8088.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The bearer token to accept.
+        #[arg(long, default_value = "hetzner-fake-token")]
+        token: String,
+        /// Requests per hour before 429 `rate_limit_exceeded`.
+        #[arg(long, default_value_t = 3600)]
+        rate_limit: u32,
+        /// Milliseconds one step of an action runs.
+        #[arg(long, default_value_t = 200)]
+        action_delay_ms: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().provider {
+        Provider::Hetzner {
+            listen,
+            token,
+            rate_limit,
+            action_delay_ms,
+        } => {
+            let options = Options {
+                token,
+                rate_limit,
+                refill_per_second: None,
+                action_delay: Duration::from_millis(action_delay_ms),
+                // A standalone fake runs for long: keep no answers.
+                record_answers: false,
+            };
+            let fake = HetznerFake::bind(listen, options)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("Hetzner Cloud API fake");
+            println!("url:   {}", fake.url());
+            println!("token: {}", fake.token());
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            fake.stop().await;
+        }
+    }
+    Ok(())
+}
