@@ -39,6 +39,21 @@ struct FileConfig {
     local_provider: LocalSection,
     #[serde(default)]
     providers: ProvidersSection,
+    hetzner: Option<HetznerSection>,
+}
+
+/// The `[hetzner]` section: a Hetzner Cloud project's API and what servers are made as.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HetznerSection {
+    /// A file holding the project's API token (read and write), read at start, never logged.
+    pub token_file: PathBuf,
+    /// [default: Hetzner's public endpoint]; a `provider-fakes hetzner` URL to try it by hand.
+    pub base_url: Option<String>,
+    /// Where servers and volumes are made [default: fsn1].
+    pub location: Option<String>,
+    /// What servers are made as [default: cx22].
+    pub server_type: Option<String>,
 }
 
 /// The `[providers]` section: which cloud new resources go to and where Agents' tunnels come
@@ -61,6 +76,8 @@ pub enum CloudName {
     /// VMs on this machine ([`crate::providers::local`]), for laptops and tests.
     #[default]
     Local,
+    /// Hetzner Cloud ([`crate::providers::hetzner`]); needs the `[hetzner]` section.
+    Hetzner,
 }
 
 /// The tunnel providers this release can make tunnels with.
@@ -139,6 +156,7 @@ pub struct Config {
     pub reconcile_interval: Duration,
     pub local: LocalSection,
     pub providers: ProvidersSection,
+    pub hetzner: Option<HetznerSection>,
     pub settings: Settings,
 }
 
@@ -216,6 +234,14 @@ impl Config {
             }
             other => other.unwrap_or(defaults.job_max_attempts),
         };
+        if parsed.providers.default == CloudName::Hetzner && parsed.hetzner.is_none() {
+            return Err(ConfigError::Invalid {
+                path,
+                key: "providers.default",
+                message: "is hetzner, but there is no [hetzner] section (token_file, ...)"
+                    .to_owned(),
+            });
+        }
         let lease_default = defaults.job_lease.as_secs();
         let ingest = agents_settings(&path, &parsed.agents, &defaults.ingest)?;
         Ok(Self {
@@ -263,6 +289,7 @@ impl Config {
             },
             local: parsed.local_provider.clone(),
             providers: parsed.providers.clone(),
+            hetzner: parsed.hetzner.clone(),
             reconcile_interval: Duration::from_secs(positive(
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,
@@ -367,6 +394,16 @@ mod tests {
         let config =
             Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
         assert_eq!(config.providers.default, CloudName::Local);
+
+        let text =
+            "[providers]\ndefault = \"hetzner\"\n[hetzner]\ntoken_file = \"/etc/control/hcloud\"\n";
+        let config =
+            Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
+        assert_eq!(config.providers.default, CloudName::Hetzner);
+        assert_eq!(
+            config.hetzner.map(|h| h.token_file),
+            Some(PathBuf::from("/etc/control/hcloud"))
+        );
     }
 
     #[test]
@@ -382,14 +419,15 @@ mod tests {
             unknown.contains("/etc/control.toml") && unknown.contains("rollup_every"),
             "{unknown}"
         );
-        let cloud = message("[providers]\ndefault = \"hetzner\"\n");
+        let cloud = message("[providers]\ndefault = \"fly\"\n");
         assert!(
-            cloud.contains("providers.default") || cloud.contains("default"),
+            cloud.contains("default") && cloud.contains("fly") && cloud.contains("local"),
             "{cloud}"
         );
+        let unconfigured = message("[providers]\ndefault = \"hetzner\"\n");
         assert!(
-            cloud.contains("hetzner") && cloud.contains("local"),
-            "{cloud}"
+            unconfigured.contains("providers.default") && unconfigured.contains("[hetzner]"),
+            "{unconfigured}"
         );
         let wrong_type = message("listen = 8080\n");
         assert!(wrong_type.contains("listen"), "{wrong_type}");

@@ -14,26 +14,62 @@ use tracing::{error, info};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{CloudName, Config, LogFormat, ProvidersSection, TunnelsName};
+use crate::config::{CloudName, Config, HetznerSection, LogFormat, TunnelsName};
+use crate::providers::hetzner::{self, Hetzner, HetznerConfig};
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
-use crate::providers::{Providers, Tunnels};
+use crate::providers::{Cloud, Providers, Secret, Tunnels};
 use crate::store::{Store, StoreOptions, redact_url};
 use crate::{accounts, background, http};
 
 /// The providers resources may live on, as `[providers]` selects them: the cloud new
-/// resources go to, every other cloud existing resources may live on, and the tunnels.
-/// The local provider is always there: resources made on it stay reachable whatever the
-/// default becomes.
-fn providers(config: &ProvidersSection, local: &Arc<LocalProvider>) -> Providers {
-    let default = match config.default {
-        CloudName::Local => local::cloud(local.clone()),
+/// resources go to, every other configured cloud existing resources may live on, and the
+/// tunnels. The local provider is always there: resources made on it stay reachable whatever
+/// the default becomes.
+fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Providers> {
+    let local_cloud = local::cloud(local.clone());
+    let hetzner = config.hetzner.as_ref().map(hetzner_cloud).transpose()?;
+    let default = match (config.providers.default, &hetzner) {
+        (CloudName::Local, _) => local_cloud.clone(),
+        (CloudName::Hetzner, Some(cloud)) => cloud.clone(),
+        (CloudName::Hetzner, None) => {
+            anyhow::bail!("providers.default is hetzner without [hetzner]")
+        }
     };
-    let tunnels: Arc<dyn Tunnels> = match config.tunnels {
+    let tunnels: Arc<dyn Tunnels> = match config.providers.tunnels {
         TunnelsName::Local => local.clone(),
     };
-    Providers::new(default)
-        .with(local::cloud(local.clone()))
-        .with_tunnels(tunnels)
+    let mut providers = Providers::new(default).with(local_cloud);
+    if let Some(cloud) = hetzner {
+        providers = providers.with(cloud);
+    }
+    Ok(providers.with_tunnels(tunnels))
+}
+
+/// The Hetzner Cloud project `[hetzner]` names: its token read from its file (never logged).
+fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
+    let token = std::fs::read_to_string(&section.token_file).with_context(|| {
+        format!(
+            "cannot read the Hetzner token file {} (hetzner.token_file)",
+            section.token_file.display()
+        )
+    })?;
+    let mut config = HetznerConfig::new(Secret(token.trim().to_owned()));
+    if let Some(url) = &section.base_url {
+        config.base_url.clone_from(url);
+    }
+    if let Some(location) = &section.location {
+        config.location.clone_from(location);
+    }
+    if let Some(server_type) = &section.server_type {
+        config.server_type.clone_from(server_type);
+    }
+    let client = Arc::new(Hetzner::new(config, Arc::new(SystemClock))?);
+    Ok(Cloud {
+        name: hetzner::NAME,
+        servers: client.clone(),
+        firewalls: Some(client.clone()),
+        volumes: Some(client),
+    })
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -75,7 +111,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub async fn open(config: &Config) -> anyhow::Result<App> {
     let store = open_store(config).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let providers = providers(&config.providers, &Arc::new(LocalProvider::in_memory()));
+    let providers = providers(config, &Arc::new(LocalProvider::in_memory()))?;
     Ok(App::new(store, clock, providers, config.settings.clone()))
 }
 
@@ -130,7 +166,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let app = App::new(
         store,
         clock,
-        providers(&config.providers, &local),
+        providers(config, &local)?,
         config.settings.clone(),
     );
     info!(

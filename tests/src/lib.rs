@@ -59,6 +59,16 @@ pub fn write_control_config(
     control_urls: &[String],
     job_lease_secs: Option<u64>,
 ) -> PathBuf {
+    write_control_config_with(dir, control_urls, job_lease_secs, "")
+}
+
+/// [`write_control_config`] with `extra` TOML (whole sections) at the end.
+pub fn write_control_config_with(
+    dir: &Path,
+    control_urls: &[String],
+    job_lease_secs: Option<u64>,
+    extra: &str,
+) -> PathBuf {
     let urls: Vec<String> = control_urls.iter().map(|u| format!("\"{u}\"")).collect();
     let lease = job_lease_secs.map_or(String::new(), |s| format!("lease_secs = {s}\n"));
     let path = dir.join("control.toml");
@@ -83,7 +93,7 @@ poll_interval_ms = 200
 vm_agent = "{vm_agent}"
 cloudflared = "{cloudflared}"
 control_urls = [{urls}]
-"#,
+{extra}"#,
             vm_agent = workspace_bin("vm-agent").display(),
             cloudflared = workspace_bin("stand-in-cloudflared").display(),
             urls = urls.join(", "),
