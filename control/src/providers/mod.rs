@@ -11,6 +11,7 @@
 //!
 //! May call: nothing of control's but its own configuration; the services call in here.
 
+pub mod cloudflare;
 pub mod hetzner;
 pub mod http;
 pub mod local;
