@@ -29,6 +29,10 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// The size of a new Agent's slice volume, in GB (Hetzner's smallest is 10).
     pub slice_size_gb: u32,
+    /// Agents are reached at `<agent>.<agent_domain>` through their tunnels.
+    pub agent_domain: String,
+    /// What an Agent's tunnel routes its hostname to, on the VM.
+    pub tunnel_service: String,
     pub ingest: IngestSettings,
 }
 
@@ -42,6 +46,8 @@ impl Default for Settings {
             job_wait_limit: Duration::from_mins(15),
             stop_grace: Duration::from_mins(1),
             slice_size_gb: 10,
+            agent_domain: "agents.localhost".to_owned(),
+            tunnel_service: "http://localhost:8080".to_owned(),
             ingest: IngestSettings::default(),
         }
     }

@@ -111,6 +111,8 @@ struct AgentsSection {
     bootstrap_ttl_secs: Option<u64>,
     replica_timeout_secs: Option<u64>,
     stop_grace_secs: Option<u64>,
+    domain: Option<String>,
+    tunnel_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,13 +281,8 @@ impl Config {
                     parsed.jobs.wait_limit_secs,
                     defaults.job_wait_limit.as_secs(),
                 )?),
-                stop_grace: Duration::from_secs(positive(
-                    "agents.stop_grace_secs",
-                    parsed.agents.stop_grace_secs,
-                    defaults.stop_grace.as_secs(),
-                )?),
                 ingest,
-                ..defaults
+                ..agents_lifecycle(&path, &parsed.agents, defaults.clone())?
             },
             local: parsed.local_provider.clone(),
             providers: parsed.providers.clone(),
@@ -299,6 +296,32 @@ impl Config {
             database,
         })
     }
+}
+
+/// The `[agents]` keys about an Agent's life rather than its heartbeats: its hostname's domain,
+/// what its tunnel routes to, and how long a stop waits for its OS.
+fn agents_lifecycle(
+    path: &Path,
+    section: &AgentsSection,
+    defaults: Settings,
+) -> Result<Settings, ConfigError> {
+    Ok(Settings {
+        agent_domain: section
+            .domain
+            .clone()
+            .unwrap_or_else(|| defaults.agent_domain.clone()),
+        tunnel_service: section
+            .tunnel_service
+            .clone()
+            .unwrap_or_else(|| defaults.tunnel_service.clone()),
+        stop_grace: Duration::from_secs(positive(
+            path,
+            "agents.stop_grace_secs",
+            section.stop_grace_secs,
+            defaults.stop_grace.as_secs(),
+        )?),
+        ..defaults
+    })
 }
 
 /// A count or duration that must be above zero (`default` when absent).

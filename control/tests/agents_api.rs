@@ -245,14 +245,22 @@ async fn an_operators_token_supersedes_every_earlier_one(db: TestDb) {
     assert_eq!(register(&h, &agent, fresh).await.status, 200);
 }
 
-/// Provisioning makes, on a cloud that has them, one firewall with no rule (zero inbound
-/// ports) and one ext4 slice volume, both attached to the server; a firewall an attempt made
-/// before it died is adopted, not doubled; destroying the Agent leaves none of them.
+/// Provisioning makes, where there are tunnels and on a cloud that has them, the Agent's own
+/// tunnel, one firewall with no rule (zero inbound ports) and one ext4 slice volume, both
+/// attached to the server; a firewall an attempt made before it died is adopted, not doubled;
+/// destroying the Agent leaves none of them.
 async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(db: TestDb) {
-    use control::providers::{FirewallSpec, Firewalls, Servers, Volumes, resource_labels};
+    use control::providers::{
+        FirewallSpec, Firewalls, Providers, Servers, Tunnels, Volumes, resource_labels,
+    };
     use control_api::usage::ResourceKind;
 
-    let (h, token) = setup(db).await;
+    let h = common::Harness::with_providers(db, |local| {
+        Providers::new(control::providers::local::cloud(local.clone())).with_tunnels(local.clone())
+    })
+    .await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
     let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
     assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);
     let agent = provisioned.body["id"].as_str().unwrap().to_owned();
@@ -280,6 +288,9 @@ async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(d
     assert_eq!(volumes.len(), 1, "{volumes:?}");
     assert_eq!(volumes[0].size_gb, 10);
     assert_eq!(volumes[0].server.as_deref(), Some(servers[0].id.as_str()));
+    let tunnel_name = agent.replace('_', "-").to_ascii_lowercase();
+    let tunnel = h.local.find_tunnel(&tunnel_name).await.unwrap();
+    assert!(tunnel.is_some(), "the Agent's own tunnel");
 
     let destroyed = h
         .call(
@@ -316,6 +327,7 @@ async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(d
             .items
             .is_empty()
     );
+    assert!(h.local.find_tunnel(&tunnel_name).await.unwrap().is_none());
 }
 
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).

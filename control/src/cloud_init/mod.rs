@@ -1,9 +1,8 @@
 //! Renders the cloud-init documents control hands to a server's first boot.
 //!
 //! An Agent's document carries only what is particular to that Agent, as 0600 files: its
-//! identity and the single-use bootstrap token (the tunnel token and the full agent
-//! configuration join with the providers and image work); everything else is baked into the
-//! image. Documents are `#cloud-config` in YAML's JSON form, which cloud-init reads as YAML
+//! identity, the single-use bootstrap token and, when it has one, its tunnel's token (the full
+//! agent configuration joins with the image work); everything else is baked into the image. Documents are `#cloud-config` in YAML's JSON form, which cloud-init reads as YAML
 //! and anything here can read back without a YAML parser: the local provider lays its VMs
 //! out from the very document a cloud would receive.
 //!
@@ -17,6 +16,8 @@ use crate::providers::Secret;
 
 /// Where the Agent's bootstrap token lands on its VM.
 pub const BOOTSTRAP_TOKEN_PATH: &str = "/etc/vm-agent/bootstrap-token";
+/// Where the Agent's tunnel token lands on its VM (cloudflared's `--token-file`).
+pub const TUNNEL_TOKEN_PATH: &str = "/etc/vm-agent/tunnel-token";
 /// Where the Agent's identity lands on its VM.
 pub const IDENTITY_PATH: &str = "/etc/vm-agent/identity.json";
 /// Hetzner's limit on user data.
@@ -65,17 +66,25 @@ fn secret_file(path: &str, content: String) -> WriteFile {
     }
 }
 
+/// What an Agent's VM receives at first boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentFirstBoot {
+    pub identity: AgentIdentity,
+    pub bootstrap_token: Secret,
+    /// The token of the Agent's own tunnel, when tunnels are made per Agent.
+    pub tunnel_token: Option<Secret>,
+}
+
 /// The first-boot document of an Agent's VM.
-pub fn agent_document(
-    identity: &AgentIdentity,
-    bootstrap_token: &Secret,
-) -> Result<Secret, CloudInitError> {
-    let document = Document {
-        write_files: vec![
-            secret_file(IDENTITY_PATH, serde_json::to_string(identity)?),
-            secret_file(BOOTSTRAP_TOKEN_PATH, bootstrap_token.0.clone()),
-        ],
-    };
+pub fn agent_document(first_boot: &AgentFirstBoot) -> Result<Secret, CloudInitError> {
+    let mut write_files = vec![
+        secret_file(IDENTITY_PATH, serde_json::to_string(&first_boot.identity)?),
+        secret_file(BOOTSTRAP_TOKEN_PATH, first_boot.bootstrap_token.0.clone()),
+    ];
+    if let Some(token) = &first_boot.tunnel_token {
+        write_files.push(secret_file(TUNNEL_TOKEN_PATH, token.0.clone()));
+    }
+    let document = Document { write_files };
     let text = format!("{HEADER}{}\n", serde_json::to_string_pretty(&document)?);
     if text.len() > MAX_USER_DATA {
         return Err(CloudInitError::TooLarge(text.len()));
@@ -97,8 +106,8 @@ pub fn written_files(document: &Secret) -> Result<BTreeMap<String, String>, Clou
         .collect())
 }
 
-/// What an Agent's document delivers: its identity and bootstrap token.
-pub fn read_agent_document(document: &Secret) -> Result<(AgentIdentity, Secret), CloudInitError> {
+/// What an Agent's document delivers.
+pub fn read_agent_document(document: &Secret) -> Result<AgentFirstBoot, CloudInitError> {
     let files = written_files(document)?;
     let identity = files
         .get(IDENTITY_PATH)
@@ -106,7 +115,11 @@ pub fn read_agent_document(document: &Secret) -> Result<(AgentIdentity, Secret),
     let token = files
         .get(BOOTSTRAP_TOKEN_PATH)
         .ok_or(CloudInitError::Missing(BOOTSTRAP_TOKEN_PATH))?;
-    Ok((serde_json::from_str(identity)?, Secret(token.clone())))
+    Ok(AgentFirstBoot {
+        identity: serde_json::from_str(identity)?,
+        bootstrap_token: Secret(token.clone()),
+        tunnel_token: files.get(TUNNEL_TOKEN_PATH).cloned().map(Secret),
+    })
 }
 
 #[cfg(test)]
@@ -119,10 +132,20 @@ mod tests {
             agent_id: "agt_1".to_owned(),
             image_version: "2026.11.0".to_owned(),
         };
-        let document = agent_document(&identity, &Secret("agb_t".to_owned())).unwrap();
+        let first_boot = AgentFirstBoot {
+            identity,
+            bootstrap_token: Secret("agb_t".to_owned()),
+            tunnel_token: Some(Secret("tunnel-token-1".to_owned())),
+        };
+        let document = agent_document(&first_boot).unwrap();
         assert!(document.0.starts_with("#cloud-config\n"));
-        let (read, token) = read_agent_document(&document).unwrap();
-        assert_eq!((read, token.0.as_str()), (identity, "agb_t"));
+        assert_eq!(read_agent_document(&document).unwrap(), first_boot);
+        let without = AgentFirstBoot {
+            tunnel_token: None,
+            ..first_boot
+        };
+        let document = agent_document(&without).unwrap();
+        assert_eq!(read_agent_document(&document).unwrap(), without);
         let parsed: serde_json::Value =
             serde_json::from_str(document.0.strip_prefix(HEADER).unwrap()).unwrap();
         let files = parsed["write_files"].as_array().unwrap();

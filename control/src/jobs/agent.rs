@@ -97,6 +97,11 @@ pub(super) fn provider_name(agent: &AgentRow) -> String {
     agent.id.replace('_', "-").to_ascii_lowercase()
 }
 
+/// The hostname the Agent is reached at through its tunnel.
+pub(super) fn hostname(app: &App, agent: &AgentRow) -> String {
+    format!("{}.{}", provider_name(agent), app.settings.agent_domain)
+}
+
 /// A delete's result, with "gone already" as done.
 pub(super) fn deleted(result: Result<(), ProviderError>) -> Result<(), ProviderError> {
     match result {

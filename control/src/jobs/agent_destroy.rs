@@ -1,11 +1,11 @@
 //! Destroying an Agent: delete its server (the recorded one, or the one carrying its labels
 //! if provisioning never recorded it), then its volume and its firewall (found by our labels;
-//! Hetzner detaches both when the server goes, and refuses to delete them before). Whatever is
-//! gone already is done.
+//! Hetzner detaches both when the server goes, and refuses to delete them before), then its
+//! tunnel and DNS record. Whatever is gone already is done.
 
 use control_api::usage::ResourceKind;
 
-use super::agent::{AgentJob, agent, cloud, deleted, server_id};
+use super::agent::{AgentJob, agent, cloud, deleted, hostname, provider_name, server_id};
 use super::{Step, StepCx, StepFuture};
 use crate::providers::resource_labels;
 
@@ -22,6 +22,10 @@ pub(super) static KIND: AgentJob = AgentJob {
         Step {
             name: "delete_firewall",
             run: delete_firewall,
+        },
+        Step {
+            name: "delete_tunnel",
+            run: delete_tunnel,
         },
     ],
     to: None,
@@ -61,6 +65,24 @@ fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let labels = resource_labels(ResourceKind::Agent, &agent.id);
         for firewall in firewalls.list_firewalls(&labels, None).await?.items {
             deleted(firewalls.delete_firewall(&firewall.id).await)?;
+        }
+        Ok(None)
+    })
+}
+
+/// The Agent's tunnel and its DNS record, once its server is gone.
+fn delete_tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let Some(tunnels) = cx.app.providers.tunnels() else {
+            return Ok(None);
+        };
+        let agent = agent(cx).await?;
+        if let Some(tunnel) = tunnels.find_tunnel(&provider_name(&agent)).await? {
+            deleted(
+                tunnels
+                    .delete_tunnel(&tunnel.id, &hostname(cx.app, &agent))
+                    .await,
+            )?;
         }
         Ok(None)
     })

@@ -10,12 +10,12 @@ use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
 use serde_json::Value;
 
-use super::agent::{AgentJob, agent, cloud, provider_name};
+use super::agent::{AgentJob, agent, cloud, hostname, provider_name};
 use super::agent_start::wait_running;
 use super::{Step, StepCx, StepError, StepFuture};
 use crate::app::App;
 use crate::clock::millis;
-use crate::cloud_init::{self, AgentIdentity};
+use crate::cloud_init::{self, AgentFirstBoot, AgentIdentity};
 use crate::error::Error;
 use crate::ingest::new_bootstrap_token;
 use crate::providers::{
@@ -25,6 +25,10 @@ use crate::store::{AgentRow, StoreError};
 
 pub(super) static KIND: AgentJob = AgentJob {
     steps: &[
+        Step {
+            name: "tunnel",
+            run: tunnel,
+        },
         Step {
             name: "firewall",
             run: firewall,
@@ -44,6 +48,36 @@ pub(super) static KIND: AgentJob = AgentJob {
     ],
     to: Some(PeriodState::Running),
 };
+
+/// The Agent's own tunnel, where tunnels are made per Agent, routing its hostname to its
+/// service: the only way in.
+fn tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+    Box::pin(async move {
+        let Some(tunnels) = cx.app.providers.tunnels() else {
+            return Ok(None);
+        };
+        let agent = agent(cx).await?;
+        let name = provider_name(&agent);
+        let id = match tunnels.find_tunnel(&name).await? {
+            Some(found) => found.id,
+            None => match tunnels.create_tunnel(&name).await {
+                Ok(made) => made.id,
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    tunnels.find_tunnel(&name).await?.ok_or(e)?.id
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        tunnels
+            .route(
+                &id,
+                &hostname(cx.app, &agent),
+                &cx.app.settings.tunnel_service,
+            )
+            .await?;
+        Ok(Some(Value::String(id)))
+    })
+}
 
 /// The Agent's firewall, on a cloud that has firewalls: no rule, so nothing gets in.
 fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
@@ -121,13 +155,17 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             return Ok(Some(Value::String(id)));
         }
         let made_before = |step: &str| cx.output(step).map(str::to_owned).into_iter().collect();
+        let tunnel_token = match (cx.app.providers.tunnels(), cx.output("tunnel")) {
+            (Some(tunnels), Some(tunnel)) => Some(tunnels.tunnel_token(tunnel).await?),
+            _ => None,
+        };
         let spec = ServerSpec {
             name: provider_name(&agent),
             image: agent.image_ref.clone(),
             server_type: None,
             location: None,
             labels: labels.clone(),
-            user_data: Some(first_boot(cx.app, &agent).await?),
+            user_data: Some(first_boot(cx.app, &agent, tunnel_token).await?),
             firewall_ids: made_before("firewall"),
             volume_ids: made_before("volume"),
         };
@@ -149,7 +187,11 @@ fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// unused token it replaces stays good beside it, for a server an earlier attempt made that
 /// the lookup could not see yet (the create then conflicts and adopts it). A token a VM has
 /// spent is never re-armed (the step fails: re-bootstrapping is an operator's decision).
-async fn first_boot(app: &App, agent: &AgentRow) -> Result<Secret, StepError> {
+async fn first_boot(
+    app: &App,
+    agent: &AgentRow,
+    tunnel_token: Option<Secret>,
+) -> Result<Secret, StepError> {
     let (token, hash) = new_bootstrap_token().map_err(Error::from)?;
     let now = app.clock.now().as_millis();
     let expires = now + millis(app.settings.ingest.bootstrap_ttl);
@@ -173,6 +215,10 @@ async fn first_boot(app: &App, agent: &AgentRow) -> Result<Secret, StepError> {
             .cloned()
             .unwrap_or_else(|| agent.image_ref.clone()),
     };
-    cloud_init::agent_document(&identity, &Secret(token))
-        .map_err(|e| ProviderError::permanent(format!("agent {} user data: {e}", agent.id)).into())
+    cloud_init::agent_document(&AgentFirstBoot {
+        identity,
+        bootstrap_token: Secret(token),
+        tunnel_token,
+    })
+    .map_err(|e| ProviderError::permanent(format!("agent {} user data: {e}", agent.id)).into())
 }

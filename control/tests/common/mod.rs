@@ -95,17 +95,22 @@ pub async fn connect_unmigrated(db: &TestDb) -> Store {
 
 impl Harness {
     pub async fn new(db: TestDb) -> Self {
-        Self::with_providers(db, None).await
+        Self::with_providers(db, |local| {
+            Providers::new(control::providers::local::cloud(local.clone()))
+        })
+        .await
     }
 
-    /// A harness whose control plane reaches `providers` (the in-memory local provider when
-    /// `None`; `local` is there either way, for tests that look at it).
-    pub async fn with_providers(db: TestDb, providers: Option<Providers>) -> Self {
+    /// A harness whose control plane reaches the providers `providers` builds around the
+    /// in-memory local provider (which `local` is, for tests that look at it).
+    pub async fn with_providers(
+        db: TestDb,
+        providers: impl FnOnce(&Arc<LocalProvider>) -> Providers,
+    ) -> Self {
         let store = connect(&db).await;
         let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
         let local = Arc::new(LocalProvider::in_memory());
-        let providers = providers
-            .unwrap_or_else(|| Providers::new(control::providers::local::cloud(local.clone())));
+        let providers = providers(&local);
         let app = App::new(store, clock.clone(), providers, Settings::default());
         let operator = control::accounts::create_token(&app, None, &CreateToken::default(), None)
             .await

@@ -39,7 +39,7 @@ impl Servers for LocalProvider {
             ProviderError::permanent("a local VM boots an Agent and needs its cloud-init document")
                 .with_code("invalid_input")
         })?;
-        let (identity, token) = cloud_init::read_agent_document(user_data).map_err(|e| {
+        let first_boot = cloud_init::read_agent_document(user_data).map_err(|e| {
             ProviderError::permanent(format!("user data: {e}")).with_code("invalid_input")
         })?;
         let name_taken = || {
@@ -55,7 +55,7 @@ impl Servers for LocalProvider {
                     return Err(name_taken());
                 }
                 let mut vm = LocalVm::booted(id, spec);
-                vm.bootstrap_token = Some(token.0);
+                vm.bootstrap_token = Some(first_boot.bootstrap_token.0);
                 let server = vm.server();
                 vms.insert(id.to_owned(), vm);
                 Ok(server)
@@ -72,8 +72,11 @@ impl Servers for LocalProvider {
                     return Err(name_taken());
                 }
                 // Cloud-init's delivery, then the record (the intent) before any process.
-                lay_out(&vm_dir, &identity, config)?;
-                write_secret(&vm_dir.join("bootstrap-token"), &token.0)?;
+                lay_out(&vm_dir, &first_boot, config)?;
+                write_secret(
+                    &vm_dir.join("bootstrap-token"),
+                    &first_boot.bootstrap_token.0,
+                )?;
                 let mut vm = LocalVm::booted(id, spec);
                 write_vm(&vm_dir, &vm)?;
                 crate::failpoint::hit("local-vm-recorded");
@@ -233,7 +236,12 @@ pub(super) mod tests {
             location: None,
             labels: resource_labels(ResourceKind::Agent, "agt_1"),
             user_data: Some(
-                cloud_init::agent_document(&identity, &Secret("agb_token".to_owned())).unwrap(),
+                cloud_init::agent_document(&cloud_init::AgentFirstBoot {
+                    identity,
+                    bootstrap_token: Secret("agb_token".to_owned()),
+                    tunnel_token: None,
+                })
+                .unwrap(),
             ),
             firewall_ids: Vec::new(),
             volume_ids: Vec::new(),
@@ -365,7 +373,17 @@ pub(super) mod tests {
             agent_id: "agt_1".to_owned(),
             image_version: "2026.11.0".to_owned(),
         };
-        super::super::vm::lay_out(dir.path(), &identity, &config).unwrap();
+        let first_boot = crate::cloud_init::AgentFirstBoot {
+            identity,
+            bootstrap_token: Secret("agb_token".to_owned()),
+            tunnel_token: Some(Secret("tunnel-token-of-agt-1".to_owned())),
+        };
+        super::super::vm::lay_out(dir.path(), &first_boot, &config).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("tunnel-token")).unwrap(),
+            "tunnel-token-of-agt-1",
+            "the tunnel token the document delivered"
+        );
         let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
         let file: control_api::agent_config::AgentToml = toml::from_str(&text).unwrap();
         assert_eq!(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::host_boot;
 use super::{LOCK_RETRY, LocalVmConfig};
-use crate::cloud_init::AgentIdentity;
+use crate::cloud_init::AgentFirstBoot;
 use crate::providers::{Labels, ProviderError, Server, ServerSpec, ServerStatus, resource_labels};
 
 /// A VM as recorded in memory or in its `vm.json`.
@@ -201,9 +201,10 @@ pub(super) fn write_secret(path: &Path, text: &str) -> Result<(), ProviderError>
 /// Lays out a new VM's directory: what cloud-init would deliver, its slice and mount table.
 pub(super) fn lay_out(
     vm_dir: &Path,
-    identity: &AgentIdentity,
+    first_boot: &AgentFirstBoot,
     config: &LocalVmConfig,
 ) -> Result<(), ProviderError> {
+    let identity = &first_boot.identity;
     let slice = vm_dir.join("data/home-coder");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -219,10 +220,14 @@ pub(super) fn lay_out(
         ),
     )
     .map_err(|e| transient("writing the mount table of", vm_dir, e))?;
-    let tunnel_token = format!(
-        "local-tunnel-{}",
-        crate::auth::random_secret().map_err(|e| ProviderError::transient(e.to_string()))?
-    );
+    // The Agent's own tunnel's token when it has one, else one made up for the stand-in.
+    let tunnel_token = match &first_boot.tunnel_token {
+        Some(token) => token.0.clone(),
+        None => format!(
+            "local-tunnel-{}",
+            crate::auth::random_secret().map_err(|e| ProviderError::transient(e.to_string()))?
+        ),
+    };
     write_secret(&vm_dir.join("tunnel-token"), &tunnel_token)?;
     let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
