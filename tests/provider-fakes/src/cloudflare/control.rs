@@ -11,8 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::gate::FaultEntry;
-use super::{ROUTES, Shared, tunnels};
-use crate::hetzner::lock;
+use super::{ROUTES, Shared, lock, tunnels};
 
 /// What an injected fault does to a matching call.
 #[derive(Clone, Debug)]

@@ -14,10 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use super::Shared;
 use super::control::{Answer, CrashMode, Fault};
 use super::envelope::ApiError;
-use crate::hetzner::lock;
+use super::{Shared, lock};
 
 /// The most answers kept, and the most bytes of their bodies: a long run keeps its latest.
 const MAX_ANSWERS: usize = 20_000;

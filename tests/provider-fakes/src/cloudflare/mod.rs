@@ -15,7 +15,7 @@ mod state;
 mod tunnels;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,7 +28,6 @@ pub use axum::http::Method;
 pub use check::assert_answers_enveloped;
 pub use control::{Answer, Control, CrashMode, DnsRecordView, Fault, IngressRuleView, TunnelView};
 
-use crate::hetzner::lock;
 use envelope::ApiError;
 use gate::Gate;
 use state::State;
@@ -114,6 +113,10 @@ impl Default for Options {
             record_answers: true,
         }
     }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What the handlers and the control handle share.
