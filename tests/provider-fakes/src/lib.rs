@@ -1,6 +1,7 @@
 //! Loopback fakes of the providers' HTTP APIs, so control's provider clients are tested against the
 //! real wire protocol (paths, JSON shapes, status codes, error envelopes, rate limits) without an
 //! account. One module per provider; each serves on 127.0.0.1 (or a given address) and must never
-//! reach the network. Fly Machines and Cloudflare fakes are to come beside `hetzner`.
+//! reach the network. A Fly Machines fake is to come beside `hetzner` and `cloudflare`.
 
+pub mod cloudflare;
 pub mod hetzner;

@@ -1,11 +1,13 @@
-//! `provider-fakes hetzner --listen ADDR [--token T]`: runs a fake standalone so anyone can point
-//! control at it by hand. It prints the base URL and the token, then serves until Ctrl-C.
+//! `provider-fakes hetzner|cloudflare --listen ADDR [--token T]`: runs a fake standalone so anyone
+//! can point control at it by hand. It prints the base URL and the token (and Cloudflare's account
+//! and zone), then serves until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use provider_fakes::cloudflare::{self, CloudflareFake};
 use provider_fakes::hetzner::{HetznerFake, Options};
 
 #[derive(Parser)]
@@ -32,6 +34,21 @@ enum Provider {
         #[arg(long, default_value_t = 200)]
         action_delay_ms: u64,
     },
+    /// The Cloudflare API v4 (tunnels and DNS records of one zone).
+    Cloudflare {
+        /// Address to listen on, e.g. 127.0.0.1:8089.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The API token to accept.
+        #[arg(long, default_value = "cloudflare-fake-token")]
+        token: String,
+        /// The zone whose DNS records the fake keeps.
+        #[arg(long, default_value = "agents.example.test")]
+        zone_name: String,
+        /// Requests per five minutes before 429 (and five minutes blocked).
+        #[arg(long, default_value_t = 1200)]
+        rate_limit: u32,
+    },
 }
 
 #[tokio::main]
@@ -57,6 +74,34 @@ async fn main() -> anyhow::Result<()> {
             println!("Hetzner Cloud API fake");
             println!("url:   {}", fake.url());
             println!("token: {}", fake.token());
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            fake.stop().await;
+        }
+        Provider::Cloudflare {
+            listen,
+            token,
+            zone_name,
+            rate_limit,
+        } => {
+            let options = cloudflare::Options {
+                token,
+                zone_name,
+                rate_limit,
+                // A standalone fake runs for long: keep no answers.
+                record_answers: false,
+                ..cloudflare::Options::default()
+            };
+            let fake = CloudflareFake::bind(listen, options)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("Cloudflare API v4 fake");
+            println!("url:        {}", fake.url());
+            println!("token:      {}", fake.token());
+            println!("account_id: {}", fake.account_id());
+            println!("zone_id:    {}", fake.zone_id());
+            println!("zone_name:  {}", fake.zone_name());
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;
