@@ -40,6 +40,20 @@ struct FileConfig {
     #[serde(default)]
     providers: ProvidersSection,
     hetzner: Option<HetznerSection>,
+    cloudflare: Option<CloudflareSection>,
+}
+
+/// The `[cloudflare]` section: the account Agents' tunnels are made in and the zone their
+/// hostnames (`<agent>.<[agents] domain>`, so the domain must be in this zone) live in.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CloudflareSection {
+    /// A file holding an API token allowed to edit Cloudflare Tunnel and the zone's DNS.
+    pub token_file: PathBuf,
+    pub account_id: String,
+    pub zone_id: String,
+    /// [default: Cloudflare's public endpoint]; a `provider-fakes cloudflare` URL by hand.
+    pub base_url: Option<String>,
 }
 
 /// The `[hetzner]` section: a Hetzner Cloud project's API and what servers are made as.
@@ -87,6 +101,8 @@ pub enum TunnelsName {
     /// Records kept by the local provider, given to the stand-in cloudflared.
     #[default]
     Local,
+    /// Cloudflare Tunnel ([`crate::providers::cloudflare`]); needs the `[cloudflare]` section.
+    Cloudflare,
 }
 
 /// The `[local_provider]` section: the programs local VMs run and whom they report to.
@@ -159,6 +175,7 @@ pub struct Config {
     pub local: LocalSection,
     pub providers: ProvidersSection,
     pub hetzner: Option<HetznerSection>,
+    pub cloudflare: Option<CloudflareSection>,
     pub settings: Settings,
 }
 
@@ -214,6 +231,7 @@ impl Config {
                 (path.to_owned(), parsed)
             }
         };
+        check_providers(&path, &parsed)?;
         let positive = |key, value, default| positive(&path, key, value, default);
         let defaults = Settings::default();
         let data_dir = overrides
@@ -236,14 +254,6 @@ impl Config {
             }
             other => other.unwrap_or(defaults.job_max_attempts),
         };
-        if parsed.providers.default == CloudName::Hetzner && parsed.hetzner.is_none() {
-            return Err(ConfigError::Invalid {
-                path,
-                key: "providers.default",
-                message: "is hetzner, but there is no [hetzner] section (token_file, ...)"
-                    .to_owned(),
-            });
-        }
         let lease_default = defaults.job_lease.as_secs();
         let ingest = agents_settings(&path, &parsed.agents, &defaults.ingest)?;
         Ok(Self {
@@ -287,6 +297,7 @@ impl Config {
             local: parsed.local_provider.clone(),
             providers: parsed.providers.clone(),
             hetzner: parsed.hetzner.clone(),
+            cloudflare: parsed.cloudflare.clone(),
             reconcile_interval: Duration::from_secs(positive(
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,
@@ -322,6 +333,27 @@ fn agents_lifecycle(
         )?),
         ..defaults
     })
+}
+
+/// Each provider `[providers]` selects has its section.
+fn check_providers(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> {
+    if parsed.providers.default == CloudName::Hetzner && parsed.hetzner.is_none() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "providers.default",
+            message: "is hetzner, but there is no [hetzner] section (token_file, ...)".to_owned(),
+        });
+    }
+    if parsed.providers.tunnels == TunnelsName::Cloudflare && parsed.cloudflare.is_none() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "providers.tunnels",
+            message: "is cloudflare, but there is no [cloudflare] section (token_file, \
+                      account_id, zone_id)"
+                .to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// A count or duration that must be above zero (`default` when absent).

@@ -14,8 +14,10 @@ use tracing::{error, info};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{CloudName, Config, HetznerSection, LogFormat, TunnelsName};
+use crate::config::{CloudName, CloudflareSection, Config, HetznerSection, LogFormat, TunnelsName};
+use crate::providers::cloudflare::{self, Cloudflare, CloudflareConfig};
 use crate::providers::hetzner::{self, Hetzner, HetznerConfig};
+use crate::providers::http::RetryPolicy;
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
 use crate::providers::{Cloud, Providers, Secret, Tunnels};
 use crate::store::{Store, StoreOptions, redact_url};
@@ -35,8 +37,12 @@ fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Prov
             anyhow::bail!("providers.default is hetzner without [hetzner]")
         }
     };
-    let tunnels: Arc<dyn Tunnels> = match config.providers.tunnels {
-        TunnelsName::Local => local.clone(),
+    let tunnels: Arc<dyn Tunnels> = match (config.providers.tunnels, &config.cloudflare) {
+        (TunnelsName::Local, _) => local.clone(),
+        (TunnelsName::Cloudflare, Some(section)) => Arc::new(cloudflare_tunnels(section)?),
+        (TunnelsName::Cloudflare, None) => {
+            anyhow::bail!("providers.tunnels is cloudflare without [cloudflare]")
+        }
     };
     let mut providers = Providers::new(default).with(local_cloud);
     if let Some(cloud) = hetzner {
@@ -45,15 +51,33 @@ fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Prov
     Ok(providers.with_tunnels(tunnels))
 }
 
+/// The Cloudflare account and zone `[cloudflare]` names: its token read from its file.
+fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare> {
+    Ok(Cloudflare::new(
+        CloudflareConfig {
+            base_url: section
+                .base_url
+                .clone()
+                .unwrap_or_else(|| cloudflare::DEFAULT_BASE_URL.to_owned()),
+            token: read_token(&section.token_file, "cloudflare.token_file")?,
+            account_id: section.account_id.clone(),
+            zone_id: section.zone_id.clone(),
+            retry: RetryPolicy::default(),
+        },
+        Arc::new(SystemClock),
+    )?)
+}
+
+/// A provider API token from its file, trimmed; the error names the key, never the token.
+fn read_token(path: &Path, key: &str) -> anyhow::Result<Secret> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {} ({key})", path.display()))?;
+    Ok(Secret(token.trim().to_owned()))
+}
+
 /// The Hetzner Cloud project `[hetzner]` names: its token read from its file (never logged).
 fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
-    let token = std::fs::read_to_string(&section.token_file).with_context(|| {
-        format!(
-            "cannot read the Hetzner token file {} (hetzner.token_file)",
-            section.token_file.display()
-        )
-    })?;
-    let mut config = HetznerConfig::new(Secret(token.trim().to_owned()));
+    let mut config = HetznerConfig::new(read_token(&section.token_file, "hetzner.token_file")?);
     if let Some(url) = &section.base_url {
         config.base_url.clone_from(url);
     }

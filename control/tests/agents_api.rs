@@ -255,9 +255,14 @@ async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(d
     };
     use control_api::usage::ResourceKind;
 
-    let h = common::Harness::with_providers(db, |local| {
-        Providers::new(control::providers::local::cloud(local.clone())).with_tunnels(local.clone())
-    })
+    let h = common::Harness::with_providers(
+        db,
+        |local| {
+            Providers::new(control::providers::local::cloud(local.clone()))
+                .with_tunnels(local.clone())
+        },
+        control::app::Settings::default(),
+    )
     .await;
     h.release("2026.11.0").await;
     let (_, token) = h.account("Acme").await;

@@ -261,7 +261,12 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
         firewalls: Some(Arc::new(hetzner.clone())),
         volumes: Some(Arc::new(hetzner.clone())),
     });
-    let h = common::Harness::with_providers(TestDb::sqlite(), |_| providers).await;
+    let h = common::Harness::with_providers(
+        TestDb::sqlite(),
+        |_| providers,
+        control::app::Settings::default(),
+    )
+    .await;
     // A release with a Hetzner image, provisioned through the service as the API would.
     let image = h
         .post(

@@ -59,14 +59,16 @@ pub fn write_control_config(
     control_urls: &[String],
     job_lease_secs: Option<u64>,
 ) -> PathBuf {
-    write_control_config_with(dir, control_urls, job_lease_secs, "")
+    write_control_config_with(dir, control_urls, job_lease_secs, "", "")
 }
 
-/// [`write_control_config`] with `extra` TOML (whole sections) at the end.
+/// [`write_control_config`] with `agents` keys added to its `[agents]` section and `extra`
+/// TOML (whole sections) at the end.
 pub fn write_control_config_with(
     dir: &Path,
     control_urls: &[String],
     job_lease_secs: Option<u64>,
+    agents: &str,
     extra: &str,
 ) -> PathBuf {
     let urls: Vec<String> = control_urls.iter().map(|u| format!("\"{u}\"")).collect();
@@ -79,6 +81,7 @@ pub fn write_control_config_with(
 heartbeat_interval_secs = 1
 unhealthy_after_intervals = 3
 replica_timeout_secs = 3
+{agents}
 
 [reconciler]
 interval_secs = 2

@@ -1,7 +1,7 @@
-//! `control serve` pointed at Hetzner by configuration — here the standalone Hetzner fake
-//! (`provider-fakes hetzner --listen`), as README tells anyone to try it by hand: an Agent is
-//! provisioned on it (its own firewall and volume, then its server), stopped and destroyed,
-//! and the project is empty at the end.
+//! `control serve` pointed at Hetzner and Cloudflare by configuration — here the standalone
+//! fakes (`provider-fakes hetzner|cloudflare --listen`), as README tells anyone to try them by
+//! hand: an Agent is provisioned (its tunnel, route and DNS record; its firewall and volume;
+//! its server), stopped and destroyed, and both are empty at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
@@ -13,11 +13,16 @@ use serde_json::{Value, json};
 use test_support::{Daemon, free_port, workspace_bin};
 
 const TOKEN: &str = "fake-project-token";
+const CF_TOKEN: &str = "fake-cloudflare-token";
+/// The standalone Cloudflare fake's account and zone (its defaults).
+const CF_ACCOUNT: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const CF_ZONE: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a9";
+const CF_ZONE_NAME: &str = "agents.example.test";
 
-async fn hetzner(fake: &str, path: &str) -> Value {
+async fn read(fake: &str, token: &str, path: &str) -> Value {
     test_support::http_client()
         .get(format!("{fake}{path}"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -27,7 +32,7 @@ async fn hetzner(fake: &str, path: &str) -> Value {
 }
 
 #[tokio::test]
-async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
+async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let fake_port = free_port();
     let mut command = Command::new(workspace_bin("provider-fakes"));
@@ -44,6 +49,19 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
     let fake = format!("http://127.0.0.1:{fake_port}/v1");
     let token_file = dir.path().join("hetzner-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let cf_port = free_port();
+    let mut command = Command::new(workspace_bin("provider-fakes"));
+    command.args([
+        "cloudflare",
+        "--listen",
+        &format!("127.0.0.1:{cf_port}"),
+        "--token",
+        CF_TOKEN,
+    ]);
+    let cf_daemon = Daemon::start(command, cf_port);
+    let cf = format!("http://127.0.0.1:{cf_port}/client/v4");
+    let cf_token_file = dir.path().join("cloudflare-token");
+    std::fs::write(&cf_token_file, CF_TOKEN).unwrap();
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -51,9 +69,14 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
         dir.path(),
         std::slice::from_ref(&url),
         None,
+        &format!("domain = \"{CF_ZONE_NAME}\""),
         &format!(
-            "\n[providers]\ndefault = \"hetzner\"\n\n[hetzner]\ntoken_file = \"{}\"\nbase_url = \"{fake}\"\n",
-            token_file.display()
+            "\n[providers]\ndefault = \"hetzner\"\ntunnels = \"cloudflare\"\n\n\
+             [hetzner]\ntoken_file = \"{}\"\nbase_url = \"{fake}\"\n\n\
+             [cloudflare]\ntoken_file = \"{}\"\nbase_url = \"{cf}\"\n\
+             account_id = \"{CF_ACCOUNT}\"\nzone_id = \"{CF_ZONE}\"\n",
+            token_file.display(),
+            cf_token_file.display()
         ),
     );
     let data = dir.path().join("data");
@@ -64,10 +87,12 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
         data.display().to_string(),
     ];
     let control = start_control(&args, port);
-    assert!(
-        !control.daemon.log().contains(TOKEN),
-        "the token reached the log"
-    );
+    for secret in [TOKEN, CF_TOKEN] {
+        assert!(
+            !control.daemon.log().contains(secret),
+            "a token reached the log"
+        );
+    }
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url, operator.trim());
     let image = op
@@ -103,18 +128,36 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
         state("running")
     })
     .await;
-    let servers = hetzner(&fake, "/servers").await;
+    let servers = read(&fake, TOKEN, "/servers").await;
     assert_eq!(
         servers["servers"].as_array().unwrap().len(),
         1,
         "{servers:#}"
     );
     assert_eq!(servers["servers"][0]["status"], "running");
-    let firewalls = hetzner(&fake, "/firewalls").await;
+    let firewalls = read(&fake, TOKEN, "/firewalls").await;
     assert_eq!(
         firewalls["firewalls"][0]["rules"],
         json!([]),
         "{firewalls:#}"
+    );
+    let tunnels_path = format!("/accounts/{CF_ACCOUNT}/cfd_tunnel?is_deleted=false");
+    let records_path = format!("/zones/{CF_ZONE}/dns_records");
+    let tunnels = read(&cf, CF_TOKEN, &tunnels_path).await;
+    assert_eq!(
+        tunnels["result"].as_array().unwrap().len(),
+        1,
+        "{tunnels:#}"
+    );
+    let records = read(&cf, CF_TOKEN, &records_path).await;
+    let hostname = format!(
+        "{}.{CF_ZONE_NAME}",
+        id.replace('_', "-").to_ascii_lowercase()
+    );
+    assert_eq!(
+        records["result"][0]["name"],
+        hostname.as_str(),
+        "{records:#}"
     );
 
     op.post(&format!("/api/agents/{id}/stop"), json!({})).await;
@@ -123,7 +166,7 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
     })
     .await;
     assert_eq!(
-        hetzner(&fake, "/servers").await["servers"][0]["status"],
+        read(&fake, TOKEN, "/servers").await["servers"][0]["status"],
         "off"
     );
 
@@ -138,11 +181,22 @@ async fn an_agent_lives_and_dies_on_hetzner_by_configuration() {
         ("/firewalls", "firewalls"),
         ("/volumes", "volumes"),
     ] {
-        let left = hetzner(&fake, path).await;
+        let left = read(&fake, TOKEN, path).await;
         assert_eq!(left[key], json!([]), "{path}: {left:#}");
     }
+    let tunnels = read(&cf, CF_TOKEN, &tunnels_path).await;
+    assert_eq!(tunnels["result"], json!([]), "{tunnels:#}");
+    let records = read(&cf, CF_TOKEN, &records_path).await;
+    assert_eq!(records["result"], json!([]), "{records:#}");
+    let tunnels = read(&cf, CF_TOKEN, &tunnels_path).await;
+    assert_eq!(tunnels["result"], json!([]), "{tunnels:#}");
+    let records = read(&cf, CF_TOKEN, &records_path).await;
+    assert_eq!(records["result"], json!([]), "{records:#}");
     let (status, log) = control.daemon.stop();
     assert!(status.success(), "{log}");
-    assert!(!log.contains(TOKEN), "the token reached the log");
-    drop(fake_daemon);
+    assert!(
+        !log.contains(TOKEN) && !log.contains(CF_TOKEN),
+        "a token reached the log"
+    );
+    drop((fake_daemon, cf_daemon));
 }

@@ -95,9 +95,11 @@ pub async fn connect_unmigrated(db: &TestDb) -> Store {
 
 impl Harness {
     pub async fn new(db: TestDb) -> Self {
-        Self::with_providers(db, |local| {
-            Providers::new(control::providers::local::cloud(local.clone()))
-        })
+        Self::with_providers(
+            db,
+            |local| Providers::new(control::providers::local::cloud(local.clone())),
+            Settings::default(),
+        )
         .await
     }
 
@@ -106,12 +108,13 @@ impl Harness {
     pub async fn with_providers(
         db: TestDb,
         providers: impl FnOnce(&Arc<LocalProvider>) -> Providers,
+        settings: Settings,
     ) -> Self {
         let store = connect(&db).await;
         let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
         let local = Arc::new(LocalProvider::in_memory());
         let providers = providers(&local);
-        let app = App::new(store, clock.clone(), providers, Settings::default());
+        let app = App::new(store, clock.clone(), providers, settings);
         let operator = control::accounts::create_token(&app, None, &CreateToken::default(), None)
             .await
             .expect("creating an operator token")

@@ -178,7 +178,8 @@ impl Cloudflare {
     /// The CNAME that sends `hostname` to tunnel `id`, made unless it is there already.
     async fn ensure_record(&self, id: &str, hostname: &str) -> Result<(), ProviderError> {
         let target = format!("{id}.cfargotunnel.com");
-        let body = json!({"type": "CNAME", "proxied": true, "name": hostname, "content": target});
+        // ttl 1: automatic, as for every proxied record.
+        let body = json!({"type": "CNAME", "proxied": true, "name": hostname, "content": target, "ttl": 1});
         let made: Result<DnsRecord, ProviderError> = self
             .result(Method::POST, &self.records_path(), Some(&body))
             .await;
