@@ -354,3 +354,69 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
     assert!(control.firewalls().is_empty());
     schema::assert_answers_match_spec(control);
 }
+
+/// The reconciler reads power states by label, 50 servers a call: a pass over 60 Agents costs
+/// two calls, never one per Agent.
+#[tokio::test]
+async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
+    let fake = fake().await;
+    let hetzner = client(&fake);
+    let providers = Providers::new(Cloud {
+        name: hetzner::NAME,
+        servers: Arc::new(hetzner.clone()),
+        firewalls: None,
+        volumes: None,
+    });
+    let h = common::Harness::with_providers(
+        TestDb::sqlite(),
+        |_| providers,
+        control::app::Settings::default(),
+    )
+    .await;
+    let image = h
+        .post(
+            "/api/images",
+            &h.operator,
+            json!({"version": "2026.12.0", "agent_version": "0.1.0",
+                   "manifest_digest": common::DIGEST, "refs": {"hetzner": "114690387"}, "env": {}}),
+        )
+        .await;
+    h.call(
+        axum::http::Method::PUT,
+        "/api/images/current",
+        Some(&h.operator),
+        Some(json!({"image_id": image.body["id"]})),
+    )
+    .await;
+    let (_, token) = h.account("Acme").await;
+    for n in 0..60 {
+        let made = h
+            .post("/api/agents", &token, json!({"name": format!("dev{n}")}))
+            .await;
+        assert_eq!(made.status, 202, "{:#}", made.body);
+    }
+    for _ in 0..50 {
+        h.run_jobs().await;
+        let agents = h.get("/api/agents?limit=200", &h.operator).await.body;
+        let busy = agents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| !a["operation"].is_null())
+            .count();
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.advance(6_000);
+    }
+    let control = fake.control();
+    assert_eq!(control.servers().len(), 60);
+    control.reset_calls();
+    control::background::reconcile(&h.app, Duration::from_mins(1))
+        .await
+        .unwrap();
+    assert_eq!(control.calls(&Method::GET, "/v1/servers"), 2);
+    assert_eq!(control.calls(&Method::GET, "/v1/servers/{id}"), 0);
+    assert_eq!(control.calls_total(), 2);
+}

@@ -3,8 +3,10 @@
 //!
 //! A VM off (or gone) while recorded running is recorded paused; a VM running while recorded
 //! paused is recorded running. Agents with an operation under way are left to it. One replica
-//! at a time reconciles (a lease), since provider APIs have rate limits.
+//! at a time reconciles (a lease), since provider APIs have rate limits: each cloud's servers
+//! are read by our label a page at a time (Hetzner: 50 a call), never one call per Agent.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use control_api::agents::PeriodState;
@@ -16,6 +18,7 @@ use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::clock::millis;
 use crate::error::Result;
+use crate::providers::{Cloud, KIND_LABEL, Labels, ProviderError};
 use crate::store::DbText;
 
 /// Compares every live Agent with its provider once; returns how many were corrected.
@@ -36,18 +39,26 @@ pub async fn reconcile(app: &App, every: Duration) -> Result<usize> {
         return Ok(0);
     }
     let agents = app.store.read().await?.reconcilable_agents().await?;
+    let mut power: BTreeMap<&str, Option<BTreeMap<String, bool>>> = BTreeMap::new();
     let mut corrected = 0;
     for agent in agents {
         let Some(cloud) = app.providers.get(&agent.provider) else {
             continue;
         };
-        let on = match cloud.servers.get_server(&agent.provider_id).await {
-            Ok(server) => server.map(|server| server.status.is_on()),
-            Err(e) => {
-                warn!(agent_id = %agent.id, error = %e, "reconciler: cannot read the VM's state");
-                continue;
-            }
+        if !power.contains_key(cloud.name) {
+            let census = match servers_on(cloud).await {
+                Ok(census) => Some(census),
+                Err(e) => {
+                    warn!(provider = cloud.name, error = %e, "reconciler: cannot list the VMs");
+                    None
+                }
+            };
+            power.insert(cloud.name, census);
+        }
+        let Some(Some(census)) = power.get(cloud.name) else {
+            continue;
         };
+        let on = census.get(&agent.provider_id).copied();
         let (from, to, why) = match (agent.state.as_str(), on) {
             ("running", Some(false)) => (
                 PeriodState::Running,
@@ -87,6 +98,24 @@ pub async fn reconcile(app: &App, every: Duration) -> Result<usize> {
         }
     }
     Ok(corrected)
+}
+
+/// Whether each of the cloud's Agent servers is on, by server id, read a page at a time.
+async fn servers_on(cloud: &Cloud) -> Result<BTreeMap<String, bool>, ProviderError> {
+    let selector = Labels::from([(KIND_LABEL.to_owned(), "agent".to_owned())]);
+    let mut census = BTreeMap::new();
+    let mut page: Option<String> = None;
+    loop {
+        let found = cloud
+            .servers
+            .list_servers(&selector, page.as_deref())
+            .await?;
+        census.extend(found.items.into_iter().map(|s| (s.id, s.status.is_on())));
+        match found.next {
+            Some(next) => page = Some(next),
+            None => return Ok(census),
+        }
+    }
 }
 
 /// Reconciles the ledger with the providers every `every`.
