@@ -1,0 +1,64 @@
+//! The first-boot document control gives an Agent's server passes cloud-init's own schema check
+//! (`cloud-init schema`, from Debian's cloud-init, which CI installs), stays under Hetzner's
+//! limit on user data, and carries nothing but its per-Agent files: that cloud-init accepts
+//! unknown top-level keys silently, so the exact key set is checked here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use control::cloud_init::{self, AgentFirstBoot, AgentIdentity};
+use control::providers::Secret;
+use test_support::have_program;
+
+fn document(tunnel_token: Option<&str>) -> Secret {
+    cloud_init::agent_document(&AgentFirstBoot {
+        identity: AgentIdentity {
+            agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
+            image_version: "2026.12.0".to_owned(),
+        },
+        bootstrap_token: Secret(format!("agb_{}", "a".repeat(64))),
+        tunnel_token: tunnel_token.map(|t| Secret(t.to_owned())),
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_agents_document_passes_cloud_inits_schema_and_carries_only_its_files() {
+    // A real tunnel token is a base64 JSON object of about 180 characters, quotes and all.
+    let token = format!("eyJhIjoi{}\"\\n'", "Q".repeat(180));
+    for document in [document(Some(&token)), document(None)] {
+        assert!(document.0.len() < cloud_init::MAX_USER_DATA);
+        let body: serde_json::Value =
+            serde_json::from_str(document.0.strip_prefix("#cloud-config\n").unwrap()).unwrap();
+        let keys: BTreeSet<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, BTreeSet::from(["write_files"]));
+        for file in body["write_files"].as_array().unwrap() {
+            assert_eq!(file["permissions"], "0600", "{file}");
+            assert!(file["path"].as_str().unwrap().starts_with("/etc/vm-agent/"));
+        }
+        if !have_program("cloud-init") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user-data");
+        std::fs::write(&path, &document.0).unwrap();
+        let checked = Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "cloud-init schema refused the document:\n{}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
