@@ -33,6 +33,8 @@ pub struct Settings {
     pub agent_domain: String,
     /// What an Agent's tunnel routes its hostname to, on the VM.
     pub tunnel_service: String,
+    /// Whether the sweeper deletes the unowned resources it finds (else it only reports them).
+    pub sweep_remove: bool,
     pub ingest: IngestSettings,
 }
 
@@ -48,6 +50,7 @@ impl Default for Settings {
             slice_size_gb: 10,
             agent_domain: "agents.localhost".to_owned(),
             tunnel_service: "http://localhost:8080".to_owned(),
+            sweep_remove: false,
             ingest: IngestSettings::default(),
         }
     }

@@ -36,6 +36,8 @@ struct FileConfig {
     #[serde(default)]
     reconciler: ReconcilerSection,
     #[serde(default)]
+    sweeper: SweeperSection,
+    #[serde(default)]
     local_provider: LocalSection,
     #[serde(default)]
     providers: ProvidersSection,
@@ -139,6 +141,13 @@ struct ReconcilerSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SweeperSection {
+    interval_secs: Option<u64>,
+    remove: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UsageSection {
     rollup_interval_secs: Option<u64>,
 }
@@ -172,6 +181,7 @@ pub struct Config {
     pub rollup_interval: Duration,
     pub job_poll_interval: Duration,
     pub reconcile_interval: Duration,
+    pub sweep_interval: Duration,
     pub local: LocalSection,
     pub providers: ProvidersSection,
     pub hetzner: Option<HetznerSection>,
@@ -292,6 +302,7 @@ impl Config {
                     defaults.job_wait_limit.as_secs(),
                 )?),
                 ingest,
+                sweep_remove: parsed.sweeper.remove.unwrap_or(defaults.sweep_remove),
                 ..agents_lifecycle(&path, &parsed.agents, defaults.clone())?
             },
             local: parsed.local_provider.clone(),
@@ -302,6 +313,11 @@ impl Config {
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,
                 60,
+            )?),
+            sweep_interval: Duration::from_secs(positive(
+                "sweeper.interval_secs",
+                parsed.sweeper.interval_secs,
+                3_600,
             )?),
             data_dir,
             database,

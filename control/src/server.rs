@@ -207,6 +207,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
             job_poll: config.job_poll_interval,
             rollup: config.rollup_interval,
             reconcile: config.reconcile_interval,
+            sweep: config.sweep_interval,
         },
         &stopped,
     );

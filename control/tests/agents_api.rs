@@ -19,6 +19,7 @@ dual_backend_tests!(
     only_an_operator_re_bootstraps_and_it_is_audited,
     an_operators_token_supersedes_every_earlier_one,
     an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing,
+    the_sweeper_finds_what_no_live_agent_owns,
     the_bootstrap_token_is_exchanged_once,
     heartbeats_need_the_agents_own_credential,
     a_heartbeat_records_a_paused_agent_running,
@@ -333,6 +334,90 @@ async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(d
             .is_empty()
     );
     assert!(h.local.find_tunnel(&tunnel_name).await.unwrap().is_none());
+}
+
+/// The sweeper reports (and, told to, removes) what carries our labels but no live Agent owns:
+/// a firewall planted for an Agent that never existed, and a volume a destroyed Agent left;
+/// a live Agent's resources are left alone.
+async fn the_sweeper_finds_what_no_live_agent_owns(db: TestDb) {
+    use control::providers::{FirewallSpec, Firewalls, VolumeSpec, Volumes, resource_labels};
+    use control_api::usage::ResourceKind;
+
+    let (h, token) = setup(db).await;
+    let live = h.agent(&token, "live").await;
+    let gone = h.agent(&token, "gone").await;
+    let destroyed = h
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{gone}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(destroyed.status, 202);
+    h.run_jobs().await;
+    let planted = h
+        .local
+        .create_firewall(&FirewallSpec {
+            name: "agt-never".to_owned(),
+            labels: resource_labels(ResourceKind::Agent, "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"),
+            rules: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let left = h
+        .local
+        .create_volume(&VolumeSpec {
+            name: "gone-slice-copy".to_owned(),
+            size_gb: 10,
+            location: None,
+            labels: resource_labels(ResourceKind::Agent, &gone),
+            format: None,
+        })
+        .await
+        .unwrap();
+
+    let every = std::time::Duration::from_hours(1);
+    let found = control::background::sweep(&h.app, every, false)
+        .await
+        .unwrap();
+    let mut ids: Vec<(&str, String, String)> = found
+        .iter()
+        .map(|o| (o.what, o.id.clone(), o.owner.clone()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            (
+                "firewall",
+                planted.id.clone(),
+                "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ".to_owned()
+            ),
+            ("volume", left.id.clone(), gone.clone()),
+        ],
+        "the live Agent {live}'s resources are not orphans"
+    );
+    // Reported only: still there. Told to remove: gone, and the live Agent's stay.
+    assert!(h.local.get_firewall(&planted.id).await.unwrap().is_some());
+    h.advance(2 * 3_600_000); // past this replica's own sweep lease
+    let removed = control::background::sweep(&h.app, every, true)
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(h.local.get_firewall(&planted.id).await.unwrap().is_none());
+    assert!(h.local.get_volume(&left.id).await.unwrap().is_none());
+    let labels = resource_labels(ResourceKind::Agent, &live);
+    assert_eq!(
+        h.local
+            .list_volumes(&labels, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(agent_view(&h, &token, &live).await["state"], "running");
 }
 
 /// A refused heartbeat: (what, bearer, headers, body, status, field named).

@@ -1,6 +1,6 @@
 //! The background work of `control serve`, each a task driven by a shutdown signal: the job
 //! runner, the usage rollup (and the sweep of old Idempotency-Key records), ingestion's
-//! upkeep and the reconciler. Each duty is an idempotent reconciler, safe to run on every
+//! upkeep, the reconciler and the sweeper of unowned provider resources. Each duty is an idempotent reconciler, safe to run on every
 //! replica at once, twice, or after a crash, and to stop at any point.
 //!
 //! May call: the services (jobs, ledger, ingest, providers through the reconciler). Nothing
@@ -9,6 +9,7 @@
 mod ingest;
 mod reconciler;
 mod rollup;
+mod sweeper;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::app::App;
 use crate::jobs;
 
 pub use reconciler::reconcile;
+pub use sweeper::{Orphan, sweep};
 
 /// How often each duty runs.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +30,7 @@ pub struct Intervals {
     pub job_poll: Duration,
     pub rollup: Duration,
     pub reconcile: Duration,
+    pub sweep: Duration,
 }
 
 /// Starts every duty; each ends when `shutdown` changes.
@@ -41,6 +44,7 @@ pub fn spawn(app: &App, every: Intervals, shutdown: &watch::Receiver<bool>) -> V
             shutdown.clone(),
         )),
         tokio::spawn(rollup::run(app.clone(), every.rollup, shutdown.clone())),
+        tokio::spawn(sweeper::run(app.clone(), every.sweep, shutdown.clone())),
     ]
 }
 
