@@ -180,25 +180,8 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
         ..control::app::Settings::default()
     };
     let h = common::Harness::with_providers(TestDb::sqlite(), |_| providers, settings).await;
-    let image = h
-        .post(
-            "/api/images",
-            &h.operator,
-            json!({"version": "2026.12.0", "agent_version": "0.1.0",
-                   "manifest_digest": common::DIGEST,
-                   "refs": {"hetzner": "114690387"}, "env": {}}),
-        )
+    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
         .await;
-    assert_eq!(image.status, 201, "{:#}", image.body);
-    let current = h
-        .call(
-            axum::http::Method::PUT,
-            "/api/images/current",
-            Some(&h.operator),
-            Some(json!({"image_id": image.body["id"]})),
-        )
-        .await;
-    assert_eq!(current.status, 200, "{:#}", current.body);
     let (_, token) = h.account("Acme").await;
     let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
     assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);

@@ -267,26 +267,11 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
         control::app::Settings::default(),
     )
     .await;
-    // A release with a Hetzner image, provisioned through the service as the API would.
-    let image = h
-        .post(
-            "/api/images",
-            &h.operator,
-            json!({"version": "2026.12.0", "agent_version": "0.1.0",
-                   "manifest_digest": common::DIGEST,
-                   "refs": {"hetzner": "114690387", "local": "local-2026.12.0"}, "env": {}}),
-        )
-        .await;
-    assert_eq!(image.status, 201, "{:#}", image.body);
-    let current = h
-        .call(
-            axum::http::Method::PUT,
-            "/api/images/current",
-            Some(&h.operator),
-            Some(json!({"image_id": image.body["id"]})),
-        )
-        .await;
-    assert_eq!(current.status, 200, "{:#}", current.body);
+    h.release_with(
+        "2026.12.0",
+        json!({"hetzner": "114690387", "local": "local-2026.12.0"}),
+    )
+    .await;
     let (_, token) = h.account("Acme").await;
     let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
     assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);
@@ -373,21 +358,8 @@ async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
         control::app::Settings::default(),
     )
     .await;
-    let image = h
-        .post(
-            "/api/images",
-            &h.operator,
-            json!({"version": "2026.12.0", "agent_version": "0.1.0",
-                   "manifest_digest": common::DIGEST, "refs": {"hetzner": "114690387"}, "env": {}}),
-        )
+    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
         .await;
-    h.call(
-        axum::http::Method::PUT,
-        "/api/images/current",
-        Some(&h.operator),
-        Some(json!({"image_id": image.body["id"]})),
-    )
-    .await;
     let (_, token) = h.account("Acme").await;
     for n in 0..60 {
         let made = h

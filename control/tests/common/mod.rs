@@ -210,6 +210,12 @@ impl Harness {
 
     /// Registers release `version` with a local image and makes it current.
     pub async fn release(&self, version: &str) -> String {
+        self.release_with(version, json!({"local": format!("local-{version}")}))
+            .await
+    }
+
+    /// Registers release `version` with the provider references `refs` and makes it current.
+    pub async fn release_with(&self, version: &str, refs: Value) -> String {
         let image = self
             .post(
                 "/api/images",
@@ -218,7 +224,7 @@ impl Harness {
                     "version": version,
                     "agent_version": "0.1.0",
                     "manifest_digest": DIGEST,
-                    "refs": {"local": format!("local-{version}")},
+                    "refs": refs,
                     "env": {"PLATFORM_RELEASE": version},
                 }),
             )
