@@ -302,7 +302,7 @@ async fn a_late_answer_comes_after_the_call_took_effect() {
     let fake = cloudflare_common::start().await;
     fake.control()
         .stall_answer_next(&Method::POST, RECORDS, 1, Duration::from_millis(400));
-    let impatient = reqwest::Client::builder()
+    let impatient = test_support::http_client_builder()
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap();

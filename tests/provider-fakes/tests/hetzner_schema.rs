@@ -273,7 +273,7 @@ async fn a_dropped_answer_is_not_checked() {
     fake.control()
         .crash_next(&Method::POST, "/v1/servers", 1, CrashMode::DropConnection);
     // Not even a status line arrives: `send` itself fails, as when the provider's edge dies.
-    let sent = reqwest::Client::new()
+    let sent = test_support::http_client()
         .post(format!("{}/servers", fake.url()))
         .bearer_auth(fake.token())
         .json(&json!({"name": "c", "server_type": "cx22", "image": "debian-12"}))

@@ -98,7 +98,7 @@ async fn create_validates_against_the_catalogue_and_hetzners_rules() {
         "{}",
         reply.body
     );
-    let bad_json = reqwest::Client::new()
+    let bad_json = test_support::http_client()
         .post(format!("{}/servers", fake.url()))
         .bearer_auth(fake.token())
         .body("{not json")

@@ -32,7 +32,7 @@ async fn the_binary_serves_the_hetzner_fake_and_says_where() {
         "{url}"
     );
     assert_eq!(token, "by-hand");
-    let http = reqwest::Client::builder()
+    let http = test_support::http_client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -83,7 +83,7 @@ async fn the_binary_serves_the_cloudflare_fake_and_says_where() {
         said.get("zone_name").map(String::as_str),
         Some("agents.example.test")
     );
-    let http = reqwest::Client::builder()
+    let http = test_support::http_client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -177,8 +177,15 @@ pub fn skip(what: &str) {
 /// crypto provider (vm-agent installs ring itself), so every client needs a process default
 /// first: this installs ring once and builds the client.
 pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("building an HTTP client")
+}
+
+/// [`http_client`]'s builder, for a test that sets timeouts of its own.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
 }
 
 /// A TCP port free on 127.0.0.1 at the time of asking.

@@ -58,7 +58,7 @@ impl Api {
     }
 
     pub fn with_token(fake: &CloudflareFake, token: &str) -> Api {
-        let http = reqwest::Client::builder()
+        let http = test_support::http_client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
