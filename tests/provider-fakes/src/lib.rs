@@ -4,4 +4,5 @@
 //! reach the network. A Fly Machines fake is to come beside `hetzner` and `cloudflare`.
 
 pub mod cloudflare;
+mod common;
 pub mod hetzner;

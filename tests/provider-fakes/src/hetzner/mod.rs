@@ -20,22 +20,23 @@ mod update;
 mod volumes;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+pub use crate::common::faults::CrashMode;
+pub use crate::common::gate::Answer;
 pub use axum::http::Method;
-pub use control::{
-    ActionView, Answer, Control, CrashMode, Fault, FirewallView, ServerView, VolumeView,
-};
+pub use control::{ActionView, Control, Fault, FirewallView, ServerView, VolumeView};
 pub use state::Rule;
 
-use middleware::Gate;
+use crate::common::gate::{self as common_gate, Gate};
+pub(crate) use crate::common::lock;
+use crate::common::serving::Server;
+use middleware::Bucket;
+pub(crate) use middleware::Shared;
 use state::State;
 
 /// Every route the fake serves, as (method, path template): the keys of call counts and faults.
@@ -95,34 +96,11 @@ impl Default for Options {
     }
 }
 
-/// What the handlers and the control handle share.
-pub(crate) struct Shared {
-    token: String,
-    state: Mutex<State>,
-    gate: Mutex<Gate>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    /// Runs `f` on the project's state after finishing the actions that are due.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, Instant) -> R) -> R {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        state.advance(now);
-        f(&mut state, now)
-    }
-}
-
 /// A running fake. Dropping it stops the server.
 pub struct HetznerFake {
-    addr: SocketAddr,
+    server: Server,
     token: String,
     control: Control,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
 }
 
 impl HetznerFake {
@@ -140,39 +118,25 @@ impl HetznerFake {
             token: options.token.clone(),
             state: Mutex::new(State::new(options.action_delay)),
             gate: Mutex::new(Gate::new(
-                options.rate_limit,
-                refill,
+                Bucket::new(options.rate_limit, refill),
                 options.record_answers,
             )),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                eprintln!("hetzner fake: server ended: {e}");
-            }
-        });
+        let server = Server::bind(addr, router(Arc::clone(&shared)), "hetzner").await?;
         Ok(HetznerFake {
-            addr,
+            server,
             token: options.token,
             control: Control::new(shared),
-            stop: Some(stop),
-            task,
         })
     }
 
     /// The base URL to use in place of `https://api.hetzner.cloud/v1`.
     pub fn url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.server.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The bearer token the fake accepts.
@@ -186,18 +150,8 @@ impl HetznerFake {
     }
 
     /// Stops serving and waits for the server task to end.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-}
-
-impl Drop for HetznerFake {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -248,9 +202,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/volumes/{id}/actions/detach", post(volumes::detach))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
-            middleware::gate,
+            common_gate::gate::<Shared>,
         ))
-        .fallback(middleware::unknown_route)
+        .fallback(common_gate::unknown_route::<Shared>)
         .with_state(shared)
 }
 
