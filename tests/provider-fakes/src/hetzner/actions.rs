@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::list::ListQuery;
+use super::reply::found;
 use super::state::Action;
 use super::{Shared, parse_id, render};
 
@@ -37,10 +38,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let action = state
-            .actions
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("action", id))?;
+        let action = found(&state.actions, "action", id)?;
         Ok(Json(json!({"action": render::action(action)})).into_response())
     })
 }

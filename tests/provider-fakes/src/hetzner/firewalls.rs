@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
+use super::reply::{actions_created, actions_json, answer_created, found, found_mut, page};
 use super::state::{Effect, Firewall, Rule, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -236,14 +237,6 @@ fn apply_action(
     state.start_action(now, command, resources, Effect::None, 1, None)
 }
 
-fn actions_json(state: &Project, ids: &[u64]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|id| render::action_by_id(state, *id))
-            .collect(),
-    )
-}
-
 pub(crate) async fn create(
     State(shared): State<Arc<Shared>>,
     body: Bytes,
@@ -291,7 +284,7 @@ pub(crate) async fn create(
             .get(&id)
             .map_or(Value::Null, render::firewall);
         let body = json!({"firewall": firewall, "actions": actions_json(state, &actions)});
-        Ok((StatusCode::CREATED, Json(body)).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -301,20 +294,13 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
     shared.with(|state, _| {
-        let rows = state
-            .firewalls
-            .values()
-            .filter(|f| query.keeps(&f.name, &f.labels))
-            .map(|f| (f.id, f.name.clone(), f.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let firewalls: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.firewalls.get(id))
-            .map(render::firewall)
-            .collect();
-        Ok(Json(json!({"firewalls": firewalls, "meta": meta})).into_response())
+        Ok(page(
+            &query,
+            "firewalls",
+            &state.firewalls,
+            |_| true,
+            render::firewall,
+        ))
     })
 }
 
@@ -324,10 +310,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found(&state.firewalls, "firewall", id)?;
         Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
     })
 }
@@ -338,10 +321,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found(&state.firewalls, "firewall", id)?;
         if !firewall.servers.is_empty() {
             return Err(ApiError::unprocessable(
                 "resource_in_use",
@@ -367,10 +347,7 @@ pub(crate) async fn set_rules(
         ApiError::invalid_field("rules", "rules is required (an empty list clears them)")
     })?)?;
     shared.with(|state, now| {
-        let firewall = state
-            .firewalls
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found_mut(&mut state.firewalls, "firewall", id)?;
         firewall.rules = rules;
         let servers = firewall.servers.clone();
         let mut actions = vec![state.start_action(
@@ -384,11 +361,7 @@ pub(crate) async fn set_rules(
         if !servers.is_empty() {
             actions.push(apply_action(state, now, "apply_firewall", id, &servers));
         }
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &actions)})),
-        )
-            .into_response())
+        Ok(actions_created(state, &actions))
     })
 }
 
@@ -409,11 +382,7 @@ pub(crate) async fn apply_to(
         let servers = server_targets(state, targets, "apply_to")?;
         apply(state, id, &servers)?;
         let action = apply_action(state, now, "apply_firewall", id, &servers);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &[action])})),
-        )
-            .into_response())
+        Ok(actions_created(state, &[action]))
     })
 }
 
@@ -428,10 +397,7 @@ pub(crate) async fn remove_from(
         .remove_from
         .ok_or_else(|| ApiError::invalid_field("remove_from", "remove_from is required"))?;
     shared.with(|state, now| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found(&state.firewalls, "firewall", id)?;
         let applied = firewall.servers.clone();
         let servers = server_targets(state, targets, "remove_from")?;
         if let Some(s) = servers.iter().find(|s| !applied.contains(s)) {
@@ -449,10 +415,6 @@ pub(crate) async fn remove_from(
             f.servers.retain(|s| !servers.contains(s));
         }
         let action = apply_action(state, now, "remove_firewall", id, &servers);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &[action])})),
-        )
-            .into_response())
+        Ok(actions_created(state, &[action]))
     })
 }

@@ -13,6 +13,7 @@ mod labels;
 mod list;
 mod middleware;
 mod render;
+mod reply;
 pub mod schema;
 mod servers;
 mod state;

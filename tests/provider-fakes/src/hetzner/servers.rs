@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,6 +15,7 @@ use super::catalog::{self, Image, Location, ServerType};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
+use super::reply::{action_created, answer_created, found, found_mut, page};
 use super::state::{Effect, Server, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -335,7 +335,7 @@ pub(crate) async fn create(
             "next_actions": next.iter().map(|a| render::action_by_id(state, *a)).collect::<Vec<_>>(),
             "root_password": c.root_password.then(|| format!("fake-root-password-{id}")),
         });
-        Ok((StatusCode::CREATED, Json(body)).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -345,21 +345,13 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
     shared.with(|state, _| {
-        let rows = state
-            .servers
-            .values()
-            .filter(|s| query.keeps(&s.name, &s.labels))
-            .filter(|s| query.status.is_empty() || query.status.iter().any(|st| st == s.status))
-            .map(|s| (s.id, s.name.clone(), s.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let servers: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.servers.get(id))
-            .map(|s| render::server(state, s))
-            .collect();
-        Ok(Json(json!({"servers": servers, "meta": meta})).into_response())
+        Ok(page(
+            &query,
+            "servers",
+            &state.servers,
+            |s| query.status.is_empty() || query.status.iter().any(|st| st == s.status),
+            |s| render::server(state, s),
+        ))
     })
 }
 
@@ -369,10 +361,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let server = state
-            .servers
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        let server = found(&state.servers, "server", id)?;
         Ok(Json(json!({"server": render::server(state, server)})).into_response())
     })
 }
@@ -383,10 +372,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, now| {
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        let server = found_mut(&mut state.servers, "server", id)?;
         server.status = "deleting";
         // Firewalls and volumes are let go when the deletion finishes, not before.
         let action = state.start_action(
@@ -405,10 +391,7 @@ fn power(shared: &Shared, raw: &str, command: &'static str) -> Result<Response, 
     let id = parse_id(raw)?;
     shared.with(|state, now| {
         let busy = state.server_busy(id);
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        let server = found_mut(&mut state.servers, "server", id)?;
         if busy || server.status == "deleting" {
             return Err(ApiError::locked("server"));
         }
@@ -435,11 +418,7 @@ fn power(shared: &Shared, raw: &str, command: &'static str) -> Result<Response, 
             _ => Effect::Shutdown { server: id },
         };
         let action = state.start_action(now, command, vec![(id, "server")], effect, 1, None);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(action_created(state, action))
     })
 }
 

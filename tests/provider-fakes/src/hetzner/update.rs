@@ -1,6 +1,7 @@
 //! `PUT /v1/{servers,firewalls,volumes}/{id}`: rename and relabel, nothing else. Labels given
 //! replace the whole set, as at Hetzner; a name must stay unique among its kind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -12,6 +13,7 @@ use serde_json::json;
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
+use super::reply::{Named, found, found_mut};
 use super::servers::valid_hostname;
 use super::{Shared, parse_id, render};
 
@@ -32,6 +34,30 @@ fn checked(body: &[u8]) -> Result<Update, ApiError> {
     Ok(update)
 }
 
+/// Renames and relabels the `kind` with this id; a new name must be unique among its kind.
+fn apply<'a, T: Named>(
+    items: &'a mut BTreeMap<u64, T>,
+    kind: &str,
+    id: u64,
+    update: Update,
+) -> Result<&'a T, ApiError> {
+    if let Some(name) = &update.name
+        && items
+            .iter()
+            .any(|(other, item)| *other != id && item.name() == name)
+    {
+        return Err(ApiError::uniqueness("name"));
+    }
+    let item = found_mut(items, kind, id)?;
+    if let Some(name) = update.name {
+        *item.name_mut() = name;
+    }
+    if let Some(labels) = update.labels {
+        *item.labels_mut() = labels;
+    }
+    Ok(item)
+}
+
 pub(crate) async fn server(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
@@ -46,31 +72,10 @@ pub(crate) async fn server(
         ));
     }
     shared.with(|state, _| {
-        if !state.servers.contains_key(&id) {
-            return Err(ApiError::not_found("server", id));
-        }
-        if let Some(name) = &update.name
-            && state
-                .servers
-                .values()
-                .any(|s| s.id != id && &s.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
-        if let Some(name) = update.name {
-            server.name = name;
-        }
-        if let Some(labels) = update.labels {
-            server.labels = labels;
-        }
-        let server = state
-            .servers
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        // A server that does not exist is 404 before its new name is checked.
+        found(&state.servers, "server", id)?;
+        apply(&mut state.servers, "server", id, update)?;
+        let server = found(&state.servers, "server", id)?;
         Ok(Json(json!({"server": render::server(state, server)})).into_response())
     })
 }
@@ -90,24 +95,7 @@ pub(crate) async fn firewall(
         return Err(ApiError::invalid_field("name", "at most 128 characters"));
     }
     shared.with(|state, _| {
-        if let Some(name) = &update.name
-            && state
-                .firewalls
-                .values()
-                .any(|f| f.id != id && &f.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let firewall = state
-            .firewalls
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
-        if let Some(name) = update.name {
-            firewall.name = name;
-        }
-        if let Some(labels) = update.labels {
-            firewall.labels = labels;
-        }
+        let firewall = apply(&mut state.firewalls, "firewall", id, update)?;
         Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
     })
 }
@@ -120,24 +108,7 @@ pub(crate) async fn volume(
     let id = parse_id(&raw)?;
     let update = checked(&body)?;
     shared.with(|state, _| {
-        if let Some(name) = &update.name
-            && state
-                .volumes
-                .values()
-                .any(|v| v.id != id && &v.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let volume = state
-            .volumes
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
-        if let Some(name) = update.name {
-            volume.name = name;
-        }
-        if let Some(labels) = update.labels {
-            volume.labels = labels;
-        }
+        let volume = apply(&mut state.volumes, "volume", id, update)?;
         Ok(Json(json!({"volume": render::volume(volume)})).into_response())
     })
 }

@@ -16,6 +16,7 @@ use super::catalog;
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
+use super::reply::{action_created, answer_created, found, found_mut, page};
 use super::servers::VOLUMES_PER_SERVER;
 use super::state::{Effect, Volume};
 use super::{Shared, parse_id, render};
@@ -117,7 +118,7 @@ pub(crate) async fn create(
             "action": render::action_by_id(state, action),
             "next_actions": next.iter().map(|a| render::action_by_id(state, *a)).collect::<Vec<_>>(),
         });
-        Ok((StatusCode::CREATED, Json(body)).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -127,21 +128,13 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
     shared.with(|state, _| {
-        let rows = state
-            .volumes
-            .values()
-            .filter(|v| query.keeps(&v.name, &v.labels))
-            .filter(|_| query.status.is_empty() || query.status.iter().any(|s| s == "available"))
-            .map(|v| (v.id, v.name.clone(), v.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let volumes: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.volumes.get(id))
-            .map(render::volume)
-            .collect();
-        Ok(Json(json!({"volumes": volumes, "meta": meta})).into_response())
+        Ok(page(
+            &query,
+            "volumes",
+            &state.volumes,
+            |_| query.status.is_empty() || query.status.iter().any(|s| s == "available"),
+            render::volume,
+        ))
     })
 }
 
@@ -151,10 +144,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = found(&state.volumes, "volume", id)?;
         Ok(Json(json!({"volume": render::volume(volume)})).into_response())
     })
 }
@@ -165,10 +155,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = found(&state.volumes, "volume", id)?;
         if let Some(server) = volume.server {
             // Guess: Hetzner's exact code for this refusal is not documented; resource_in_use is
             // the code it uses for the same refusal on firewalls.
@@ -194,14 +181,8 @@ pub(crate) async fn attach(
         .ok_or_else(|| ApiError::invalid_field("server", "server is required"))?;
     shared.with(|state, now| {
         let busy = state.volume_busy(id) || state.server_busy(server);
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
-        let s = state
-            .servers
-            .get(&server)
-            .ok_or_else(|| ApiError::not_found("server", server))?;
+        let volume = found(&state.volumes, "volume", id)?;
+        let s = found(&state.servers, "server", server)?;
         if busy {
             return Err(ApiError::locked("volume"));
         }
@@ -237,11 +218,7 @@ pub(crate) async fn attach(
             1,
             None,
         );
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(action_created(state, action))
     })
 }
 
@@ -252,10 +229,7 @@ pub(crate) async fn detach(
     let id = parse_id(&raw)?;
     shared.with(|state, now| {
         let busy = state.volume_busy(id);
-        let volume = state
-            .volumes
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = found_mut(&mut state.volumes, "volume", id)?;
         if busy {
             return Err(ApiError::locked("volume"));
         }
@@ -274,10 +248,6 @@ pub(crate) async fn detach(
             1,
             None,
         );
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(action_created(state, action))
     })
 }
