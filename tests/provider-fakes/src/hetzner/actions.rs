@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::list::ListQuery;
-use super::reply::found;
+use super::reply::{found, single};
 use super::state::Action;
 use super::{Shared, parse_id, render};
 
@@ -39,7 +39,7 @@ pub(crate) async fn get_one(
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
         let action = found(&state.actions, "action", id)?;
-        Ok(Json(json!({"action": render::action(action)})).into_response())
+        Ok(single("action", &render::action(action)))
     })
 }
 

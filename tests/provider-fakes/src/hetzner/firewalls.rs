@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -16,7 +15,9 @@ use serde_json::{Value, json};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
-use super::reply::{actions_created, actions_json, answer_created, found, found_mut, page};
+use super::reply::{
+    actions_created, actions_json, answer_created, found, found_mut, page, required, single,
+};
 use super::state::{Effect, Firewall, Rule, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -311,7 +312,7 @@ pub(crate) async fn get_one(
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
         let firewall = found(&state.firewalls, "firewall", id)?;
-        Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
+        Ok(single("firewall", &render::firewall(firewall)))
     })
 }
 
@@ -372,9 +373,7 @@ pub(crate) async fn apply_to(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: ApplyTo = parse_body(&body)?;
-    let targets = req
-        .apply_to
-        .ok_or_else(|| ApiError::invalid_field("apply_to", "apply_to is required"))?;
+    let targets = required(req.apply_to, "apply_to")?;
     shared.with(|state, now| {
         if !state.firewalls.contains_key(&id) {
             return Err(ApiError::not_found("firewall", id));
@@ -393,9 +392,7 @@ pub(crate) async fn remove_from(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: RemoveFrom = parse_body(&body)?;
-    let targets = req
-        .remove_from
-        .ok_or_else(|| ApiError::invalid_field("remove_from", "remove_from is required"))?;
+    let targets = required(req.remove_from, "remove_from")?;
     shared.with(|state, now| {
         let firewall = found(&state.firewalls, "firewall", id)?;
         let applied = firewall.servers.clone();

@@ -64,6 +64,16 @@ pub(crate) fn found_mut<'a, T>(
         .ok_or_else(|| ApiError::not_found(kind, id))
 }
 
+/// `200 OK` with `value` under `key` (`{"server": …}`).
+pub(crate) fn single(key: &str, value: &Value) -> Response {
+    Json(json!({ key: value })).into_response()
+}
+
+/// A field the call must carry, or Hetzner's `invalid_input` naming it.
+pub(crate) fn required<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::invalid_field(field, format!("{field} is required")))
+}
+
 /// `201 Created` with `body`.
 pub(crate) fn answer_created(body: &Value) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,7 +14,7 @@ use super::catalog::{self, Image, Location, ServerType};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
-use super::reply::{action_created, answer_created, found, found_mut, page};
+use super::reply::{action_created, answer_created, found, found_mut, page, single};
 use super::state::{Effect, Server, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -362,7 +361,7 @@ pub(crate) async fn get_one(
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
         let server = found(&state.servers, "server", id)?;
-        Ok(Json(json!({"server": render::server(state, server)})).into_response())
+        Ok(single("server", &render::server(state, server)))
     })
 }
 
@@ -383,7 +382,7 @@ pub(crate) async fn delete(
             1,
             None,
         );
-        Ok(Json(json!({"action": render::action_by_id(state, action)})).into_response())
+        Ok(single("action", &render::action_by_id(state, action)))
     })
 }
 

@@ -4,16 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::reply::{Named, found, found_mut};
+use super::reply::{Named, found, found_mut, single};
 use super::servers::valid_hostname;
 use super::{Shared, parse_id, render};
 
@@ -76,7 +74,7 @@ pub(crate) async fn server(
         found(&state.servers, "server", id)?;
         apply(&mut state.servers, "server", id, update)?;
         let server = found(&state.servers, "server", id)?;
-        Ok(Json(json!({"server": render::server(state, server)})).into_response())
+        Ok(single("server", &render::server(state, server)))
     })
 }
 
@@ -96,7 +94,7 @@ pub(crate) async fn firewall(
     }
     shared.with(|state, _| {
         let firewall = apply(&mut state.firewalls, "firewall", id, update)?;
-        Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
+        Ok(single("firewall", &render::firewall(firewall)))
     })
 }
 
@@ -109,6 +107,6 @@ pub(crate) async fn volume(
     let update = checked(&body)?;
     shared.with(|state, _| {
         let volume = apply(&mut state.volumes, "volume", id, update)?;
-        Ok(Json(json!({"volume": render::volume(volume)})).into_response())
+        Ok(single("volume", &render::volume(volume)))
     })
 }

@@ -4,21 +4,21 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::catalog;
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
 use super::list::ListQuery;
-use super::reply::{action_created, answer_created, found, found_mut, page};
+use super::reply::{action_created, answer_created, found, found_mut, page, required, single};
 use super::servers::VOLUMES_PER_SERVER;
-use super::state::{Effect, Volume};
+use super::state::{Effect, State as Project, Volume};
 use super::{Shared, parse_id, render};
 
 const SIZE_MIN: u64 = 10;
@@ -145,7 +145,7 @@ pub(crate) async fn get_one(
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
         let volume = found(&state.volumes, "volume", id)?;
-        Ok(Json(json!({"volume": render::volume(volume)})).into_response())
+        Ok(single("volume", &render::volume(volume)))
     })
 }
 
@@ -176,9 +176,7 @@ pub(crate) async fn attach(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: Attach = parse_body(&body)?;
-    let server = req
-        .server
-        .ok_or_else(|| ApiError::invalid_field("server", "server is required"))?;
+    let server = required(req.server, "server")?;
     shared.with(|state, now| {
         let busy = state.volume_busy(id) || state.server_busy(server);
         let volume = found(&state.volumes, "volume", id)?;
@@ -210,16 +208,27 @@ pub(crate) async fn attach(
         if let Some(s) = state.servers.get_mut(&server) {
             s.volumes.push(id);
         }
-        let action = state.start_action(
-            now,
-            "attach_volume",
-            vec![(id, "volume"), (server, "server")],
-            Effect::None,
-            1,
-            None,
-        );
-        Ok(action_created(state, action))
+        Ok(volume_action(state, now, "attach_volume", id, server))
     })
+}
+
+/// Starts the attach or detach action of volume `id` and `server`, and answers it.
+fn volume_action(
+    state: &mut Project,
+    now: Instant,
+    command: &'static str,
+    id: u64,
+    server: u64,
+) -> Response {
+    let action = state.start_action(
+        now,
+        command,
+        vec![(id, "volume"), (server, "server")],
+        Effect::None,
+        1,
+        None,
+    );
+    action_created(state, action)
 }
 
 pub(crate) async fn detach(
@@ -240,14 +249,6 @@ pub(crate) async fn detach(
         if let Some(s) = state.servers.get_mut(&server) {
             s.volumes.retain(|v| *v != id);
         }
-        let action = state.start_action(
-            now,
-            "detach_volume",
-            vec![(id, "volume"), (server, "server")],
-            Effect::None,
-            1,
-            None,
-        );
-        Ok(action_created(state, action))
+        Ok(volume_action(state, now, "detach_volume", id, server))
     })
 }
