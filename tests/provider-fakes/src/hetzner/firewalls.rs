@@ -1,4 +1,4 @@
-//! `/v1/firewalls`: create (rules validated, applied to servers), list, get, delete (refused while
+//! `/v1/firewalls`: create (rules validated, applied to servers), delete (refused while
 //! applied), and the `set_rules`, `apply_to_resources`, `remove_from_resources` actions. Only
 //! `server` targets are simulated; a `label_selector` target is refused rather than ignored.
 
@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,10 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
-use super::reply::{
-    actions_created, actions_json, answer_created, found, found_mut, page, required, single,
-};
+use super::reply::{actions_created, actions_json, answer_created, found, found_mut, required};
 use super::state::{Effect, Firewall, Rule, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -286,33 +283,6 @@ pub(crate) async fn create(
             .map_or(Value::Null, render::firewall);
         let body = json!({"firewall": firewall, "actions": actions_json(state, &actions)});
         Ok(answer_created(&body))
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        Ok(page(
-            &query,
-            "firewalls",
-            &state.firewalls,
-            |_| true,
-            render::firewall,
-        ))
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let firewall = found(&state.firewalls, "firewall", id)?;
-        Ok(single("firewall", &render::firewall(firewall)))
     })
 }
 

@@ -38,7 +38,7 @@ pub(crate) use crate::common::lock;
 use crate::common::serving::Server;
 use middleware::Bucket;
 pub(crate) use middleware::Shared;
-use state::State;
+use state::{Action, Firewall, State, Volume};
 
 /// Every route the fake serves, as (method, path template): the keys of call counts and faults.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -158,10 +158,13 @@ impl HetznerFake {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/servers", get(servers::list).post(servers::create))
+        .route(
+            "/v1/servers",
+            get(reply::list::<state::Server>).post(servers::create),
+        )
         .route(
             "/v1/servers/{id}",
-            get(servers::get_one)
+            get(reply::get_one::<state::Server>)
                 .put(update::server)
                 .delete(servers::delete),
         )
@@ -169,14 +172,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/servers/{id}/actions/poweroff", post(servers::poweroff))
         .route("/v1/servers/{id}/actions/shutdown", post(servers::shutdown))
         .route("/v1/actions", get(actions::list))
-        .route("/v1/actions/{id}", get(actions::get_one))
+        .route("/v1/actions/{id}", get(reply::get_one::<Action>))
         .route(
             "/v1/firewalls",
-            get(firewalls::list).post(firewalls::create),
+            get(reply::list::<Firewall>).post(firewalls::create),
         )
         .route(
             "/v1/firewalls/{id}",
-            get(firewalls::get_one)
+            get(reply::get_one::<Firewall>)
                 .put(update::firewall)
                 .delete(firewalls::delete),
         )
@@ -192,10 +195,13 @@ fn router(shared: Arc<Shared>) -> Router {
             "/v1/firewalls/{id}/actions/remove_from_resources",
             post(firewalls::remove_from),
         )
-        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/v1/volumes",
+            get(reply::list::<Volume>).post(volumes::create),
+        )
         .route(
             "/v1/volumes/{id}",
-            get(volumes::get_one)
+            get(reply::get_one::<Volume>)
                 .put(update::volume)
                 .delete(volumes::delete),
         )

@@ -1,11 +1,12 @@
 //! `/v1/servers`: create (validated against the catalogue, name unique, firewalls applied and
-//! volumes attached), list with filters and pages, get, delete, and the power actions. A second
-//! power action while one runs is 423 `locked`, as at Hetzner.
+//! volumes attached), delete, and the power actions. A second power action while one runs is 423
+//! `locked`, as at Hetzner. Listing and getting servers, firewalls and volumes is
+//! [`super::reply`]'s.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,8 +14,7 @@ use serde_json::{Value, json};
 use super::catalog::{self, Image, Location, ServerType};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
-use super::reply::{action_created, answer_created, found, found_mut, page, single};
+use super::reply::{action_created, answer_created, found_mut, single};
 use super::state::{Effect, Server, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -335,33 +335,6 @@ pub(crate) async fn create(
             "root_password": c.root_password.then(|| format!("fake-root-password-{id}")),
         });
         Ok(answer_created(&body))
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        Ok(page(
-            &query,
-            "servers",
-            &state.servers,
-            |s| query.status.is_empty() || query.status.iter().any(|st| st == s.status),
-            |s| render::server(state, s),
-        ))
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let server = found(&state.servers, "server", id)?;
-        Ok(single("server", &render::server(state, server)))
     })
 }
 

@@ -1,11 +1,11 @@
-//! `/v1/volumes`: create (in a location or attached to a server), list, get, delete (refused while
+//! `/v1/volumes`: create (in a location or attached to a server), delete (refused while
 //! attached), and the attach and detach actions. The device path is Hetzner's
 //! `/dev/disk/by-id/scsi-0HC_Volume_<id>`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,8 +15,7 @@ use tokio::time::Instant;
 use super::catalog;
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
-use super::reply::{action_created, answer_created, found, found_mut, page, required, single};
+use super::reply::{action_created, answer_created, found, found_mut, required};
 use super::servers::VOLUMES_PER_SERVER;
 use super::state::{Effect, State as Project, Volume};
 use super::{Shared, parse_id, render};
@@ -119,33 +118,6 @@ pub(crate) async fn create(
             "next_actions": next.iter().map(|a| render::action_by_id(state, *a)).collect::<Vec<_>>(),
         });
         Ok(answer_created(&body))
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        Ok(page(
-            &query,
-            "volumes",
-            &state.volumes,
-            |_| query.status.is_empty() || query.status.iter().any(|s| s == "available"),
-            render::volume,
-        ))
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let volume = found(&state.volumes, "volume", id)?;
-        Ok(single("volume", &render::volume(volume)))
     })
 }
 
