@@ -165,7 +165,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/servers/{id}",
             get(reply::get_one::<state::Server>)
-                .put(update::server)
+                .put(update::update::<state::Server>)
                 .delete(servers::delete),
         )
         .route("/v1/servers/{id}/actions/poweron", post(servers::poweron))
@@ -180,7 +180,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/firewalls/{id}",
             get(reply::get_one::<Firewall>)
-                .put(update::firewall)
+                .put(update::update::<Firewall>)
                 .delete(firewalls::delete),
         )
         .route(
@@ -202,7 +202,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/volumes/{id}",
             get(reply::get_one::<Volume>)
-                .put(update::volume)
+                .put(update::update::<Volume>)
                 .delete(volumes::delete),
         )
         .route("/v1/volumes/{id}/actions/attach", post(volumes::attach))

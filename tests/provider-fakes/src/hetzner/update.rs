@@ -11,14 +11,64 @@ use serde::Deserialize;
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::reply::{Named, found, found_mut, single};
+use super::reply::{Kind, Named, found, found_mut, single};
 use super::servers::valid_hostname;
-use super::{Shared, parse_id, render};
+use super::state::{Firewall, Server, State as Project, Volume};
+use super::{Shared, parse_id};
 
 #[derive(Deserialize)]
 pub(crate) struct Update {
     name: Option<String>,
     labels: Option<Labels>,
+}
+
+/// A kind of resource `PUT` renames and relabels.
+pub(crate) trait Renamed: Kind + Named {
+    /// Whether an unknown id is 404 before a taken name is 409 (servers), or after.
+    const NOT_FOUND_FIRST: bool;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Self>;
+    /// The kind's own rule for a new name.
+    fn check_name(name: &str) -> Result<(), ApiError>;
+}
+
+impl Renamed for Server {
+    const NOT_FOUND_FIRST: bool = true;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Server> {
+        &mut state.servers
+    }
+    fn check_name(name: &str) -> Result<(), ApiError> {
+        if valid_hostname(name) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_field(
+                "name",
+                "not a valid hostname (RFC 1123)",
+            ))
+        }
+    }
+}
+
+impl Renamed for Firewall {
+    const NOT_FOUND_FIRST: bool = false;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Firewall> {
+        &mut state.firewalls
+    }
+    fn check_name(name: &str) -> Result<(), ApiError> {
+        if name.chars().count() > 128 {
+            return Err(ApiError::invalid_field("name", "at most 128 characters"));
+        }
+        Ok(())
+    }
+}
+
+impl Renamed for Volume {
+    const NOT_FOUND_FIRST: bool = false;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Volume> {
+        &mut state.volumes
+    }
+    fn check_name(_: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 fn checked(body: &[u8]) -> Result<Update, ApiError> {
@@ -32,13 +82,12 @@ fn checked(body: &[u8]) -> Result<Update, ApiError> {
     Ok(update)
 }
 
-/// Renames and relabels the `kind` with this id; a new name must be unique among its kind.
-fn apply<'a, T: Named>(
-    items: &'a mut BTreeMap<u64, T>,
-    kind: &str,
-    id: u64,
-    update: Update,
-) -> Result<&'a T, ApiError> {
+/// Renames and relabels the `K` with this id; a new name must be unique among its kind.
+fn apply<K: Renamed>(state: &mut Project, id: u64, update: Update) -> Result<(), ApiError> {
+    if K::NOT_FOUND_FIRST {
+        found(K::items(state), K::KIND, id)?;
+    }
+    let items = K::items_mut(state);
     if let Some(name) = &update.name
         && items
             .iter()
@@ -46,67 +95,30 @@ fn apply<'a, T: Named>(
     {
         return Err(ApiError::uniqueness("name"));
     }
-    let item = found_mut(items, kind, id)?;
+    let item = found_mut(items, K::KIND, id)?;
     if let Some(name) = update.name {
         *item.name_mut() = name;
     }
     if let Some(labels) = update.labels {
         *item.labels_mut() = labels;
     }
-    Ok(item)
+    Ok(())
 }
 
-pub(crate) async fn server(
+/// `PUT /v1/{kind}s/{id}`.
+pub(crate) async fn update<K: Renamed>(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let update = checked(&body)?;
-    if update.name.as_deref().is_some_and(|n| !valid_hostname(n)) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "not a valid hostname (RFC 1123)",
-        ));
+    if let Some(name) = &update.name {
+        K::check_name(name)?;
     }
     shared.with(|state, _| {
-        // A server that does not exist is 404 before its new name is checked.
-        found(&state.servers, "server", id)?;
-        apply(&mut state.servers, "server", id, update)?;
-        let server = found(&state.servers, "server", id)?;
-        Ok(single("server", &render::server(state, server)))
-    })
-}
-
-pub(crate) async fn firewall(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    let update = checked(&body)?;
-    if update
-        .name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 128)
-    {
-        return Err(ApiError::invalid_field("name", "at most 128 characters"));
-    }
-    shared.with(|state, _| {
-        let firewall = apply(&mut state.firewalls, "firewall", id, update)?;
-        Ok(single("firewall", &render::firewall(firewall)))
-    })
-}
-
-pub(crate) async fn volume(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    let update = checked(&body)?;
-    shared.with(|state, _| {
-        let volume = apply(&mut state.volumes, "volume", id, update)?;
-        Ok(single("volume", &render::volume(volume)))
+        apply::<K>(state, id, update)?;
+        let item = found(K::items(state), K::KIND, id)?;
+        Ok(single(K::KIND, &item.render(state)))
     })
 }
