@@ -368,26 +368,23 @@ fn power(shared: &Shared, raw: &str, command: &'static str) -> Result<Response, 
             return Err(ApiError::locked("server"));
         }
         let previous = server.status;
-        let effect = match command {
-            "start_server" => {
-                server.status = "starting";
+        // (status meanwhile, status after) of the actions that switch power at once.
+        let switch = match command {
+            "start_server" => Some(("starting", "running")),
+            "stop_server" => Some(("stopping", "off")),
+            _ => None,
+        };
+        let effect = match switch {
+            Some((during, success)) => {
+                server.status = during;
                 server.off_at = None;
                 Effect::ServerStatus {
                     server: id,
-                    success: "running",
+                    success,
                     failure: previous,
                 }
             }
-            "stop_server" => {
-                server.status = "stopping";
-                server.off_at = None;
-                Effect::ServerStatus {
-                    server: id,
-                    success: "off",
-                    failure: previous,
-                }
-            }
-            _ => Effect::Shutdown { server: id },
+            None => Effect::Shutdown { server: id },
         };
         let action = state.start_action(now, command, vec![(id, "server")], effect, 1, None);
         Ok(action_created(state, action))
