@@ -14,7 +14,7 @@ use crate::common::faults;
 pub type Fault = faults::Fault<u32>;
 
 /// Inspection and fault injection for one running fake, and a simulated cloudflared; cheap to
-/// clone. Its faults, call counts and answers are [`crate::common::control::Control`]'s; the rest
+/// clone. Its faults, call counts and answers are `common::control::Control`'s; the rest
 /// is Cloudflare's.
 pub type Control = crate::common::control::Control<Shared>;
 

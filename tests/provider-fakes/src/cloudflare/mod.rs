@@ -99,7 +99,7 @@ pub struct Options {
     /// The window of the limit, and how long the token is refused once it went over; Cloudflare's
     /// is five minutes.
     pub rate_window: Duration,
-    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for [`Control::answers`];
+    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for `Control::answers`;
     /// turn off for long runs.
     pub record_answers: bool,
 }

@@ -17,7 +17,7 @@ use crate::common::faults;
 pub type Fault = faults::Fault<String>;
 
 /// Inspection and fault injection for one running fake; cheap to clone. Its faults, call counts
-/// and answers are [`crate::common::control::Control`]'s; the rest is Hetzner's.
+/// and answers are `common::control::Control`'s; the rest is Hetzner's.
 pub type Control = crate::common::control::Control<Shared>;
 
 #[derive(Clone, Debug)]

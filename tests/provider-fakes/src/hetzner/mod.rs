@@ -80,7 +80,7 @@ pub struct Options {
     pub refill_per_second: Option<f64>,
     /// How long one step of an action runs before it ends (`0` finishes actions at the next call).
     pub action_delay: Duration,
-    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for [`Control::answers`]; turn
+    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for `Control::answers`; turn
     /// off for long runs.
     pub record_answers: bool,
 }
