@@ -4,4 +4,6 @@
 //! reach the network. A Fly Machines fake is to come beside `hetzner` and `cloudflare`.
 
 pub mod cloudflare;
+/// What every fake shares: faults, call counts, recorded answers, the gate, `Control`, serving.
+mod common;
 pub mod hetzner;

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::control::{Answer, Control};
+use super::{Answer, Control};
 
 const TUNNEL_KEYS: &[&str] = &[
     "id",

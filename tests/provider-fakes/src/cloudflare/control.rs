@@ -2,57 +2,21 @@
 //! each route took, the faults to inject, and a simulated cloudflared. It never goes through HTTP,
 //! so using it spends no limit and counts no call.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
 use serde_json::Value;
-use tokio::time::Instant;
 
-use super::gate::FaultEntry;
-use super::{ROUTES, Shared, lock, tunnels};
+use super::{Shared, lock, tunnels};
+use crate::common::faults;
 
-/// What an injected fault does to a matching call.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// Answer with this HTTP status and Cloudflare error code (in the envelope) instead of doing
-    /// the call.
-    Error {
-        status: u16,
-        code: u32,
-        message: String,
-    },
-    /// Wait this long, then do the call and answer normally.
-    Stall(Duration),
-    /// Do the call at once, then wait this long before answering (a client that times out
-    /// meanwhile has had its call done all the same).
-    StallAnswer(Duration),
-    /// Do the call (the tunnel is created, the record deleted, …), then lose the answer.
-    Crash(CrashMode),
-}
+/// What an injected fault does to a matching call; its error code is Cloudflare's (1022, …).
+pub type Fault = faults::Fault<u32>;
 
-/// How a crash between "done" and "answered" looks to the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashMode {
-    /// The connection is closed before a full answer arrives.
-    DropConnection,
-    /// A bare 500 with an empty body.
-    EmptyServerError,
-}
-
-/// One answer the fake gave, for checking shapes after a test.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    pub method: String,
-    /// The route's path template, e.g. `/client/v4/accounts/{account_id}/cfd_tunnel/{tunnel_id}`.
-    pub template: String,
-    pub path: String,
-    pub status: u16,
-    pub body: Vec<u8>,
-    /// The answer came from an injected fault rather than from the API's logic.
-    pub injected: bool,
-}
+/// Inspection and fault injection for one running fake, and a simulated cloudflared; cheap to
+/// clone. Its faults, call counts and answers are `common::control::Control`'s; the rest
+/// is Cloudflare's.
+pub type Control = crate::common::control::Control<Shared>;
 
 /// One ingress rule of a tunnel's remote configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,41 +54,7 @@ pub struct DnsRecordView {
     pub proxied: bool,
 }
 
-/// Inspection and fault injection for one running fake; cheap to clone.
-#[derive(Clone)]
-pub struct Control {
-    shared: Arc<Shared>,
-}
-
 impl Control {
-    pub(crate) fn new(shared: Arc<Shared>) -> Control {
-        Control { shared }
-    }
-
-    /// Makes the next `times` calls to `method template` (a template from [`ROUTES`], e.g.
-    /// `/client/v4/accounts/{account_id}/cfd_tunnel`) meet `fault`. Faults queue up per route in
-    /// the order injected.
-    ///
-    /// # Panics
-    /// If the route is not one the fake serves: a typo would otherwise inject nothing.
-    pub fn inject(&self, method: &Method, template: &str, times: u32, fault: Fault) {
-        assert!(
-            ROUTES
-                .iter()
-                .any(|(m, t)| *m == method.as_str() && *t == template),
-            "the Cloudflare fake serves no route {method} {template}"
-        );
-        if times == 0 {
-            return;
-        }
-        lock(&self.shared.gate).faults.push(FaultEntry {
-            method: method.as_str().to_owned(),
-            template: template.to_owned(),
-            remaining: times,
-            fault,
-        });
-    }
-
     /// The next `times` matching calls answer `status` with Cloudflare error `code`.
     pub fn fail_next(&self, method: &Method, template: &str, times: u32, status: u16, code: u32) {
         self.inject(
@@ -139,79 +69,9 @@ impl Control {
         );
     }
 
-    /// The next `times` matching calls wait `delay` before they are served.
-    pub fn stall_next(&self, method: &Method, template: &str, times: u32, delay: Duration) {
-        self.inject(method, template, times, Fault::Stall(delay));
-    }
-
-    /// The next `times` matching calls take effect at once but are answered after `delay`.
-    pub fn stall_answer_next(&self, method: &Method, template: &str, times: u32, delay: Duration) {
-        self.inject(method, template, times, Fault::StallAnswer(delay));
-    }
-
-    /// The next `times` matching calls take effect but their answer is lost.
-    pub fn crash_next(&self, method: &Method, template: &str, times: u32, mode: CrashMode) {
-        self.inject(method, template, times, Fault::Crash(mode));
-    }
-
-    pub fn clear_faults(&self) {
-        lock(&self.shared.gate).faults.clear();
-    }
-
     /// A new limit of `limit` requests per `window`, starting fresh (any block lifted).
     pub fn set_rate_limit(&self, limit: u32, window: Duration) {
-        let mut gate = lock(&self.shared.gate);
-        gate.window.limit = limit;
-        gate.window.length = window;
-        gate.window.start = None;
-        gate.window.used = 0;
-        gate.window.blocked_until = None;
-    }
-
-    /// Requests left in the current window (0 while the token is blocked).
-    pub fn rate_limit_remaining(&self) -> u32 {
-        lock(&self.shared.gate).window.remaining(Instant::now())
-    }
-
-    /// Calls answered 429 because the limit was spent (injected 429s are not counted here).
-    pub fn rate_limited_calls(&self) -> u64 {
-        lock(&self.shared.gate).rate_limited
-    }
-
-    /// Calls made to one route, whatever their answer. Calls to paths the fake does not serve
-    /// count under the template `<unmatched>`.
-    pub fn calls(&self, method: &Method, template: &str) -> u64 {
-        lock(&self.shared.gate)
-            .calls
-            .get(&(method.as_str().to_owned(), template.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    pub fn calls_total(&self) -> u64 {
-        lock(&self.shared.gate).total
-    }
-
-    /// Calls per (method, path template).
-    pub fn call_counts(&self) -> BTreeMap<(String, String), u64> {
-        lock(&self.shared.gate).calls.clone()
-    }
-
-    pub fn reset_calls(&self) {
-        let mut gate = lock(&self.shared.gate);
-        gate.calls.clear();
-        gate.total = 0;
-        gate.rate_limited = 0;
-    }
-
-    /// Every answer given so far (when recording), oldest first.
-    pub fn answers(&self) -> Vec<Answer> {
-        lock(&self.shared.gate).answers.iter().cloned().collect()
-    }
-
-    /// Forgets the recorded answers (to check only what follows).
-    pub fn clear_answers(&self) {
-        lock(&self.shared.gate).clear_answers();
+        lock(&self.shared.gate).limiter = super::gate::Window::new(limit, window);
     }
 
     /// A cloudflared runs with this tunnel's token and opens `connections` edge connections

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::envelope::{ApiError, Paging, ok, ok_page, parse_body, query_pairs};
-use super::state::{DnsRecord, timestamp};
+use super::state::{DnsRecord, State as Zone, timestamp};
 
 const DEFAULT_PER_PAGE: u64 = 100;
 const MAX_PER_PAGE: u64 = 5_000_000;
@@ -206,6 +206,16 @@ pub(crate) async fn list(
     })
 }
 
+/// The record with this id and its key (its creation sequence), or 81044.
+fn find<'a>(state: &'a Zone, record_id: &str) -> Result<(u64, &'a DnsRecord), ApiError> {
+    state
+        .records
+        .iter()
+        .find(|(_, r)| r.id == record_id)
+        .map(|(seq, r)| (*seq, r))
+        .ok_or_else(ApiError::record_not_found)
+}
+
 pub(crate) async fn get_one(
     State(shared): State<Arc<Shared>>,
     Path((zone_id, record_id)): Path<(String, String)>,
@@ -213,11 +223,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     shared.zone(&zone_id, uri.path())?;
     shared.with(|state, _| {
-        let record = state
-            .records
-            .values()
-            .find(|r| r.id == record_id)
-            .ok_or_else(ApiError::record_not_found)?;
+        let (_, record) = find(state, &record_id)?;
         Ok(ok(render(record)))
     })
 }
@@ -229,12 +235,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     shared.zone(&zone_id, uri.path())?;
     shared.with(|state, _| {
-        let seq = state
-            .records
-            .iter()
-            .find(|(_, r)| r.id == record_id)
-            .map(|(seq, _)| *seq)
-            .ok_or_else(ApiError::record_not_found)?;
+        let (seq, _) = find(state, &record_id)?;
         state.records.remove(&seq);
         Ok(ok(json!({"id": record_id})))
     })

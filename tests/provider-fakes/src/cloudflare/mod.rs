@@ -15,21 +15,24 @@ mod state;
 mod tunnels;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+pub use crate::common::faults::CrashMode;
+pub use crate::common::gate::Answer;
 pub use axum::http::Method;
 pub use check::assert_answers_enveloped;
-pub use control::{Answer, Control, CrashMode, DnsRecordView, Fault, IngressRuleView, TunnelView};
+pub use control::{Control, DnsRecordView, Fault, IngressRuleView, TunnelView};
 
+use crate::common::gate::{self as common_gate, Gate};
+pub(crate) use crate::common::lock;
+use crate::common::serving::Server;
 use envelope::ApiError;
-use gate::Gate;
+pub(crate) use gate::Shared;
+use gate::Window;
 use state::State;
 
 /// The path prefix of every route: the base URL is `http://ADDR/client/v4`.
@@ -96,7 +99,7 @@ pub struct Options {
     /// The window of the limit, and how long the token is refused once it went over; Cloudflare's
     /// is five minutes.
     pub rate_window: Duration,
-    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for [`Control::answers`];
+    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for `Control::answers`;
     /// turn off for long runs.
     pub record_answers: bool,
 }
@@ -115,38 +118,6 @@ impl Default for Options {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What the handlers and the control handle share.
-pub(crate) struct Shared {
-    token: String,
-    account_id: String,
-    zone_id: String,
-    zone_name: String,
-    state: Mutex<State>,
-    gate: Mutex<Gate>,
-}
-
-impl Shared {
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, Instant) -> R) -> R {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        f(&mut state, now)
-    }
-
-    /// The account in the path must be the fake's: a token sees no other account.
-    pub(crate) fn account(&self, account_id: &str, path: &str) -> Result<(), ApiError> {
-        check_tag(account_id, &self.account_id, path)
-    }
-
-    /// The zone in the path must be the fake's.
-    pub(crate) fn zone(&self, zone_id: &str, path: &str) -> Result<(), ApiError> {
-        check_tag(zone_id, &self.zone_id, path)
-    }
-}
-
 /// A malformed tag cannot be routed (7003); a well-formed one the token has no access to is 403
 /// `Authentication error`, which is what Cloudflare answers for another's account or zone.
 fn check_tag(given: &str, ours: &str, path: &str) -> Result<(), ApiError> {
@@ -162,11 +133,9 @@ fn check_tag(given: &str, ours: &str, path: &str) -> Result<(), ApiError> {
 
 /// A running fake. Dropping it stops the server.
 pub struct CloudflareFake {
-    addr: SocketAddr,
+    server: Server,
     options: Options,
     control: Control,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
 }
 
 impl CloudflareFake {
@@ -185,39 +154,25 @@ impl CloudflareFake {
             zone_name: options.zone_name.clone(),
             state: Mutex::new(State::new()),
             gate: Mutex::new(Gate::new(
-                options.rate_limit,
-                options.rate_window,
+                Window::new(options.rate_limit, options.rate_window),
                 options.record_answers,
             )),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                eprintln!("cloudflare fake: server ended: {e}");
-            }
-        });
+        let server = Server::bind(addr, router(Arc::clone(&shared)), "cloudflare").await?;
         Ok(CloudflareFake {
-            addr,
+            server,
             options,
             control: Control::new(shared),
-            stop: Some(stop),
-            task,
         })
     }
 
     /// The base URL to use in place of `https://api.cloudflare.com/client/v4`.
     pub fn url(&self) -> String {
-        format!("http://{}{PREFIX}", self.addr)
+        format!("http://{}{PREFIX}", self.server.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The API token the fake accepts.
@@ -243,18 +198,8 @@ impl CloudflareFake {
     }
 
     /// Stops serving and waits for the server task to end.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-}
-
-impl Drop for CloudflareFake {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -286,8 +231,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
-            gate::gate,
+            common_gate::gate::<Shared>,
         ))
-        .fallback(gate::unknown_route)
+        .fallback(common_gate::unknown_route::<Shared>)
         .with_state(shared)
 }

@@ -1,17 +1,18 @@
-//! `/v1/actions`: one action by id, or several by repeated `id` (the filter is mandatory, as at
-//! Hetzner). Reading an action is what makes it progress, through [`super::Shared::with`].
+//! `/v1/actions`: several actions by repeated `id` (the filter is mandatory, as at Hetzner); one
+//! by id is [`super::reply::get_one`]. Reading an action is what makes it progress, through
+//! [`super::Shared::with`].
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::list::ListQuery;
 use super::state::Action;
-use super::{Shared, parse_id, render};
+use super::{Shared, render};
 
 /// The fields actions sort by (hcloud-go asks for `sort=status&sort=id` when it waits).
 const SORTS: &[&str] = &["id", "command", "status", "progress", "started", "finished"];
@@ -29,20 +30,6 @@ fn key(action: &Action, field: &str) -> (String, u64) {
         "progress" => (String::new(), u64::from(action.progress)),
         _ => (String::new(), action.id),
     }
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let action = state
-            .actions
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("action", id))?;
-        Ok(Json(json!({"action": render::action(action)})).into_response())
-    })
 }
 
 pub(crate) async fn list(

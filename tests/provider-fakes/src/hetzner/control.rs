@@ -3,56 +3,22 @@
 //! counts no call.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
 use tokio::time::Instant;
 
 use super::catalog::Image;
-use super::middleware::FaultEntry;
 use super::state::{ActionStatus, Rule};
-use super::{ROUTES, Shared, lock};
+use super::{Shared, lock};
+use crate::common::faults;
 
-/// What an injected fault does to a matching call.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// Answer with this status and Hetzner error code instead of doing the call.
-    Error {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// Wait this long, then do the call and answer normally.
-    Stall(Duration),
-    /// Do the call at once, then wait this long before answering (a client that times out
-    /// meanwhile has had its call done all the same).
-    StallAnswer(Duration),
-    /// Do the call (the resource is created, deleted, …), then lose the answer.
-    Crash(CrashMode),
-}
+/// What an injected fault does to a matching call; its error code is Hetzner's (`locked`, …).
+pub type Fault = faults::Fault<String>;
 
-/// How a crash between "created" and "answered" looks to the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashMode {
-    /// The connection is closed before a full answer arrives.
-    DropConnection,
-    /// A bare 500 with an empty body.
-    EmptyServerError,
-}
-
-/// One answer the fake gave, for checking shapes after a test.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    pub method: String,
-    /// The route's path template, e.g. `/v1/servers/{id}`.
-    pub template: String,
-    pub path: String,
-    pub status: u16,
-    pub body: Vec<u8>,
-    /// The answer came from an injected fault rather than from the API's logic.
-    pub injected: bool,
-}
+/// Inspection and fault injection for one running fake; cheap to clone. Its faults, call counts
+/// and answers are `common::control::Control`'s; the rest is Hetzner's.
+pub type Control = crate::common::control::Control<Shared>;
 
 #[derive(Clone, Debug)]
 pub struct ServerView {
@@ -99,40 +65,7 @@ pub struct ActionView {
     pub error_code: Option<String>,
 }
 
-/// Inspection and fault injection for one running fake; cheap to clone.
-#[derive(Clone)]
-pub struct Control {
-    shared: Arc<Shared>,
-}
-
 impl Control {
-    pub(crate) fn new(shared: Arc<Shared>) -> Control {
-        Control { shared }
-    }
-
-    /// Makes the next `times` calls to `method template` (a template from [`ROUTES`], e.g.
-    /// `/v1/servers/{id}`) meet `fault`. Faults queue up per route in the order injected.
-    ///
-    /// # Panics
-    /// If the route is not one the fake serves: a typo would otherwise inject nothing.
-    pub fn inject(&self, method: &Method, template: &str, times: u32, fault: Fault) {
-        assert!(
-            ROUTES
-                .iter()
-                .any(|(m, t)| *m == method.as_str() && *t == template),
-            "the Hetzner fake serves no route {method} {template}"
-        );
-        if times == 0 {
-            return;
-        }
-        lock(&self.shared.gate).faults.push(FaultEntry {
-            method: method.as_str().to_owned(),
-            template: template.to_owned(),
-            remaining: times,
-            fault,
-        });
-    }
-
     /// The next `times` matching calls answer `status` with Hetzner error `code`.
     pub fn fail_next(&self, method: &Method, template: &str, times: u32, status: u16, code: &str) {
         let message = format!("injected {code}");
@@ -146,25 +79,6 @@ impl Control {
                 message,
             },
         );
-    }
-
-    /// The next `times` matching calls wait `delay` before they are served.
-    pub fn stall_next(&self, method: &Method, template: &str, times: u32, delay: Duration) {
-        self.inject(method, template, times, Fault::Stall(delay));
-    }
-
-    /// The next `times` matching calls take effect at once but are answered after `delay`.
-    pub fn stall_answer_next(&self, method: &Method, template: &str, times: u32, delay: Duration) {
-        self.inject(method, template, times, Fault::StallAnswer(delay));
-    }
-
-    /// The next `times` matching calls take effect but their answer is lost.
-    pub fn crash_next(&self, method: &Method, template: &str, times: u32, mode: CrashMode) {
-        self.inject(method, template, times, Fault::Crash(mode));
-    }
-
-    pub fn clear_faults(&self) {
-        lock(&self.shared.gate).faults.clear();
     }
 
     /// The next action running `command` (e.g. `start_server`, `create_server`,
@@ -190,56 +104,10 @@ impl Control {
     /// A new, full budget of `limit` requests, refilled at `refill_per_second`.
     pub fn set_rate_limit(&self, limit: u32, refill_per_second: f64) {
         let mut gate = lock(&self.shared.gate);
-        gate.bucket.limit = limit;
-        gate.bucket.refill_per_second = refill_per_second;
-        gate.bucket.tokens = f64::from(limit);
-        gate.bucket.at = Instant::now();
-    }
-
-    pub fn rate_limit_remaining(&self) -> u32 {
-        lock(&self.shared.gate).bucket.remaining(Instant::now())
-    }
-
-    /// Calls made to one route, whatever their answer. Calls to paths the fake does not serve
-    /// count under the template `<unmatched>`.
-    pub fn calls(&self, method: &Method, template: &str) -> u64 {
-        let gate = lock(&self.shared.gate);
-        gate.calls
-            .get(&(method.as_str().to_owned(), template.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Calls answered 429 `rate_limit_exceeded` because the budget was spent (injected 429s are
-    /// not counted here).
-    pub fn rate_limited_calls(&self) -> u64 {
-        lock(&self.shared.gate).rate_limited
-    }
-
-    pub fn calls_total(&self) -> u64 {
-        lock(&self.shared.gate).total
-    }
-
-    /// Calls per (method, path template).
-    pub fn call_counts(&self) -> BTreeMap<(String, String), u64> {
-        lock(&self.shared.gate).calls.clone()
-    }
-
-    pub fn reset_calls(&self) {
-        let mut gate = lock(&self.shared.gate);
-        gate.calls.clear();
-        gate.total = 0;
-        gate.rate_limited = 0;
-    }
-
-    /// Every answer given so far (when recording), oldest first.
-    pub fn answers(&self) -> Vec<Answer> {
-        lock(&self.shared.gate).answers.iter().cloned().collect()
-    }
-
-    /// Forgets the recorded answers (to check only what follows).
-    pub fn clear_answers(&self) {
-        lock(&self.shared.gate).clear_answers();
+        gate.limiter.limit = limit;
+        gate.limiter.refill_per_second = refill_per_second;
+        gate.limiter.tokens = f64::from(limit);
+        gate.limiter.at = Instant::now();
     }
 
     /// Registers a snapshot image (what a baked Agent image is at Hetzner) and returns its id.

@@ -1,13 +1,12 @@
-//! `/v1/firewalls`: create (rules validated, applied to servers), list, get, delete (refused while
+//! `/v1/firewalls`: create (rules validated, applied to servers), delete (refused while
 //! applied), and the `set_rules`, `apply_to_resources`, `remove_from_resources` actions. Only
 //! `server` targets are simulated; a `label_selector` target is refused rather than ignored.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
+use super::reply::{actions_created, actions_json, answer_created, found, found_mut, required};
 use super::state::{Effect, Firewall, Rule, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -236,14 +235,6 @@ fn apply_action(
     state.start_action(now, command, resources, Effect::None, 1, None)
 }
 
-fn actions_json(state: &Project, ids: &[u64]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|id| render::action_by_id(state, *id))
-            .collect(),
-    )
-}
-
 pub(crate) async fn create(
     State(shared): State<Arc<Shared>>,
     body: Bytes,
@@ -291,44 +282,7 @@ pub(crate) async fn create(
             .get(&id)
             .map_or(Value::Null, render::firewall);
         let body = json!({"firewall": firewall, "actions": actions_json(state, &actions)});
-        Ok((StatusCode::CREATED, Json(body)).into_response())
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        let rows = state
-            .firewalls
-            .values()
-            .filter(|f| query.keeps(&f.name, &f.labels))
-            .map(|f| (f.id, f.name.clone(), f.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let firewalls: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.firewalls.get(id))
-            .map(render::firewall)
-            .collect();
-        Ok(Json(json!({"firewalls": firewalls, "meta": meta})).into_response())
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
-        Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -338,10 +292,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found(&state.firewalls, "firewall", id)?;
         if !firewall.servers.is_empty() {
             return Err(ApiError::unprocessable(
                 "resource_in_use",
@@ -367,10 +318,7 @@ pub(crate) async fn set_rules(
         ApiError::invalid_field("rules", "rules is required (an empty list clears them)")
     })?)?;
     shared.with(|state, now| {
-        let firewall = state
-            .firewalls
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found_mut(&mut state.firewalls, "firewall", id)?;
         firewall.rules = rules;
         let servers = firewall.servers.clone();
         let mut actions = vec![state.start_action(
@@ -384,11 +332,7 @@ pub(crate) async fn set_rules(
         if !servers.is_empty() {
             actions.push(apply_action(state, now, "apply_firewall", id, &servers));
         }
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &actions)})),
-        )
-            .into_response())
+        Ok(actions_created(state, &actions))
     })
 }
 
@@ -399,9 +343,7 @@ pub(crate) async fn apply_to(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: ApplyTo = parse_body(&body)?;
-    let targets = req
-        .apply_to
-        .ok_or_else(|| ApiError::invalid_field("apply_to", "apply_to is required"))?;
+    let targets = required(req.apply_to, "apply_to")?;
     shared.with(|state, now| {
         if !state.firewalls.contains_key(&id) {
             return Err(ApiError::not_found("firewall", id));
@@ -409,11 +351,7 @@ pub(crate) async fn apply_to(
         let servers = server_targets(state, targets, "apply_to")?;
         apply(state, id, &servers)?;
         let action = apply_action(state, now, "apply_firewall", id, &servers);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &[action])})),
-        )
-            .into_response())
+        Ok(actions_created(state, &[action]))
     })
 }
 
@@ -424,14 +362,9 @@ pub(crate) async fn remove_from(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: RemoveFrom = parse_body(&body)?;
-    let targets = req
-        .remove_from
-        .ok_or_else(|| ApiError::invalid_field("remove_from", "remove_from is required"))?;
+    let targets = required(req.remove_from, "remove_from")?;
     shared.with(|state, now| {
-        let firewall = state
-            .firewalls
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
+        let firewall = found(&state.firewalls, "firewall", id)?;
         let applied = firewall.servers.clone();
         let servers = server_targets(state, targets, "remove_from")?;
         if let Some(s) = servers.iter().find(|s| !applied.contains(s)) {
@@ -449,10 +382,6 @@ pub(crate) async fn remove_from(
             f.servers.retain(|s| !servers.contains(s));
         }
         let action = apply_action(state, now, "remove_firewall", id, &servers);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"actions": actions_json(state, &[action])})),
-        )
-            .into_response())
+        Ok(actions_created(state, &[action]))
     })
 }

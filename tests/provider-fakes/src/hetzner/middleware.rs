@@ -1,41 +1,54 @@
-//! What every call goes through before and after its handler: the call count, bearer auth, the
-//! hourly request budget with its `RateLimit-*` headers, the injected faults, and the recording of
-//! answers. A fault must never skip the count or the budget: a failed call is still a call.
+//! What the Hetzner fake's handlers and control handle share, and what its gate does Hetzner's
+//! way: the hourly request budget with its `RateLimit-*` headers, the error envelope of
+//! refusals and injected errors, and the 404 of paths it does not serve. The gate itself is
+//! [`crate::common::gate`].
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::Mutex;
 
-use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use super::control::{Answer, CrashMode, Fault};
 use super::error::ApiError;
-use super::{Shared, lock};
+use super::state::State;
+use super::{ROUTES, lock};
+use crate::common::gate::{self, Gate, Provider};
 
-/// The most answers kept, and the most bytes of their bodies: a long run keeps its latest.
-const MAX_ANSWERS: usize = 20_000;
-const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// What the handlers and the control handle share.
+pub struct Shared {
+    pub(crate) token: String,
+    pub(crate) state: Mutex<State>,
+    pub(crate) gate: Mutex<Gate<String, Bucket>>,
+}
 
-pub(crate) struct FaultEntry {
-    pub method: String,
-    pub template: String,
-    pub remaining: u32,
-    pub fault: Fault,
+impl Shared {
+    /// Runs `f` on the project's state after finishing the actions that are due.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.advance(now);
+        f(&mut state, now)
+    }
 }
 
 /// A token bucket: `limit` tokens, refilled continuously.
-pub(crate) struct Bucket {
-    pub limit: u32,
-    pub refill_per_second: f64,
-    pub tokens: f64,
-    pub at: Instant,
+pub struct Bucket {
+    pub(crate) limit: u32,
+    pub(crate) refill_per_second: f64,
+    pub(crate) tokens: f64,
+    pub(crate) at: Instant,
 }
 
 impl Bucket {
+    pub(crate) fn new(limit: u32, refill_per_second: f64) -> Bucket {
+        Bucket {
+            limit,
+            refill_per_second,
+            tokens: f64::from(limit),
+            at: Instant::now(),
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.refill_per_second).min(f64::from(self.limit));
@@ -53,7 +66,7 @@ impl Bucket {
         }
     }
 
-    pub(crate) fn remaining(&mut self, now: Instant) -> u32 {
+    fn remaining(&mut self, now: Instant) -> u32 {
         self.refill(now);
         // The bucket holds at most `limit` (a u32), so the floor fits.
         #[expect(
@@ -81,262 +94,89 @@ impl Bucket {
     }
 }
 
-pub(crate) struct Gate {
-    pub calls: BTreeMap<(String, String), u64>,
-    pub total: u64,
-    /// Calls refused because the budget was spent.
-    pub rate_limited: u64,
-    pub faults: Vec<FaultEntry>,
-    pub bucket: Bucket,
-    pub answers: VecDeque<Answer>,
-    answer_bytes: usize,
-    pub record: bool,
-    correlation: u64,
-}
-
-impl Gate {
-    pub(crate) fn new(limit: u32, refill_per_second: f64, record: bool) -> Gate {
-        Gate {
-            calls: BTreeMap::new(),
-            total: 0,
-            rate_limited: 0,
-            faults: Vec::new(),
-            bucket: Bucket {
-                limit,
-                refill_per_second,
-                tokens: f64::from(limit),
-                at: Instant::now(),
-            },
-            answers: VecDeque::new(),
-            answer_bytes: 0,
-            record,
-            correlation: 0,
-        }
-    }
-
-    pub(crate) fn clear_answers(&mut self) {
-        self.answers.clear();
-        self.answer_bytes = 0;
-    }
-
-    fn take_fault(&mut self, method: &str, template: &str) -> Option<Fault> {
-        let i = self
-            .faults
-            .iter()
-            .position(|f| f.method == method && f.template == template)?;
-        let entry = &mut self.faults[i];
-        let fault = entry.fault.clone();
-        entry.remaining = entry.remaining.saturating_sub(1);
-        if entry.remaining == 0 {
-            self.faults.remove(i);
-        }
-        Some(fault)
-    }
-}
-
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| given == token)
-}
-
 /// What the budget said about one call.
-struct Budget {
+pub struct Budget {
     allowed: bool,
     limit: u32,
     remaining: u32,
     reset: u64,
 }
 
-/// Counts the call, spends the budget and picks the fault, all under one lock.
-fn admit(
-    shared: &Shared,
-    method: &str,
-    template: &str,
-    authorized: bool,
-) -> (Budget, Option<Fault>, u64) {
-    let unix_now = shared.with(|state, now| state.clock.wall(now).unix_timestamp());
-    let unix_now = u64::try_from(unix_now).unwrap_or(0);
-    let now = Instant::now();
-    let mut gate = lock(&shared.gate);
-    *gate
-        .calls
-        .entry((method.to_owned(), template.to_owned()))
-        .or_default() += 1;
-    gate.total += 1;
-    gate.correlation += 1;
-    // Unauthenticated calls belong to no project, so they spend no project's budget.
-    let allowed = !authorized || gate.bucket.take(now);
-    if !allowed {
-        gate.rate_limited += 1;
-    }
-    let remaining = gate.bucket.remaining(now);
-    let budget = Budget {
-        allowed,
-        limit: gate.bucket.limit,
-        remaining,
-        reset: unix_now + gate.bucket.seconds_to_full(),
-    };
-    let fault = if authorized && allowed {
-        gate.take_fault(method, template)
-    } else {
-        None
-    };
-    (budget, fault, gate.correlation)
-}
+impl Provider for Shared {
+    const NAME: &'static str = "Hetzner";
+    const ROUTES: &'static [(&'static str, &'static str)] = ROUTES;
+    const RECORD_UNMATCHED: bool = false;
+    type Code = String;
+    type Limiter = Bucket;
+    type Budget = Budget;
+    /// The fake's wall clock, in unix seconds (`RateLimit-Reset` is a point in time).
+    type Context = u64;
 
-pub(crate) async fn gate(
-    State(shared): State<Arc<Shared>>,
-    matched: MatchedPath,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().as_str().to_owned();
-    let template = matched.as_str().to_owned();
-    let path = request.uri().path().to_owned();
-    let authorized = authorized(request.headers(), &shared.token);
-    let (budget, fault, correlation) = admit(&shared, &method, &template, authorized);
-    let injected = fault.is_some();
-    let mut response = if !authorized {
+    fn gate(&self) -> &Mutex<Gate<String, Bucket>> {
+        &self.gate
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        gate::bearer(headers).is_some_and(|given| given == self.token)
+    }
+
+    fn context(&self) -> u64 {
+        let unix_now = self.with(|state, now| state.clock.wall(now).unix_timestamp());
+        u64::try_from(unix_now).unwrap_or(0)
+    }
+
+    fn spend(bucket: &mut Bucket, now: Instant, authorized: bool, unix_now: u64) -> Budget {
+        // Unauthenticated calls belong to no project, so they spend no project's budget.
+        let allowed = !authorized || bucket.take(now);
+        let remaining = bucket.remaining(now);
+        Budget {
+            allowed,
+            limit: bucket.limit,
+            remaining,
+            reset: unix_now + bucket.seconds_to_full(),
+        }
+    }
+
+    fn allowed(budget: &Budget) -> bool {
+        budget.allowed
+    }
+
+    fn remaining(bucket: &mut Bucket, now: Instant) -> u32 {
+        bucket.remaining(now)
+    }
+
+    fn unauthorized() -> Response {
         ApiError::unauthorized().into_response()
-    } else if !budget.allowed {
+    }
+
+    fn rate_limited(_: &Budget) -> Response {
         ApiError::rate_limited().into_response()
-    } else {
-        match fault {
-            None => next.run(request).await,
-            Some(Fault::Error {
-                status,
-                code,
-                message,
-            }) => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                ApiError::new(status, &code, message).into_response()
-            }
-            Some(Fault::Stall(delay)) => {
-                tokio::time::sleep(delay).await;
-                next.run(request).await
-            }
-            Some(Fault::StallAnswer(delay)) => {
-                let response = next.run(request).await;
-                tokio::time::sleep(delay).await;
-                response
-            }
-            Some(Fault::Crash(mode)) => {
-                // The call takes effect, then its answer is lost.
-                let _ = next.run(request).await;
-                crash_response(mode)
-            }
-        }
-    };
-    add_headers(&mut response, &budget, correlation);
-    if !lock(&shared.gate).record {
-        return response;
     }
-    let (parts, body) = response.into_parts();
-    let status = parts.status.as_u16();
-    if matches!(injected_crash(&parts), Some(CrashMode::DropConnection)) {
-        record(
-            &shared,
-            Answer {
-                method,
-                template,
-                path,
-                status,
-                body: Vec::new(),
-                injected,
-            },
-        );
-        return Response::from_parts(parts, body);
+
+    fn error(status: StatusCode, code: String, message: String) -> Response {
+        ApiError::new(status, &code, message).into_response()
     }
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    record(
-        &shared,
-        Answer {
-            method,
-            template,
-            path,
-            status,
-            body: bytes.to_vec(),
-            injected,
-        },
-    );
-    Response::from_parts(parts, Body::from(bytes))
-}
 
-fn add_headers(response: &mut Response, budget: &Budget, correlation: u64) {
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("ratelimit-limit", budget.limit.to_string()),
-        ("ratelimit-remaining", budget.remaining.to_string()),
-        ("ratelimit-reset", budget.reset.to_string()),
-        ("x-correlation-id", format!("{correlation:016x}")),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-}
-
-/// Marks a crash answer whose body must not be read (reading it would end it early).
-#[derive(Clone, Copy)]
-struct CrashMarker(CrashMode);
-
-fn injected_crash(parts: &axum::http::response::Parts) -> Option<CrashMode> {
-    parts.extensions.get::<CrashMarker>().map(|m| m.0)
-}
-
-fn crash_response(mode: CrashMode) -> Response {
-    let mut response = match mode {
-        CrashMode::EmptyServerError => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        CrashMode::DropConnection => {
-            // A body that fails before its first byte makes the server abort the connection.
-            let failing = futures_util::stream::once(async {
-                Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other("crash injected"))
-            });
-            Response::new(Body::from_stream(failing))
-        }
-    };
-    response.extensions_mut().insert(CrashMarker(mode));
-    response
-}
-
-fn record(shared: &Shared, answer: Answer) {
-    let mut gate = lock(&shared.gate);
-    gate.answer_bytes += answer.body.len();
-    gate.answers.push_back(answer);
-    while gate.answers.len() > MAX_ANSWERS || gate.answer_bytes > MAX_ANSWER_BYTES {
-        let Some(old) = gate.answers.pop_front() else {
-            break;
-        };
-        gate.answer_bytes -= old.body.len();
-    }
-}
-
-/// The template under which calls to paths the fake does not serve are counted.
-pub(crate) const UNMATCHED: &str = "<unmatched>";
-
-/// Any path the fake does not serve: counted and charged like any call (at Hetzner a wrong path
-/// spends budget too), then Hetzner's 404 envelope.
-pub(crate) async fn unknown_route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let authorized = authorized(request.headers(), &shared.token);
-    let (budget, _, correlation) = admit(&shared, request.method().as_str(), UNMATCHED, authorized);
-    let mut response = if !authorized {
-        ApiError::unauthorized()
-    } else if !budget.allowed {
-        ApiError::rate_limited()
-    } else {
+    fn not_found(_: &str) -> Response {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "the requested resource was not found",
         )
+        .into_response()
     }
-    .into_response();
-    add_headers(&mut response, &budget, correlation);
-    response
+
+    fn add_headers(response: &mut Response, budget: &Budget, correlation: u64) {
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("ratelimit-limit", budget.limit.to_string()),
+            ("ratelimit-remaining", budget.remaining.to_string()),
+            ("ratelimit-reset", budget.reset.to_string()),
+            ("x-correlation-id", format!("{correlation:016x}")),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod labels;
 mod list;
 mod middleware;
 mod render;
+mod reply;
 pub mod schema;
 mod servers;
 mod state;
@@ -20,23 +21,24 @@ mod update;
 mod volumes;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+pub use crate::common::faults::CrashMode;
+pub use crate::common::gate::Answer;
 pub use axum::http::Method;
-pub use control::{
-    ActionView, Answer, Control, CrashMode, Fault, FirewallView, ServerView, VolumeView,
-};
+pub use control::{ActionView, Control, Fault, FirewallView, ServerView, VolumeView};
 pub use state::Rule;
 
-use middleware::Gate;
-use state::State;
+use crate::common::gate::{self as common_gate, Gate};
+pub(crate) use crate::common::lock;
+use crate::common::serving::Server;
+use middleware::Bucket;
+pub(crate) use middleware::Shared;
+use state::{Action, Firewall, State, Volume};
 
 /// Every route the fake serves, as (method, path template): the keys of call counts and faults.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -78,7 +80,7 @@ pub struct Options {
     pub refill_per_second: Option<f64>,
     /// How long one step of an action runs before it ends (`0` finishes actions at the next call).
     pub action_delay: Duration,
-    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for [`Control::answers`]; turn
+    /// Keep the answers (the latest 20,000, or 64 mebibytes of bodies) for `Control::answers`; turn
     /// off for long runs.
     pub record_answers: bool,
 }
@@ -95,34 +97,11 @@ impl Default for Options {
     }
 }
 
-/// What the handlers and the control handle share.
-pub(crate) struct Shared {
-    token: String,
-    state: Mutex<State>,
-    gate: Mutex<Gate>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    /// Runs `f` on the project's state after finishing the actions that are due.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, Instant) -> R) -> R {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        state.advance(now);
-        f(&mut state, now)
-    }
-}
-
 /// A running fake. Dropping it stops the server.
 pub struct HetznerFake {
-    addr: SocketAddr,
+    server: Server,
     token: String,
     control: Control,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
 }
 
 impl HetznerFake {
@@ -140,39 +119,25 @@ impl HetznerFake {
             token: options.token.clone(),
             state: Mutex::new(State::new(options.action_delay)),
             gate: Mutex::new(Gate::new(
-                options.rate_limit,
-                refill,
+                Bucket::new(options.rate_limit, refill),
                 options.record_answers,
             )),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                eprintln!("hetzner fake: server ended: {e}");
-            }
-        });
+        let server = Server::bind(addr, router(Arc::clone(&shared)), "hetzner").await?;
         Ok(HetznerFake {
-            addr,
+            server,
             token: options.token,
             control: Control::new(shared),
-            stop: Some(stop),
-            task,
         })
     }
 
     /// The base URL to use in place of `https://api.hetzner.cloud/v1`.
     pub fn url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.server.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The bearer token the fake accepts.
@@ -186,43 +151,36 @@ impl HetznerFake {
     }
 
     /// Stops serving and waits for the server task to end.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-}
-
-impl Drop for HetznerFake {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/servers", get(servers::list).post(servers::create))
+        .route(
+            "/v1/servers",
+            get(reply::list::<state::Server>).post(servers::create),
+        )
         .route(
             "/v1/servers/{id}",
-            get(servers::get_one)
-                .put(update::server)
+            get(reply::get_one::<state::Server>)
+                .put(update::update::<state::Server>)
                 .delete(servers::delete),
         )
         .route("/v1/servers/{id}/actions/poweron", post(servers::poweron))
         .route("/v1/servers/{id}/actions/poweroff", post(servers::poweroff))
         .route("/v1/servers/{id}/actions/shutdown", post(servers::shutdown))
         .route("/v1/actions", get(actions::list))
-        .route("/v1/actions/{id}", get(actions::get_one))
+        .route("/v1/actions/{id}", get(reply::get_one::<Action>))
         .route(
             "/v1/firewalls",
-            get(firewalls::list).post(firewalls::create),
+            get(reply::list::<Firewall>).post(firewalls::create),
         )
         .route(
             "/v1/firewalls/{id}",
-            get(firewalls::get_one)
-                .put(update::firewall)
+            get(reply::get_one::<Firewall>)
+                .put(update::update::<Firewall>)
                 .delete(firewalls::delete),
         )
         .route(
@@ -237,20 +195,23 @@ fn router(shared: Arc<Shared>) -> Router {
             "/v1/firewalls/{id}/actions/remove_from_resources",
             post(firewalls::remove_from),
         )
-        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/v1/volumes",
+            get(reply::list::<Volume>).post(volumes::create),
+        )
         .route(
             "/v1/volumes/{id}",
-            get(volumes::get_one)
-                .put(update::volume)
+            get(reply::get_one::<Volume>)
+                .put(update::update::<Volume>)
                 .delete(volumes::delete),
         )
         .route("/v1/volumes/{id}/actions/attach", post(volumes::attach))
         .route("/v1/volumes/{id}/actions/detach", post(volumes::detach))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
-            middleware::gate,
+            common_gate::gate::<Shared>,
         ))
-        .fallback(middleware::unknown_route)
+        .fallback(common_gate::unknown_route::<Shared>)
         .with_state(shared)
 }
 

@@ -1,21 +1,20 @@
 //! `/v1/servers`: create (validated against the catalogue, name unique, firewalls applied and
-//! volumes attached), list with filters and pages, get, delete, and the power actions. A second
-//! power action while one runs is 423 `locked`, as at Hetzner.
+//! volumes attached), delete, and the power actions. A second power action while one runs is 423
+//! `locked`, as at Hetzner. Listing and getting servers, firewalls and volumes is
+//! [`super::reply`]'s.
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::catalog::{self, Image, Location, ServerType};
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
+use super::reply::{action_created, answer_created, found_mut, single};
 use super::state::{Effect, Server, State as Project};
 use super::{Shared, parse_id, render};
 
@@ -335,45 +334,7 @@ pub(crate) async fn create(
             "next_actions": next.iter().map(|a| render::action_by_id(state, *a)).collect::<Vec<_>>(),
             "root_password": c.root_password.then(|| format!("fake-root-password-{id}")),
         });
-        Ok((StatusCode::CREATED, Json(body)).into_response())
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        let rows = state
-            .servers
-            .values()
-            .filter(|s| query.keeps(&s.name, &s.labels))
-            .filter(|s| query.status.is_empty() || query.status.iter().any(|st| st == s.status))
-            .map(|s| (s.id, s.name.clone(), s.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let servers: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.servers.get(id))
-            .map(|s| render::server(state, s))
-            .collect();
-        Ok(Json(json!({"servers": servers, "meta": meta})).into_response())
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let server = state
-            .servers
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
-        Ok(Json(json!({"server": render::server(state, server)})).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -383,10 +344,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, now| {
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        let server = found_mut(&mut state.servers, "server", id)?;
         server.status = "deleting";
         // Firewalls and volumes are let go when the deletion finishes, not before.
         let action = state.start_action(
@@ -397,7 +355,7 @@ pub(crate) async fn delete(
             1,
             None,
         );
-        Ok(Json(json!({"action": render::action_by_id(state, action)})).into_response())
+        Ok(single("action", &render::action_by_id(state, action)))
     })
 }
 
@@ -405,41 +363,31 @@ fn power(shared: &Shared, raw: &str, command: &'static str) -> Result<Response, 
     let id = parse_id(raw)?;
     shared.with(|state, now| {
         let busy = state.server_busy(id);
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
+        let server = found_mut(&mut state.servers, "server", id)?;
         if busy || server.status == "deleting" {
             return Err(ApiError::locked("server"));
         }
         let previous = server.status;
-        let effect = match command {
-            "start_server" => {
-                server.status = "starting";
+        // (status meanwhile, status after) of the actions that switch power at once.
+        let switch = match command {
+            "start_server" => Some(("starting", "running")),
+            "stop_server" => Some(("stopping", "off")),
+            _ => None,
+        };
+        let effect = match switch {
+            Some((during, success)) => {
+                server.status = during;
                 server.off_at = None;
                 Effect::ServerStatus {
                     server: id,
-                    success: "running",
+                    success,
                     failure: previous,
                 }
             }
-            "stop_server" => {
-                server.status = "stopping";
-                server.off_at = None;
-                Effect::ServerStatus {
-                    server: id,
-                    success: "off",
-                    failure: previous,
-                }
-            }
-            _ => Effect::Shutdown { server: id },
+            None => Effect::Shutdown { server: id },
         };
         let action = state.start_action(now, command, vec![(id, "server")], effect, 1, None);
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(action_created(state, action))
     })
 }
 

@@ -1,24 +1,74 @@
 //! `PUT /v1/{servers,firewalls,volumes}/{id}`: rename and relabel, nothing else. Labels given
 //! replace the whole set, as at Hetzner; a name must stay unique among its kind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
+use super::reply::{Kind, Named, found, found_mut, single};
 use super::servers::valid_hostname;
-use super::{Shared, parse_id, render};
+use super::state::{Firewall, Server, State as Project, Volume};
+use super::{Shared, parse_id};
 
 #[derive(Deserialize)]
 pub(crate) struct Update {
     name: Option<String>,
     labels: Option<Labels>,
+}
+
+/// A kind of resource `PUT` renames and relabels.
+pub(crate) trait Renamed: Kind + Named {
+    /// Whether an unknown id is 404 before a taken name is 409 (servers), or after.
+    const NOT_FOUND_FIRST: bool;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Self>;
+    /// The kind's own rule for a new name.
+    fn check_name(name: &str) -> Result<(), ApiError>;
+}
+
+impl Renamed for Server {
+    const NOT_FOUND_FIRST: bool = true;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Server> {
+        &mut state.servers
+    }
+    fn check_name(name: &str) -> Result<(), ApiError> {
+        if valid_hostname(name) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_field(
+                "name",
+                "not a valid hostname (RFC 1123)",
+            ))
+        }
+    }
+}
+
+impl Renamed for Firewall {
+    const NOT_FOUND_FIRST: bool = false;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Firewall> {
+        &mut state.firewalls
+    }
+    fn check_name(name: &str) -> Result<(), ApiError> {
+        if name.chars().count() > 128 {
+            return Err(ApiError::invalid_field("name", "at most 128 characters"));
+        }
+        Ok(())
+    }
+}
+
+impl Renamed for Volume {
+    const NOT_FOUND_FIRST: bool = false;
+    fn items_mut(state: &mut Project) -> &mut BTreeMap<u64, Volume> {
+        &mut state.volumes
+    }
+    fn check_name(_: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 fn checked(body: &[u8]) -> Result<Update, ApiError> {
@@ -32,112 +82,43 @@ fn checked(body: &[u8]) -> Result<Update, ApiError> {
     Ok(update)
 }
 
-pub(crate) async fn server(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    let update = checked(&body)?;
-    if update.name.as_deref().is_some_and(|n| !valid_hostname(n)) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "not a valid hostname (RFC 1123)",
-        ));
+/// Renames and relabels the `K` with this id; a new name must be unique among its kind.
+fn apply<K: Renamed>(state: &mut Project, id: u64, update: Update) -> Result<(), ApiError> {
+    if K::NOT_FOUND_FIRST {
+        found(K::items(state), K::KIND, id)?;
     }
-    shared.with(|state, _| {
-        if !state.servers.contains_key(&id) {
-            return Err(ApiError::not_found("server", id));
-        }
-        if let Some(name) = &update.name
-            && state
-                .servers
-                .values()
-                .any(|s| s.id != id && &s.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let server = state
-            .servers
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
-        if let Some(name) = update.name {
-            server.name = name;
-        }
-        if let Some(labels) = update.labels {
-            server.labels = labels;
-        }
-        let server = state
-            .servers
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("server", id))?;
-        Ok(Json(json!({"server": render::server(state, server)})).into_response())
-    })
-}
-
-pub(crate) async fn firewall(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    let update = checked(&body)?;
-    if update
-        .name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 128)
+    let items = K::items_mut(state);
+    if let Some(name) = &update.name
+        && items
+            .iter()
+            .any(|(other, item)| *other != id && item.name() == name)
     {
-        return Err(ApiError::invalid_field("name", "at most 128 characters"));
+        return Err(ApiError::uniqueness("name"));
     }
-    shared.with(|state, _| {
-        if let Some(name) = &update.name
-            && state
-                .firewalls
-                .values()
-                .any(|f| f.id != id && &f.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let firewall = state
-            .firewalls
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("firewall", id))?;
-        if let Some(name) = update.name {
-            firewall.name = name;
-        }
-        if let Some(labels) = update.labels {
-            firewall.labels = labels;
-        }
-        Ok(Json(json!({"firewall": render::firewall(firewall)})).into_response())
-    })
+    let item = found_mut(items, K::KIND, id)?;
+    if let Some(name) = update.name {
+        *item.name_mut() = name;
+    }
+    if let Some(labels) = update.labels {
+        *item.labels_mut() = labels;
+    }
+    Ok(())
 }
 
-pub(crate) async fn volume(
+/// `PUT /v1/{kind}s/{id}`.
+pub(crate) async fn update<K: Renamed>(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let update = checked(&body)?;
+    if let Some(name) = &update.name {
+        K::check_name(name)?;
+    }
     shared.with(|state, _| {
-        if let Some(name) = &update.name
-            && state
-                .volumes
-                .values()
-                .any(|v| v.id != id && &v.name == name)
-        {
-            return Err(ApiError::uniqueness("name"));
-        }
-        let volume = state
-            .volumes
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
-        if let Some(name) = update.name {
-            volume.name = name;
-        }
-        if let Some(labels) = update.labels {
-            volume.labels = labels;
-        }
-        Ok(Json(json!({"volume": render::volume(volume)})).into_response())
+        apply::<K>(state, id, update)?;
+        let item = found(K::items(state), K::KIND, id)?;
+        Ok(single(K::KIND, &item.render(state)))
     })
 }

@@ -1,23 +1,23 @@
-//! `/v1/volumes`: create (in a location or attached to a server), list, get, delete (refused while
+//! `/v1/volumes`: create (in a location or attached to a server), delete (refused while
 //! attached), and the attach and detach actions. The device path is Hetzner's
 //! `/dev/disk/by-id/scsi-0HC_Volume_<id>`.
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::catalog;
 use super::error::{ApiError, parse_body};
 use super::labels::{self, Labels};
-use super::list::ListQuery;
+use super::reply::{action_created, answer_created, found, found_mut, required};
 use super::servers::VOLUMES_PER_SERVER;
-use super::state::{Effect, Volume};
+use super::state::{Effect, State as Project, Volume};
 use super::{Shared, parse_id, render};
 
 const SIZE_MIN: u64 = 10;
@@ -117,45 +117,7 @@ pub(crate) async fn create(
             "action": render::action_by_id(state, action),
             "next_actions": next.iter().map(|a| render::action_by_id(state, *a)).collect::<Vec<_>>(),
         });
-        Ok((StatusCode::CREATED, Json(body)).into_response())
-    })
-}
-
-pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), ListQuery::RESOURCE_SORTS)?;
-    shared.with(|state, _| {
-        let rows = state
-            .volumes
-            .values()
-            .filter(|v| query.keeps(&v.name, &v.labels))
-            .filter(|_| query.status.is_empty() || query.status.iter().any(|s| s == "available"))
-            .map(|v| (v.id, v.name.clone(), v.id))
-            .collect();
-        let (page, meta) = query.page(rows);
-        // Render the page only: a list of thousands costs what a page costs.
-        let volumes: Vec<Value> = page
-            .iter()
-            .filter_map(|id| state.volumes.get(id))
-            .map(render::volume)
-            .collect();
-        Ok(Json(json!({"volumes": volumes, "meta": meta})).into_response())
-    })
-}
-
-pub(crate) async fn get_one(
-    State(shared): State<Arc<Shared>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
-    shared.with(|state, _| {
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
-        Ok(Json(json!({"volume": render::volume(volume)})).into_response())
+        Ok(answer_created(&body))
     })
 }
 
@@ -165,10 +127,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     shared.with(|state, _| {
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = found(&state.volumes, "volume", id)?;
         if let Some(server) = volume.server {
             // Guess: Hetzner's exact code for this refusal is not documented; resource_in_use is
             // the code it uses for the same refusal on firewalls.
@@ -189,19 +148,11 @@ pub(crate) async fn attach(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let req: Attach = parse_body(&body)?;
-    let server = req
-        .server
-        .ok_or_else(|| ApiError::invalid_field("server", "server is required"))?;
+    let server = required(req.server, "server")?;
     shared.with(|state, now| {
         let busy = state.volume_busy(id) || state.server_busy(server);
-        let volume = state
-            .volumes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
-        let s = state
-            .servers
-            .get(&server)
-            .ok_or_else(|| ApiError::not_found("server", server))?;
+        let volume = found(&state.volumes, "volume", id)?;
+        let s = found(&state.servers, "server", server)?;
         if busy {
             return Err(ApiError::locked("volume"));
         }
@@ -229,20 +180,27 @@ pub(crate) async fn attach(
         if let Some(s) = state.servers.get_mut(&server) {
             s.volumes.push(id);
         }
-        let action = state.start_action(
-            now,
-            "attach_volume",
-            vec![(id, "volume"), (server, "server")],
-            Effect::None,
-            1,
-            None,
-        );
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(volume_action(state, now, "attach_volume", id, server))
     })
+}
+
+/// Starts the attach or detach action of volume `id` and `server`, and answers it.
+fn volume_action(
+    state: &mut Project,
+    now: Instant,
+    command: &'static str,
+    id: u64,
+    server: u64,
+) -> Response {
+    let action = state.start_action(
+        now,
+        command,
+        vec![(id, "volume"), (server, "server")],
+        Effect::None,
+        1,
+        None,
+    );
+    action_created(state, action)
 }
 
 pub(crate) async fn detach(
@@ -252,10 +210,7 @@ pub(crate) async fn detach(
     let id = parse_id(&raw)?;
     shared.with(|state, now| {
         let busy = state.volume_busy(id);
-        let volume = state
-            .volumes
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = found_mut(&mut state.volumes, "volume", id)?;
         if busy {
             return Err(ApiError::locked("volume"));
         }
@@ -266,18 +221,6 @@ pub(crate) async fn detach(
         if let Some(s) = state.servers.get_mut(&server) {
             s.volumes.retain(|v| *v != id);
         }
-        let action = state.start_action(
-            now,
-            "detach_volume",
-            vec![(id, "volume"), (server, "server")],
-            Effect::None,
-            1,
-            None,
-        );
-        Ok((
-            StatusCode::CREATED,
-            Json(json!({"action": render::action_by_id(state, action)})),
-        )
-            .into_response())
+        Ok(volume_action(state, now, "detach_volume", id, server))
     })
 }

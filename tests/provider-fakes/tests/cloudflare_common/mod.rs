@@ -4,11 +4,15 @@
 // Test code: a failed expectation is the test failing, so unwrap and expect are what we want.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::ops::Deref;
 
 use provider_fakes::cloudflare::{CloudflareFake, Options};
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+
+#[path = "../http/mod.rs"]
+mod http;
+
+pub use http::Reply;
 
 pub use provider_fakes::cloudflare::assert_answers_enveloped;
 
@@ -19,18 +23,17 @@ pub async fn start() -> CloudflareFake {
 }
 
 pub struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    client: http::Client,
     pub account: String,
     pub zone: String,
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Value,
+impl Deref for Api {
+    type Target = http::Client;
+
+    fn deref(&self) -> &http::Client {
+        &self.client
+    }
 }
 
 impl Reply {
@@ -46,10 +49,6 @@ impl Reply {
     pub fn result(&self) -> &Value {
         &self.body["result"]
     }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
 }
 
 impl Api {
@@ -58,68 +57,11 @@ impl Api {
     }
 
     pub fn with_token(fake: &CloudflareFake, token: &str) -> Api {
-        let http = test_support::http_client_builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
         Api {
-            http,
-            base: fake.url(),
-            token: token.to_owned(),
+            client: http::Client::new(fake.url(), token),
             account: fake.account_id().to_owned(),
             zone: fake.zone_id().to_owned(),
         }
-    }
-
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Reply, reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        self.send(reqwest::Method::GET, path, None).await.unwrap()
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(reqwest::Method::POST, path, Some(body))
-            .await
-            .unwrap()
-    }
-
-    pub async fn put(&self, path: &str, body: Value) -> Reply {
-        self.send(reqwest::Method::PUT, path, Some(body))
-            .await
-            .unwrap()
-    }
-
-    pub async fn delete(&self, path: &str) -> Reply {
-        self.send(reqwest::Method::DELETE, path, None)
-            .await
-            .unwrap()
     }
 
     /// `/accounts/{account}/cfd_tunnel` followed by `rest`.
