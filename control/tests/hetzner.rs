@@ -392,3 +392,67 @@ async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
     assert_eq!(control.calls(&Method::GET, "/v1/servers/{id}"), 0);
     assert_eq!(control.calls_total(), 2);
 }
+
+/// A provisioning Hetzner refuses (a server type it does not have) ends with the Agent still
+/// paused, no server, and Hetzner's own words in `last_error` for the dashboard; destroying it
+/// then removes the firewall and volume made before the refusal.
+#[tokio::test]
+async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause() {
+    let fake = fake().await;
+    let mut config = HetznerConfig::new(Secret(fake.token().to_owned()));
+    config.base_url = fake.url();
+    config.server_type = "cx99".to_owned();
+    config.retry = RetryPolicy {
+        attempts: 2,
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(20),
+        max_wait: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+    };
+    let hetzner = Arc::new(Hetzner::new(config, Arc::new(SystemClock)).unwrap());
+    let providers = Providers::new(Cloud {
+        name: hetzner::NAME,
+        servers: hetzner.clone(),
+        firewalls: Some(hetzner.clone()),
+        volumes: Some(hetzner),
+    });
+    let h = common::Harness::with_providers(
+        TestDb::sqlite(),
+        |_| providers,
+        control::app::Settings::default(),
+    )
+    .await;
+    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
+        .await;
+    let (_, token) = h.account("Acme").await;
+    let made = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(made.status, 202, "{:#}", made.body);
+    let agent = made.body["id"].as_str().unwrap().to_owned();
+    h.run_jobs().await;
+    let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
+    assert_eq!(
+        (&view["state"], &view["operation"]),
+        (&json!("paused"), &json!(null)),
+        "{view:#}"
+    );
+    let cause = view["last_error"].as_str().unwrap();
+    assert!(
+        cause.contains("hetzner") && cause.contains("server_type") && cause.contains("cx99"),
+        "{cause}"
+    );
+    let control = fake.control();
+    assert!(control.servers().is_empty(), "no half-made server");
+
+    let destroy = h
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/api/agents/{agent}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(destroy.status, 202, "{:#}", destroy.body);
+    h.run_jobs().await;
+    assert!(control.firewalls().is_empty() && control.volumes().is_empty());
+    schema::assert_answers_match_spec(control);
+}
