@@ -87,13 +87,10 @@ fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
     if let Some(server_type) = &section.server_type {
         config.server_type.clone_from(server_type);
     }
-    let client = Arc::new(Hetzner::new(config, Arc::new(SystemClock))?);
-    Ok(Cloud {
-        name: hetzner::NAME,
-        servers: client.clone(),
-        firewalls: Some(client.clone()),
-        volumes: Some(client),
-    })
+    Ok(hetzner::cloud(Arc::new(Hetzner::new(
+        config,
+        Arc::new(SystemClock),
+    )?)))
 }
 
 pub fn init_logging(format: LogFormat) {

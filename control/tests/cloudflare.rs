@@ -14,7 +14,7 @@ use control::clock::SystemClock;
 use control::providers::cloudflare::{Cloudflare, CloudflareConfig};
 use control::providers::hetzner::{self, Hetzner, HetznerConfig};
 use control::providers::http::RetryPolicy;
-use control::providers::{Cloud, ErrorKind, Providers, Secret, Tunnels};
+use control::providers::{ErrorKind, Providers, Secret, Tunnels};
 use provider_fakes::cloudflare::{self as cf, CloudflareFake};
 use provider_fakes::hetzner::{self as hz, HetznerFake};
 use serde_json::json;
@@ -167,13 +167,7 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
     config.retry = policy();
     let hetzner = Arc::new(Hetzner::new(config, Arc::new(SystemClock)).unwrap());
     let tunnels = Arc::new(client(&cloudflare_fake, cloudflare_fake.token()));
-    let providers = Providers::new(Cloud {
-        name: hetzner::NAME,
-        servers: hetzner.clone(),
-        firewalls: Some(hetzner.clone()),
-        volumes: Some(hetzner),
-    })
-    .with_tunnels(tunnels);
+    let providers = Providers::new(hetzner::cloud(hetzner)).with_tunnels(tunnels);
     // Agents' hostnames live in the zone their records are made in.
     let settings = control::app::Settings {
         agent_domain: cloudflare_fake.zone_name().to_owned(),
@@ -186,26 +180,7 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
     let provisioned = h.post("/api/agents", &token, json!({"name": "dev"})).await;
     assert_eq!(provisioned.status, 202, "{:#}", provisioned.body);
     let agent = provisioned.body["id"].as_str().unwrap().to_owned();
-    let until = |done: &'static str| {
-        let h = &h;
-        let agent = agent.clone();
-        async move {
-            for _ in 0..100 {
-                h.run_jobs().await;
-                let view = h
-                    .get(&format!("/api/agents/{agent}"), &h.operator)
-                    .await
-                    .body;
-                if view["state"] == done && view["operation"].is_null() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                h.advance(6_000);
-            }
-            panic!("never {done}");
-        }
-    };
-    until("running").await;
+    h.run_jobs_until(&agent, "running").await;
     let cloudflare = cloudflare_fake.control();
     let tunnels = cloudflare.live_tunnels();
     assert_eq!(tunnels.len(), 1);
@@ -232,7 +207,7 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
         )
         .await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
-    until("destroyed").await;
+    h.run_jobs_until(&agent, "destroyed").await;
     assert!(cloudflare.live_tunnels().is_empty());
     assert!(cloudflare.dns_records().is_empty());
     let hetzner = hetzner_fake.control();

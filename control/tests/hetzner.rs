@@ -255,12 +255,7 @@ async fn hetzners_errors_reach_the_caller_clearly_and_transient_ones_are_retried
 async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
     let fake = fake().await;
     let hetzner = client(&fake);
-    let providers = Providers::new(Cloud {
-        name: hetzner::NAME,
-        servers: Arc::new(hetzner.clone()),
-        firewalls: Some(Arc::new(hetzner.clone())),
-        volumes: Some(Arc::new(hetzner.clone())),
-    });
+    let providers = Providers::new(hetzner::cloud(Arc::new(hetzner.clone())));
     let h = common::Harness::with_providers(
         TestDb::sqlite(),
         |_| providers,
@@ -282,23 +277,7 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
     );
     let agent = provisioned.body["id"].as_str().unwrap().to_owned();
 
-    let run = |what: &'static str, done: &'static str| {
-        let id = agent.clone();
-        let h = &h;
-        async move {
-            for _ in 0..100 {
-                h.run_jobs().await;
-                let view = h.get(&format!("/api/agents/{id}"), &h.operator).await.body;
-                if view["state"] == done && view["operation"].is_null() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                h.advance(6_000);
-            }
-            panic!("{what} never finished");
-        }
-    };
-    run("provisioning", "running").await;
+    h.run_jobs_until(&agent, "running").await;
     let control = fake.control();
     let servers = control.servers();
     let (firewalls, volumes) = (control.firewalls(), control.volumes());
@@ -321,7 +300,7 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
         .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
         .await;
     assert_eq!(stop.status, 202, "{:#}", stop.body);
-    run("stopping", "paused").await;
+    h.run_jobs_until(&agent, "paused").await;
     assert_eq!(control.servers()[0].status, "off");
 
     let destroy = h
@@ -333,7 +312,7 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
         )
         .await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
-    run("destroying", "destroyed").await;
+    h.run_jobs_until(&agent, "destroyed").await;
     assert!(control.servers().is_empty());
     assert!(control.volumes().is_empty());
     assert!(control.firewalls().is_empty());
@@ -410,12 +389,7 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause() {
         timeout: Duration::from_secs(5),
     };
     let hetzner = Arc::new(Hetzner::new(config, Arc::new(SystemClock)).unwrap());
-    let providers = Providers::new(Cloud {
-        name: hetzner::NAME,
-        servers: hetzner.clone(),
-        firewalls: Some(hetzner.clone()),
-        volumes: Some(hetzner),
-    });
+    let providers = Providers::new(hetzner::cloud(hetzner));
     let h = common::Harness::with_providers(
         TestDb::sqlite(),
         |_| providers,

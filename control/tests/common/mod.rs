@@ -208,6 +208,24 @@ impl Harness {
             .expect("running jobs")
     }
 
+    /// Runs the due jobs, letting the provider's time pass between runs, until Agent `id` is
+    /// `state` with no operation under way; panics after 100 runs.
+    pub async fn run_jobs_until(&self, id: &str, state: &str) {
+        for _ in 0..100 {
+            self.run_jobs().await;
+            let view = self
+                .get(&format!("/api/agents/{id}"), &self.operator)
+                .await
+                .body;
+            if view["state"] == state && view["operation"].is_null() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.advance(6_000);
+        }
+        panic!("agent {id} never became {state}");
+    }
+
     /// Registers release `version` with a local image and makes it current.
     pub async fn release(&self, version: &str) -> String {
         self.release_with(version, json!({"local": format!("local-{version}")}))

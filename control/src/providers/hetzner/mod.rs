@@ -67,6 +67,16 @@ impl HetznerConfig {
     }
 }
 
+/// A Hetzner Cloud project as a cloud: servers, firewalls and volumes.
+pub fn cloud(project: std::sync::Arc<Hetzner>) -> super::Cloud {
+    super::Cloud {
+        name: NAME,
+        servers: project.clone(),
+        firewalls: Some(project.clone()),
+        volumes: Some(project),
+    }
+}
+
 /// A Hetzner Cloud project.
 #[derive(Clone, Debug)]
 pub struct Hetzner {
