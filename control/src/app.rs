@@ -35,6 +35,10 @@ pub struct Settings {
     pub tunnel_service: String,
     /// Whether the sweeper deletes the unowned resources it finds (else it only reports them).
     pub sweep_remove: bool,
+    /// Runs every job step a second time as soon as it succeeds, and fails the job if the two
+    /// runs disagree: the step tests' proof that a step repeated after a crash does nothing
+    /// new. Off in service.
+    pub replay_steps: bool,
     pub ingest: IngestSettings,
 }
 
@@ -51,6 +55,7 @@ impl Default for Settings {
             agent_domain: "agents.localhost".to_owned(),
             tunnel_service: "http://localhost:8080".to_owned(),
             sweep_remove: false,
+            replay_steps: false,
             ingest: IngestSettings::default(),
         }
     }

@@ -373,10 +373,11 @@ async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
 }
 
 /// A provisioning Hetzner refuses (a server type it does not have) ends with the Agent still
-/// paused, no server, and Hetzner's own words in `last_error` for the dashboard; destroying it
-/// then removes the firewall and volume made before the refusal.
+/// paused, Hetzner's own words in `last_error` for the dashboard, and nothing left at Hetzner:
+/// the firewall and volume made before the refusal are released before the failure is
+/// recorded. Destroying the Agent then has nothing to delete.
 #[tokio::test]
-async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause() {
+async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing_billed() {
     let fake = fake().await;
     let mut config = HetznerConfig::new(Secret(fake.token().to_owned()));
     config.base_url = fake.url();
@@ -414,8 +415,15 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause() {
         cause.contains("hetzner") && cause.contains("server_type") && cause.contains("cx99"),
         "{cause}"
     );
+    assert!(cause.contains("what it had made is released"), "{cause}");
     let control = fake.control();
     assert!(control.servers().is_empty(), "no half-made server");
+    assert!(
+        control.firewalls().is_empty() && control.volumes().is_empty(),
+        "nothing made before the refusal is left"
+    );
+    assert_eq!(control.calls(&Method::DELETE, "/v1/volumes/{id}"), 1);
+    assert_eq!(control.calls(&Method::DELETE, "/v1/firewalls/{id}"), 1);
 
     let destroy = h
         .call(

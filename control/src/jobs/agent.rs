@@ -18,10 +18,12 @@ use crate::error::Error;
 use crate::providers::{Cloud, ErrorKind, ProviderError, Servers, resource_labels};
 use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
 
-/// An Agent job kind: its steps, and the state the Agent is in once they are done (`None`:
-/// destroyed).
+/// An Agent job kind: its steps, what undoes them, and the state the Agent is in once they
+/// are done (`None`: destroyed).
 pub(super) struct AgentJob {
     pub(super) steps: &'static [Step],
+    /// What releases the resources `steps` made, should the job fail for good.
+    pub(super) undo: &'static [Step],
     pub(super) to: Option<PeriodState>,
 }
 
@@ -29,6 +31,10 @@ pub(super) struct AgentJob {
 impl JobKind for AgentJob {
     fn steps(&self) -> &'static [Step] {
         self.steps
+    }
+
+    fn undo(&self) -> &'static [Step] {
+        self.undo
     }
 
     async fn conclude(

@@ -10,26 +10,31 @@ use super::{Step, StepCx, StepFuture};
 use crate::providers::resource_labels;
 
 pub(super) static KIND: AgentJob = AgentJob {
-    steps: &[
-        Step {
-            name: "delete_server",
-            run: delete_server,
-        },
-        Step {
-            name: "delete_volume",
-            run: delete_volume,
-        },
-        Step {
-            name: "delete_firewall",
-            run: delete_firewall,
-        },
-        Step {
-            name: "delete_tunnel",
-            run: delete_tunnel,
-        },
-    ],
+    steps: RELEASE,
+    undo: &[],
     to: None,
 };
+
+/// Deleting whatever of the Agent's exists, in dependency order: also what undoes a
+/// provisioning that failed for good.
+pub(super) const RELEASE: &[Step] = &[
+    Step {
+        name: "delete_server",
+        run: delete_server,
+    },
+    Step {
+        name: "delete_volume",
+        run: delete_volume,
+    },
+    Step {
+        name: "delete_firewall",
+        run: delete_firewall,
+    },
+    Step {
+        name: "delete_tunnel",
+        run: delete_tunnel,
+    },
+];
 
 fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
@@ -77,13 +82,11 @@ fn delete_tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             return Ok(None);
         };
         let agent = agent(cx).await?;
-        if let Some(tunnel) = tunnels.find_tunnel(&provider_name(&agent)).await? {
-            deleted(
-                tunnels
-                    .delete_tunnel(&tunnel.id, &hostname(cx.app, &agent))
-                    .await,
-            )?;
-        }
+        deleted(
+            tunnels
+                .delete_tunnel(&provider_name(&agent), &hostname(cx.app, &agent))
+                .await,
+        )?;
         Ok(None)
     })
 }

@@ -46,6 +46,7 @@ pub(super) static KIND: AgentJob = AgentJob {
             run: running,
         },
     ],
+    undo: super::agent_destroy::RELEASE,
     to: Some(PeriodState::Running),
 };
 

@@ -18,6 +18,7 @@ pub(super) static KIND: AgentJob = AgentJob {
             run: running,
         },
     ],
+    undo: &[],
     to: Some(PeriodState::Running),
 };
 

@@ -24,6 +24,7 @@ pub(super) static KIND: AgentJob = AgentJob {
             run: off,
         },
     ],
+    undo: &[],
     to: Some(PeriodState::Paused),
 };
 

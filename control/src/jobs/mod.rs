@@ -6,7 +6,8 @@
 //!
 //! [`runner`] claims due jobs with a lease, runs their steps, retries with jittered backoff
 //! honouring the provider's `retry_after`, and gives up with a clear error after its budget;
-//! it knows nothing about Agents or Plain VMs. Each job kind is one file listing its steps,
+//! it knows nothing about Agents or Plain VMs. A job that fails for good first runs its
+//! kind's undo steps, the same way (resumable, retried), then records the failure. Each job kind is one file listing its steps,
 //! and knows nothing about leases.
 //!
 //! May call: the providers, the store, the services' `record_observed`. Called by the
@@ -89,6 +90,13 @@ pub struct Step {
 #[async_trait]
 pub trait JobKind: Send + Sync {
     fn steps(&self) -> &'static [Step];
+
+    /// The steps that release what `steps` made, run when the job fails for good before
+    /// its failure is recorded (a provisioning that cannot finish leaves nothing billed
+    /// behind). None by default.
+    fn undo(&self) -> &'static [Step] {
+        &[]
+    }
 
     /// Records what the steps achieved. Returns false, changing nothing, if the resource's
     /// operation was concluded already (by a replica that took the job over).

@@ -1,20 +1,28 @@
 //! The job runner: claims due jobs with a lease (any replica may), runs each job's steps in
 //! order from the one it reached, commits each step's output before the next, retries what a
 //! later attempt may fix with jittered exponential backoff (never sooner than the provider's
-//! `retry_after`), and gives up with a clear error once the attempts are spent. It knows
-//! nothing about what the steps do.
+//! `retry_after`), and gives up with a clear error once the attempts are spent — after
+//! running the kind's undo steps, if it has any, the same way. It knows nothing about what
+//! the steps do.
 
 use tracing::{debug, warn};
 
-use super::{JobKind, Outputs, StepCx, StepError, kind_of};
+use serde_json::Value;
+
+use super::{JobKind, Outputs, Step, StepCx, StepError, StepResult, kind_of};
 use crate::app::App;
 use crate::backoff::{jitter, retry_delay};
 use crate::clock::millis;
 use crate::error::Result;
+use crate::providers::ProviderError;
 use crate::store::{JobRow, StoreError};
 
 /// Races for a due job this replica may lose in a row before waiting for the next poll.
 const LOST_RACES: u32 = 3;
+
+/// The output that marks a job unwinding, holding why it failed; its undo steps' outputs are
+/// kept under `undo:<step>`, beside the outputs of the steps they undo.
+const UNDO: &str = "undo";
 
 /// Runs every job that is due now, one after another, and returns how many ran. Safe on any
 /// number of replicas at once: each job is claimed with a lease first.
@@ -48,7 +56,7 @@ pub async fn run_due(app: &App) -> Result<usize> {
             Some(kind) if job.attempts > app.settings.job_max_attempts => {
                 // Whatever keeps failing (a transient provider error or our own), stop.
                 let message = format!("gave up after {} attempts", job.attempts - 1);
-                close(app, &job, Some(kind), &message).await?;
+                give_up(app, &job, kind, &outputs_of(&job)?, &message).await?;
             }
             Some(kind) => run(app, &job, kind).await?,
         }
@@ -57,16 +65,26 @@ pub async fn run_due(app: &App) -> Result<usize> {
     Ok(ran)
 }
 
-/// Runs the job's steps from the one it reached.
+/// The outputs the job's finished steps recorded.
+fn outputs_of(job: &JobRow) -> Result<Outputs> {
+    Ok(serde_json::from_str(&job.outputs)
+        .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?)
+}
+
+/// Runs the job's steps from the one it reached (its undo steps, if it is unwinding).
 async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
-    let mut outputs: Outputs = serde_json::from_str(&job.outputs)
-        .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?;
-    let steps = kind.steps();
+    let mut outputs = outputs_of(job)?;
+    let failure = outputs.get(UNDO).and_then(Value::as_str).map(str::to_owned);
+    let (steps, prefix) = match failure {
+        Some(_) => (kind.undo(), "undo:"),
+        None => (kind.steps(), ""),
+    };
     // Steps are done by name, not by count: a job an earlier release queued resumes where it
     // was even when this release adds steps before that one (those run; the done ones not).
     let mut reached = 0;
     while let Some(step) = steps.get(reached) {
-        if outputs.contains_key(step.name) {
+        let key = format!("{prefix}{}", step.name);
+        if outputs.contains_key(&key) {
             reached += 1;
             continue;
         }
@@ -75,14 +93,13 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
             job,
             outputs: &outputs,
         };
-        let done = with_lease(app, job, (step.run)(&cx)).await?;
-        let output = match done {
+        let output = match run_step(app, job, step, &cx).await? {
             Ok(output) => output,
-            Err(error) => return failed(app, job, kind, step.name, &error).await,
+            Err(error) => return failed(app, job, kind, step.name, &outputs, &error).await,
         };
-        outputs.insert(step.name.to_owned(), output.unwrap_or_default());
+        outputs.insert(key, output.unwrap_or_default());
         reached += 1;
-        let encoded = serde_json::Value::Object(outputs.clone()).to_string();
+        let encoded = Value::Object(outputs.clone()).to_string();
         let mut tx = app.store.write().await?;
         let step_count = i64::try_from(reached).unwrap_or(i64::MAX);
         if !tx
@@ -93,6 +110,10 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
             return Ok(());
         }
         tx.commit().await?;
+    }
+    if let Some(failure) = failure {
+        let message = format!("{failure} (what it had made is released)");
+        return close(app, job, Some(kind), &message).await;
     }
     let now = app.clock.now().as_millis();
     let mut tx = app.store.write().await?;
@@ -123,12 +144,38 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
     Ok(())
 }
 
+/// Runs one step under the job's lease; with `replay_steps`, twice, the second run required
+/// to change nothing.
+async fn run_step(app: &App, job: &JobRow, step: &Step, cx: &StepCx<'_>) -> Result<StepResult> {
+    let output = match with_lease(app, job, (step.run)(cx)).await? {
+        Ok(output) => output,
+        Err(error) => return Ok(Err(error)),
+    };
+    if !app.settings.replay_steps {
+        return Ok(Ok(output));
+    }
+    // As if we had died before recording the step: it must find what it made, not make more.
+    let again = match with_lease(app, job, (step.run)(cx)).await? {
+        Ok(again) => again,
+        Err(error) => return Ok(Err(error)),
+    };
+    if again != output {
+        let error = ProviderError::permanent(format!(
+            "step {} is not idempotent: it gave {output:?}, then {again:?}",
+            step.name
+        ));
+        return Ok(Err(error.into()));
+    }
+    Ok(Ok(output))
+}
+
 /// A step failed: retry later if that may help and attempts remain, else give up.
 async fn failed(
     app: &App,
     job: &JobRow,
     kind: &dyn JobKind,
     step: &str,
+    outputs: &Outputs,
     error: &StepError,
 ) -> Result<()> {
     let (retryable, retry_after) = match error {
@@ -143,7 +190,7 @@ async fn failed(
         }
     };
     if !retryable || job.attempts >= app.settings.job_max_attempts {
-        return close(app, job, Some(kind), &error.to_string()).await;
+        return give_up(app, job, kind, outputs, &error.to_string()).await;
     }
     let delay = retry_delay(
         app.settings.job_retry_base,
@@ -199,6 +246,42 @@ async fn postpone(
         look_again_in_ms = millis(after),
         reason,
         "job step waiting for the provider"
+    );
+    Ok(())
+}
+
+/// The job failed for good: unwind it first if its kind can release what it made (due now,
+/// with fresh attempts), else record the failure. A failure while unwinding is recorded with
+/// the one that started it.
+async fn give_up(
+    app: &App,
+    job: &JobRow,
+    kind: &dyn JobKind,
+    outputs: &Outputs,
+    message: &str,
+) -> Result<()> {
+    if let Some(failure) = outputs.get(UNDO).and_then(Value::as_str) {
+        let message = format!("{failure} (releasing what it had made failed too: {message})");
+        return close(app, job, Some(kind), &message).await;
+    }
+    if kind.undo().is_empty() {
+        return close(app, job, Some(kind), message).await;
+    }
+    let mut outputs = outputs.clone();
+    outputs.insert(UNDO.to_owned(), Value::String(message.to_owned()));
+    let encoded = Value::Object(outputs).to_string();
+    let now = app.clock.now().as_millis();
+    let mut tx = app.store.write().await?;
+    tx.unwind_job(&job.id, &app.replica_id, &encoded, now, message)
+        .await?;
+    tx.commit().await?;
+    warn!(
+        request_id = %job.request_id.as_deref().unwrap_or("-"),
+        resource_id = %job.resource_id,
+        job_id = %job.id,
+        operation = ?job.kind,
+        error = %message,
+        "job failed; releasing what it had made before recording the failure"
     );
     Ok(())
 }

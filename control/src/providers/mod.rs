@@ -314,8 +314,9 @@ pub trait Tunnels: Send + Sync + Debug {
     async fn tunnel_token(&self, id: &str) -> Result<Secret, ProviderError>;
     /// Routes `hostname` through the tunnel to `service` (its ingress and its DNS record).
     async fn route(&self, id: &str, hostname: &str, service: &str) -> Result<(), ProviderError>;
-    /// Deletes the tunnel and its DNS record.
-    async fn delete_tunnel(&self, id: &str, hostname: &str) -> Result<(), ProviderError>;
+    /// Deletes the tunnels named `name` and the DNS record routing `hostname` through them;
+    /// what is gone already is done, so it may be repeated after any failure.
+    async fn delete_tunnel(&self, name: &str, hostname: &str) -> Result<(), ProviderError>;
 }
 
 /// One cloud's capabilities, under the name resources record.

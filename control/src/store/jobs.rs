@@ -187,6 +187,32 @@ impl Tx {
         Ok(())
     }
 
+    /// Puts a job that failed for good back in the queue, due now with fresh attempts, to
+    /// run its undo steps: `outputs` says so and why. Only `owner` may.
+    pub async fn unwind_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        outputs: &str,
+        run_after: i64,
+        error: &str,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_after = $3, last_error = $4, outputs = $5,
+                             attempts = 0, lease_owner = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(run_after)
+        .bind(error)
+        .bind(outputs)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
     /// Records that the job finished its first `step` steps, with what they produced, in the
     /// transaction that follows the last of them. Returns false if `owner` no longer holds it.
     pub async fn record_job_step(

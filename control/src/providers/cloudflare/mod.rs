@@ -7,6 +7,8 @@
 //! `Conflict`): the caller looks the tunnel up by name and adopts it. A DNS record for the
 //! hostname that exists already (81053) is adopted when it points at this tunnel. A tunnel
 //! with live connections refuses deletion (1022): its connections are cleaned up first.
+//! Deleting goes by name, deleted tunnels included, so a deletion that died between the
+//! tunnel and its record still finds the record.
 
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
@@ -70,6 +72,9 @@ struct ApiError {
 struct WireTunnel {
     id: String,
     name: String,
+    /// When it was deleted; Cloudflare keeps deleted tunnels readable.
+    #[serde(default)]
+    deleted_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,30 +249,42 @@ impl Tunnels for Cloudflare {
         self.ensure_record(&id, hostname).await
     }
 
-    async fn delete_tunnel(&self, id: &str, hostname: &str) -> Result<(), ProviderError> {
-        let id = segment(id, "tunnel")?;
-        let tunnel = format!("{}/{id}", self.tunnels_path());
-        // Live connections refuse the deletion: end them first (none left is fine).
-        match self
-            .api
-            .call(Method::DELETE, &format!("{tunnel}/connections"), None)
-            .await
-        {
-            Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
-            _ => {}
+    async fn delete_tunnel(&self, name: &str, hostname: &str) -> Result<(), ProviderError> {
+        // Deleted tunnels too: one deleted by an attempt that died before its record went
+        // still names the record to delete.
+        let path = format!("{}?{}", self.tunnels_path(), query(&[("name", name)]));
+        let named: Vec<WireTunnel> = self.result(Method::GET, &path, None).await?;
+        let named: Vec<WireTunnel> = named.into_iter().filter(|t| t.name == name).collect();
+        for tunnel in named.iter().filter(|t| t.deleted_at.is_none()) {
+            let path = format!("{}/{}", self.tunnels_path(), segment(&tunnel.id, "tunnel")?);
+            // Live connections refuse the deletion: end them first (none left is fine).
+            gone(
+                self.api
+                    .call(Method::DELETE, &format!("{path}/connections"), None)
+                    .await,
+            )?;
+            gone(self.api.call(Method::DELETE, &path, None).await)?;
         }
-        let deleted = self.api.call(Method::DELETE, &tunnel, None).await;
-        let target = format!("{id}.cfargotunnel.com");
+        // Then the record, if it routes `hostname` through one of them (else it is not ours).
+        let targets: Vec<String> = named
+            .iter()
+            .map(|t| format!("{}.cfargotunnel.com", t.id))
+            .collect();
         for record in self.records_named(hostname).await? {
-            if record.content == target {
+            if targets.contains(&record.content) {
                 let path = format!("{}/{}", self.records_path(), segment(&record.id, "record")?);
-                match self.api.call(Method::DELETE, &path, None).await {
-                    Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
+                gone(self.api.call(Method::DELETE, &path, None).await)?;
             }
         }
-        deleted.map(drop)
+        Ok(())
+    }
+}
+
+/// A delete's result, with "not found" (gone already) as done.
+fn gone<T>(result: Result<T, ProviderError>) -> Result<(), ProviderError> {
+    match result {
+        Err(e) if e.kind != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

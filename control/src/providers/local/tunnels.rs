@@ -79,14 +79,16 @@ impl Tunnels for LocalProvider {
             .await
     }
 
-    async fn delete_tunnel(&self, id: &str, _hostname: &str) -> Result<(), ProviderError> {
+    async fn delete_tunnel(&self, name: &str, _hostname: &str) -> Result<(), ProviderError> {
+        // A local tunnel's routes live in its record: they go with it.
         self.cloud
             .tunnels
             .change(|all| {
-                if !all.contains_key(id) {
-                    return Err(ProviderError::not_found(format!("tunnel {id}")));
-                }
-                Ok((Write::Delete(id.to_owned()), ()))
+                let named = all.values().find(|t| t.tunnel.name == name);
+                Ok(match named {
+                    Some(t) => (Write::Delete(t.tunnel.id.clone()), ()),
+                    None => (Write::Nothing, ()),
+                })
             })
             .await
     }
@@ -131,17 +133,15 @@ mod tests {
             ErrorKind::Conflict
         );
         local
-            .delete_tunnel(&tunnel.id, "agt-1.example.test")
+            .delete_tunnel("agt-1", "agt-1.example.test")
             .await
             .unwrap();
         assert_eq!(local.find_tunnel("agt-1").await.unwrap(), None);
-        assert_eq!(
-            local
-                .delete_tunnel(&tunnel.id, "agt-1.example.test")
-                .await
-                .unwrap_err()
-                .kind,
-            ErrorKind::NotFound
-        );
+        assert_eq!(local.find_tunnel("agt-2").await.unwrap(), Some(other));
+        // Gone already is done.
+        local
+            .delete_tunnel("agt-1", "agt-1.example.test")
+            .await
+            .unwrap();
     }
 }
