@@ -29,6 +29,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// The size of a new Agent's slice volume, in GB (Hetzner's smallest is 10).
     pub slice_size_gb: u32,
+    /// Where Agents' VMs reach control (its public URL), written into their `agent.toml`.
+    pub control_url: String,
     /// Agents are reached at `<agent>.<agent_domain>` through their tunnels.
     pub agent_domain: String,
     /// What an Agent's tunnel routes its hostname to, on the VM.
@@ -52,6 +54,7 @@ impl Default for Settings {
             job_wait_limit: Duration::from_mins(15),
             stop_grace: Duration::from_mins(1),
             slice_size_gb: 10,
+            control_url: "http://127.0.0.1:8080".to_owned(),
             agent_domain: "agents.localhost".to_owned(),
             tunnel_service: "http://localhost:8080".to_owned(),
             sweep_remove: false,

@@ -131,6 +131,7 @@ struct AgentsSection {
     stop_grace_secs: Option<u64>,
     domain: Option<String>,
     tunnel_service: Option<String>,
+    control_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,7 +333,12 @@ fn agents_lifecycle(
     section: &AgentsSection,
     defaults: Settings,
 ) -> Result<Settings, ConfigError> {
+    let control_url = match &section.control_url {
+        Some(url) => control_url(path, url)?,
+        None => defaults.control_url.clone(),
+    };
     Ok(Settings {
+        control_url,
         agent_domain: section
             .domain
             .clone()
@@ -351,6 +357,22 @@ fn agents_lifecycle(
     })
 }
 
+/// Where Agents reach control: https, or http to this machine only (tests, a laptop).
+fn control_url(path: &Path, url: &str) -> Result<String, ConfigError> {
+    let local = ["http://127.", "http://localhost", "http://[::1]"];
+    if url.starts_with("https://") || local.iter().any(|l| url.starts_with(l)) {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    Err(ConfigError::Invalid {
+        path: path.to_owned(),
+        key: "agents.control_url",
+        message: format!(
+            "{url:?} is not an https URL: Agents' VMs send their credentials to it \
+             (http is allowed to this machine only)"
+        ),
+    })
+}
+
 /// Each provider `[providers]` selects has its section.
 fn check_providers(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> {
     if parsed.providers.default == CloudName::Hetzner && parsed.hetzner.is_none() {
@@ -358,6 +380,15 @@ fn check_providers(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> 
             path: path.to_owned(),
             key: "providers.default",
             message: "is hetzner, but there is no [hetzner] section (token_file, ...)".to_owned(),
+        });
+    }
+    if parsed.providers.default != CloudName::Local && parsed.agents.control_url.is_none() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "agents.control_url",
+            message: "is required when Agents run on a cloud: the https URL their VMs reach \
+                      control at"
+                .to_owned(),
         });
     }
     if parsed.providers.tunnels == TunnelsName::Cloudflare && parsed.cloudflare.is_none() {
@@ -466,11 +497,13 @@ mod tests {
             Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
         assert_eq!(config.providers.default, CloudName::Local);
 
-        let text =
-            "[providers]\ndefault = \"hetzner\"\n[hetzner]\ntoken_file = \"/etc/control/hcloud\"\n";
+        let text = "[agents]\ncontrol_url = \"https://control.example.com/\"\n\
+                    [providers]\ndefault = \"hetzner\"\n\
+                    [hetzner]\ntoken_file = \"/etc/control/hcloud\"\n";
         let config =
             Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
         assert_eq!(config.providers.default, CloudName::Hetzner);
+        assert_eq!(config.settings.control_url, "https://control.example.com");
         assert_eq!(
             config.hetzner.map(|h| h.token_file),
             Some(PathBuf::from("/etc/control/hcloud"))
@@ -499,6 +532,15 @@ mod tests {
         assert!(
             unconfigured.contains("providers.default") && unconfigured.contains("[hetzner]"),
             "{unconfigured}"
+        );
+        let no_url = message(
+            "[providers]\ndefault = \"hetzner\"\n[hetzner]\ntoken_file = \"/etc/hcloud\"\n",
+        );
+        assert!(no_url.contains("agents.control_url"), "{no_url}");
+        let plain = message("[agents]\ncontrol_url = \"http://control.example.com\"\n");
+        assert!(
+            plain.contains("agents.control_url") && plain.contains("https"),
+            "{plain}"
         );
         let wrong_type = message("listen = 8080\n");
         assert!(wrong_type.contains("listen"), "{wrong_type}");

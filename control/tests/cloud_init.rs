@@ -18,6 +18,7 @@ fn document(tunnel_token: Option<&str>) -> Secret {
             agent_id: "agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ".to_owned(),
             image_version: "2026.12.0".to_owned(),
         },
+        control_url: "https://control.example.com".to_owned(),
         bootstrap_token: Secret(format!("agb_{}", "a".repeat(64))),
         tunnel_token: tunnel_token.map(|t| Secret(t.to_owned())),
     })

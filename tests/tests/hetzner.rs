@@ -69,7 +69,7 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
         dir.path(),
         std::slice::from_ref(&url),
         None,
-        &format!("domain = \"{CF_ZONE_NAME}\""),
+        &format!("domain = \"{CF_ZONE_NAME}\"\ncontrol_url = \"{url}\""),
         &format!(
             "\n[providers]\ndefault = \"hetzner\"\ntunnels = \"cloudflare\"\n\n\
              [hetzner]\ntoken_file = \"{}\"\nbase_url = \"{fake}\"\n\n\

@@ -80,7 +80,11 @@ async fn rig(dir: &Path, db: Option<&TestDb>, replicas: &[u16]) -> Rig {
         dir,
         &urls,
         Some(2),
-        &format!("domain = \"{}\"", cloudflare.zone_name()),
+        &format!(
+            "domain = \"{}\"\ncontrol_url = \"{}\"",
+            cloudflare.zone_name(),
+            urls[0]
+        ),
         &format!(
             "\n[providers]\ndefault = \"hetzner\"\ntunnels = \"cloudflare\"\n\n\
              [hetzner]\ntoken_file = \"{}\"\nbase_url = \"{}\"\n\n\

@@ -1,25 +1,34 @@
-//! Renders the cloud-init documents control hands to a server's first boot.
+//! Renders the cloud-init documents control hands to a server's first boot, from the
+//! templates in the repository's `cloud-init/` (compiled in).
 //!
 //! An Agent's document carries only what is particular to that Agent, as 0600 files: its
-//! identity, the single-use bootstrap token and, when it has one, its tunnel's token (the full
-//! agent configuration joins with the image work); everything else is baked into the image. Documents are `#cloud-config` in YAML's JSON form, which cloud-init reads as YAML
-//! and anything here can read back without a YAML parser: the local provider lays its VMs
-//! out from the very document a cloud would receive.
+//! `agent.toml` (its identity and control's public URL), the single-use bootstrap token and,
+//! when it has one, its tunnel's token; everything else is baked into the image. Documents
+//! are `#cloud-config` in YAML's JSON form, which cloud-init reads as YAML and anything here
+//! can read back without a YAML parser: the local provider lays its VMs out from the very
+//! document a cloud would receive. A template is filled by replacing each string that is
+//! exactly `{{name}}` with its value, so a value is escaped by the JSON serializer and can
+//! never change the document's shape.
 //!
 //! Never logs a document: it carries secrets.
 
 use std::collections::BTreeMap;
 
+use control_api::agent_config::{AgentToml, CloudflaredToml};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::providers::Secret;
+
+/// The Agent's template (`cloud-init/agent.cloud-config`).
+const AGENT_TEMPLATE: &str = include_str!("../../../cloud-init/agent.cloud-config");
 
 /// Where the Agent's bootstrap token lands on its VM.
 pub const BOOTSTRAP_TOKEN_PATH: &str = "/etc/vm-agent/bootstrap-token";
 /// Where the Agent's tunnel token lands on its VM (cloudflared's `--token-file`).
 pub const TUNNEL_TOKEN_PATH: &str = "/etc/vm-agent/tunnel-token";
-/// Where the Agent's identity lands on its VM.
-pub const IDENTITY_PATH: &str = "/etc/vm-agent/identity.json";
+/// Where the Agent's vm-agent configuration lands on its VM.
+pub const AGENT_TOML_PATH: &str = "/etc/vm-agent/agent.toml";
 /// Hetzner's limit on user data.
 pub const MAX_USER_DATA: usize = 32 * 1024;
 
@@ -55,21 +64,18 @@ pub enum CloudInitError {
     Missing(&'static str),
     #[error("the document is {0} bytes, over the 32 KiB user data limit")]
     TooLarge(usize),
-}
-
-fn secret_file(path: &str, content: String) -> WriteFile {
-    WriteFile {
-        path: path.to_owned(),
-        content,
-        owner: "root:root".to_owned(),
-        permissions: "0600".to_owned(),
-    }
+    #[error("the template names {0}, which nothing fills")]
+    UnknownPlaceholder(String),
+    #[error("the agent configuration cannot be written or read: {0}")]
+    AgentToml(String),
 }
 
 /// What an Agent's VM receives at first boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentFirstBoot {
     pub identity: AgentIdentity,
+    /// Where its vm-agent reaches control.
+    pub control_url: String,
     pub bootstrap_token: Secret,
     /// The token of the Agent's own tunnel, when tunnels are made per Agent.
     pub tunnel_token: Option<Secret>,
@@ -77,19 +83,96 @@ pub struct AgentFirstBoot {
 
 /// The first-boot document of an Agent's VM.
 pub fn agent_document(first_boot: &AgentFirstBoot) -> Result<Secret, CloudInitError> {
-    let mut write_files = vec![
-        secret_file(IDENTITY_PATH, serde_json::to_string(&first_boot.identity)?),
-        secret_file(BOOTSTRAP_TOKEN_PATH, first_boot.bootstrap_token.0.clone()),
-    ];
-    if let Some(token) = &first_boot.tunnel_token {
-        write_files.push(secret_file(TUNNEL_TOKEN_PATH, token.0.clone()));
+    let insecure = first_boot.control_url.starts_with("http://");
+    let config = AgentToml {
+        agent_id: first_boot.identity.agent_id.clone(),
+        image_version: first_boot.identity.image_version.clone(),
+        control_url: first_boot.control_url.clone(),
+        allow_insecure_control: insecure.then_some(true),
+        bootstrap_token_file: Some(BOOTSTRAP_TOKEN_PATH.into()),
+        cloudflared: CloudflaredToml {
+            token_file: first_boot
+                .tunnel_token
+                .as_ref()
+                .map(|_| TUNNEL_TOKEN_PATH.into()),
+            ..CloudflaredToml::default()
+        },
+        ..AgentToml::default()
+    };
+    let agent_toml = config
+        .to_toml()
+        .map_err(|e| CloudInitError::AgentToml(e.to_string()))?;
+    let values = BTreeMap::from([
+        ("agent_toml", Some(agent_toml)),
+        (
+            "bootstrap_token",
+            Some(first_boot.bootstrap_token.0.clone()),
+        ),
+        (
+            "tunnel_token",
+            first_boot.tunnel_token.as_ref().map(|t| t.0.clone()),
+        ),
+    ]);
+    render(AGENT_TEMPLATE, &values)
+}
+
+/// Fills `template`: every string that is exactly `{{name}}` becomes `values[name]`; a
+/// `write_files` entry whose content has no value is left out.
+fn render(
+    template: &str,
+    values: &BTreeMap<&str, Option<String>>,
+) -> Result<Secret, CloudInitError> {
+    let body = template
+        .strip_prefix(HEADER)
+        .ok_or(CloudInitError::NotCloudConfig)?;
+    let mut document: Value = serde_json::from_str(body)?;
+    if let Some(files) = document
+        .get_mut("write_files")
+        .and_then(Value::as_array_mut)
+    {
+        files.retain(|file| {
+            let content = file.get("content").and_then(Value::as_str);
+            !content
+                .and_then(placeholder)
+                .is_some_and(|name| matches!(values.get(name), Some(None)))
+        });
     }
-    let document = Document { write_files };
+    fill(&mut document, values)?;
     let text = format!("{HEADER}{}\n", serde_json::to_string_pretty(&document)?);
     if text.len() > MAX_USER_DATA {
         return Err(CloudInitError::TooLarge(text.len()));
     }
     Ok(Secret(text))
+}
+
+/// The name of a placeholder `{{name}}`.
+fn placeholder(text: &str) -> Option<&str> {
+    text.strip_prefix("{{")?.strip_suffix("}}")
+}
+
+fn fill(value: &mut Value, values: &BTreeMap<&str, Option<String>>) -> Result<(), CloudInitError> {
+    match value {
+        Value::String(text) => {
+            if let Some(name) = placeholder(text) {
+                let Some(Some(filled)) = values.get(name) else {
+                    return Err(CloudInitError::UnknownPlaceholder(text.clone()));
+                };
+                *text = filled.clone();
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                fill(item, values)?;
+            }
+        }
+        Value::Object(fields) => {
+            for field in fields.values_mut() {
+                fill(field, values)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The files a document written by this module delivers, by path.
@@ -109,14 +192,20 @@ pub fn written_files(document: &Secret) -> Result<BTreeMap<String, String>, Clou
 /// What an Agent's document delivers.
 pub fn read_agent_document(document: &Secret) -> Result<AgentFirstBoot, CloudInitError> {
     let files = written_files(document)?;
-    let identity = files
-        .get(IDENTITY_PATH)
-        .ok_or(CloudInitError::Missing(IDENTITY_PATH))?;
+    let config = files
+        .get(AGENT_TOML_PATH)
+        .ok_or(CloudInitError::Missing(AGENT_TOML_PATH))?;
+    let config: AgentToml =
+        toml::from_str(config).map_err(|e| CloudInitError::AgentToml(e.to_string()))?;
     let token = files
         .get(BOOTSTRAP_TOKEN_PATH)
         .ok_or(CloudInitError::Missing(BOOTSTRAP_TOKEN_PATH))?;
     Ok(AgentFirstBoot {
-        identity: serde_json::from_str(identity)?,
+        identity: AgentIdentity {
+            agent_id: config.agent_id,
+            image_version: config.image_version,
+        },
+        control_url: config.control_url,
         bootstrap_token: Secret(token.clone()),
         tunnel_token: files.get(TUNNEL_TOKEN_PATH).cloned().map(Secret),
     })
@@ -134,6 +223,7 @@ mod tests {
         };
         let first_boot = AgentFirstBoot {
             identity,
+            control_url: "https://control.example.test".to_owned(),
             bootstrap_token: Secret("agb_t".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-1".to_owned())),
         };
@@ -151,9 +241,56 @@ mod tests {
         let files = parsed["write_files"].as_array().unwrap();
         assert!(files.iter().all(|f| f["permissions"] == "0600"));
         assert_eq!(format!("{document:?}"), "[redacted]");
+        assert_eq!(files.len(), 2, "no tunnel token, no entry for it");
         assert!(matches!(
             written_files(&Secret("{}".to_owned())),
             Err(CloudInitError::NotCloudConfig)
         ));
+    }
+
+    #[test]
+    fn a_value_cannot_change_the_documents_shape() {
+        let values = BTreeMap::from([("x", Some("\"}], \"runcmd\": [\"rm -rf /\"".to_owned()))]);
+        let document = render(
+            "#cloud-config\n{\"write_files\": [{\"content\": \"{{x}}\"}]}",
+            &values,
+        )
+        .unwrap();
+        let parsed: Value = serde_json::from_str(document.0.strip_prefix(HEADER).unwrap()).unwrap();
+        assert_eq!(parsed.as_object().unwrap().len(), 1);
+        assert_eq!(
+            parsed["write_files"][0]["content"],
+            values["x"].clone().unwrap()
+        );
+        assert!(matches!(
+            render("#cloud-config\n{\"a\": \"{{nobody}}\"}", &values),
+            Err(CloudInitError::UnknownPlaceholder(_))
+        ));
+    }
+
+    #[test]
+    fn the_agent_toml_is_what_vm_agent_reads_with_an_https_control() {
+        let first_boot = AgentFirstBoot {
+            identity: AgentIdentity {
+                agent_id: "agt_2".to_owned(),
+                image_version: "2026.12.0".to_owned(),
+            },
+            control_url: "https://control.example.test".to_owned(),
+            bootstrap_token: Secret("agb_u".to_owned()),
+            tunnel_token: Some(Secret("t".to_owned())),
+        };
+        let files = written_files(&agent_document(&first_boot).unwrap()).unwrap();
+        let config: AgentToml = toml::from_str(&files[AGENT_TOML_PATH]).unwrap();
+        assert_eq!(config.control_url, "https://control.example.test");
+        assert_eq!(config.allow_insecure_control, None);
+        assert_eq!(
+            config.bootstrap_token_file.as_deref(),
+            Some(std::path::Path::new(BOOTSTRAP_TOKEN_PATH))
+        );
+        assert_eq!(
+            config.cloudflared.token_file.as_deref(),
+            Some(std::path::Path::new(TUNNEL_TOKEN_PATH))
+        );
+        assert_eq!(files.len(), 3);
     }
 }

@@ -218,6 +218,7 @@ async fn first_boot(
     };
     cloud_init::agent_document(&AgentFirstBoot {
         identity,
+        control_url: app.settings.control_url.clone(),
         bootstrap_token: Secret(token),
         tunnel_token,
     })

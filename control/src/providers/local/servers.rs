@@ -238,6 +238,7 @@ pub(super) mod tests {
             user_data: Some(
                 cloud_init::agent_document(&cloud_init::AgentFirstBoot {
                     identity,
+                    control_url: "http://127.0.0.1:9".to_owned(),
                     bootstrap_token: Secret("agb_token".to_owned()),
                     tunnel_token: None,
                 })
@@ -375,6 +376,7 @@ pub(super) mod tests {
         };
         let first_boot = crate::cloud_init::AgentFirstBoot {
             identity,
+            control_url: "http://127.0.0.1:9".to_owned(),
             bootstrap_token: Secret("agb_token".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-of-agt-1".to_owned())),
         };
