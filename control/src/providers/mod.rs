@@ -12,6 +12,7 @@
 //! May call: nothing of control's but its own configuration; the services call in here.
 
 pub mod cloudflare;
+pub mod fly;
 pub mod hetzner;
 pub mod http;
 pub mod local;

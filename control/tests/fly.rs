@@ -1,0 +1,195 @@
+//! control's Fly client against the Fly fake (`tests/provider-fakes`): machines as servers
+//! (ids `<app>/<machine>`, Fly's states onto ours), start and stop through Fly's `wait`,
+//! listing by our labels kept in machine metadata, destroy (machine, volumes, app) twice, and
+//! Fly's errors as the dashboard will see them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::clock::SystemClock;
+use control::providers::fly::{Fly, FlyConfig};
+use control::providers::http::RetryPolicy;
+use control::providers::{ErrorKind, KIND_LABEL, Labels, Secret, ServerStatus, Servers};
+use provider_fakes::fly::{FlyFake, MachineState, Method, Options};
+
+const IMAGE: &str =
+    "registry.fly.io/agent@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn fake() -> FlyFake {
+    FlyFake::start(Options {
+        transition_delay: Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn config(fake: &FlyFake) -> FlyConfig {
+    let mut config = FlyConfig::new(Secret(fake.token().to_owned()), fake.org_slug());
+    config.base_url = fake.url();
+    config.wait_timeout = Duration::from_secs(2);
+    config.retry = RetryPolicy {
+        attempts: 3,
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(50),
+        max_wait: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
+    };
+    config
+}
+
+fn client(fake: &FlyFake) -> Fly {
+    Fly::new(config(fake), Arc::new(SystemClock)).unwrap()
+}
+
+#[tokio::test]
+async fn a_machine_is_started_stopped_and_destroyed_with_its_volume_and_app() {
+    let fake = fake().await;
+    let fly = client(&fake);
+    let planted = fake
+        .control()
+        .plant("legacy-a", IMAGE, MachineState::Stopped, &[]);
+    let id = format!("legacy-a/{}", planted.machine_id);
+
+    let server = fly.get_server(&id).await.unwrap().unwrap();
+    assert_eq!(server.status, ServerStatus::Off);
+    assert_eq!(server.image, IMAGE);
+
+    fly.power_on(&id).await.unwrap();
+    assert_eq!(
+        fly.get_server(&id).await.unwrap().unwrap().status,
+        ServerStatus::Running,
+        "power_on waits for started"
+    );
+    fly.power_on(&id).await.unwrap();
+    assert_eq!(
+        fake.control()
+            .calls(&Method::POST, "/v1/apps/{app}/machines/{machine}/start"),
+        1,
+        "a started machine is not started again"
+    );
+
+    fly.shutdown(&id).await.unwrap();
+    let machine = fake.control().machine(&planted.machine_id).unwrap();
+    assert_eq!(machine.state, MachineState::Stopped);
+    assert_eq!(machine.last_signal.as_deref(), Some("SIGTERM"));
+    fly.power_on(&id).await.unwrap();
+    fly.power_off(&id).await.unwrap();
+    let machine = fake.control().machine(&planted.machine_id).unwrap();
+    assert_eq!(
+        (machine.state, machine.last_signal.as_deref()),
+        (MachineState::Stopped, Some("SIGKILL"))
+    );
+
+    fly.delete_server(&id).await.unwrap();
+    assert!(fake.control().live_machines().is_empty());
+    assert!(fake.control().volumes().is_empty());
+    assert!(fake.control().apps().is_empty());
+    assert_eq!(fly.get_server(&id).await.unwrap(), None);
+    fly.delete_server(&id).await.unwrap();
+    assert_eq!(fly.get_server("no-slash").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn listing_finds_labelled_machines_across_apps_a_page_of_apps_at_a_time() {
+    let fake = fake().await;
+    let fly = client(&fake);
+    let control = fake.control();
+    let mut labelled = Vec::new();
+    for i in 0..3 {
+        let p = control.plant(&format!("legacy-{i}"), IMAGE, MachineState::Started, &[]);
+        if i < 2 {
+            let labels = control::providers::resource_labels(
+                control_api::usage::ResourceKind::Agent,
+                &format!("agt_{i}"),
+            );
+            fly.label(&p.app, &p.machine_id, &labels).await.unwrap();
+            labelled.push(format!("{}/{}", p.app, p.machine_id));
+        }
+    }
+    control.reset_calls();
+    let selector = Labels::from([(KIND_LABEL.to_owned(), "agent".to_owned())]);
+    let page = fly.list_servers(&selector, None).await.unwrap();
+    let mut ids: Vec<String> = page.items.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, labelled);
+    assert_eq!(page.next, None);
+    assert!(page.items.iter().all(|s| s.status == ServerStatus::Running));
+    assert_eq!(page.items[0].labels["control/id"], "agt_0");
+    assert_eq!(
+        control.calls_total(),
+        4,
+        "one call for the apps, one per app"
+    );
+}
+
+#[tokio::test]
+async fn flys_errors_reach_the_caller_with_flys_words() {
+    let fake = fake().await;
+    let fly = client(&fake);
+    let control = fake.control();
+    let planted = control.plant("legacy-e", IMAGE, MachineState::Started, &[]);
+    let id = format!("legacy-e/{}", planted.machine_id);
+    control.fail_next(
+        &Method::POST,
+        "/v1/apps/{app}/machines/{machine}/stop",
+        1,
+        422,
+        "",
+        "invalid signal",
+    );
+    let e = fly.shutdown(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("invalid signal"), "{e}");
+
+    control.fail_next(
+        &Method::GET,
+        "/v1/apps/{app}/machines/{machine}",
+        5,
+        503,
+        "",
+        "flaps unavailable",
+    );
+    control.reset_calls();
+    let e = fly.get_server(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient);
+    assert!(e.message.contains("flaps unavailable"), "{e}");
+    assert_eq!(
+        control.calls(&Method::GET, "/v1/apps/{app}/machines/{machine}"),
+        3,
+        "a GET is tried again as the policy says"
+    );
+    control.clear_faults();
+
+    let wrong = Fly::new(
+        FlyConfig {
+            token: Secret("wrong".to_owned()),
+            ..config(&fake)
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let e = wrong.get_server(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("unauthorized"), "{e}");
+
+    control.set_transition_delay(Duration::from_secs(30));
+    control.set_rate_limit(1000, 1000);
+    fly.shutdown(&id).await.unwrap();
+    assert_eq!(
+        fly.get_server(&id).await.unwrap().unwrap().status,
+        ServerStatus::Stopping,
+        "a wait that times out leaves the state to the job's next look"
+    );
+    let e = fly.delete_server("legacy-e/unknown").await;
+    assert!(e.is_ok(), "an unknown machine is gone already: {e:?}");
+    assert_eq!(
+        control.live_machines().len(),
+        1,
+        "another machine of the app stays"
+    );
+    assert_eq!(control.volumes().len(), 1, "with its volume");
+    assert_eq!(control.apps().len(), 1, "and its app");
+}
