@@ -5,14 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use control::clock::SystemClock;
+use control::providers::Providers;
 use control::providers::fly::{Fly, FlyConfig};
 use control::providers::http::RetryPolicy;
 use control::providers::{ErrorKind, KIND_LABEL, Labels, Secret, ServerStatus, Servers};
 use provider_fakes::fly::{FlyFake, MachineState, Method, Options};
+use serde_json::{Value, json};
+use test_support::TestDb;
 
 const IMAGE: &str =
     "registry.fly.io/agent@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -192,4 +197,228 @@ async fn flys_errors_reach_the_caller_with_flys_words() {
     );
     assert_eq!(control.volumes().len(), 1, "with its volume");
     assert_eq!(control.apps().len(), 1, "and its app");
+}
+
+/// A control plane whose default cloud is the local one, with the fake's organization as the
+/// legacy Fly cohort, a current release and an account.
+async fn harness(fake: &FlyFake) -> (common::Harness, String) {
+    let fly = Arc::new(client(fake));
+    let h = common::Harness::with_providers(
+        TestDb::sqlite(),
+        |local| Providers::new(control::providers::local::cloud(local.clone())).with_fly(fly),
+        control::app::Settings {
+            stop_grace: Duration::from_millis(10),
+            ..control::app::Settings::default()
+        },
+    )
+    .await;
+    h.release("2026.12.0").await;
+    let (account, _) = h.account("Legacy").await;
+    (h, account)
+}
+
+fn import_body(account: &str, p: &provider_fakes::fly::Planted) -> Value {
+    json!({
+        "account_id": account,
+        "name": "legacy-one",
+        "app": p.app,
+        "machine_id": p.machine_id,
+        "volume_id": p.volume_id,
+        "image": IMAGE,
+    })
+}
+
+/// Import a running legacy Agent; stop it, start it, destroy it through the ordinary jobs;
+/// nothing is left in the fake, and the audit log says the provision was an adoption.
+#[tokio::test]
+async fn an_imported_agents_life_on_fly_leaves_nothing_behind() {
+    let fake = fake().await;
+    let (h, account) = harness(&fake).await;
+    let planted = fake
+        .control()
+        .plant("legacy-one", IMAGE, MachineState::Started, &[]);
+    let imported = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            import_body(&account, &planted),
+        )
+        .await;
+    assert_eq!(imported.status, 201, "{:#}", imported.body);
+    assert_eq!(imported.body["provider"], "fly");
+    assert_eq!(imported.body["state"], "running");
+    let agent = imported.body["id"].as_str().unwrap().to_owned();
+    let machine = fake.control().machine(&planted.machine_id).unwrap();
+    assert_eq!(machine.metadata["control_id"], agent);
+    assert_eq!(machine.metadata["control_kind"], "agent");
+
+    let again = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            import_body(&account, &planted),
+        )
+        .await;
+    again.problem(409, None);
+
+    let audit = h
+        .get(&format!("/api/audit?resource_id={agent}"), &h.operator)
+        .await;
+    assert_eq!(audit.status, 200, "{:#}", audit.body);
+    let text = audit.body.to_string();
+    assert!(text.contains("\"adopted\":true"), "{text}");
+
+    let stop = h
+        .post(&format!("/api/agents/{agent}/stop"), &h.operator, json!({}))
+        .await;
+    assert_eq!(stop.status, 202, "{:#}", stop.body);
+    h.run_jobs_until(&agent, "paused").await;
+    assert_eq!(
+        fake.control().machine(&planted.machine_id).unwrap().state,
+        MachineState::Stopped
+    );
+    let start = h
+        .post(
+            &format!("/api/agents/{agent}/start"),
+            &h.operator,
+            json!({}),
+        )
+        .await;
+    assert_eq!(start.status, 202, "{:#}", start.body);
+    h.run_jobs_until(&agent, "running").await;
+    assert_eq!(
+        fake.control().machine(&planted.machine_id).unwrap().state,
+        MachineState::Started
+    );
+    let destroy = h
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/api/agents/{agent}"),
+            Some(&h.operator),
+            None,
+        )
+        .await;
+    assert_eq!(destroy.status, 202, "{:#}", destroy.body);
+    h.run_jobs_until(&agent, "destroyed").await;
+    assert!(fake.control().live_machines().is_empty());
+    assert!(fake.control().volumes().is_empty());
+    assert!(fake.control().apps().is_empty());
+}
+
+/// Bad input, a machine Fly does not have, Fly refusing or failing, a caller who is not an
+/// operator: each a problem naming the cause, and nothing recorded or labelled.
+#[tokio::test]
+async fn a_refused_import_changes_nothing() {
+    let fake = fake().await;
+    let (h, account) = harness(&fake).await;
+    let planted = fake
+        .control()
+        .plant("legacy-two", IMAGE, MachineState::Stopped, &[]);
+    let (_, account_token) = h.account("Other").await;
+    let before = h.snapshot().await;
+    let with = |key: &str, value: &str| {
+        let mut body = import_body(&account, &planted);
+        body[key] = json!(value);
+        body
+    };
+    let tagged = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            with("image", "registry.fly.io/agent:latest"),
+        )
+        .await;
+    tagged.problem(422, Some("image"));
+    let missing = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            with("machine_id", "0000dead"),
+        )
+        .await;
+    missing.problem(422, Some("machine_id"));
+    let wrong_volume = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            with("volume_id", "vol_other"),
+        )
+        .await;
+    wrong_volume.problem(422, Some("volume_id"));
+
+    let control = fake.control();
+    control.fail_next(
+        &Method::GET,
+        "/v1/apps/{app}/machines/{machine}",
+        1,
+        401,
+        "",
+        "unauthorized",
+    );
+    let refused = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            import_body(&account, &planted),
+        )
+        .await;
+    let problem = refused.problem(502, None);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("unauthorized"),
+        "{problem:#}"
+    );
+    control.fail_next(
+        &Method::GET,
+        "/v1/apps/{app}/machines/{machine}",
+        5,
+        503,
+        "",
+        "flaps is down",
+    );
+    let failing = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            import_body(&account, &planted),
+        )
+        .await;
+    let problem = failing.problem(502, None);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("flaps is down"),
+        "{problem:#}"
+    );
+    control.clear_faults();
+
+    let forbidden = h
+        .post(
+            "/api/agents/import",
+            &account_token,
+            import_body(&account, &planted),
+        )
+        .await;
+    forbidden.problem(403, None);
+
+    assert_eq!(h.snapshot().await, before, "nothing recorded");
+    let machine = control.machine(&planted.machine_id).unwrap();
+    assert!(
+        machine.metadata.is_empty(),
+        "nothing labelled: {:?}",
+        machine.metadata
+    );
+
+    let imported = h
+        .post(
+            "/api/agents/import",
+            &h.operator,
+            import_body(&account, &planted),
+        )
+        .await;
+    assert_eq!(imported.status, 201, "{:#}", imported.body);
+    assert_eq!(
+        imported.body["state"], "paused",
+        "a stopped machine is paused"
+    );
 }
