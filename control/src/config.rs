@@ -43,6 +43,20 @@ struct FileConfig {
     providers: ProvidersSection,
     hetzner: Option<HetznerSection>,
     cloudflare: Option<CloudflareSection>,
+    fly: Option<FlySection>,
+}
+
+/// The `[fly]` section: the Fly organization the legacy cohort of Agents runs in. New Agents
+/// never go there; existing ones are imported (`POST /api/agents/import`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FlySection {
+    /// A file holding an API token of the organization, read at start, never logged.
+    pub token_file: PathBuf,
+    /// The organization whose apps hold the legacy Agents.
+    pub org_slug: String,
+    /// [default: Fly's public endpoint]; a `provider-fakes fly` URL to try it by hand.
+    pub base_url: Option<String>,
 }
 
 /// The `[cloudflare]` section: the account Agents' tunnels are made in and the zone their
@@ -187,6 +201,7 @@ pub struct Config {
     pub providers: ProvidersSection,
     pub hetzner: Option<HetznerSection>,
     pub cloudflare: Option<CloudflareSection>,
+    pub fly: Option<FlySection>,
     pub settings: Settings,
 }
 
@@ -310,6 +325,7 @@ impl Config {
             providers: parsed.providers.clone(),
             hetzner: parsed.hetzner.clone(),
             cloudflare: parsed.cloudflare.clone(),
+            fly: parsed.fly.clone(),
             reconcile_interval: Duration::from_secs(positive(
                 "reconciler.interval_secs",
                 parsed.reconciler.interval_secs,
@@ -507,6 +523,20 @@ mod tests {
         assert_eq!(
             config.hetzner.map(|h| h.token_file),
             Some(PathBuf::from("/etc/control/hcloud"))
+        );
+
+        let text = "[fly]\ntoken_file = \"/etc/control/fly\"\norg_slug = \"legacy\"\n";
+        let config =
+            Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
+        let fly = config.fly.expect("the [fly] section");
+        assert_eq!(
+            (fly.token_file, fly.org_slug.as_str(), fly.base_url),
+            (PathBuf::from("/etc/control/fly"), "legacy", None)
+        );
+        assert_eq!(
+            config.providers.default,
+            CloudName::Local,
+            "new Agents stay put"
         );
     }
 

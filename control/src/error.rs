@@ -20,6 +20,10 @@ pub enum Error {
     /// The request is valid but conflicts with the resource's current state.
     #[error("{0}")]
     Conflict(String),
+    /// A provider refused or failed a call the request needed; its own words. Nothing was
+    /// changed.
+    #[error("{0}")]
+    Provider(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

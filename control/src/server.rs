@@ -14,8 +14,11 @@ use tracing::{error, info};
 
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{CloudName, CloudflareSection, Config, HetznerSection, LogFormat, TunnelsName};
+use crate::config::{
+    CloudName, CloudflareSection, Config, FlySection, HetznerSection, LogFormat, TunnelsName,
+};
 use crate::providers::cloudflare::{self, Cloudflare, CloudflareConfig};
+use crate::providers::fly::{Fly, FlyConfig};
 use crate::providers::hetzner::{self, Hetzner, HetznerConfig};
 use crate::providers::http::RetryPolicy;
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
@@ -47,6 +50,9 @@ fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Prov
     let mut providers = Providers::new(default).with(local_cloud);
     if let Some(cloud) = hetzner {
         providers = providers.with(cloud);
+    }
+    if let Some(section) = &config.fly {
+        providers = providers.with_fly(Arc::new(fly_org(section)?));
     }
     Ok(providers.with_tunnels(tunnels))
 }
@@ -91,6 +97,18 @@ fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
         config,
         Arc::new(SystemClock),
     )?)))
+}
+
+/// The Fly organization `[fly]` names (the legacy cohort): its token read from its file.
+fn fly_org(section: &FlySection) -> anyhow::Result<Fly> {
+    let mut config = FlyConfig::new(
+        read_token(&section.token_file, "fly.token_file")?,
+        section.org_slug.clone(),
+    );
+    if let Some(url) = &section.base_url {
+        config.base_url.clone_from(url);
+    }
+    Ok(Fly::new(config, Arc::new(SystemClock))?)
 }
 
 pub fn init_logging(format: LogFormat) {

@@ -98,6 +98,26 @@ pub struct ProvisionAgent {
     pub account_id: Option<String>,
 }
 
+/// Body of `POST /api/agents/import` (operators): an Agent that already runs on Fly (the legacy
+/// cohort), taken under control's management as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ImportAgent {
+    /// The owning account.
+    pub account_id: String,
+    /// 1 to 63 characters: lowercase letters, digits and inner hyphens (an RFC 1123 label).
+    pub name: String,
+    /// The Fly app the Agent's machine runs in.
+    pub app: String,
+    /// The Fly machine id.
+    pub machine_id: String,
+    /// The Fly volume the machine mounts (`vol_…`).
+    pub volume_id: String,
+    /// The image the machine runs, by digest: `repository@sha256:<64 hex digits>`.
+    pub image: String,
+}
+
 /// Answer of `POST /api/agents/{id}/bootstrap-token`: a fresh single-use token for an Agent
 /// whose VM lost its credential. It is shown once and stored nowhere but as a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

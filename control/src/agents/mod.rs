@@ -13,6 +13,7 @@
 //! the jobs' work.
 
 mod bootstrap;
+mod import;
 mod observed;
 mod operate;
 mod provision;
@@ -31,6 +32,7 @@ use crate::ids::{new_id, prefix};
 use crate::store::{AgentRow, StoreError, Tx};
 
 pub use bootstrap::rebootstrap;
+pub use import::import;
 pub use observed::{Cas, RecordCache, Recorded, record_observed};
 pub use operate::request;
 pub use provision::provision;

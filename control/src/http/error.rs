@@ -130,6 +130,7 @@ impl From<Error> for ApiError {
             Error::Conflict(detail) | Error::Store(StoreError::Superseded(detail)) => {
                 Self::new(StatusCode::CONFLICT, detail)
             }
+            Error::Provider(detail) => Self::new(StatusCode::BAD_GATEWAY, detail),
             Error::Store(StoreError::Conflict(_)) => Self::new(
                 StatusCode::CONFLICT,
                 "the request conflicts with a concurrent change; retry it",

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod idempotency;
+mod import;
 pub mod middleware;
 mod usage;
 mod vm_agent;
@@ -73,6 +74,7 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(agents::start))
         .routes(routes!(agents::stop))
         .routes(routes!(agents::transfer))
+        .routes(routes!(import::import_agent))
         .routes(routes!(agents::rebootstrap))
         .routes(routes!(agents::timeline))
         .routes(routes!(accounts::create_account))

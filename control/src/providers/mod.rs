@@ -12,6 +12,7 @@
 //! May call: nothing of control's but its own configuration; the services call in here.
 
 pub mod cloudflare;
+pub mod fly;
 pub mod hetzner;
 pub mod http;
 pub mod local;
@@ -335,6 +336,8 @@ pub struct Providers {
     default: &'static str,
     clouds: BTreeMap<&'static str, Cloud>,
     tunnels: Option<Arc<dyn Tunnels>>,
+    /// The Fly organization legacy Agents are imported from, when configured.
+    fly: Option<Arc<fly::Fly>>,
 }
 
 impl Providers {
@@ -345,6 +348,7 @@ impl Providers {
             default: name,
             clouds: BTreeMap::from([(name, default)]),
             tunnels: None,
+            fly: None,
         }
     }
 
@@ -359,6 +363,19 @@ impl Providers {
     pub fn with_tunnels(mut self, tunnels: Arc<dyn Tunnels>) -> Self {
         self.tunnels = Some(tunnels);
         self
+    }
+
+    /// Adds the Fly organization of the legacy cohort: a cloud its imported Agents live on,
+    /// and where imports look their machines up.
+    #[must_use]
+    pub fn with_fly(mut self, org: Arc<fly::Fly>) -> Self {
+        self.clouds.insert(fly::NAME, fly::cloud(org.clone()));
+        self.fly = Some(org);
+        self
+    }
+
+    pub fn fly(&self) -> Option<&Arc<fly::Fly>> {
+        self.fly.as_ref()
     }
 
     pub fn default_cloud(&self) -> &Cloud {

@@ -156,6 +156,52 @@ impl Tx {
         Ok(())
     }
 
+    /// Records an Agent that already runs at its provider (an import): its server known, its
+    /// state as the provider reported it, no operation under way.
+    pub async fn insert_imported_agent(
+        &mut self,
+        agent: &NewAgent<'_>,
+        provider_id: &str,
+        state: PeriodState,
+    ) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "INSERT INTO agents (id, account_id, name, provider, provider_id, image_id, image_ref,
+                                 env, state, operation, last_error, provisioned_at, destroyed_at,
+                                 updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, NULL, $10)",
+        )
+        .bind(agent.id)
+        .bind(agent.account_id)
+        .bind(agent.name)
+        .bind(agent.provider)
+        .bind(provider_id)
+        .bind(agent.image_id)
+        .bind(agent.image_ref)
+        .bind(agent.env)
+        .bind(state.as_db())
+        .bind(agent.provisioned_at)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The live Agent whose server at `provider` is `provider_id`, if any.
+    pub async fn live_agent_at(
+        &mut self,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<String>> {
+        let found: Option<(String,)> = on_conn!(self, conn => sqlx::query_as(
+            "SELECT id FROM agents WHERE provider = $1 AND provider_id = $2 AND destroyed_at IS NULL",
+        )
+        .bind(provider)
+        .bind(provider_id)
+        .fetch_optional(conn)
+        .await)?;
+        Ok(found.map(|(id,)| id))
+    }
+
     pub async fn agent(&mut self, id: &str) -> Result<Option<AgentRow>> {
         let raw: Option<RawAgent> = on_conn!(self, conn => sqlx::query_as(
             concat!(agent_select!(), " WHERE a.id = $1"),

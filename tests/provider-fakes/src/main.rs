@@ -1,6 +1,6 @@
-//! `provider-fakes hetzner|cloudflare --listen ADDR [--token T]`: runs a fake standalone so anyone
-//! can point control at it by hand. It prints the base URL and the token (and Cloudflare's account
-//! and zone), then serves until Ctrl-C.
+//! `provider-fakes hetzner|cloudflare|fly --listen ADDR [--token T]`: runs a fake standalone so
+//! anyone can point control at it by hand. It prints the base URL and the token (and Cloudflare's
+//! account and zone, Fly's organization), then serves until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use provider_fakes::cloudflare::{self, CloudflareFake};
+use provider_fakes::fly::{self, FlyFake};
 use provider_fakes::hetzner::{HetznerFake, Options};
 
 #[derive(Parser)]
@@ -48,6 +49,21 @@ enum Provider {
         /// Requests per five minutes before 429 (and five minutes blocked).
         #[arg(long, default_value_t = 1200)]
         rate_limit: u32,
+    },
+    /// The Fly Machines API v1 (apps, machines and volumes of one organization).
+    Fly {
+        /// Address to listen on, e.g. 127.0.0.1:8090.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The token to accept (as `Bearer` or `FlyV1`).
+        #[arg(long, default_value = "fly-fake-token")]
+        token: String,
+        /// The organization whose apps the token sees.
+        #[arg(long, default_value = "legacy-agents")]
+        org_slug: String,
+        /// Milliseconds a machine spends starting, stopping, suspending or destroying.
+        #[arg(long, default_value_t = 200)]
+        transition_delay_ms: u64,
     },
 }
 
@@ -102,6 +118,32 @@ async fn main() -> anyhow::Result<()> {
             println!("account_id: {}", fake.account_id());
             println!("zone_id:    {}", fake.zone_id());
             println!("zone_name:  {}", fake.zone_name());
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            fake.stop().await;
+        }
+        Provider::Fly {
+            listen,
+            token,
+            org_slug,
+            transition_delay_ms,
+        } => {
+            let options = fly::Options {
+                token,
+                org_slug,
+                transition_delay: Duration::from_millis(transition_delay_ms),
+                // A standalone fake runs for long: keep no answers.
+                record_answers: false,
+                ..fly::Options::default()
+            };
+            let fake = FlyFake::bind(listen, options)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("Fly Machines API fake");
+            println!("url:      {}", fake.url());
+            println!("token:    {}", fake.token());
+            println!("org_slug: {}", fake.org_slug());
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;

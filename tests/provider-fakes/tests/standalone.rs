@@ -112,3 +112,39 @@ async fn the_binary_serves_the_cloudflare_fake_and_says_where() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn the_binary_serves_the_fly_fake_and_says_where() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provider-fakes"))
+        .args(["fly", "--listen", "127.0.0.1:0", "--token", "by-hand"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some((key, value)) = line.split_once(':') {
+            said.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+    }
+    let url = said.get("url").expect("a url line").clone();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/v1"),
+        "{url}"
+    );
+    assert_eq!(said.get("token").map(String::as_str), Some("by-hand"));
+    let org = said.get("org_slug").expect("an org line");
+    let http = test_support::http_client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let apps = format!("{url}/apps?org_slug={org}");
+    let reply = http.get(&apps).bearer_auth("by-hand").send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    assert!(reply.headers().contains_key("fly-request-id"));
+    let unauthorized = http.get(&apps).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
