@@ -24,6 +24,13 @@ pub enum Error {
     /// changed.
     #[error("{0}")]
     Provider(String),
+    /// A provider a request needed is failing or over its request budget; nothing was
+    /// changed, and the request may be repeated after `retry_after`.
+    #[error("{detail}")]
+    ProviderUnavailable {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -39,6 +46,24 @@ fn describe(fields: &[FieldError]) -> String {
 }
 
 impl Error {
+    /// What the caller learns when provider `name` refused or failed a call its request
+    /// needed, before anything was recorded.
+    pub fn provider(name: &str, error: &crate::providers::ProviderError) -> Self {
+        if error.is_retryable() {
+            Self::ProviderUnavailable {
+                detail: format!(
+                    "{name} is not answering as it should ({error}); nothing was recorded: \
+                     repeat the request later"
+                ),
+                retry_after: error
+                    .retry_after
+                    .unwrap_or(std::time::Duration::from_secs(30)),
+            }
+        } else {
+            Self::Provider(format!("{name} refused: {error}; nothing was recorded"))
+        }
+    }
+
     /// One invalid field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldError {

@@ -372,16 +372,19 @@ async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
     assert_eq!(control.calls_total(), 2);
 }
 
-/// A provisioning Hetzner refuses (a server type it does not have) ends with the Agent still
-/// paused, Hetzner's own words in `last_error` for the dashboard, and nothing left at Hetzner:
-/// the firewall and volume made before the refusal are released before the failure is
-/// recorded. Destroying the Agent then has nothing to delete.
-#[tokio::test]
-async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing_billed() {
-    let fake = fake().await;
+/// A Hetzner project at the fake with `server_type` and `location` configured, and a harness
+/// whose current release's Hetzner image is `image`.
+async fn configured(
+    fake: &HetznerFake,
+    server_type: &str,
+    location: &str,
+    image: &str,
+) -> common::Harness {
     let mut config = HetznerConfig::new(Secret(fake.token().to_owned()));
     config.base_url = fake.url();
-    config.server_type = "cx99".to_owned();
+    config.server_type = server_type.to_owned();
+    config.location = location.to_owned();
+    config.action_poll = Duration::from_millis(10);
     config.retry = RetryPolicy {
         attempts: 2,
         base: Duration::from_millis(10),
@@ -397,13 +400,106 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
         control::app::Settings::default(),
     )
     .await;
-    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
-        .await;
+    h.release_with("2026.12.0", json!({"hetzner": image})).await;
+    h
+}
+
+/// What Hetzner cannot do as configured, or cannot answer at all, reaches the caller of
+/// `POST /api/agents` as problem+json naming the cause, and nothing is recorded or made.
+#[tokio::test]
+async fn a_provisioning_hetzner_cannot_serve_is_refused_at_once_with_the_cause() {
+    let cases = [
+        ("cx99", "fsn1", "114690387", 502, "server type \"cx99\""),
+        ("cx22", "mars1", "114690387", 502, "location \"mars1\""),
+        (
+            "cx22",
+            "ash",
+            "114690387",
+            502,
+            "does not offer server type \"cx22\" in location \"ash\"",
+        ),
+        ("cx22", "fsn1", "999999999", 502, "no image \"999999999\""),
+    ];
+    for (server_type, location, image, status, cause) in cases {
+        let fake = fake().await;
+        let h = configured(&fake, server_type, location, image).await;
+        let (_, token) = h.account("Acme").await;
+        let before = h.snapshot().await;
+        let refused = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+        assert_eq!(refused.status, status, "{:#}", refused.body);
+        assert_eq!(
+            refused.header("content-type"),
+            Some("application/problem+json")
+        );
+        let detail = refused.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("hetzner")
+                && detail.contains(cause)
+                && detail.contains("nothing was recorded"),
+            "{detail}"
+        );
+        assert_eq!(h.snapshot().await, before, "nothing recorded");
+        let control = fake.control();
+        assert_eq!(control.calls(&Method::POST, "/v1/servers"), 0);
+        assert!(control.servers().is_empty() && control.firewalls().is_empty());
+        schema::assert_answers_match_spec(control);
+    }
+
+    // A 5xx storm: 503 with Retry-After, nothing recorded; once Hetzner answers again the
+    // same request is accepted, and the check it passed is not repeated for the next.
+    let fake = fake().await;
+    let h = configured(&fake, "cx22", "fsn1", "114690387").await;
+    let (_, token) = h.account("Acme").await;
+    let control = fake.control();
+    control.fail_next(&Method::GET, "/v1/server_types", 10, 503, "unavailable");
+    let before = h.snapshot().await;
+    let storm = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(storm.status, 503, "{:#}", storm.body);
+    assert!(storm.header("retry-after").is_some());
+    assert!(
+        storm.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("hetzner is not answering"),
+        "{:#}",
+        storm.body
+    );
+    assert_eq!(h.snapshot().await, before, "nothing recorded");
+    control.clear_faults();
+    let made = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(made.status, 202, "{:#}", made.body);
+    let checks = control.calls(&Method::GET, "/v1/server_types");
+    let again = h.post("/api/agents", &token, json!({"name": "dev2"})).await;
+    assert_eq!(again.status, 202, "{:#}", again.body);
+    assert_eq!(
+        control.calls(&Method::GET, "/v1/server_types"),
+        checks,
+        "a passed check is remembered"
+    );
+}
+
+/// A provisioning Hetzner refuses only when the server is created (the project's server quota
+/// is spent) ends with the Agent paused, Hetzner's own words in `last_error` for the
+/// dashboard, and nothing left at Hetzner: the firewall and volume made before the refusal
+/// are released before the failure is recorded. Destroying the Agent then has nothing to
+/// delete.
+#[tokio::test]
+async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing_billed() {
+    let fake = fake().await;
+    let h = configured(&fake, "cx22", "fsn1", "114690387").await;
+    let control = fake.control();
+    control.fail_next(
+        &Method::POST,
+        "/v1/servers",
+        1,
+        403,
+        "resource_limit_exceeded",
+    );
     let (_, token) = h.account("Acme").await;
     let made = h.post("/api/agents", &token, json!({"name": "dev"})).await;
     assert_eq!(made.status, 202, "{:#}", made.body);
     let agent = made.body["id"].as_str().unwrap().to_owned();
-    h.run_jobs().await;
+    h.run_jobs_until(&agent, "paused").await;
     let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
     assert_eq!(
         (&view["state"], &view["operation"]),
@@ -412,11 +508,10 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
     );
     let cause = view["last_error"].as_str().unwrap();
     assert!(
-        cause.contains("hetzner") && cause.contains("server_type") && cause.contains("cx99"),
+        cause.contains("hetzner") && cause.contains("resource_limit_exceeded"),
         "{cause}"
     );
     assert!(cause.contains("what it had made is released"), "{cause}");
-    let control = fake.control();
     assert!(control.servers().is_empty(), "no half-made server");
     assert!(
         control.firewalls().is_empty() && control.volumes().is_empty(),
@@ -435,6 +530,7 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
         .await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
     h.run_jobs().await;
-    assert!(control.firewalls().is_empty() && control.volumes().is_empty());
+    let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
+    assert_eq!(view["state"], "destroyed", "{view:#}");
     schema::assert_answers_match_spec(control);
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::{new_id, prefix};
 use crate::ledger::{self, ResourceRef};
-use crate::store::{NewAgent, StoreError};
+use crate::store::{ImageRow, NewAgent, StoreError, Tx};
 use crate::validate::Checks;
 
 /// Validates the request and names the account the Agent is for.
@@ -43,28 +43,8 @@ fn target_account<'a>(caller: &'a Caller, request: &'a ProvisionAgent) -> Result
     Ok(account_id)
 }
 
-pub async fn provision(
-    app: &App,
-    caller: &Caller,
-    request: &ProvisionAgent,
-    idem: Option<&IdempotencyKey>,
-) -> Result<Agent> {
-    let account_id = target_account(caller, request)?;
-    let now = app.clock.now();
-    let provider = app.providers.default_cloud().name;
-    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
-        return Err(Error::invalid(
-            "account_id",
-            format!("no account {}", account_id.escape_debug()),
-        ));
-    }
-    let mut tx = app.store.write().await?;
-    if tx.account(account_id).await?.is_none() {
-        return Err(Error::invalid(
-            "account_id",
-            format!("no account {account_id}"),
-        ));
-    }
+/// The current release and its image reference on `provider`.
+async fn current_release(tx: &mut Tx, provider: &str) -> Result<(ImageRow, String)> {
     let image = tx.current_image().await?.ok_or_else(|| {
         Error::Conflict(
             "no image release is current: register one with POST /api/images and select it with PUT /api/images/current"
@@ -73,12 +53,48 @@ pub async fn provision(
     })?;
     let refs: BTreeMap<String, String> = serde_json::from_str(&image.refs)
         .map_err(|e| StoreError::Corrupt(format!("image {} refs: {e}", image.id)))?;
-    let image_ref = refs.get(provider).ok_or_else(|| {
+    let image_ref = refs.get(provider).cloned().ok_or_else(|| {
         Error::Conflict(format!(
             "the current release {} has no image for provider {}",
             image.version, provider
         ))
     })?;
+    Ok((image, image_ref))
+}
+
+pub async fn provision(
+    app: &App,
+    caller: &Caller,
+    request: &ProvisionAgent,
+    idem: Option<&IdempotencyKey>,
+) -> Result<Agent> {
+    let account_id = target_account(caller, request)?;
+    let provider = app.providers.default_cloud().name;
+    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {}", account_id.escape_debug()),
+        ));
+    }
+    // Asked before anything is recorded, so a refusal (an image, server type or location the
+    // provider does not have) or a failing provider reaches the caller, not a job.
+    let (_, image_ref) = current_release(&mut app.store.read().await?, provider).await?;
+    app.providers
+        .default_cloud()
+        .servers
+        .preflight(&image_ref)
+        .await
+        .map_err(|e| Error::provider(provider, &e))?;
+    let mut tx = app.store.write().await?;
+    let now = app.clock.now();
+    if tx.account(account_id).await?.is_none() {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {account_id}"),
+        ));
+    }
+    let (image, image_ref) = current_release(&mut tx, provider).await?;
+    let image_ref = &image_ref;
 
     let agent_id = new_id(prefix::AGENT);
     tx.insert_agent(&NewAgent {

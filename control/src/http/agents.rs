@@ -51,6 +51,8 @@ pub(super) struct TimelineWindow {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No current image release, or the key is in use", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input, naming the field", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused what provisioning needs (an image, server type or location it does not have, credentials); nothing was recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The provider is failing or over its request budget; nothing was recorded; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

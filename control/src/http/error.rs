@@ -19,6 +19,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// Seconds after which the request may be repeated (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ApiError {
             status,
             detail: format!("{field}: {message}"),
             errors: vec![FieldError { field, message }],
+            retry_after: None,
         }
     }
 
@@ -71,6 +75,7 @@ pub fn kind_and_title(status: StatusCode) -> (&'static str, &'static str) {
         }
         StatusCode::UNPROCESSABLE_ENTITY => ("/problems/invalid-input", "Invalid input"),
         StatusCode::SERVICE_UNAVAILABLE => ("/problems/unavailable", "Service unavailable"),
+        StatusCode::BAD_GATEWAY => ("/problems/provider-refused", "Refused by a provider"),
         s if s.is_server_error() => ("/problems/internal", "Internal error"),
         _ => ("about:blank", status.canonical_reason().unwrap_or("Error")),
     }
@@ -109,7 +114,13 @@ pub fn problem_response(problem: &Problem) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(&problem(self.status, self.detail, self.errors))
+        let mut response = problem_response(&problem(self.status, self.detail, self.errors));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -124,6 +135,7 @@ impl From<Error> for ApiError {
                     .collect::<Vec<_>>()
                     .join("; "),
                 errors,
+                retry_after: None,
             },
             Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, error.to_string()),
             Error::Forbidden(detail) => Self::forbidden(detail),
@@ -131,6 +143,13 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, detail)
             }
             Error::Provider(detail) => Self::new(StatusCode::BAD_GATEWAY, detail),
+            Error::ProviderUnavailable {
+                detail,
+                retry_after,
+            } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+            },
             Error::Store(StoreError::Conflict(_)) => Self::new(
                 StatusCode::CONFLICT,
                 "the request conflicts with a concurrent change; retry it",

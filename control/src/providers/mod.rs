@@ -196,6 +196,15 @@ pub struct Page<T> {
 
 #[async_trait]
 pub trait Servers: Send + Sync + Debug {
+    /// Checks, before anything is recorded, that servers can be made from `image` as this
+    /// cloud is configured (it knows the image, the server type and the location). A refusal
+    /// names the cause; a provider that cannot answer is a transient error. Nothing to check
+    /// by default.
+    async fn preflight(&self, image: &str) -> Result<(), ProviderError> {
+        let _ = image;
+        Ok(())
+    }
+
     /// Creates the server and returns it once the provider accepted it (it may still be
     /// starting). A server whose name is taken is a `Conflict`.
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError>;

@@ -10,8 +10,10 @@
 //! step reads the server's status, one call per look, paced by the job's backoff), while a
 //! firewall's new rules are (the caller reads them back).
 //!
-//! Files: [`wire`] (the JSON), [`servers`], [`firewalls`], [`volumes`].
+//! Files: [`wire`] (the JSON), [`servers`], [`firewalls`], [`volumes`], [`catalogue`] (what a
+//! request is checked against before anything is recorded).
 
+mod catalogue;
 mod firewalls;
 mod servers;
 mod volumes;
@@ -82,6 +84,9 @@ pub fn cloud(project: std::sync::Arc<Hetzner>) -> super::Cloud {
 pub struct Hetzner {
     api: ApiClient,
     config: HetznerConfig,
+    clock: SharedClock,
+    /// Catalogue checks that passed (image, type, location), until when they are trusted.
+    checked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>,
 }
 
 impl Hetzner {
@@ -92,9 +97,14 @@ impl Hetzner {
             config.token.clone(),
             config.retry,
             classify,
-            clock,
+            clock.clone(),
         )?;
-        Ok(Self { api, config })
+        Ok(Self {
+            api,
+            config,
+            clock,
+            checked: std::sync::Arc::default(),
+        })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ProviderError> {

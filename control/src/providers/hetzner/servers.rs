@@ -78,6 +78,10 @@ impl Hetzner {
 
 #[async_trait]
 impl Servers for Hetzner {
+    async fn preflight(&self, image: &str) -> Result<(), ProviderError> {
+        self.check_catalogue(image).await
+    }
+
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
         let request = CreateServer {
             name: &spec.name,

@@ -6,6 +6,7 @@
 
 mod actions;
 mod catalog;
+mod catalogue;
 mod control;
 mod error;
 mod firewalls;
@@ -50,6 +51,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/servers/{id}/actions/poweron"),
     ("POST", "/v1/servers/{id}/actions/poweroff"),
     ("POST", "/v1/servers/{id}/actions/shutdown"),
+    ("GET", "/v1/server_types"),
+    ("GET", "/v1/locations"),
+    ("GET", "/v1/images/{id}"),
     ("GET", "/v1/actions"),
     ("GET", "/v1/actions/{id}"),
     ("GET", "/v1/firewalls"),
@@ -171,6 +175,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/servers/{id}/actions/poweron", post(servers::poweron))
         .route("/v1/servers/{id}/actions/poweroff", post(servers::poweroff))
         .route("/v1/servers/{id}/actions/shutdown", post(servers::shutdown))
+        .route("/v1/server_types", get(catalogue::server_types))
+        .route("/v1/locations", get(catalogue::locations))
+        .route("/v1/images/{id}", get(catalogue::image))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{id}", get(reply::get_one::<Action>))
         .route(

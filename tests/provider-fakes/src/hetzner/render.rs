@@ -45,7 +45,7 @@ fn datacenter(l: &Location) -> Value {
     })
 }
 
-fn server_type(t: &ServerType) -> Value {
+pub(crate) fn server_type(t: &ServerType) -> Value {
     let locations: Vec<Value> = t
         .locations
         .iter()
