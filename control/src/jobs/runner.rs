@@ -1,8 +1,9 @@
 //! The job runner: claims due jobs with a lease (any replica may), runs each job's steps in
 //! order from the one it reached, commits each step's output before the next, retries what a
 //! later attempt may fix with jittered exponential backoff (never sooner than the provider's
-//! `retry_after`), and gives up with a clear error once the attempts are spent. It knows
-//! nothing about what the steps do.
+//! `retry_after`), and gives up with a clear error once the attempts are spent; a step the
+//! provider's request budget held back waits its turn without spending one. It knows nothing
+//! about what the steps do.
 
 use tracing::{debug, warn};
 
@@ -11,6 +12,7 @@ use crate::app::App;
 use crate::backoff::{jitter, retry_delay};
 use crate::clock::millis;
 use crate::error::Result;
+use crate::providers::ErrorKind;
 use crate::store::{JobRow, StoreError};
 
 /// Races for a due job this replica may lose in a row before waiting for the next poll.
@@ -132,6 +134,19 @@ async fn failed(
     error: &StepError,
 ) -> Result<()> {
     let (retryable, retry_after) = match error {
+        // Refused before acting because the request budget is spent: not the step failing.
+        // It waits its turn (as long as the provider asked, jittered) without spending an
+        // attempt, however long the budget stays spent: the budget always comes back.
+        StepError::Provider(e) if e.kind == ErrorKind::RateLimited => {
+            let after = retry_delay(
+                app.settings.job_retry_base,
+                app.settings.job_retry_cap,
+                1,
+                e.retry_after,
+                jitter(),
+            );
+            return postpone(app, job, step, &e.to_string(), after).await;
+        }
         StepError::Provider(e) => (e.is_retryable(), e.retry_after),
         StepError::Control(_) => (true, None),
         StepError::Wait { reason, after } => {
