@@ -84,6 +84,9 @@ pub struct HetznerSection {
     pub location: Option<String>,
     /// What servers are made as [default: cx22].
     pub server_type: Option<String>,
+    /// The project's request budget an hour [default: 3600, Hetzner's]; Hetzner's answers
+    /// (`RateLimit-Limit`) win when they report less.
+    pub requests_per_hour: Option<u32>,
 }
 
 /// The `[providers]` section: which cloud new resources go to and where Agents' tunnels come
@@ -152,6 +155,7 @@ struct AgentsSection {
 #[serde(deny_unknown_fields)]
 struct ReconcilerSection {
     interval_secs: Option<u64>,
+    budget_fraction: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +200,9 @@ pub struct Config {
     pub rollup_interval: Duration,
     pub job_poll_interval: Duration,
     pub reconcile_interval: Duration,
+    /// The share of each cloud's hourly request budget the reconciler may spend; it runs less
+    /// often than `reconcile_interval` when a pass costs more.
+    pub reconcile_budget_fraction: f64,
     pub sweep_interval: Duration,
     pub local: LocalSection,
     pub providers: ProvidersSection,
@@ -225,6 +232,8 @@ pub enum ConfigError {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "control-data";
+/// The reconciler's share of a cloud's hourly request budget: the rest is provisioning's.
+pub const DEFAULT_RECONCILE_BUDGET_FRACTION: f64 = 0.25;
 
 impl Config {
     /// Reads `file` (if given) and applies `overrides` on top.
@@ -331,6 +340,12 @@ impl Config {
                 parsed.reconciler.interval_secs,
                 60,
             )?),
+            reconcile_budget_fraction: fraction(
+                &path,
+                "reconciler.budget_fraction",
+                parsed.reconciler.budget_fraction,
+                DEFAULT_RECONCILE_BUDGET_FRACTION,
+            )?,
             sweep_interval: Duration::from_secs(positive(
                 "sweeper.interval_secs",
                 parsed.sweeper.interval_secs,
@@ -407,6 +422,17 @@ fn check_providers(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> 
                 .to_owned(),
         });
     }
+    if parsed
+        .hetzner
+        .as_ref()
+        .is_some_and(|h| h.requests_per_hour == Some(0))
+    {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "hetzner.requests_per_hour",
+            message: "must be greater than 0".to_owned(),
+        });
+    }
     if parsed.providers.tunnels == TunnelsName::Cloudflare && parsed.cloudflare.is_none() {
         return Err(ConfigError::Invalid {
             path: path.to_owned(),
@@ -431,6 +457,23 @@ fn positive(
             path: path.to_owned(),
             key,
             message: "must be greater than 0".to_owned(),
+        }),
+        other => Ok(other.unwrap_or(default)),
+    }
+}
+
+/// A share: above 0, at most 1 (`default` when absent).
+fn fraction(
+    path: &Path,
+    key: &'static str,
+    value: Option<f64>,
+    default: f64,
+) -> Result<f64, ConfigError> {
+    match value {
+        Some(share) if !(share > 0.0 && share <= 1.0) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: format!("must be above 0 and at most 1 (a share), not {share}"),
         }),
         other => Ok(other.unwrap_or(default)),
     }
@@ -538,6 +581,33 @@ mod tests {
             CloudName::Local,
             "new Agents stay put"
         );
+    }
+
+    #[test]
+    fn the_reconcilers_share_of_the_budget_is_a_fraction() {
+        let config = Config::from_text(None, &Overrides::default()).unwrap();
+        assert!((config.reconcile_budget_fraction - 0.25).abs() < f64::EPSILON);
+        let text = "[reconciler]\nbudget_fraction = 0.1\n[hetzner]\ntoken_file = \"/t\"\nrequests_per_hour = 1800\n";
+        let config =
+            Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap();
+        assert!((config.reconcile_budget_fraction - 0.1).abs() < f64::EPSILON);
+        assert_eq!(config.hetzner.unwrap().requests_per_hour, Some(1_800));
+        for bad in ["0", "1.5", "-0.2", "nan"] {
+            let text = format!("[reconciler]\nbudget_fraction = {bad}\n");
+            let error =
+                Config::from_text(Some((Path::new("c.toml"), &text)), &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                error.contains("reconciler.budget_fraction"),
+                "{bad}: {error}"
+            );
+        }
+        let text = "[hetzner]\ntoken_file = \"/t\"\nrequests_per_hour = 0\n";
+        let error = Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("hetzner.requests_per_hour"), "{error}");
     }
 
     #[test]

@@ -93,6 +93,9 @@ fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
     if let Some(server_type) = &section.server_type {
         config.server_type.clone_from(server_type);
     }
+    if let Some(budget) = section.requests_per_hour {
+        config.requests_per_hour = budget;
+    }
     Ok(hetzner::cloud(Arc::new(Hetzner::new(
         config,
         Arc::new(SystemClock),
@@ -222,6 +225,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
             job_poll: config.job_poll_interval,
             rollup: config.rollup_interval,
             reconcile: config.reconcile_interval,
+            reconcile_budget_fraction: config.reconcile_budget_fraction,
             sweep: config.sweep_interval,
         },
         &stopped,

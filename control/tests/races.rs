@@ -117,8 +117,10 @@ impl Servers for Lagging {
         selector: &Labels,
         page: Option<&str>,
     ) -> Result<Page<Server>, ProviderError> {
-        // The first attempt's lookup and the second's see nothing; the adoption lookup does.
-        if self.lists.fetch_add(1, Ordering::SeqCst) < 2 {
+        // Lookups before the second create see nothing (however many a step makes); the
+        // adoption lookup after its conflict does.
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        if self.creates.load(Ordering::SeqCst) < 2 {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,

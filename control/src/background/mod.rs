@@ -21,15 +21,20 @@ use tracing::{debug, error, info};
 use crate::app::App;
 use crate::jobs;
 
-pub use reconciler::reconcile;
+pub use reconciler::{
+    CloudPass, Paced, Pacing, Pass, paced_interval, reconcile, reconcile_paced, reconcile_pass,
+};
 pub use sweeper::{Orphan, sweep};
 
 /// How often each duty runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Intervals {
     pub job_poll: Duration,
     pub rollup: Duration,
+    /// How often the reconciler runs at most; it runs less often when its passes would
+    /// spend more than `reconcile_budget_fraction` of a cloud's hourly request budget.
     pub reconcile: Duration,
+    pub reconcile_budget_fraction: f64,
     pub sweep: Duration,
 }
 
@@ -40,7 +45,10 @@ pub fn spawn(app: &App, every: Intervals, shutdown: &watch::Receiver<bool>) -> V
         tokio::spawn(ingest::run(app.clone(), shutdown.clone())),
         tokio::spawn(reconciler::run(
             app.clone(),
-            every.reconcile,
+            Pacing {
+                every: every.reconcile,
+                budget_fraction: every.reconcile_budget_fraction,
+            },
             shutdown.clone(),
         )),
         tokio::spawn(rollup::run(app.clone(), every.rollup, shutdown.clone())),

@@ -1,8 +1,9 @@
 //! Provisioning an Agent: on a cloud that has them, its own firewall (no inbound rule at all:
 //! an Agent has zero inbound ports) and its volume (the slice, ext4); then its server, with
 //! both attached and its first-boot document (after arming its single-use bootstrap token);
-//! then running. Each is found by our labels before it is made and adopted when an earlier
-//! attempt made it. Tunnels join as a step with the tunnel provider.
+//! then running. On a job's first run each is made at once (a name taken means an earlier
+//! attempt made it: it is found by our labels and adopted); on a later run it is looked up
+//! first. Tunnels join as a step with the tunnel provider.
 
 use std::collections::BTreeMap;
 
@@ -59,7 +60,12 @@ fn tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         };
         let agent = agent(cx).await?;
         let name = provider_name(&agent);
-        let id = match tunnels.find_tunnel(&name).await? {
+        let found = if cx.first_try() {
+            None
+        } else {
+            tunnels.find_tunnel(&name).await?
+        };
+        let id = match found {
             Some(found) => found.id,
             None => match tunnels.create_tunnel(&name).await {
                 Ok(made) => made.id,
@@ -97,7 +103,9 @@ fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             let found = firewalls.list_firewalls(&labels, None).await?;
             Ok(found.items.into_iter().next().map(|f| f.id))
         };
-        if let Some(id) = find().await? {
+        if !cx.first_try()
+            && let Some(id) = find().await?
+        {
             return Ok(Some(Value::String(id)));
         }
         let id = match firewalls.create_firewall(&spec).await {
@@ -129,7 +137,9 @@ fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             let found = volumes.list_volumes(&labels, None).await?;
             Ok(found.items.into_iter().next().map(|v| v.id))
         };
-        if let Some(id) = find().await? {
+        if !cx.first_try()
+            && let Some(id) = find().await?
+        {
             return Ok(Some(Value::String(id)));
         }
         let id = match volumes.create_volume(&spec).await {
@@ -152,7 +162,9 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             let found = servers.list_servers(&labels, None).await?;
             Ok(found.items.into_iter().next().map(|s| s.id))
         };
-        if let Some(id) = find().await? {
+        if !cx.first_try()
+            && let Some(id) = find().await?
+        {
             return Ok(Some(Value::String(id)));
         }
         let made_before = |step: &str| cx.output(step).map(str::to_owned).into_iter().collect();
@@ -184,7 +196,8 @@ fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// Arms a new single-use bootstrap token (only its hash is stored) and renders the Agent's
-/// first-boot document around it. Called only when the lookup by labels found no server; the
+/// first-boot document around it. Called only when no server can exist yet (a first run) or
+/// the lookup by labels found none; the
 /// unused token it replaces stays good beside it, for a server an earlier attempt made that
 /// the lookup could not see yet (the create then conflicts and adopts it). A token a VM has
 /// spent is never re-armed (the step fails: re-bootstrapping is an operator's decision).

@@ -44,12 +44,23 @@ pub struct StepCx<'a> {
     pub app: &'a App,
     pub job: &'a JobRow,
     pub outputs: &'a Outputs,
+    /// Whether this run repeats one that succeeded (`replay_steps`): never a first try.
+    pub replay: bool,
 }
 
 impl StepCx<'_> {
     /// A text the step `step` produced.
     pub fn output(&self, step: &str) -> Option<&str> {
         self.outputs.get(step).and_then(Value::as_str)
+    }
+
+    /// Whether the job is on its first run: no attempt failed, crashed or was taken over by
+    /// another replica, so no earlier run of this step can have made anything, and a step may
+    /// create without looking up by label first (a uniqueness conflict still adopts). A run
+    /// after a postponement still counts as first: jobs are postponed only by a wait after
+    /// their creating steps are done, or by a refusal that acted on nothing (a 429).
+    pub fn first_try(&self) -> bool {
+        self.job.attempts <= 1 && !self.replay
     }
 }
 

@@ -2,7 +2,8 @@
 //! order from the one it reached, commits each step's output before the next, retries what a
 //! later attempt may fix with jittered exponential backoff (never sooner than the provider's
 //! `retry_after`), and gives up with a clear error once the attempts are spent — after
-//! running the kind's undo steps, if it has any, the same way. It knows nothing about what
+//! running the kind's undo steps, if it has any, the same way. A step the provider's request
+//! budget held back waits its turn without spending an attempt. It knows nothing about what
 //! the steps do.
 
 use tracing::{debug, warn};
@@ -14,7 +15,7 @@ use crate::app::App;
 use crate::backoff::{jitter, retry_delay};
 use crate::clock::millis;
 use crate::error::Result;
-use crate::providers::ProviderError;
+use crate::providers::{ErrorKind, ProviderError};
 use crate::store::{JobRow, StoreError};
 
 /// Races for a due job this replica may lose in a row before waiting for the next poll.
@@ -92,6 +93,7 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
             app,
             job,
             outputs: &outputs,
+            replay: false,
         };
         let output = match run_step(app, job, step, &cx).await? {
             Ok(output) => output,
@@ -155,7 +157,8 @@ async fn run_step(app: &App, job: &JobRow, step: &Step, cx: &StepCx<'_>) -> Resu
         return Ok(Ok(output));
     }
     // As if we had died before recording the step: it must find what it made, not make more.
-    let again = match with_lease(app, job, (step.run)(cx)).await? {
+    let cx = StepCx { replay: true, ..*cx };
+    let again = match with_lease(app, job, (step.run)(&cx)).await? {
         Ok(again) => again,
         Err(error) => return Ok(Err(error)),
     };
@@ -179,6 +182,19 @@ async fn failed(
     error: &StepError,
 ) -> Result<()> {
     let (retryable, retry_after) = match error {
+        // Refused before acting because the request budget is spent: not the step failing.
+        // It waits its turn (as long as the provider asked, jittered) without spending an
+        // attempt, however long the budget stays spent: the budget always comes back.
+        StepError::Provider(e) if e.kind == ErrorKind::RateLimited => {
+            let after = retry_delay(
+                app.settings.job_retry_base,
+                app.settings.job_retry_cap,
+                1,
+                e.retry_after,
+                jitter(),
+            );
+            return postpone(app, job, step, &e.to_string(), after).await;
+        }
         StepError::Provider(e) => (e.is_retryable(), e.retry_after),
         StepError::Control(_) => (true, None),
         StepError::Wait { reason, after } => {

@@ -222,6 +222,12 @@ pub trait Servers: Send + Sync + Debug {
     /// Cuts the power. Succeeds if it is off already.
     async fn power_off(&self, id: &str) -> Result<(), ProviderError>;
     async fn delete_server(&self, id: &str) -> Result<(), ProviderError>;
+
+    /// The calls an hour the cloud allows this project, where it counts them so (Hetzner:
+    /// 3,600); `None` where it does not. Background work paces itself to a share of it.
+    fn requests_per_hour(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Which way a firewall rule faces.

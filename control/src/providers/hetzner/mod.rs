@@ -53,7 +53,13 @@ pub struct HetznerConfig {
     /// How long an action may run before the call gives up on it (it may still finish).
     pub action_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The project's request budget an hour, unless Hetzner reports a smaller one
+    /// (`RateLimit-Limit`).
+    pub requests_per_hour: u32,
 }
+
+/// Hetzner's request budget: 3,600 an hour per project.
+pub const REQUESTS_PER_HOUR: u32 = 3_600;
 
 impl HetznerConfig {
     pub fn new(token: Secret) -> Self {
@@ -65,6 +71,7 @@ impl HetznerConfig {
             action_poll: Duration::from_secs(1),
             action_timeout: Duration::from_mins(5),
             retry: RetryPolicy::default(),
+            requests_per_hour: REQUESTS_PER_HOUR,
         }
     }
 }
@@ -105,6 +112,16 @@ impl Hetzner {
             clock,
             checked: std::sync::Arc::default(),
         })
+    }
+
+    /// The project's hourly request budget: the configured one, or the smaller one Hetzner's
+    /// answers reported.
+    pub fn requests_per_hour(&self) -> u32 {
+        self.api
+            .reported_limit()
+            .map_or(self.config.requests_per_hour, |reported| {
+                reported.min(self.config.requests_per_hour)
+            })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ProviderError> {

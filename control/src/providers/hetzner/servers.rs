@@ -149,4 +149,8 @@ impl Servers for Hetzner {
         let id = numeric(id, "server")?;
         self.delete(&format!("/servers/{id}")).await
     }
+
+    fn requests_per_hour(&self) -> Option<u32> {
+        Some(Hetzner::requests_per_hour(self))
+    }
 }

@@ -12,11 +12,16 @@
 //! - the wait is what the provider asked for (`Retry-After`, or Hetzner's `RateLimit-Reset`)
 //!   when it said, else jittered exponential backoff ([`crate::backoff`]). A wait longer than
 //!   the policy allows is not slept here: the error goes back with its `retry_after`, and the
-//!   job runner schedules the next attempt.
+//!   job runner schedules the next attempt;
+//! - once an answer says the budget is spent (`RateLimit-Remaining: 0`), calls wait their turn,
+//!   one per request the provider gives back ([`budget`]), rather than meet a 429 each.
 //!
 //! Tokens never reach a log line or an error message; paths and the provider's request id do.
 
+mod budget;
+
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
@@ -113,6 +118,8 @@ pub struct ApiClient {
     policy: RetryPolicy,
     classify: Classify,
     clock: SharedClock,
+    /// What the provider's answers said about its request budget, shared by every clone.
+    budget: Arc<budget::Budget>,
 }
 
 impl Debug for ApiClient {
@@ -163,7 +170,14 @@ impl ApiClient {
             policy,
             classify,
             clock,
+            budget: Arc::default(),
         })
+    }
+
+    /// The size of the request budget the provider reported last (Hetzner's `RateLimit-Limit`:
+    /// requests an hour), if it did.
+    pub fn reported_limit(&self) -> Option<u32> {
+        self.budget.limit()
     }
 
     /// Sends `method path` with an optional JSON body, trying again as the module says.
@@ -176,6 +190,21 @@ impl ApiClient {
         let repeatable = matches!(method, Method::GET | Method::PUT | Method::DELETE);
         let mut attempt = 1;
         loop {
+            let turn = self.budget.take_slot(tokio::time::Instant::now());
+            if turn > self.policy.max_wait {
+                self.budget.return_slot();
+                return Err(ProviderError::rate_limited(
+                    format!(
+                        "{} {method} {path}: the request budget is spent; not sent",
+                        self.provider
+                    ),
+                    Some(turn),
+                )
+                .with_code("rate_limit_exceeded"));
+            }
+            if !turn.is_zero() {
+                tokio::time::sleep(turn).await;
+            }
             let (error, sent) = match self.attempt(&method, path, body).await {
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Failed { error, sent } => (error, sent),
@@ -250,6 +279,11 @@ impl ApiClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
+        self.budget.observe(
+            budget::Reported::read(&headers),
+            tokio::time::Instant::now(),
+            self.clock.now().as_millis(),
+        );
         let body = match response.bytes().await {
             Ok(bytes) => bytes.to_vec(),
             Err(e) => {
@@ -300,6 +334,12 @@ impl ApiClient {
             return retry_after(value.trim(), now_ms);
         }
         if text("ratelimit-remaining") == Some("0") {
+            // With the budget's size known, one request is back after a spacing; without it,
+            // only a full budget at Reset is certain.
+            let reported = budget::Reported::read(headers);
+            if let Some(spacing) = reported.spacing(now_ms) {
+                return Some(spacing);
+            }
             let reset_s: i64 = text("ratelimit-reset")?.parse().ok()?;
             let wait_ms = reset_s.saturating_mul(1_000).saturating_sub(now_ms).max(0);
             return Some(Duration::from_millis(u64::try_from(wait_ms).ok()?));
