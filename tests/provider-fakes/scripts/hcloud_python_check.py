@@ -2,7 +2,7 @@
 calls control makes: firewall, volume, server with user_data/labels/firewalls/volumes, actions,
 label-selector lists page by page, power changes, deletion.
 
-Run by hand (not in CI, it needs PyPI's `hcloud`):
+CI runs it with Debian's python3-hcloud (tests/official_clients.rs); by hand, PyPI's too:
     python3 -m venv /tmp/hc && /tmp/hc/bin/pip install hcloud
     provider-fakes hetzner --listen 127.0.0.1:18088 &
     /tmp/hc/bin/python scripts/hcloud_python_check.py http://127.0.0.1:18088/v1 hetzner-fake-token
@@ -12,19 +12,25 @@ import sys
 
 from hcloud import Client
 from hcloud.firewalls.domain import FirewallResource, FirewallRule
-from hcloud.images import Image
-from hcloud.locations import Location
-from hcloud.server_types import ServerType
+from hcloud.images.domain import Image
+from hcloud.locations.domain import Location
+from hcloud.server_types.domain import ServerType
 
 
 def main(url: str, token: str) -> None:
     client = Client(token=token, api_endpoint=url, poll_interval=0.05)
     labels = {"control.example/agent": "a1", "owner": "control"}
 
+    # What control checks before it records a provisioning.
+    assert client.server_types.get_by_name("cx22").name == "cx22"
+    assert client.server_types.get_by_name("cx99") is None
+    assert client.locations.get_by_name("fsn1").name == "fsn1"
+    assert client.images.get_by_id(114690387).name == "debian-12"
+
     fw = client.firewalls.create(
         name="agent-a1",
         labels=labels,
-        rules=[FirewallRule(direction="out", protocol="tcp", port="443", destination_ips=["0.0.0.0/0", "::/0"])],
+        rules=[FirewallRule(direction="out", protocol="tcp", port="443", source_ips=[], destination_ips=["0.0.0.0/0", "::/0"])],
     ).firewall
     vol_resp = client.volumes.create(size=10, name="home-a1", location=Location(name="fsn1"), format="ext4", labels=labels)
     vol_resp.action.wait_until_finished()
