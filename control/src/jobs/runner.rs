@@ -157,7 +157,10 @@ async fn run_step(app: &App, job: &JobRow, step: &Step, cx: &StepCx<'_>) -> Resu
         return Ok(Ok(output));
     }
     // As if we had died before recording the step: it must find what it made, not make more.
-    let cx = StepCx { replay: true, ..*cx };
+    let cx = StepCx {
+        replay: true,
+        ..*cx
+    };
     let again = match with_lease(app, job, (step.run)(&cx)).await? {
         Ok(again) => again,
         Err(error) => return Ok(Err(error)),
