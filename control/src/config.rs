@@ -51,8 +51,9 @@ struct FileConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FlySection {
-    /// A file holding an API token of the organization, read at start, never logged.
-    pub token_file: PathBuf,
+    /// A file holding an API token of the organization, read at start, never logged
+    /// [default: the `FLY_API_TOKEN` environment variable].
+    pub token_file: Option<PathBuf>,
     /// The organization whose apps hold the legacy Agents.
     pub org_slug: String,
     /// [default: Fly's public endpoint]; a `provider-fakes fly` URL to try it by hand.
@@ -64,8 +65,9 @@ pub struct FlySection {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CloudflareSection {
-    /// A file holding an API token allowed to edit Cloudflare Tunnel and the zone's DNS.
-    pub token_file: PathBuf,
+    /// A file holding an API token allowed to edit Cloudflare Tunnel and the zone's DNS
+    /// [default: the `CLOUDFLARE_API_TOKEN` environment variable].
+    pub token_file: Option<PathBuf>,
     pub account_id: String,
     pub zone_id: String,
     /// [default: Cloudflare's public endpoint]; a `provider-fakes cloudflare` URL by hand.
@@ -76,8 +78,9 @@ pub struct CloudflareSection {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HetznerSection {
-    /// A file holding the project's API token (read and write), read at start, never logged.
-    pub token_file: PathBuf,
+    /// A file holding the project's API token (read and write), read at start, never logged
+    /// [default: the `HCLOUD_TOKEN` environment variable].
+    pub token_file: Option<PathBuf>,
     /// [default: Hetzner's public endpoint]; a `provider-fakes hetzner` URL to try it by hand.
     pub base_url: Option<String>,
     /// Where servers and volumes are made [default: fsn1].
@@ -564,7 +567,7 @@ mod tests {
         assert_eq!(config.providers.default, CloudName::Hetzner);
         assert_eq!(config.settings.control_url, "https://control.example.com");
         assert_eq!(
-            config.hetzner.map(|h| h.token_file),
+            config.hetzner.and_then(|h| h.token_file),
             Some(PathBuf::from("/etc/control/hcloud"))
         );
 
@@ -574,7 +577,7 @@ mod tests {
         let fly = config.fly.expect("the [fly] section");
         assert_eq!(
             (fly.token_file, fly.org_slug.as_str(), fly.base_url),
-            (PathBuf::from("/etc/control/fly"), "legacy", None)
+            (Some(PathBuf::from("/etc/control/fly")), "legacy", None)
         );
         assert_eq!(
             config.providers.default,

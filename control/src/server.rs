@@ -65,7 +65,11 @@ fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare>
                 .base_url
                 .clone()
                 .unwrap_or_else(|| cloudflare::DEFAULT_BASE_URL.to_owned()),
-            token: read_token(&section.token_file, "cloudflare.token_file")?,
+            token: read_token(
+                section.token_file.as_deref(),
+                "cloudflare.token_file",
+                "CLOUDFLARE_API_TOKEN",
+            )?,
             account_id: section.account_id.clone(),
             zone_id: section.zone_id.clone(),
             retry: RetryPolicy::default(),
@@ -74,16 +78,27 @@ fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare>
     )?)
 }
 
-/// A provider API token from its file, trimmed; the error names the key, never the token.
-fn read_token(path: &Path, key: &str) -> anyhow::Result<Secret> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {} ({key})", path.display()))?;
-    Ok(Secret(token.trim().to_owned()))
+/// A provider API token from its file, trimmed, else from the environment variable `env`;
+/// errors name the key or the variable, never the token.
+fn read_token(path: Option<&Path>, key: &str, env: &str) -> anyhow::Result<Secret> {
+    let token = match path {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {} ({key})", path.display()))?,
+        None => std::env::var(env)
+            .map_err(|_| anyhow::anyhow!("no {key} is configured and {env} is not set"))?,
+    };
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "the token for {key} ({env}) is empty");
+    Ok(Secret(token.to_owned()))
 }
 
 /// The Hetzner Cloud project `[hetzner]` names: its token read from its file (never logged).
 fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
-    let mut config = HetznerConfig::new(read_token(&section.token_file, "hetzner.token_file")?);
+    let mut config = HetznerConfig::new(read_token(
+        section.token_file.as_deref(),
+        "hetzner.token_file",
+        "HCLOUD_TOKEN",
+    )?);
     if let Some(url) = &section.base_url {
         config.base_url.clone_from(url);
     }
@@ -105,7 +120,11 @@ fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
 /// The Fly organization `[fly]` names (the legacy cohort): its token read from its file.
 fn fly_org(section: &FlySection) -> anyhow::Result<Fly> {
     let mut config = FlyConfig::new(
-        read_token(&section.token_file, "fly.token_file")?,
+        read_token(
+            section.token_file.as_deref(),
+            "fly.token_file",
+            "FLY_API_TOKEN",
+        )?,
         section.org_slug.clone(),
     );
     if let Some(url) = &section.base_url {
@@ -276,5 +295,33 @@ async fn shutdown_signal() {
             _ = interrupt => {}
             _ = terminate.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_from_its_file_else_from_the_environment_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-token\n").unwrap();
+        let token = read_token(Some(&file), "hetzner.token_file", "HCLOUD_TOKEN").unwrap();
+        assert_eq!(token.0, "s3cret-token");
+        assert_eq!(format!("{token:?}"), "[redacted]");
+        // Without a file, the variable (one every test process has stands in for it).
+        let home = std::env::var("PATH").unwrap();
+        assert_eq!(read_token(None, "k", "PATH").unwrap().0, home.trim());
+        let missing = read_token(None, "fly.token_file", "CONTROL_TEST_NO_SUCH_VARIABLE")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("fly.token_file") && missing.contains("CONTROL_TEST_NO_SUCH_VARIABLE"),
+            "{missing}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let empty = read_token(Some(&file), "k", "V").unwrap_err().to_string();
+        assert!(empty.contains("empty"), "{empty}");
     }
 }

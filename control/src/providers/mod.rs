@@ -26,6 +26,11 @@ use async_trait::async_trait;
 use control_api::usage::ResourceKind;
 use serde::{Deserialize, Serialize};
 
+/// The environment variables provider API tokens may come from (the names the providers' own
+/// tools read), when the configuration names no token file. No child control starts inherits
+/// them.
+pub const TOKEN_ENV: [&str; 3] = ["HCLOUD_TOKEN", "CLOUDFLARE_API_TOKEN", "FLY_API_TOKEN"];
+
 /// Text that must not reach logs or debug output (tokens, user data carrying them).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
