@@ -115,7 +115,10 @@ pub(super) fn spawn_agent(
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err);
-    for name in SUPERVISOR_ONLY_ENV.iter().chain(&crate::providers::TOKEN_ENV) {
+    for name in SUPERVISOR_ONLY_ENV
+        .iter()
+        .chain(&crate::providers::TOKEN_ENV)
+    {
         command.env_remove(name);
     }
     // A VM's agent reads its configuration from its own agent.toml, never from control's
