@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use control_api::accounts::{CreateAccount, CreateToken};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, EnvTokens, Overrides};
+use crate::providers::Secret;
 use crate::store::redact_url;
 use crate::{accounts, audit, http, ledger, server};
 
@@ -135,6 +136,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         data_dir: cli.global.data_dir,
         database: cli.global.database,
         listen,
+        tokens: env_tokens(),
     };
     let config = Config::load(cli.global.config.as_deref(), &overrides)?;
     server::init_logging(config.log_format);
@@ -212,4 +214,19 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The provider tokens in this process's environment (never on the command line, where any
+/// user could read them).
+fn env_tokens() -> EnvTokens {
+    let token = |name: &str| {
+        std::env::var_os(name)
+            .and_then(|value| value.into_string().ok())
+            .map(Secret)
+    };
+    EnvTokens {
+        hetzner: token("HCLOUD_TOKEN"),
+        cloudflare: token("CLOUDFLARE_API_TOKEN"),
+        fly: token("FLY_API_TOKEN"),
+    }
 }

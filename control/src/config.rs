@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::app::Settings;
+use crate::providers::Secret;
 
 /// Values given on the command line or in `CONTROL_*` environment variables.
 #[derive(Clone, Debug, Default)]
@@ -16,6 +17,19 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub tokens: EnvTokens,
+}
+
+/// Provider API tokens from the environment variables the providers' own tools read, used
+/// where the file names no `token_file`.
+#[derive(Clone, Debug, Default)]
+pub struct EnvTokens {
+    /// `HCLOUD_TOKEN`.
+    pub hetzner: Option<Secret>,
+    /// `CLOUDFLARE_API_TOKEN`.
+    pub cloudflare: Option<Secret>,
+    /// `FLY_API_TOKEN`.
+    pub fly: Option<Secret>,
 }
 
 /// The file's shape. Every key is optional; unknown keys are refused.
@@ -195,6 +209,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Provider tokens from the environment, for sections without a `token_file`.
+    pub env_tokens: EnvTokens,
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`.
     pub database: String,
@@ -300,6 +316,7 @@ impl Config {
                     .parse()
                     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
             }),
+            env_tokens: overrides.tokens.clone(),
             database_max_connections: u32::try_from(positive(
                 "database_max_connections",
                 parsed.database_max_connections.map(u64::from),

@@ -15,7 +15,8 @@ use tracing::{error, info};
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
-    CloudName, CloudflareSection, Config, FlySection, HetznerSection, LogFormat, TunnelsName,
+    CloudName, CloudflareSection, Config, EnvTokens, FlySection, HetznerSection, LogFormat,
+    TunnelsName,
 };
 use crate::providers::cloudflare::{self, Cloudflare, CloudflareConfig};
 use crate::providers::fly::{Fly, FlyConfig};
@@ -32,7 +33,12 @@ use crate::{accounts, background, http};
 /// the default becomes.
 fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Providers> {
     let local_cloud = local::cloud(local.clone());
-    let hetzner = config.hetzner.as_ref().map(hetzner_cloud).transpose()?;
+    let tokens = &config.env_tokens;
+    let hetzner = config
+        .hetzner
+        .as_ref()
+        .map(|section| hetzner_cloud(section, tokens))
+        .transpose()?;
     let default = match (config.providers.default, &hetzner) {
         (CloudName::Local, _) => local_cloud.clone(),
         (CloudName::Hetzner, Some(cloud)) => cloud.clone(),
@@ -42,7 +48,7 @@ fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Prov
     };
     let tunnels: Arc<dyn Tunnels> = match (config.providers.tunnels, &config.cloudflare) {
         (TunnelsName::Local, _) => local.clone(),
-        (TunnelsName::Cloudflare, Some(section)) => Arc::new(cloudflare_tunnels(section)?),
+        (TunnelsName::Cloudflare, Some(section)) => Arc::new(cloudflare_tunnels(section, tokens)?),
         (TunnelsName::Cloudflare, None) => {
             anyhow::bail!("providers.tunnels is cloudflare without [cloudflare]")
         }
@@ -52,13 +58,16 @@ fn providers(config: &Config, local: &Arc<LocalProvider>) -> anyhow::Result<Prov
         providers = providers.with(cloud);
     }
     if let Some(section) = &config.fly {
-        providers = providers.with_fly(Arc::new(fly_org(section)?));
+        providers = providers.with_fly(Arc::new(fly_org(section, tokens)?));
     }
     Ok(providers.with_tunnels(tunnels))
 }
 
 /// The Cloudflare account and zone `[cloudflare]` names: its token read from its file.
-fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare> {
+fn cloudflare_tunnels(
+    section: &CloudflareSection,
+    tokens: &EnvTokens,
+) -> anyhow::Result<Cloudflare> {
     Ok(Cloudflare::new(
         CloudflareConfig {
             base_url: section
@@ -69,6 +78,7 @@ fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare>
                 section.token_file.as_deref(),
                 "cloudflare.token_file",
                 "CLOUDFLARE_API_TOKEN",
+                tokens.cloudflare.as_ref(),
             )?,
             account_id: section.account_id.clone(),
             zone_id: section.zone_id.clone(),
@@ -78,14 +88,19 @@ fn cloudflare_tunnels(section: &CloudflareSection) -> anyhow::Result<Cloudflare>
     )?)
 }
 
-/// A provider API token from its file, trimmed, else from the environment variable `env`;
-/// errors name the key or the variable, never the token.
-fn read_token(path: Option<&Path>, key: &str, env: &str) -> anyhow::Result<Secret> {
-    let token = match path {
-        Some(path) => std::fs::read_to_string(path)
+/// A provider API token from its file, trimmed, else the one environment variable `env`
+/// gave; errors name the key or the variable, never the token.
+fn read_token(
+    path: Option<&Path>,
+    key: &str,
+    env: &str,
+    from_env: Option<&Secret>,
+) -> anyhow::Result<Secret> {
+    let token = match (path, from_env) {
+        (Some(path), _) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the token file {} ({key})", path.display()))?,
-        None => std::env::var(env)
-            .map_err(|_| anyhow::anyhow!("no {key} is configured and {env} is not set"))?,
+        (None, Some(token)) => token.0.clone(),
+        (None, None) => anyhow::bail!("no {key} is configured and {env} is not set"),
     };
     let token = token.trim();
     anyhow::ensure!(!token.is_empty(), "the token for {key} ({env}) is empty");
@@ -93,11 +108,12 @@ fn read_token(path: Option<&Path>, key: &str, env: &str) -> anyhow::Result<Secre
 }
 
 /// The Hetzner Cloud project `[hetzner]` names: its token read from its file (never logged).
-fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
+fn hetzner_cloud(section: &HetznerSection, tokens: &EnvTokens) -> anyhow::Result<Cloud> {
     let mut config = HetznerConfig::new(read_token(
         section.token_file.as_deref(),
         "hetzner.token_file",
         "HCLOUD_TOKEN",
+        tokens.hetzner.as_ref(),
     )?);
     if let Some(url) = &section.base_url {
         config.base_url.clone_from(url);
@@ -118,12 +134,13 @@ fn hetzner_cloud(section: &HetznerSection) -> anyhow::Result<Cloud> {
 }
 
 /// The Fly organization `[fly]` names (the legacy cohort): its token read from its file.
-fn fly_org(section: &FlySection) -> anyhow::Result<Fly> {
+fn fly_org(section: &FlySection, tokens: &EnvTokens) -> anyhow::Result<Fly> {
     let mut config = FlyConfig::new(
         read_token(
             section.token_file.as_deref(),
             "fly.token_file",
             "FLY_API_TOKEN",
+            tokens.fly.as_ref(),
         )?,
         section.org_slug.clone(),
     );
@@ -307,21 +324,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "  s3cret-token\n").unwrap();
-        let token = read_token(Some(&file), "hetzner.token_file", "HCLOUD_TOKEN").unwrap();
-        assert_eq!(token.0, "s3cret-token");
+        let env = Secret("env-token\n".to_owned());
+        let token = read_token(
+            Some(&file),
+            "hetzner.token_file",
+            "HCLOUD_TOKEN",
+            Some(&env),
+        )
+        .unwrap();
+        assert_eq!(token.0, "s3cret-token", "the file wins");
         assert_eq!(format!("{token:?}"), "[redacted]");
-        // Without a file, the variable (one every test process has stands in for it).
-        let home = std::env::var("PATH").unwrap();
-        assert_eq!(read_token(None, "k", "PATH").unwrap().0, home.trim());
-        let missing = read_token(None, "fly.token_file", "CONTROL_TEST_NO_SUCH_VARIABLE")
-            .unwrap_err()
-            .to_string();
+        let token = read_token(None, "hetzner.token_file", "HCLOUD_TOKEN", Some(&env)).unwrap();
+        assert_eq!(token.0, "env-token");
+        let missing = read_token(
+            None,
+            "fly.token_file",
+            "CONTROL_TEST_NO_SUCH_VARIABLE",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             missing.contains("fly.token_file") && missing.contains("CONTROL_TEST_NO_SUCH_VARIABLE"),
             "{missing}"
         );
         std::fs::write(&file, "\n").unwrap();
-        let empty = read_token(Some(&file), "k", "V").unwrap_err().to_string();
+        let empty = read_token(Some(&file), "k", "V", None)
+            .unwrap_err()
+            .to_string();
         assert!(empty.contains("empty"), "{empty}");
     }
 }

@@ -1,14 +1,15 @@
 //! `control serve` pointed at Hetzner and Cloudflare by configuration — here the standalone
 //! fakes (`provider-fakes hetzner|cloudflare --listen`), as README tells anyone to try them by
-//! hand: an Agent is provisioned (its tunnel, route and DNS record; its firewall and volume;
-//! its server), stopped and destroyed, and both are empty at the end.
+//! hand, the Hetzner token from `HCLOUD_TOKEN` and Cloudflare's from a file: an Agent is
+//! provisioned (its tunnel, route and DNS record; its firewall and volume; its server),
+//! stopped and destroyed, and both are empty at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, eventually, start_control, write_control_config_with};
+use e2e::{Api, eventually, start_control_with, write_control_config_with};
 use serde_json::{Value, json};
 use test_support::{Daemon, free_port, workspace_bin};
 
@@ -47,8 +48,6 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
     ]);
     let fake_daemon = Daemon::start(command, fake_port);
     let fake = format!("http://127.0.0.1:{fake_port}/v1");
-    let token_file = dir.path().join("hetzner-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let cf_port = free_port();
     let mut command = Command::new(workspace_bin("provider-fakes"));
     command.args([
@@ -72,10 +71,9 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
         &format!("domain = \"{CF_ZONE_NAME}\"\ncontrol_url = \"{url}\""),
         &format!(
             "\n[providers]\ndefault = \"hetzner\"\ntunnels = \"cloudflare\"\n\n\
-             [hetzner]\ntoken_file = \"{}\"\nbase_url = \"{fake}\"\n\n\
+             [hetzner]\nbase_url = \"{fake}\"\n\n\
              [cloudflare]\ntoken_file = \"{}\"\nbase_url = \"{cf}\"\n\
              account_id = \"{CF_ACCOUNT}\"\nzone_id = \"{CF_ZONE}\"\n",
-            token_file.display(),
             cf_token_file.display()
         ),
     );
@@ -86,7 +84,8 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
         "--data-dir".to_owned(),
         data.display().to_string(),
     ];
-    let control = start_control(&args, port);
+    // The Hetzner token from the environment, as `hcloud` reads it; Cloudflare's from a file.
+    let control = start_control_with(&args, port, &[("HCLOUD_TOKEN", TOKEN)]);
     for secret in [TOKEN, CF_TOKEN] {
         assert!(
             !control.daemon.log().contains(secret),
