@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use control::clock::SystemClock;
 use control::providers::cloudflare::{Cloudflare, CloudflareConfig};
-use control::providers::hetzner::{self, Hetzner, HetznerConfig};
 use control::providers::http::RetryPolicy;
-use control::providers::{ErrorKind, Providers, Secret, Tunnels};
+use control::providers::{ErrorKind, Secret, Tunnels};
 use provider_fakes::cloudflare::{self as cf, CloudflareFake};
 use provider_fakes::hetzner::{self as hz, HetznerFake};
 use serde_json::json;
@@ -154,13 +153,7 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
     .await
     .unwrap();
     let cloudflare_fake = CloudflareFake::start(cf::Options::default()).await.unwrap();
-    let mut config = HetznerConfig::new(Secret(hetzner_fake.token().to_owned()));
-    config.base_url = hetzner_fake.url();
-    config.action_poll = Duration::from_millis(10);
-    config.retry = policy();
-    let hetzner = Arc::new(Hetzner::new(config, Arc::new(SystemClock)).unwrap());
-    let tunnels = Arc::new(client(&cloudflare_fake, cloudflare_fake.token()));
-    let providers = Providers::new(hetzner::cloud(hetzner)).with_tunnels(tunnels);
+    let providers = common::fake_clouds(&hetzner_fake, &cloudflare_fake, policy());
     // Agents' hostnames live in the zone their records are made in.
     let settings = control::app::Settings {
         agent_domain: cloudflare_fake.zone_name().to_owned(),

@@ -14,16 +14,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
 use control::app::Settings;
-use control::clock::SystemClock;
-use control::providers::cloudflare::{Cloudflare, CloudflareConfig};
-use control::providers::hetzner::{self, Hetzner, HetznerConfig};
 use control::providers::http::RetryPolicy;
-use control::providers::{Providers, Secret};
 use provider_fakes::cloudflare::{self as cf, CloudflareFake};
 use provider_fakes::hetzner::{self as hz, HetznerFake};
 use serde_json::{Value, json};
@@ -93,23 +88,7 @@ async fn rig(replay_steps: bool) -> Rig {
     .await
     .unwrap();
     let cloudflare_fake = CloudflareFake::start(cf::Options::default()).await.unwrap();
-    let mut config = HetznerConfig::new(Secret(hetzner_fake.token().to_owned()));
-    config.base_url = hetzner_fake.url();
-    config.action_poll = Duration::from_millis(5);
-    config.retry = policy();
-    let hetzner = Arc::new(Hetzner::new(config, Arc::new(SystemClock)).unwrap());
-    let tunnels = Cloudflare::new(
-        CloudflareConfig {
-            base_url: cloudflare_fake.url(),
-            token: Secret(cloudflare_fake.token().to_owned()),
-            account_id: cloudflare_fake.account_id().to_owned(),
-            zone_id: cloudflare_fake.zone_id().to_owned(),
-            retry: policy(),
-        },
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let providers = Providers::new(hetzner::cloud(hetzner)).with_tunnels(Arc::new(tunnels));
+    let providers = common::fake_clouds(&hetzner_fake, &cloudflare_fake, policy());
     let settings = Settings {
         agent_domain: cloudflare_fake.zone_name().to_owned(),
         replay_steps,

@@ -159,6 +159,40 @@ impl Api {
         );
         reply
     }
+
+    /// Registers release `version` with the provider references `refs` and makes it current
+    /// (operator); returns the image's id.
+    pub async fn current_release(&self, version: &str, refs: Value) -> String {
+        let image = self
+            .post(
+                "/api/images",
+                serde_json::json!({"version": version, "agent_version": "0.1.0",
+                       "manifest_digest": format!("sha256:{}", "3".repeat(64)),
+                       "refs": refs, "env": {}}),
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/images/current",
+                Some(serde_json::json!({"image_id": image})),
+            )
+            .await;
+        assert_eq!(status, 200, "PUT /api/images/current: {body:#}");
+        image
+    }
+
+    /// Creates account `name` (operator); returns its id.
+    pub async fn account(&self, name: &str) -> String {
+        self.post("/api/accounts", serde_json::json!({"name": name}))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
 }
 
 /// Polls `condition` every 100 ms until it holds or `within` passes.

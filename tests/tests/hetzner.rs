@@ -94,22 +94,9 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
     }
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url, operator.trim());
-    let image = op
-        .post(
-            "/api/images",
-            json!({"version": "2026.12.0", "agent_version": "0.1.0",
-                   "manifest_digest": format!("sha256:{}", "3".repeat(64)),
-                   "refs": {"hetzner": "114690387"}, "env": {}}),
-        )
-        .await["id"]
-        .clone();
-    op.call(
-        reqwest::Method::PUT,
-        "/api/images/current",
-        Some(json!({"image_id": image})),
-    )
-    .await;
-    let account = op.post("/api/accounts", json!({"name": "Acme"})).await["id"].clone();
+    op.current_release("2026.12.0", json!({"hetzner": "114690387"}))
+        .await;
+    let account = op.account("Acme").await;
     let agent = op
         .post("/api/agents", json!({"name": "dev", "account_id": account}))
         .await;

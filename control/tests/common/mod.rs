@@ -291,3 +291,34 @@ impl Harness {
         self.app.store.snapshot().await.expect("snapshot")
     }
 }
+
+/// Control's clients of the Hetzner and Cloudflare fakes: new Agents on that Hetzner project
+/// (actions looked at every 10 ms), each with its own tunnel in that Cloudflare account, both
+/// retrying by `retry`.
+pub fn fake_clouds(
+    hetzner: &provider_fakes::hetzner::HetznerFake,
+    cloudflare: &provider_fakes::cloudflare::CloudflareFake,
+    retry: control::providers::http::RetryPolicy,
+) -> Providers {
+    use control::providers::Secret;
+    use control::providers::cloudflare::{Cloudflare, CloudflareConfig};
+    use control::providers::hetzner::{self, Hetzner, HetznerConfig};
+    let clock = Arc::new(control::clock::SystemClock);
+    let mut config = HetznerConfig::new(Secret(hetzner.token().to_owned()));
+    config.base_url = hetzner.url();
+    config.action_poll = std::time::Duration::from_millis(10);
+    config.retry = retry;
+    let project = Hetzner::new(config, clock.clone()).expect("a Hetzner client");
+    let tunnels = Cloudflare::new(
+        CloudflareConfig {
+            base_url: cloudflare.url(),
+            token: Secret(cloudflare.token().to_owned()),
+            account_id: cloudflare.account_id().to_owned(),
+            zone_id: cloudflare.zone_id().to_owned(),
+            retry,
+        },
+        clock,
+    )
+    .expect("a Cloudflare client");
+    Providers::new(hetzner::cloud(Arc::new(project))).with_tunnels(Arc::new(tunnels))
+}
