@@ -202,3 +202,59 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
     cf::assert_answers_enveloped(cloudflare);
     hz::schema::assert_answers_match_spec(hetzner);
 }
+
+/// A Cloudflare that refuses control's token, or fails, is answered at `POST /api/agents` as
+/// problem+json naming the cause, before anything is recorded or made anywhere.
+#[tokio::test]
+async fn a_cloudflare_that_refuses_or_fails_is_answered_at_once_with_the_cause() {
+    let hetzner_fake = HetznerFake::start(hz::Options::default()).await.unwrap();
+    let cloudflare_fake = CloudflareFake::start(cf::Options::default()).await.unwrap();
+    let settings = || control::app::Settings {
+        agent_domain: cloudflare_fake.zone_name().to_owned(),
+        ..control::app::Settings::default()
+    };
+    let wrong = common::fake_clouds(&hetzner_fake, &cloudflare_fake, policy())
+        .with_tunnels(Arc::new(client(&cloudflare_fake, "not-the-token")));
+    let h = common::Harness::with_providers(TestDb::sqlite(), |_| wrong, settings()).await;
+    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
+        .await;
+    let (_, token) = h.account("Acme").await;
+    let before = h.snapshot().await;
+    let refused = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(refused.status, 502, "{:#}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cloudflare") && detail.contains("nothing was recorded"),
+        "{detail}"
+    );
+    assert_eq!(h.snapshot().await, before, "nothing recorded");
+
+    let right = common::fake_clouds(&hetzner_fake, &cloudflare_fake, policy());
+    let h = common::Harness::with_providers(TestDb::sqlite(), |_| right, settings()).await;
+    h.release_with("2026.12.0", json!({"hetzner": "114690387"}))
+        .await;
+    let (_, token) = h.account("Acme").await;
+    let control = cloudflare_fake.control();
+    control.fail_next(
+        &cf::Method::GET,
+        "/client/v4/accounts/{account_id}/cfd_tunnel",
+        10,
+        503,
+        1000,
+    );
+    let before = h.snapshot().await;
+    let storm = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(storm.status, 503, "{:#}", storm.body);
+    assert!(storm.header("retry-after").is_some());
+    assert_eq!(h.snapshot().await, before, "nothing recorded");
+    control.clear_faults();
+    let made = h.post("/api/agents", &token, json!({"name": "dev"})).await;
+    assert_eq!(made.status, 202, "{:#}", made.body);
+    assert!(
+        control.live_tunnels().is_empty(),
+        "made by the job, not the request"
+    );
+    let hetzner = hetzner_fake.control();
+    assert!(hetzner.servers().is_empty() && hetzner.firewalls().is_empty());
+    cf::assert_answers_enveloped(control);
+}

@@ -85,6 +85,12 @@ pub async fn provision(
         .preflight(&image_ref)
         .await
         .map_err(|e| Error::provider(provider, &e))?;
+    if let Some(tunnels) = app.providers.tunnels() {
+        tunnels
+            .preflight()
+            .await
+            .map_err(|e| Error::provider("the tunnel provider", &e))?;
+    }
     let mut tx = app.store.write().await?;
     let now = app.clock.now();
     if tx.account(account_id).await?.is_none() {

@@ -328,6 +328,12 @@ pub struct Tunnel {
 
 #[async_trait]
 pub trait Tunnels: Send + Sync + Debug {
+    /// Checks, before anything is recorded, that tunnels and their DNS records can be made
+    /// (the credentials reach the account and the zone). Nothing to check by default.
+    async fn preflight(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Creates a remotely managed tunnel. A name in use is a `Conflict`.
     async fn create_tunnel(&self, name: &str) -> Result<Tunnel, ProviderError>;
     async fn find_tunnel(&self, name: &str) -> Result<Option<Tunnel>, ProviderError>;

@@ -43,7 +43,13 @@ pub struct CloudflareConfig {
 pub struct Cloudflare {
     api: ApiClient,
     config: CloudflareConfig,
+    clock: SharedClock,
+    /// Until when the last passed [`Tunnels::preflight`] is trusted.
+    checked_until: std::sync::Arc<std::sync::Mutex<i64>>,
 }
+
+/// How long a passed check of the token's reach is trusted.
+const CHECKED_FOR: std::time::Duration = std::time::Duration::from_mins(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(bound(deserialize = "T: DeserializeOwned"))]
@@ -146,9 +152,14 @@ impl Cloudflare {
             config.token.clone(),
             config.retry,
             classify,
-            clock,
+            clock.clone(),
         )?;
-        Ok(Self { api, config })
+        Ok(Self {
+            api,
+            config,
+            clock,
+            checked_until: std::sync::Arc::default(),
+        })
     }
 
     fn tunnels_path(&self) -> String {
@@ -208,6 +219,20 @@ impl Cloudflare {
 
 #[async_trait]
 impl Tunnels for Cloudflare {
+    async fn preflight(&self) -> Result<(), ProviderError> {
+        let now = self.clock.now().as_millis();
+        if *crate::sync::lock(&self.checked_until) > now {
+            return Ok(());
+        }
+        // One call each: the token reaches the account's tunnels and the zone's records.
+        let tunnels = format!("{}?{}", self.tunnels_path(), query(&[("per_page", "1")]));
+        let _: Vec<WireTunnel> = self.result(Method::GET, &tunnels, None).await?;
+        let records = format!("{}?{}", self.records_path(), query(&[("per_page", "1")]));
+        let _: Vec<DnsRecord> = self.result(Method::GET, &records, None).await?;
+        *crate::sync::lock(&self.checked_until) = now + crate::clock::millis(CHECKED_FOR);
+        Ok(())
+    }
+
     async fn create_tunnel(&self, name: &str) -> Result<Tunnel, ProviderError> {
         let body = json!({"name": name, "config_src": "cloudflare"});
         let made: WireTunnel = self
