@@ -257,4 +257,5 @@ async fn a_cloudflare_that_refuses_or_fails_is_answered_at_once_with_the_cause()
     let hetzner = hetzner_fake.control();
     assert!(hetzner.servers().is_empty() && hetzner.firewalls().is_empty());
     cf::assert_answers_enveloped(control);
+    hz::schema::assert_answers_match_spec(hetzner);
 }

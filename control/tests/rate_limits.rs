@@ -103,17 +103,11 @@ async fn two_hundred_agents_provision_within_a_small_budget() {
         rate_limit: BUCKET,
         refill_per_second: Some(REFILL_PER_SECOND),
         action_delay: Duration::ZERO,
-        record_answers: false,
         ..hz::Options::default()
     })
     .await
     .unwrap();
-    let cloudflare_fake = CloudflareFake::start(cf::Options {
-        record_answers: false,
-        ..cf::Options::default()
-    })
-    .await
-    .unwrap();
+    let cloudflare_fake = CloudflareFake::start(cf::Options::default()).await.unwrap();
     let hetzner = Arc::new(hetzner_client(&hetzner_fake, policy()));
     let providers = Providers::new(hetzner::cloud(hetzner))
         .with_tunnels(Arc::new(cloudflare_client(&cloudflare_fake)));
@@ -161,6 +155,8 @@ async fn two_hundred_agents_provision_within_a_small_budget() {
         (calls as f64) <= allowed,
         "{calls} calls, {allowed} allowed"
     );
+    hz::schema::assert_answers_match_spec(hetzner_fake.control());
+    cf::assert_answers_enveloped(cloudflare_fake.control());
 }
 
 /// A budget some other process spends: Hetzner answers 429 `rate_limit_exceeded` to more
@@ -207,6 +203,7 @@ async fn a_job_the_budget_holds_back_waits_without_spending_attempts() {
         "every refusal was tried again, then the volume made"
     );
     assert_eq!(control.volumes().len(), 1);
+    hz::schema::assert_answers_match_spec(control);
 }
 
 /// Makes `count` running Agents of `account` on Hetzner, each with a server at the fake (made
@@ -283,7 +280,6 @@ async fn the_reconciler_stretches_its_interval_to_stay_within_its_share() {
     let fake = HetznerFake::start(hz::Options {
         rate_limit: 1_800,
         action_delay: Duration::ZERO,
-        record_answers: false,
         ..hz::Options::default()
     })
     .await
@@ -358,4 +354,5 @@ async fn the_reconciler_stretches_its_interval_to_stay_within_its_share() {
             .is_some(),
         "a replica takes over once the leader is silent for twice its interval"
     );
+    hz::schema::assert_answers_match_spec(control);
 }

@@ -238,6 +238,8 @@ async fn killed_at_every_call(postgres: bool) {
         settles_running_with_one_of_each(&rig, &op, &agent, &what).await;
         let (status, log) = second.daemon.stop();
         assert!(status.success(), "{log}");
+        hz::schema::assert_answers_match_spec(rig.hetzner.control());
+        cf::assert_answers_enveloped(rig.cloudflare.control());
     }
 }
 
@@ -278,4 +280,6 @@ async fn the_surviving_replica_finishes_the_job() {
     settles_running_with_one_of_each(&rig, &survivor, &agent, "two replicas").await;
     let (status, log) = second.daemon.stop();
     assert!(status.success(), "{log}");
+    hz::schema::assert_answers_match_spec(rig.hetzner.control());
+    cf::assert_answers_enveloped(rig.cloudflare.control());
 }
