@@ -316,6 +316,10 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
     assert!(control.servers().is_empty());
     assert!(control.volumes().is_empty());
     assert!(control.firewalls().is_empty());
+    // The server's deletion was followed to its end, so the volume and the firewall were
+    // free to go at the first try (not refused `resource_in_use` and retried).
+    assert_eq!(control.calls(&Method::DELETE, "/v1/volumes/{id}"), 1);
+    assert_eq!(control.calls(&Method::DELETE, "/v1/firewalls/{id}"), 1);
     schema::assert_answers_match_spec(control);
 }
 

@@ -8,7 +8,8 @@
 //! looking the resource up by our labels and adopting it). Operations answer with actions
 //! that run on; server creation and power changes are not waited for here (the job's next
 //! step reads the server's status, one call per look, paced by the job's backoff), while a
-//! firewall's new rules are (the caller reads them back).
+//! firewall's new rules are (the caller reads them back) and so is a server's deletion (its
+//! volume and firewall are released only once it has finished).
 //!
 //! Files: [`wire`] (the JSON), [`servers`], [`firewalls`], [`volumes`], [`catalogue`] (what a
 //! request is checked against before anything is recorded).

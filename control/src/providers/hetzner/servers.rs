@@ -145,9 +145,16 @@ impl Servers for Hetzner {
         self.power(id, "poweroff").await
     }
 
+    /// Deletes the server and follows the deletion to its end: Hetzner releases the server's
+    /// volumes and firewalls only then, and the steps after this one delete them.
     async fn delete_server(&self, id: &str) -> Result<(), ProviderError> {
         let id = numeric(id, "server")?;
-        self.delete(&format!("/servers/{id}")).await
+        let started: wire::OneAction = self
+            .api
+            .call(Method::DELETE, &format!("/servers/{id}"), None)
+            .await?
+            .json()?;
+        self.wait_actions(&[started.action.id]).await
     }
 
     fn requests_per_hour(&self) -> Option<u32> {
