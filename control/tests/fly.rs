@@ -382,7 +382,8 @@ async fn a_refused_import_changes_nothing() {
             import_body(&account, &planted),
         )
         .await;
-    let problem = failing.problem(502, None);
+    // A failing Fly is not a refusal: 503, to be repeated later.
+    let problem = failing.problem(503, None);
     assert!(
         problem["detail"]
             .as_str()
@@ -390,6 +391,7 @@ async fn a_refused_import_changes_nothing() {
             .contains("flaps is down"),
         "{problem:#}"
     );
+    assert!(failing.header("retry-after").is_some());
     control.clear_faults();
 
     let forbidden = h

@@ -80,9 +80,14 @@ fn check(request: &ImportAgent) -> Result<()> {
     checks.finish()
 }
 
-/// A Fly failure as the operator is shown it.
+/// A Fly failure as the operator is shown it: a refusal (502), or a failing Fly (503, with
+/// `Retry-After`).
 fn fly_error(what: &str, e: &ProviderError) -> Error {
-    Error::Provider(format!("fly refused reading {what}: {e}"))
+    let e = ProviderError {
+        message: format!("{what}: {}", e.message),
+        ..e.clone()
+    };
+    Error::provider("fly", &e)
 }
 
 /// What Fly says of the machine and its volume: the Agent's state, or why it cannot be

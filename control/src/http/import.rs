@@ -27,7 +27,8 @@ use crate::app::{App, Caller};
         (status = 403, description = "Not an operator token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The machine is an Agent already, Fly is not configured, or no image release is current", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input (an image not by digest, a machine or volume Fly does not have), naming the field", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Fly refused or failed, in its own words", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Fly refused, in its own words; nothing was recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Fly is failing or over its rate limit; nothing was recorded; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
