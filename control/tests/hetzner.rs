@@ -524,6 +524,41 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
     assert_eq!(control.calls(&Method::DELETE, "/v1/volumes/{id}"), 1);
     assert_eq!(control.calls(&Method::DELETE, "/v1/firewalls/{id}"), 1);
 
+    // Hetzner has no call that tells the quota beforehand, so the refusal is remembered: the
+    // next provisioning is refused at once with Hetzner's words, nothing recorded or made.
+    let before = h.snapshot().await;
+    let refused = h.post("/api/agents", &token, json!({"name": "dev2"})).await;
+    assert_eq!(refused.status, 502, "{:#}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("resource_limit_exceeded") && detail.contains("nothing was recorded"),
+        "{detail}"
+    );
+    assert_eq!(h.snapshot().await, before, "nothing recorded");
+    assert_eq!(
+        control.calls(&Method::POST, "/v1/servers"),
+        1,
+        "no create tried"
+    );
+    // A server deleted (here one made by hand in the project) frees the quota again.
+    let other = Hetzner::new(
+        {
+            let mut config = HetznerConfig::new(Secret(fake.token().to_owned()));
+            config.base_url = fake.url();
+            config
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let spare = other
+        .create_server(&spec("agt_spare", "114690387"))
+        .await
+        .unwrap();
+    let hetzner_of_h = h.app.providers.default_cloud().servers.clone();
+    hetzner_of_h.delete_server(&spare.id).await.unwrap();
+    let accepted = h.post("/api/agents", &token, json!({"name": "dev2"})).await;
+    assert_eq!(accepted.status, 202, "{:#}", accepted.body);
+
     let destroy = h
         .call(
             axum::http::Method::DELETE,

@@ -95,6 +95,11 @@ pub struct Hetzner {
     clock: SharedClock,
     /// Catalogue checks that passed (image, type, location), until when they are trusted.
     checked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>,
+    /// The last `resource_limit_exceeded` Hetzner answered a create of each kind (its path:
+    /// `/servers`, …) with, and until when new provisionings are refused with it (cleared when
+    /// one of that kind is deleted).
+    quota_spent:
+        std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (ProviderError, i64)>>>,
 }
 
 impl Hetzner {
@@ -112,6 +117,7 @@ impl Hetzner {
             config,
             clock,
             checked: std::sync::Arc::default(),
+            quota_spent: std::sync::Arc::default(),
         })
     }
 
@@ -146,14 +152,18 @@ impl Hetzner {
     ) -> Result<T, ProviderError> {
         let body = serde_json::to_value(body)
             .map_err(|e| ProviderError::permanent(format!("cannot encode a request: {e}")))?;
-        self.api.call(method, path, Some(&body)).await?.json()
+        let answer = self.api.call(method, path, Some(&body)).await;
+        if let Err(e) = &answer {
+            self.note_quota(path, e);
+        }
+        answer?.json()
     }
 
     async fn delete(&self, path: &str) -> Result<(), ProviderError> {
         self.api
             .call(reqwest::Method::DELETE, path, None)
             .await
-            .map(drop)
+            .map(|_| self.quota_freed(path))
     }
 
     /// Waits until every action in `ids` has finished, looking at all of them with one call

@@ -79,6 +79,7 @@ impl Hetzner {
 #[async_trait]
 impl Servers for Hetzner {
     async fn preflight(&self, image: &str) -> Result<(), ProviderError> {
+        self.check_quota()?;
         self.check_catalogue(image).await
     }
 
@@ -154,6 +155,7 @@ impl Servers for Hetzner {
             .call(Method::DELETE, &format!("/servers/{id}"), None)
             .await?
             .json()?;
+        self.quota_freed("/servers");
         self.wait_actions(&[started.action.id]).await
     }
 
