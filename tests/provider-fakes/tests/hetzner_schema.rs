@@ -53,6 +53,32 @@ async fn every_answer_of_every_endpoint_matches_the_openapi_schemas() {
         api.wait_action(id(action)).await;
     }
     api.wait_status(server_id, "running").await;
+    // The catalogue: what a client checks before it asks for a server.
+    let types = api.get("/server_types?name=cx22").await;
+    assert_eq!(
+        types.body["server_types"][0]["name"], "cx22",
+        "{}",
+        types.body
+    );
+    let none = api.get("/server_types?name=cx99").await;
+    assert_eq!(none.body["server_types"], json!([]), "{}", none.body);
+    let locations = api.get("/locations?name=fsn1&per_page=1").await;
+    assert_eq!(
+        locations.body["locations"][0]["name"], "fsn1",
+        "{}",
+        locations.body
+    );
+    assert_eq!(
+        api.get("/locations").await.body["meta"]["pagination"]["total_entries"],
+        4
+    );
+    let image = api.get(&format!("/images/{snapshot}")).await;
+    assert_eq!(image.body["image"]["type"], "snapshot", "{}", image.body);
+    assert_eq!(
+        api.get("/images/114690387").await.body["image"]["name"],
+        "debian-12"
+    );
+    assert_eq!(api.get("/images/999999999").await.status, 404);
     let plain = api.create_server("plain-1", json!({})).await;
     assert_eq!(plain.status, 201);
     let plain_id = id(&plain.body["server"]);
