@@ -321,87 +321,39 @@ async fn a_refused_import_changes_nothing() {
         body[key] = json!(value);
         body
     };
-    let tagged = h
-        .post(
-            "/api/agents/import",
-            &h.operator,
-            with("image", "registry.fly.io/agent:latest"),
-        )
-        .await;
-    tagged.problem(422, Some("image"));
-    let missing = h
-        .post(
-            "/api/agents/import",
-            &h.operator,
-            with("machine_id", "0000dead"),
-        )
-        .await;
-    missing.problem(422, Some("machine_id"));
-    let wrong_volume = h
-        .post(
-            "/api/agents/import",
-            &h.operator,
-            with("volume_id", "vol_other"),
-        )
-        .await;
-    wrong_volume.problem(422, Some("volume_id"));
+    let import = |token: &str, body: serde_json::Value| {
+        let token = token.to_owned();
+        let h = &h;
+        async move { h.post("/api/agents/import", &token, body).await }
+    };
+    for (key, value) in [
+        ("image", "registry.fly.io/agent:latest"),
+        ("machine_id", "0000dead"),
+        ("volume_id", "vol_other"),
+    ] {
+        import(&h.operator, with(key, value))
+            .await
+            .problem(422, Some(key));
+    }
 
+    // Fly refusing (401) is a 502; Fly failing is not a refusal: 503, to be repeated later.
     let control = fake.control();
-    control.fail_next(
-        &Method::GET,
-        "/v1/apps/{app}/machines/{machine}",
-        1,
-        401,
-        "",
-        "unauthorized",
-    );
-    let refused = h
-        .post(
-            "/api/agents/import",
-            &h.operator,
-            import_body(&account, &planted),
-        )
-        .await;
-    let problem = refused.problem(502, None);
-    assert!(
-        problem["detail"].as_str().unwrap().contains("unauthorized"),
-        "{problem:#}"
-    );
-    control.fail_next(
-        &Method::GET,
-        "/v1/apps/{app}/machines/{machine}",
-        5,
-        503,
-        "",
-        "flaps is down",
-    );
-    let failing = h
-        .post(
-            "/api/agents/import",
-            &h.operator,
-            import_body(&account, &planted),
-        )
-        .await;
-    // A failing Fly is not a refusal: 503, to be repeated later.
-    let problem = failing.problem(503, None);
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("flaps is down"),
-        "{problem:#}"
-    );
-    assert!(failing.header("retry-after").is_some());
+    let machine_route = "/v1/apps/{app}/machines/{machine}";
+    for (status, times, message) in [(401, 1, "unauthorized"), (503, 5, "flaps is down")] {
+        control.fail_next(&Method::GET, machine_route, times, status, "", message);
+        let answer = import(&h.operator, import_body(&account, &planted)).await;
+        let problem = answer.problem(if status == 401 { 502 } else { 503 }, None);
+        assert!(
+            problem["detail"].as_str().unwrap().contains(message),
+            "{problem:#}"
+        );
+        assert_eq!(answer.header("retry-after").is_some(), status == 503);
+    }
     control.clear_faults();
 
-    let forbidden = h
-        .post(
-            "/api/agents/import",
-            &account_token,
-            import_body(&account, &planted),
-        )
-        .await;
-    forbidden.problem(403, None);
+    import(&account_token, import_body(&account, &planted))
+        .await
+        .problem(403, None);
 
     assert_eq!(h.snapshot().await, before, "nothing recorded");
     let machine = control.machine(&planted.machine_id).unwrap();
