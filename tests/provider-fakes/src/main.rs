@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use provider_fakes::cloudflare::{self, CloudflareFake};
 use provider_fakes::fly::{self, FlyFake};
-use provider_fakes::hetzner::{HetznerFake, Options};
+use provider_fakes::hetzner::{HetznerFake, Options, schema};
 
 #[derive(Parser)]
 #[command(about = "Loopback fakes of the cloud providers' APIs")]
@@ -34,6 +34,10 @@ enum Provider {
         /// Milliseconds one step of an action runs.
         #[arg(long, default_value_t = 200)]
         action_delay_ms: u64,
+        /// Keep every answer, and when stopped (Ctrl-C or SIGTERM) check them all against
+        /// Hetzner's OpenAPI schemas: exit 1, naming each mismatch, if one does not match.
+        #[arg(long)]
+        check_answers: bool,
     },
     /// The Cloudflare API v4 (tunnels and DNS records of one zone).
     Cloudflare {
@@ -75,14 +79,15 @@ async fn main() -> anyhow::Result<()> {
             token,
             rate_limit,
             action_delay_ms,
+            check_answers,
         } => {
             let options = Options {
                 token,
                 rate_limit,
                 refill_per_second: None,
                 action_delay: Duration::from_millis(action_delay_ms),
-                // A standalone fake runs for long: keep no answers.
-                record_answers: false,
+                // A standalone fake runs for long: keep no answers unless asked to check them.
+                record_answers: check_answers,
             };
             let fake = HetznerFake::bind(listen, options)
                 .await
@@ -90,10 +95,18 @@ async fn main() -> anyhow::Result<()> {
             println!("Hetzner Cloud API fake");
             println!("url:   {}", fake.url());
             println!("token: {}", fake.token());
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
+            stopped().await?;
+            let answers = fake.control().answers();
             fake.stop().await;
+            if check_answers {
+                match schema::check_answers(&answers) {
+                    Ok(checked) => eprintln!("{checked} answers match Hetzner's OpenAPI schemas"),
+                    Err(report) => {
+                        eprintln!("{report}");
+                        std::process::exit(1);
+                    }
+                }
+            }
         }
         Provider::Cloudflare {
             listen,
@@ -118,9 +131,7 @@ async fn main() -> anyhow::Result<()> {
             println!("account_id: {}", fake.account_id());
             println!("zone_id:    {}", fake.zone_id());
             println!("zone_name:  {}", fake.zone_name());
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
+            stopped().await?;
             fake.stop().await;
         }
         Provider::Fly {
@@ -144,11 +155,20 @@ async fn main() -> anyhow::Result<()> {
             println!("url:      {}", fake.url());
             println!("token:    {}", fake.token());
             println!("org_slug: {}", fake.org_slug());
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
+            stopped().await?;
             fake.stop().await;
         }
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stopped() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
     }
     Ok(())
 }
