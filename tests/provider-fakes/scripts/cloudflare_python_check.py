@@ -4,7 +4,7 @@ tunnels (paging), fetch its token, set its ingress, create the CNAME and look it
 delete the connections, the tunnel and the record; and the refusals a careful client meets (a name
 conflict, 1022 while cloudflared is connected, a record on a taken host, a spent limit).
 
-Run by hand (not in CI, it needs PyPI's `cloudflare`):
+CI runs it from the virtualenv .ci/run makes (tests/official_clients.rs); by hand:
     python3 -m venv /tmp/cfpy && /tmp/cfpy/bin/pip install cloudflare
     provider-fakes cloudflare --listen 127.0.0.1:18089 --rate-limit 60 &
     /tmp/cfpy/bin/python scripts/cloudflare_python_check.py http://127.0.0.1:18089/client/v4 \\

@@ -1,7 +1,7 @@
-//! Hetzner's own clients, unchanged, against the fake, through the calls control makes:
-//! the official CLI `hcloud` (built on hcloud-go) and hcloud-python, both as Debian packages
-//! (`hcloud-cli`, `python3-hcloud`; CI installs them). Every answer the clients got is then
-//! checked against Hetzner's OpenAPI schemas.
+//! The providers' own clients, unchanged, against the fakes, through the calls control makes:
+//! Hetzner's official CLI `hcloud` (built on hcloud-go) and hcloud-python, both as Debian
+//! packages (`hcloud-cli`, `python3-hcloud`; CI installs them), every answer they got then
+//! checked against Hetzner's OpenAPI schemas; and Cloudflare's Python client from the Python Package Index.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -73,4 +73,42 @@ async fn hcloud_python_works_against_the_fake_unchanged() {
         "hcloud-python against the fake: all calls passed",
     )
     .await;
+}
+
+/// Cloudflare's official Python client, from the Python Package Index: `.ci/run` installs it in a virtualenv and
+/// names its interpreter in `CONTROL_TEST_CLOUDFLARE_PYTHON` (see the script for doing it by
+/// hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_python_works_against_the_fake_unchanged() {
+    let Some(python) = std::env::var_os("CONTROL_TEST_CLOUDFLARE_PYTHON") else {
+        test_support::skip(
+            "CONTROL_TEST_CLOUDFLARE_PYTHON is not set; cloudflare-python was not run",
+        );
+        return;
+    };
+    let fake =
+        provider_fakes::cloudflare::CloudflareFake::start(provider_fakes::cloudflare::Options {
+            rate_limit: 60,
+            ..provider_fakes::cloudflare::Options::default()
+        })
+        .await
+        .unwrap();
+    let mut command = Command::new(python);
+    command
+        .arg(script("cloudflare_python_check.py"))
+        .arg(fake.url())
+        .arg(fake.token())
+        .arg(fake.account_id())
+        .arg(fake.zone_id());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("against the fake: every step as expected"),
+        "cloudflare-python failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    provider_fakes::cloudflare::assert_answers_enveloped(fake.control());
 }
