@@ -11,6 +11,7 @@ pub mod prefix {
     pub const PERIOD: &str = "per";
     pub const REQUEST: &str = "req";
     pub const TOKEN: &str = "tok";
+    pub const VAULT_KEY: &str = "key";
 }
 
 /// A new time-ordered id such as `agt_01JDQ6V9X8RTS5N0Z5G8K2M4PQ`.

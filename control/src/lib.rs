@@ -30,3 +30,4 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod validate;
+pub mod vault_keys;

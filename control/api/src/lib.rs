@@ -16,6 +16,7 @@ pub mod images;
 pub mod instant;
 pub mod problem;
 pub mod usage;
+pub mod vault;
 
 pub use instant::{Day, Timestamp};
 

@@ -13,6 +13,7 @@ mod idempotency;
 mod import;
 pub mod middleware;
 mod usage;
+mod vault_keys;
 mod vm_agent;
 
 use axum::Router;
@@ -43,6 +44,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "accounts", description = "Accounts and API tokens (operators)"),
         (name = "images", description = "Platform image releases (operators)"),
         (name = "usage", description = "Daily usage rolled up from state periods"),
+        (name = "vault", description = "An account's OpenSSH public keys, for Plain VMs"),
         (name = "audit", description = "The append-only, hash-chained audit log"),
         (name = "agent", description = "What vm-agent calls, with its bootstrap token or credential"),
         (name = "health", description = "Liveness, readiness, metrics, this document"),
@@ -84,6 +86,8 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(usage::usage))
         .routes(routes!(usage::audit))
         .routes(routes!(usage::verify))
+        .routes(routes!(vault_keys::add, vault_keys::list))
+        .routes(routes!(vault_keys::delete))
 }
 
 /// Routes vm-agent calls with its own bootstrap token or credential.

@@ -25,6 +25,7 @@ mod periods;
 mod replicas;
 mod text;
 mod usage;
+mod vault_keys;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use liveness::{LIVENESS_BATCH, LivenessRow};
 pub use periods::{PeriodRow, ResourceRef};
 pub(crate) use text::DbText;
 pub use usage::{RollupState, UsageRowRecord};
+pub use vault_keys::VaultKeyRow;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
