@@ -44,22 +44,80 @@ fn an_agents_document_passes_cloud_inits_schema_and_carries_only_its_files() {
             assert_eq!(file["permissions"], "0600", "{file}");
             assert!(file["path"].as_str().unwrap().starts_with("/etc/vm-agent/"));
         }
-        if !have_program("cloud-init") {
-            return;
+        passes_cloud_init_schema(&document);
+    }
+}
+
+/// `cloud-init schema` accepts the document (when cloud-init is installed; CI installs it).
+fn passes_cloud_init_schema(document: &Secret) {
+    if !have_program("cloud-init") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("user-data");
+    std::fs::write(&path, &document.0).unwrap();
+    let checked = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "cloud-init schema refused the document:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// A Plain VM's document: hostname (and fqdn), the chosen keys, a one-time password's hash when
+/// asked — exactly those keys, nothing of ours (no vm-agent, no cloudflared, no files, no
+/// packages, no commands), and it passes cloud-init's schema check.
+#[test]
+fn a_plain_vms_document_is_one_shot_and_nothing_else() {
+    let allowed = BTreeSet::from(["hostname", "fqdn", "ssh_authorized_keys", "chpasswd"]);
+    let (password, hash) = cloud_init::one_time_password().unwrap();
+    let keys = vec![
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti alice".to_owned(),
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBHwf2HMM5TRXvo2SQJjsNkiDD5KqiiNjrGVv3UUh+mMT5RHxiRtOnlqvjhQtBq0VpmpCV/PwUdhOig4vkbqAcEc= bob".to_owned(),
+    ];
+    for (hostname, keys, hash) in [
+        ("web-1.example.com", keys.clone(), Some(hash.clone())),
+        ("db", keys, None),
+        ("bare", Vec::new(), None),
+    ] {
+        let document = cloud_init::plain_vm_document(&cloud_init::PlainVmFirstBoot {
+            hostname: hostname.to_owned(),
+            default_user: "root".to_owned(),
+            ssh_keys: keys,
+            password_hash: hash,
+        })
+        .unwrap();
+        assert!(document.0.len() < cloud_init::MAX_USER_DATA);
+        assert!(!document.0.contains(&password.0), "never the plaintext");
+        for ours in [
+            "vm-agent",
+            "cloudflared",
+            "write_files",
+            "runcmd",
+            "packages",
+        ] {
+            assert!(
+                !document.0.contains(ours),
+                "{ours} in {hostname}'s document"
+            );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("user-data");
-        std::fs::write(&path, &document.0).unwrap();
-        let checked = Command::new("cloud-init")
-            .args(["schema", "--config-file"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            checked.status.success(),
-            "cloud-init schema refused the document:\n{}{}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        let body: serde_json::Value =
+            serde_json::from_str(document.0.strip_prefix("#cloud-config\n").unwrap()).unwrap();
+        let keys: BTreeSet<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(keys.is_subset(&allowed), "{keys:?}");
+        if hostname == "web-1.example.com" {
+            assert_eq!(keys, allowed, "everything asked for is there");
+        }
+        passes_cloud_init_schema(&document);
     }
 }

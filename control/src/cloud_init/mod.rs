@@ -12,6 +12,8 @@
 //!
 //! Never logs a document: it carries secrets.
 
+mod plain_vm;
+
 use std::collections::BTreeMap;
 
 use control_api::agent_config::{AgentToml, CloudflaredToml};
@@ -19,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::providers::Secret;
+
+pub use plain_vm::{PlainVmFirstBoot, one_time_password, plain_vm_document};
 
 /// The Agent's template (`cloud-init/agent.cloud-config`).
 const AGENT_TEMPLATE: &str = include_str!("../../../cloud-init/agent.cloud-config");
@@ -68,6 +72,8 @@ pub enum CloudInitError {
     UnknownPlaceholder(String),
     #[error("the agent configuration cannot be written or read: {0}")]
     AgentToml(String),
+    #[error("no one-time password could be made: {0}")]
+    Random(String),
 }
 
 /// What an Agent's VM receives at first boot.
@@ -103,40 +109,34 @@ pub fn agent_document(first_boot: &AgentFirstBoot) -> Result<Secret, CloudInitEr
         .to_toml()
         .map_err(|e| CloudInitError::AgentToml(e.to_string()))?;
     let values = BTreeMap::from([
-        ("agent_toml", Some(agent_toml)),
+        ("agent_toml", Some(Value::String(agent_toml))),
         (
             "bootstrap_token",
-            Some(first_boot.bootstrap_token.0.clone()),
+            Some(Value::String(first_boot.bootstrap_token.0.clone())),
         ),
         (
             "tunnel_token",
-            first_boot.tunnel_token.as_ref().map(|t| t.0.clone()),
+            first_boot
+                .tunnel_token
+                .as_ref()
+                .map(|t| Value::String(t.0.clone())),
         ),
     ]);
     render(AGENT_TEMPLATE, &values)
 }
 
-/// Fills `template`: every string that is exactly `{{name}}` becomes `values[name]`; a
-/// `write_files` entry whose content has no value is left out.
-fn render(
-    template: &str,
-    values: &BTreeMap<&str, Option<String>>,
-) -> Result<Secret, CloudInitError> {
+/// What fills a template's placeholders, by name; `None`: left out.
+type Values<'a> = BTreeMap<&'a str, Option<Value>>;
+
+/// Fills `template`: every string that is exactly `{{name}}` becomes `values[name]` (any JSON
+/// value). Where a placeholder has no value, the array item holding it (such as a
+/// `write_files` entry), or the object member that is that placeholder, is left out.
+fn render(template: &str, values: &Values<'_>) -> Result<Secret, CloudInitError> {
     let body = template
         .strip_prefix(HEADER)
         .ok_or(CloudInitError::NotCloudConfig)?;
     let mut document: Value = serde_json::from_str(body)?;
-    if let Some(files) = document
-        .get_mut("write_files")
-        .and_then(Value::as_array_mut)
-    {
-        files.retain(|file| {
-            let content = file.get("content").and_then(Value::as_str);
-            !content
-                .and_then(placeholder)
-                .is_some_and(|name| matches!(values.get(name), Some(None)))
-        });
-    }
+    prune(&mut document, values);
     fill(&mut document, values)?;
     let text = format!("{HEADER}{}\n", serde_json::to_string_pretty(&document)?);
     if text.len() > MAX_USER_DATA {
@@ -145,19 +145,54 @@ fn render(
     Ok(Secret(text))
 }
 
+/// Whether `value` is a placeholder that has no value.
+fn unfilled(value: &Value, values: &Values<'_>) -> bool {
+    value
+        .as_str()
+        .and_then(placeholder)
+        .is_some_and(|name| matches!(values.get(name), Some(None)))
+}
+
+/// Whether `value` holds, anywhere, a placeholder that has no value.
+fn holds_unfilled(value: &Value, values: &Values<'_>) -> bool {
+    match value {
+        Value::Array(items) => items.iter().any(|item| holds_unfilled(item, values)),
+        Value::Object(fields) => fields.values().any(|field| holds_unfilled(field, values)),
+        other => unfilled(other, values),
+    }
+}
+
+fn prune(value: &mut Value, values: &Values<'_>) {
+    match value {
+        Value::Array(items) => {
+            items.retain(|item| !holds_unfilled(item, values));
+            for item in items.iter_mut() {
+                prune(item, values);
+            }
+        }
+        Value::Object(fields) => {
+            fields.retain(|_, field| !unfilled(field, values));
+            for field in fields.values_mut() {
+                prune(field, values);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The name of a placeholder `{{name}}`.
 fn placeholder(text: &str) -> Option<&str> {
     text.strip_prefix("{{")?.strip_suffix("}}")
 }
 
-fn fill(value: &mut Value, values: &BTreeMap<&str, Option<String>>) -> Result<(), CloudInitError> {
+fn fill(value: &mut Value, values: &Values<'_>) -> Result<(), CloudInitError> {
     match value {
         Value::String(text) => {
             if let Some(name) = placeholder(text) {
                 let Some(Some(filled)) = values.get(name) else {
                     return Err(CloudInitError::UnknownPlaceholder(text.clone()));
                 };
-                *text = filled.clone();
+                *value = filled.clone();
             }
         }
         Value::Array(items) => {
@@ -250,7 +285,10 @@ mod tests {
 
     #[test]
     fn a_value_cannot_change_the_documents_shape() {
-        let values = BTreeMap::from([("x", Some("\"}], \"runcmd\": [\"rm -rf /\"".to_owned()))]);
+        let values: Values<'_> = BTreeMap::from([(
+            "x",
+            Some(Value::String("\"}], \"runcmd\": [\"rm -rf /\"".to_owned())),
+        )]);
         let document = render(
             "#cloud-config\n{\"write_files\": [{\"content\": \"{{x}}\"}]}",
             &values,
@@ -259,8 +297,8 @@ mod tests {
         let parsed: Value = serde_json::from_str(document.0.strip_prefix(HEADER).unwrap()).unwrap();
         assert_eq!(parsed.as_object().unwrap().len(), 1);
         assert_eq!(
-            parsed["write_files"][0]["content"],
-            values["x"].clone().unwrap()
+            Some(&parsed["write_files"][0]["content"]),
+            values["x"].as_ref()
         );
         assert!(matches!(
             render("#cloud-config\n{\"a\": \"{{nobody}}\"}", &values),
