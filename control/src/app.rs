@@ -119,4 +119,18 @@ impl Caller {
             caller_request_id: None,
         }
     }
+
+    /// The account a request that may name one (`account_id`) is for: an account token's
+    /// own, or the one an operator names; otherwise a complaint about `account_id` for
+    /// `checks`.
+    pub fn target_account<'a>(&'a self, named: Option<&'a str>) -> Result<&'a str, &'static str> {
+        match (self.principal.account_scope(), named) {
+            (Some(own), None) => Ok(own),
+            (None, Some(named)) => Ok(named),
+            (Some(_), Some(_)) => {
+                Err("only operator tokens name an account; account tokens act for their own")
+            }
+            (None, None) => Err("is required with an operator token"),
+        }
+    }
 }

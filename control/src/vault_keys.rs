@@ -150,22 +150,6 @@ fn to_api(row: VaultKeyRow) -> VaultKey {
     }
 }
 
-/// The account a request is for: an account token's own, or the one an operator names.
-fn target_account<'a>(caller: &'a Caller, named: Option<&'a str>) -> Result<&'a str> {
-    match (caller.principal.account_scope(), named) {
-        (Some(own), None) => Ok(own),
-        (None, Some(named)) => Ok(named),
-        (Some(_), Some(_)) => Err(Error::invalid(
-            "account_id",
-            "only operator tokens name an account; account tokens add keys to their own",
-        )),
-        (None, None) => Err(Error::invalid(
-            "account_id",
-            "is required with an operator token",
-        )),
-    }
-}
-
 /// `POST /api/vault/keys`.
 pub async fn add(
     app: &App,
@@ -182,9 +166,14 @@ pub async fn add(
             None
         }
     };
-    let account_id = target_account(caller, request.account_id.as_deref());
+    let account_id = caller
+        .target_account(request.account_id.as_deref())
+        .unwrap_or_else(|complaint| {
+            checks.fail("account_id", complaint);
+            ""
+        });
     checks.finish()?;
-    let (Some(parsed), account_id) = (parsed, account_id?) else {
+    let Some(parsed) = parsed else {
         return Err(Error::invalid("public_key", "is not a key"));
     };
     if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {

@@ -21,24 +21,12 @@ use crate::validate::Checks;
 fn target_account<'a>(caller: &'a Caller, request: &'a ProvisionAgent) -> Result<&'a str> {
     let mut checks = Checks::new();
     checks.dns_label("name", &request.name);
-    let account_id = match (
-        caller.principal.account_scope(),
-        request.account_id.as_deref(),
-    ) {
-        (Some(own), None) => own,
-        (None, Some(named)) => named,
-        (Some(own), Some(_)) => {
-            checks.fail(
-                "account_id",
-                "only operator tokens name an account; account tokens provision for their own",
-            );
-            own
-        }
-        (None, None) => {
-            checks.fail("account_id", "is required with an operator token");
+    let account_id = caller
+        .target_account(request.account_id.as_deref())
+        .unwrap_or_else(|complaint| {
+            checks.fail("account_id", complaint);
             ""
-        }
-    };
+        });
     checks.finish()?;
     Ok(account_id)
 }
