@@ -14,6 +14,7 @@ pub mod agents;
 pub mod audit;
 pub mod images;
 pub mod instant;
+pub mod plain_vms;
 pub mod problem;
 pub mod usage;
 pub mod vault;

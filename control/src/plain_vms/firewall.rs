@@ -1,0 +1,441 @@
+//! A Plain VM's inbound ruleset, checked before it reaches Hetzner: Hetzner's rule shape and
+//! limits (50 rules, 100 networks a rule, 255-character descriptions), protocols tcp, udp,
+//! icmp, esp and gre, ports for tcp and udp only (one, or a range within 1–65535), networks in
+//! CIDR notation with their host bits clear, and no outbound rule at all (no egress policy at
+//! v1). Every fault is named by its field (`rules[3].port`), and nothing is sent when one is.
+
+use std::net::IpAddr;
+
+use control_api::plain_vms::FirewallRuleInput;
+
+use crate::error::Result;
+use crate::providers::{Direction, FirewallRule};
+use crate::validate::Checks;
+
+/// Hetzner's limits.
+pub const MAX_RULES: usize = 50;
+pub const MAX_NETWORKS: usize = 100;
+pub const MAX_DESCRIPTION: usize = 255;
+
+const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "esp", "gre"];
+
+/// A new Plain VM's ruleset: SSH (TCP/22) from anywhere, IPv4 and IPv6, and nothing else.
+pub fn default_rules() -> Vec<FirewallRule> {
+    vec![FirewallRule {
+        direction: Direction::In,
+        protocol: "tcp".to_owned(),
+        port: Some("22".to_owned()),
+        source_ips: vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()],
+        destination_ips: Vec::new(),
+        description: Some("ssh".to_owned()),
+    }]
+}
+
+/// The ruleset as Hetzner will receive it, or every fault in it, each naming its field.
+pub fn check_rules(rules: &[FirewallRuleInput]) -> Result<Vec<FirewallRule>> {
+    let mut checks = Checks::new();
+    if rules.len() > MAX_RULES {
+        checks.fail(
+            "rules",
+            format!("holds {} rules; Hetzner allows {MAX_RULES}", rules.len()),
+        );
+    }
+    let checked = rules
+        .iter()
+        .enumerate()
+        .map(|(n, rule)| check_rule(&mut checks, &format!("rules[{n}]"), rule))
+        .collect();
+    checks.finish()?;
+    Ok(checked)
+}
+
+fn check_rule(checks: &mut Checks, at: &str, rule: &FirewallRuleInput) -> FirewallRule {
+    match rule.direction.as_str() {
+        "in" => {}
+        "out" => checks.fail(
+            format!("{at}.direction"),
+            "is out: no egress policy at v1 (outbound traffic is not filtered)",
+        ),
+        other => checks.fail(
+            format!("{at}.direction"),
+            format!("{other:?} is not a direction; inbound rules are \"in\""),
+        ),
+    }
+    if !rule.destination_ips.is_empty() {
+        checks.fail(
+            format!("{at}.destination_ips"),
+            "is for outbound rules: no egress policy at v1",
+        );
+    }
+    let protocol = rule.protocol.as_str();
+    if !PROTOCOLS.contains(&protocol) {
+        checks.fail(
+            format!("{at}.protocol"),
+            format!("{protocol:?} is not one of tcp, udp, icmp, esp, gre"),
+        );
+    }
+    let with_ports = matches!(protocol, "tcp" | "udp");
+    match (&rule.port, with_ports) {
+        (Some(port), true) => {
+            if let Err(message) = check_port(port) {
+                checks.fail(format!("{at}.port"), message);
+            }
+        }
+        (None, true) => checks.fail(
+            format!("{at}.port"),
+            "is required for tcp and udp: a port (22) or a range (8000-8100)",
+        ),
+        (Some(_), false) => checks.fail(
+            format!("{at}.port"),
+            format!("is for tcp and udp only, not {protocol}"),
+        ),
+        (None, false) => {}
+    }
+    if rule.source_ips.is_empty() {
+        checks.fail(
+            format!("{at}.source_ips"),
+            "is empty: name the networks let in (0.0.0.0/0 and ::/0 for everyone)",
+        );
+    }
+    if rule.source_ips.len() > MAX_NETWORKS {
+        checks.fail(
+            format!("{at}.source_ips"),
+            format!(
+                "holds {} networks; Hetzner allows {MAX_NETWORKS}",
+                rule.source_ips.len()
+            ),
+        );
+    }
+    for (n, network) in rule.source_ips.iter().enumerate() {
+        if let Err(message) = check_network(network) {
+            checks.fail(format!("{at}.source_ips[{n}]"), message);
+        }
+    }
+    if let Some(description) = &rule.description {
+        if description.chars().count() > MAX_DESCRIPTION {
+            checks.fail(
+                format!("{at}.description"),
+                format!("is longer than {MAX_DESCRIPTION} characters"),
+            );
+        }
+        if description.chars().any(char::is_control) {
+            checks.fail(format!("{at}.description"), "holds control characters");
+        }
+    }
+    FirewallRule {
+        direction: Direction::In,
+        protocol: protocol.to_owned(),
+        port: rule.port.clone(),
+        source_ips: rule.source_ips.clone(),
+        destination_ips: Vec::new(),
+        description: rule.description.clone(),
+    }
+}
+
+/// A port (`22`) or a range (`8000-8100`), within 1–65535, low to high.
+fn check_port(text: &str) -> std::result::Result<(), String> {
+    let number = |part: &str| -> std::result::Result<u16, String> {
+        let digits =
+            !part.is_empty() && part.len() <= 5 && part.bytes().all(|b| b.is_ascii_digit());
+        match part.parse::<u16>() {
+            Ok(port) if digits && port >= 1 => Ok(port),
+            _ => Err(format!(
+                "{text:?} is not a port (1-65535) or a range of them (8000-8100)"
+            )),
+        }
+    };
+    match text.split_once('-') {
+        None => number(text).map(drop),
+        Some((low, high)) => {
+            let (low, high) = (number(low)?, number(high)?);
+            if low > high {
+                return Err(format!("{text:?} runs backwards: write the low port first"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR notation, its host bits clear.
+fn check_network(text: &str) -> std::result::Result<(), String> {
+    let Some((address, prefix_text)) = text.split_once('/') else {
+        return Err(format!(
+            "{text:?} is not a network in CIDR notation (203.0.113.0/24, 2001:db8::/32)"
+        ));
+    };
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
+    let width: u32 = if address.is_ipv4() { 32 } else { 128 };
+    // Digits only, no sign and no leading zero (`+8` and `08` are refused).
+    let plain = !prefix_text.is_empty()
+        && prefix_text.bytes().all(|b| b.is_ascii_digit())
+        && (prefix_text == "0" || !prefix_text.starts_with('0'));
+    let prefix: u32 = match prefix_text.parse() {
+        Ok(prefix) if plain && prefix <= width => prefix,
+        _ => {
+            return Err(format!(
+                "{text:?}: the prefix length must be a number from 0 to {width}"
+            ));
+        }
+    };
+    let bits = match address {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    let host = bits.checked_shl(prefix).unwrap_or(0);
+    if host != 0 {
+        return Err(format!(
+            "{text:?} has host bits set: the network is written with them clear"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::error::Error;
+
+    fn rules(value: Value) -> Vec<FirewallRuleInput> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn ssh() -> Value {
+        json!({"direction": "in", "protocol": "tcp", "port": "22",
+               "source_ips": ["0.0.0.0/0", "::/0"], "description": "ssh"})
+    }
+
+    /// `ssh()` with `key` set to `value`.
+    fn with(key: &str, value: Value) -> Value {
+        let mut rule = ssh();
+        rule[key] = value;
+        rule
+    }
+
+    #[test]
+    fn good_rulesets_pass_as_hetzner_will_receive_them() {
+        let checked = check_rules(&rules(json!([
+            ssh(),
+            {"direction": "in", "protocol": "udp", "port": "60000-61000", "source_ips": ["203.0.113.0/24"]},
+            {"direction": "in", "protocol": "icmp", "source_ips": ["2001:db8::/32", "198.51.100.7/32"]},
+            {"direction": "in", "protocol": "esp", "source_ips": ["::/0"]},
+            {"direction": "in", "protocol": "gre", "source_ips": ["10.0.0.0/8"]},
+            {"direction": "in", "protocol": "tcp", "port": "1-65535", "source_ips": ["2001:db8::1/128"]},
+        ])))
+        .unwrap();
+        assert_eq!(checked.len(), 6);
+        assert_eq!(checked[0], default_rules()[0]);
+        assert!(checked.iter().all(|r| r.direction == Direction::In));
+        assert!(
+            check_rules(&[]).unwrap().is_empty(),
+            "no rule at all: nothing gets in"
+        );
+        let fifty: Vec<Value> = (0..MAX_RULES).map(|_| ssh()).collect();
+        assert_eq!(check_rules(&rules(json!(fifty))).unwrap().len(), MAX_RULES);
+    }
+
+    #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a table of cases reads best as one table"
+    )]
+    fn bad_rulesets_are_refused_naming_the_field() {
+        let many_networks: Vec<String> = (0..=MAX_NETWORKS)
+            .map(|n| format!("10.0.{n}.0/24"))
+            .collect();
+        let too_many: Vec<Value> = (0..=MAX_RULES).map(|_| ssh()).collect();
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (
+                json!([with("direction", json!("out"))]),
+                "rules[0].direction",
+                "no egress policy at v1",
+            ),
+            (
+                json!([with("direction", json!("inbound"))]),
+                "rules[0].direction",
+                "not a direction",
+            ),
+            (
+                json!([with("direction", json!(""))]),
+                "rules[0].direction",
+                "not a direction",
+            ),
+            (
+                json!([with("destination_ips", json!(["0.0.0.0/0"]))]),
+                "rules[0].destination_ips",
+                "no egress policy",
+            ),
+            (
+                json!([with("protocol", json!("http"))]),
+                "rules[0].protocol",
+                "not one of",
+            ),
+            (
+                json!([with("protocol", json!("TCP"))]),
+                "rules[0].protocol",
+                "not one of",
+            ),
+            (
+                json!([with("protocol", json!(""))]),
+                "rules[0].protocol",
+                "not one of",
+            ),
+            (
+                json!([with("port", Value::Null)]),
+                "rules[0].port",
+                "is required for tcp and udp",
+            ),
+            (
+                json!([with("port", json!("0"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("65536"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("-1"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("22-"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("a-b"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("100-10"))]),
+                "rules[0].port",
+                "runs backwards",
+            ),
+            (
+                json!([with("port", json!("22,80"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!(" 22"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([with("port", json!("+22"))]),
+                "rules[0].port",
+                "not a port",
+            ),
+            (
+                json!([{"direction": "in", "protocol": "icmp", "port": "22", "source_ips": ["0.0.0.0/0"]}]),
+                "rules[0].port",
+                "tcp and udp only",
+            ),
+            (
+                json!([{"direction": "in", "protocol": "gre", "port": "1-2", "source_ips": ["::/0"]}]),
+                "rules[0].port",
+                "tcp and udp only",
+            ),
+            (
+                json!([with("source_ips", json!([]))]),
+                "rules[0].source_ips",
+                "is empty",
+            ),
+            (
+                json!([with("source_ips", json!(many_networks))]),
+                "rules[0].source_ips",
+                "Hetzner allows 100",
+            ),
+            (
+                json!([with("source_ips", json!(["0.0.0.0"]))]),
+                "rules[0].source_ips[0]",
+                "CIDR notation",
+            ),
+            (
+                json!([with("source_ips", json!(["10.0.0.1/24"]))]),
+                "rules[0].source_ips[0]",
+                "host bits",
+            ),
+            (
+                json!([with("source_ips", json!(["10.0.0.0/33"]))]),
+                "rules[0].source_ips[0]",
+                "prefix length",
+            ),
+            (
+                json!([with("source_ips", json!(["2001:db8::1/64"]))]),
+                "rules[0].source_ips[0]",
+                "host bits",
+            ),
+            (
+                json!([with("source_ips", json!(["2001:db8::/129"]))]),
+                "rules[0].source_ips[0]",
+                "prefix length",
+            ),
+            (
+                json!([with("source_ips", json!(["300.0.0.0/8"]))]),
+                "rules[0].source_ips[0]",
+                "not an IP address",
+            ),
+            (
+                json!([with("source_ips", json!(["example.com/32"]))]),
+                "rules[0].source_ips[0]",
+                "not an IP address",
+            ),
+            (
+                json!([with("source_ips", json!(["10.0.0.0/+8"]))]),
+                "rules[0].source_ips[0]",
+                "prefix length",
+            ),
+            (
+                json!([with("source_ips", json!(["10.0.0.0/08"]))]),
+                "rules[0].source_ips[0]",
+                "prefix length",
+            ),
+            (
+                json!([with("source_ips", json!(["1.2.3.4/0"]))]),
+                "rules[0].source_ips[0]",
+                "host bits",
+            ),
+            (
+                json!([with("source_ips", json!(["::/0", "fe80::1%eth0/64"]))]),
+                "rules[0].source_ips[1]",
+                "not an IP address",
+            ),
+            (
+                json!([with("description", json!("x".repeat(MAX_DESCRIPTION + 1)))]),
+                "rules[0].description",
+                "longer than 255",
+            ),
+            (
+                json!([with("description", json!("ssh\nfrom anywhere"))]),
+                "rules[0].description",
+                "control characters",
+            ),
+            (json!(too_many), "rules", "Hetzner allows 50"),
+            (
+                json!([ssh(), with("port", json!("99999"))]),
+                "rules[1].port",
+                "not a port",
+            ),
+        ];
+        assert!(cases.len() >= 30, "{} cases", cases.len());
+        for (ruleset, field, reason) in cases {
+            let Err(Error::Invalid(errors)) = check_rules(&rules(ruleset.clone())) else {
+                panic!("accepted: {ruleset}");
+            };
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == field && e.message.contains(reason)),
+                "{ruleset}: wanted {field} ({reason}), got {errors:?}"
+            );
+        }
+    }
+}
