@@ -200,14 +200,7 @@ async fn only_an_operator_re_bootstraps_and_it_is_audited(db: TestDb) {
     accepted(&h, new_credential, &beat(&agent, "boot-2", 1, 1)).await;
 
     // A destroyed Agent has no VM to bootstrap.
-    let destroyed = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroyed = h.delete(&format!("/api/agents/{agent}"), &token).await;
     assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
     h.run_jobs().await;
     let before = h.snapshot().await;
@@ -298,14 +291,7 @@ async fn an_agent_gets_a_closed_firewall_and_a_slice_volume_and_leaves_nothing(d
     let tunnel = h.local.find_tunnel(&tunnel_name).await.unwrap();
     assert!(tunnel.is_some(), "the Agent's own tunnel");
 
-    let destroyed = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroyed = h.delete(&format!("/api/agents/{agent}"), &token).await;
     assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
     h.run_jobs().await;
     assert_eq!(agent_view(&h, &token, &agent).await["state"], "destroyed");
@@ -346,14 +332,7 @@ async fn the_sweeper_finds_what_no_live_agent_owns(db: TestDb) {
     let (h, token) = setup(db).await;
     let live = h.agent(&token, "live").await;
     let gone = h.agent(&token, "gone").await;
-    let destroyed = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{gone}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroyed = h.delete(&format!("/api/agents/{gone}"), &token).await;
     assert_eq!(destroyed.status, 202);
     h.run_jobs().await;
     let planted = h
@@ -551,13 +530,7 @@ async fn heartbeats_need_the_agents_own_credential(db: TestDb) {
     accepted(&h, &beta_credential, &beat(&beta, "b", 1, 5)).await;
 
     // A destroyed Agent's credential is refused.
-    h.call(
-        Method::DELETE,
-        &format!("/api/agents/{alpha}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    h.delete(&format!("/api/agents/{alpha}"), &token).await;
     h.run_jobs().await;
     h.app.ingest.flush(false).await.unwrap();
     let destroyed = h.snapshot().await;

@@ -95,14 +95,7 @@ async fn lifecycle_walkthrough(db: TestDb) {
     assert_eq!(rows[0]["running_s"], 3_605);
     assert_eq!(rows[0]["paused_s"], 30 + 10);
 
-    let destroying = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{id}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroying = h.delete(&format!("/api/agents/{id}"), &token).await;
     assert_eq!(destroying.status, 202);
     h.run_jobs().await;
     let destroyed = h.get(&format!("/api/agents/{id}"), &token).await;
@@ -731,13 +724,7 @@ async fn conflicting_operations_are_refused(db: TestDb) {
             .unwrap()
             .contains("already running")
     );
-    h.call(
-        Method::DELETE,
-        &format!("/api/agents/{id}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    h.delete(&format!("/api/agents/{id}"), &token).await;
     h.run_jobs().await;
     let gone = h
         .call(

@@ -184,14 +184,7 @@ async fn an_agent_with_its_tunnel_leaves_nothing_behind_in_either_cloud() {
         "the server receives its tunnel's token"
     );
 
-    let destroy = h
-        .call(
-            axum::http::Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroy = h.delete(&format!("/api/agents/{agent}"), &token).await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
     h.run_jobs_until(&agent, "destroyed").await;
     assert!(cloudflare.live_tunnels().is_empty());

@@ -290,14 +290,7 @@ async fn an_imported_agents_life_on_fly_leaves_nothing_behind() {
         fake.control().machine(&planted.machine_id).unwrap().state,
         MachineState::Started
     );
-    let destroy = h
-        .call(
-            axum::http::Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&h.operator),
-            None,
-        )
-        .await;
+    let destroy = h.delete(&format!("/api/agents/{agent}"), &h.operator).await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
     h.run_jobs_until(&agent, "destroyed").await;
     assert!(fake.control().live_machines().is_empty());

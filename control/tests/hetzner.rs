@@ -303,14 +303,7 @@ async fn an_agents_life_on_hetzner_leaves_nothing_behind() {
     h.run_jobs_until(&agent, "paused").await;
     assert_eq!(control.servers()[0].status, "off");
 
-    let destroy = h
-        .call(
-            axum::http::Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroy = h.delete(&format!("/api/agents/{agent}"), &token).await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
     h.run_jobs_until(&agent, "destroyed").await;
     assert!(control.servers().is_empty());
@@ -559,14 +552,7 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
     let accepted = h.post("/api/agents", &token, json!({"name": "dev2"})).await;
     assert_eq!(accepted.status, 202, "{:#}", accepted.body);
 
-    let destroy = h
-        .call(
-            axum::http::Method::DELETE,
-            &format!("/api/agents/{agent}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let destroy = h.delete(&format!("/api/agents/{agent}"), &token).await;
     assert_eq!(destroy.status, 202, "{:#}", destroy.body);
     h.run_jobs().await;
     let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;

@@ -227,12 +227,7 @@ async fn write_fixture() {
     .await;
     h.advance(26 * hour + 89);
     let destroyed = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{runner}"),
-            Some(&beta_token),
-            None,
-        )
+        .delete(&format!("/api/agents/{runner}"), &beta_token)
         .await;
     assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
     h.run_jobs().await;

@@ -9,7 +9,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use axum::http::Method;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -283,24 +282,15 @@ async fn once_per_account_and_scoped(db: TestDb) {
 
     // Another account cannot delete it; its own deletes it, once.
     let path = format!("/api/vault/keys/{id}");
-    let theirs = h
-        .call(Method::DELETE, &path, Some(&other_token), None)
-        .await;
+    let theirs = h.delete(&path, &other_token).await;
     theirs.problem(404, None);
-    let deleted = h.call(Method::DELETE, &path, Some(&acme_token), None).await;
+    let deleted = h.delete(&path, &acme_token).await;
     assert_eq!(deleted.status, 200, "{:#}", deleted.body);
     assert_eq!(deleted.body["id"], id.as_str());
     assert!(keys(&h, &acme_token).await.is_empty());
-    let twice = h.call(Method::DELETE, &path, Some(&acme_token), None).await;
+    let twice = h.delete(&path, &acme_token).await;
     twice.problem(404, None);
-    let nonsense = h
-        .call(
-            Method::DELETE,
-            "/api/vault/keys/x%27%3B%20--",
-            Some(&acme_token),
-            None,
-        )
-        .await;
+    let nonsense = h.delete("/api/vault/keys/x%27%3B%20--", &acme_token).await;
     assert_eq!(nonsense.status, 404);
     // Deleted, it may be added again.
     assert_eq!(add(&h, &acme_token, "laptop", &line).await.status, 201);
