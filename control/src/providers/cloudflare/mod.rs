@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::http::{ApiClient, RetryPolicy, classify_status, status_kind};
+use super::http::{ApiClient, Passed, RetryPolicy, classify_status, status_kind};
 use super::{ErrorKind, ProviderError, Secret, Tunnel, Tunnels};
 use crate::clock::SharedClock;
 
@@ -43,10 +43,12 @@ pub struct CloudflareConfig {
 pub struct Cloudflare {
     api: ApiClient,
     config: CloudflareConfig,
-    clock: SharedClock,
-    /// Until when the last passed [`Tunnels::preflight`] is trusted.
-    checked_until: std::sync::Arc<std::sync::Mutex<i64>>,
+    /// The last [`Tunnels::preflight`] that passed.
+    checked: Passed,
 }
+
+/// What [`Tunnels::preflight`] checks: that the token reaches the account and the zone.
+const PREFLIGHT: &str = "token reach";
 
 /// How long a passed check of the token's reach is trusted.
 const CHECKED_FOR: std::time::Duration = std::time::Duration::from_mins(10);
@@ -152,13 +154,12 @@ impl Cloudflare {
             config.token.clone(),
             config.retry,
             classify,
-            clock.clone(),
+            clock,
         )?;
         Ok(Self {
             api,
             config,
-            clock,
-            checked_until: std::sync::Arc::default(),
+            checked: Passed::default(),
         })
     }
 
@@ -220,8 +221,8 @@ impl Cloudflare {
 #[async_trait]
 impl Tunnels for Cloudflare {
     async fn preflight(&self) -> Result<(), ProviderError> {
-        let now = self.clock.now().as_millis();
-        if *crate::sync::lock(&self.checked_until) > now {
+        let now = self.api.clock().now().as_millis();
+        if self.checked.holds(PREFLIGHT, now) {
             return Ok(());
         }
         // One call each: the token reaches the account's tunnels and the zone's records.
@@ -229,7 +230,10 @@ impl Tunnels for Cloudflare {
         let _: Vec<WireTunnel> = self.result(Method::GET, &tunnels, None).await?;
         let records = format!("{}?{}", self.records_path(), query(&[("per_page", "1")]));
         let _: Vec<DnsRecord> = self.result(Method::GET, &records, None).await?;
-        *crate::sync::lock(&self.checked_until) = now + crate::clock::millis(CHECKED_FOR);
+        self.checked.remember(
+            PREFLIGHT.to_owned(),
+            now + crate::clock::millis(CHECKED_FOR),
+        );
         Ok(())
     }
 

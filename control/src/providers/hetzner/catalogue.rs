@@ -65,7 +65,7 @@ impl Hetzner {
     /// Remembers a quota refusal Hetzner answered a create at `path` with.
     pub(super) fn note_quota(&self, path: &str, error: &ProviderError) {
         if error.code.as_deref() == Some("resource_limit_exceeded") {
-            let until = self.clock.now().as_millis() + millis(QUOTA_FOR);
+            let until = self.api.clock().now().as_millis() + millis(QUOTA_FOR);
             crate::sync::lock(&self.quota_spent).insert(kind(path), (error.clone(), until));
         }
     }
@@ -77,7 +77,7 @@ impl Hetzner {
 
     /// A quota refusal Hetzner answered lately, if one still stands.
     pub(super) fn check_quota(&self) -> Result<(), ProviderError> {
-        let now = self.clock.now().as_millis();
+        let now = self.api.clock().now().as_millis();
         let spent = crate::sync::lock(&self.quota_spent);
         match spent.values().find(|(_, until)| *until > now) {
             Some((refusal, _)) => Err(ProviderError {
@@ -95,15 +95,12 @@ impl Hetzner {
 
     /// Checks that servers can be made from `image` with the configured type and location.
     pub(super) async fn check_catalogue(&self, image: &str) -> Result<(), ProviderError> {
-        let now = self.clock.now().as_millis();
+        let now = self.api.clock().now().as_millis();
         let key = format!(
             "{image} {} {}",
             self.config.server_type, self.config.location
         );
-        if crate::sync::lock(&self.checked)
-            .get(&key)
-            .is_some_and(|until| *until > now)
-        {
+        if self.checked.holds(&key, now) {
             return Ok(());
         }
         let (server_type, location) = (&self.config.server_type, &self.config.location);
@@ -139,7 +136,7 @@ impl Hetzner {
                 "hetzner has no image {image:?} (the current release's hetzner reference)"
             )));
         }
-        crate::sync::lock(&self.checked).insert(key, now + millis(CHECKED_FOR));
+        self.checked.remember(key, now + millis(CHECKED_FOR));
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 
-use super::http::{ApiClient, RetryPolicy, classify_status, status_kind};
+use super::http::{ApiClient, Passed, RetryPolicy, classify_status, status_kind};
 use super::{ErrorKind, Labels, Page, ProviderError, Secret};
 use crate::clock::SharedClock;
 
@@ -92,9 +92,8 @@ pub fn cloud(project: std::sync::Arc<Hetzner>) -> super::Cloud {
 pub struct Hetzner {
     api: ApiClient,
     config: HetznerConfig,
-    clock: SharedClock,
-    /// Catalogue checks that passed (image, type, location), until when they are trusted.
-    checked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>,
+    /// Catalogue checks that passed (image, type, location).
+    checked: Passed,
     /// The last `resource_limit_exceeded` Hetzner answered a create of each kind (its path:
     /// `/servers`, …) with, and until when new provisionings are refused with it (cleared when
     /// one of that kind is deleted).
@@ -110,13 +109,12 @@ impl Hetzner {
             config.token.clone(),
             config.retry,
             classify,
-            clock.clone(),
+            clock,
         )?;
         Ok(Self {
             api,
             config,
-            clock,
-            checked: std::sync::Arc::default(),
+            checked: Passed::default(),
             quota_spent: std::sync::Arc::default(),
         })
     }

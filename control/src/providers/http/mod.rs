@@ -107,6 +107,25 @@ impl Response {
     }
 }
 
+/// Checks a client made that passed (of credentials, of a catalogue), by what was checked,
+/// with the instant (ms) until which each is trusted; shared by every clone of the client.
+#[derive(Clone, Debug, Default)]
+pub struct Passed(Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>);
+
+impl Passed {
+    /// Whether the check of `what` passed and is still trusted at `now`.
+    pub fn holds(&self, what: &str, now: i64) -> bool {
+        crate::sync::lock(&self.0)
+            .get(what)
+            .is_some_and(|until| *until > now)
+    }
+
+    /// The check of `what` passed: trust it until `until`.
+    pub fn remember(&self, what: String, until: i64) {
+        crate::sync::lock(&self.0).insert(what, until);
+    }
+}
+
 /// A client of one provider's API.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -172,6 +191,11 @@ impl ApiClient {
             clock,
             budget: Arc::default(),
         })
+    }
+
+    /// The clock the client times its retries and waits by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// The size of the request budget the provider reported last (Hetzner's `RateLimit-Limit`:
