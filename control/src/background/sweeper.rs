@@ -13,7 +13,7 @@ use super::each;
 use crate::app::App;
 use crate::clock::millis;
 use crate::error::Result;
-use crate::providers::{Cloud, ErrorKind, ID_LABEL, KIND_LABEL, Labels, ProviderError};
+use crate::providers::{Cloud, ID_LABEL, KIND_LABEL, Labels, ProviderError};
 
 /// A provider resource carrying our labels that no live record owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,10 +74,7 @@ async fn remove(cloud: &Cloud, orphan: &Orphan) -> Result<(), ProviderError> {
             None => Ok(()),
         },
     };
-    match done {
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
+    crate::providers::deleted(done)
 }
 
 /// Looks through every cloud once; returns the orphans found (and removed, with `remove`).

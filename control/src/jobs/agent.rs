@@ -15,7 +15,7 @@ use super::{JobKind, Outputs, Step, StepCx, StepError};
 use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::error::Error;
-use crate::providers::{Cloud, ErrorKind, ProviderError, Servers, resource_labels};
+use crate::providers::{Cloud, ProviderError, Servers, resource_labels};
 use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
 
 /// An Agent job kind: its steps, what undoes them, and the state the Agent is in once they
@@ -106,14 +106,6 @@ pub(super) fn provider_name(agent: &AgentRow) -> String {
 /// The hostname the Agent is reached at through its tunnel.
 pub(super) fn hostname(app: &App, agent: &AgentRow) -> String {
     format!("{}.{}", provider_name(agent), app.settings.agent_domain)
-}
-
-/// A delete's result, with "gone already" as done.
-pub(super) fn deleted(result: Result<(), ProviderError>) -> Result<(), ProviderError> {
-    match result {
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 /// The Agent, the id of its server, and the servers of its cloud, for a step that needs the

@@ -5,9 +5,9 @@
 
 use control_api::usage::ResourceKind;
 
-use super::agent::{AgentJob, agent, cloud, deleted, hostname, provider_name, server_id};
+use super::agent::{AgentJob, agent, cloud, hostname, provider_name, server_id};
 use super::{Step, StepCx, StepFuture};
-use crate::providers::resource_labels;
+use crate::providers::{deleted, resource_labels};
 
 pub(super) static KIND: AgentJob = AgentJob {
     steps: RELEASE,

@@ -137,6 +137,15 @@ impl ProviderError {
     }
 }
 
+/// A delete's result, with "not found" (gone already) as done: what makes a delete safe to
+/// repeat.
+pub fn deleted<T>(result: Result<T, ProviderError>) -> Result<(), ProviderError> {
+    match result {
+        Err(e) if e.kind != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A server's state as its provider reports it (Hetzner's statuses; Fly's map onto them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerStatus {

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::http::{ApiClient, Passed, RetryPolicy, classify_status, status_kind};
-use super::{ErrorKind, ProviderError, Secret, Tunnel, Tunnels};
+use super::{ErrorKind, ProviderError, Secret, Tunnel, Tunnels, deleted};
 use crate::clock::SharedClock;
 
 /// The name tunnels are recorded under.
@@ -287,12 +287,12 @@ impl Tunnels for Cloudflare {
         for tunnel in named.iter().filter(|t| t.deleted_at.is_none()) {
             let path = format!("{}/{}", self.tunnels_path(), segment(&tunnel.id, "tunnel")?);
             // Live connections refuse the deletion: end them first (none left is fine).
-            gone(
+            deleted(
                 self.api
                     .call(Method::DELETE, &format!("{path}/connections"), None)
                     .await,
             )?;
-            gone(self.api.call(Method::DELETE, &path, None).await)?;
+            deleted(self.api.call(Method::DELETE, &path, None).await)?;
         }
         // Then the record, if it routes `hostname` through one of them (else it is not ours).
         let targets: Vec<String> = named
@@ -302,18 +302,10 @@ impl Tunnels for Cloudflare {
         for record in self.records_named(hostname).await? {
             if targets.contains(&record.content) {
                 let path = format!("{}/{}", self.records_path(), segment(&record.id, "record")?);
-                gone(self.api.call(Method::DELETE, &path, None).await)?;
+                deleted(self.api.call(Method::DELETE, &path, None).await)?;
             }
         }
         Ok(())
-    }
-}
-
-/// A delete's result, with "not found" (gone already) as done.
-fn gone<T>(result: Result<T, ProviderError>) -> Result<(), ProviderError> {
-    match result {
-        Err(e) if e.kind != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

@@ -168,14 +168,6 @@ fn server(app: &str, m: wire::Machine) -> Server {
     }
 }
 
-/// A delete's result, with "gone already" as done.
-fn gone_is_done(result: Result<(), ProviderError>) -> Result<(), ProviderError> {
-    match result {
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
 impl Fly {
     pub fn new(config: FlyConfig, clock: SharedClock) -> Result<Self, ProviderError> {
         let api = ApiClient::new(
@@ -382,7 +374,7 @@ impl Servers for Fly {
             .into_iter()
             .map(|m| m.volume)
             .collect();
-        gone_is_done(self.delete(&format!("{path}?force=true")).await)?;
+        super::deleted(self.delete(&format!("{path}?force=true")).await)?;
         match self.wait(app, machine, "destroyed").await {
             Ok(true) => {}
             Ok(false) => {
@@ -412,7 +404,7 @@ impl Servers for Fly {
             .iter()
             .filter(|v| !shared || mounted.contains(&v.id))
         {
-            gone_is_done(
+            super::deleted(
                 self.delete(&format!("/apps/{app}/volumes/{}", volume.id))
                     .await,
             )?;
@@ -420,7 +412,7 @@ impl Servers for Fly {
         if shared {
             return Ok(());
         }
-        gone_is_done(self.delete(&format!("/apps/{app}")).await)
+        super::deleted(self.delete(&format!("/apps/{app}")).await)
     }
 }
 
