@@ -42,6 +42,31 @@ pub struct Settings {
     /// new. Off in service.
     pub replay_steps: bool,
     pub ingest: IngestSettings,
+    /// What a Plain VM is made as when its request does not say.
+    pub plain_vms: PlainVmDefaults,
+}
+
+/// The `[plain_vms]` defaults: what a Plain VM is made as when its request does not say, and
+/// whom its image's keys and password are for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainVmDefaults {
+    pub server_type: String,
+    pub location: String,
+    /// A provider image by name or id.
+    pub image: String,
+    /// The images' default user (Hetzner's stock images log in as `root`).
+    pub default_user: String,
+}
+
+impl Default for PlainVmDefaults {
+    fn default() -> Self {
+        Self {
+            server_type: "cx22".to_owned(),
+            location: "fsn1".to_owned(),
+            image: "debian-12".to_owned(),
+            default_user: "root".to_owned(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -60,6 +85,7 @@ impl Default for Settings {
             sweep_remove: false,
             replay_steps: false,
             ingest: IngestSettings::default(),
+            plain_vms: PlainVmDefaults::default(),
         }
     }
 }
@@ -77,6 +103,8 @@ pub struct App {
     pub jobs_queued: Arc<Notify>,
     /// What this replica hears from the agents.
     pub ingest: Arc<Ingest>,
+    /// One-time password hashes on their way from a request to its provisioning job.
+    pub passwords: Arc<crate::plain_vms::Passwords>,
 }
 
 impl App {
@@ -96,6 +124,7 @@ impl App {
             replica_id,
             jobs_queued: Arc::new(Notify::new()),
             ingest,
+            passwords: Arc::default(),
         }
     }
 }

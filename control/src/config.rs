@@ -54,10 +54,60 @@ struct FileConfig {
     #[serde(default)]
     local_provider: LocalSection,
     #[serde(default)]
+    plain_vms: PlainVmsSection,
+    #[serde(default)]
     providers: ProvidersSection,
     hetzner: Option<HetznerSection>,
     cloudflare: Option<CloudflareSection>,
     fly: Option<FlySection>,
+}
+
+/// The `[plain_vms]` section: what a Plain VM is made as when its request does not say.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct PlainVmsSection {
+    /// [default: cx22]
+    server_type: Option<String>,
+    /// [default: fsn1]
+    location: Option<String>,
+    /// A stock image by name or id [default: debian-12].
+    image: Option<String>,
+    /// The image's default user, who gets the keys and the one-time password [default: root,
+    /// as on Hetzner's stock images].
+    default_user: Option<String>,
+}
+
+/// The Plain VM defaults, each checked as a request's value would be.
+fn plain_vm_defaults(
+    path: &Path,
+    section: &PlainVmsSection,
+) -> Result<crate::app::PlainVmDefaults, ConfigError> {
+    let defaults = crate::app::PlainVmDefaults::default();
+    let pick = |key: &'static str, given: &Option<String>, default: String| match given {
+        Some(value) if !crate::plain_vms::is_provider_name(value) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: format!(
+                "{value:?} is not a provider name (1 to 63 of a-z, 0-9, '.', '_' and '-')"
+            ),
+        }),
+        Some(value) => Ok(value.clone()),
+        None => Ok(default),
+    };
+    Ok(crate::app::PlainVmDefaults {
+        server_type: pick(
+            "plain_vms.server_type",
+            &section.server_type,
+            defaults.server_type,
+        )?,
+        location: pick("plain_vms.location", &section.location, defaults.location)?,
+        image: pick("plain_vms.image", &section.image, defaults.image)?,
+        default_user: pick(
+            "plain_vms.default_user",
+            &section.default_user,
+            defaults.default_user,
+        )?,
+    })
 }
 
 /// The `[fly]` section: the Fly organization the legacy cohort of Agents runs in. New Agents
@@ -348,7 +398,7 @@ impl Config {
                 )?),
                 ingest,
                 sweep_remove: parsed.sweeper.remove.unwrap_or(defaults.sweep_remove),
-                ..agents_lifecycle(&path, &parsed.agents, defaults.clone())?
+                ..lifecycle(&path, (&parsed.agents, &parsed.plain_vms), defaults.clone())?
             },
             local: parsed.local_provider.clone(),
             providers: parsed.providers.clone(),
@@ -377,11 +427,12 @@ impl Config {
     }
 }
 
-/// The `[agents]` keys about an Agent's life rather than its heartbeats: its hostname's domain,
-/// what its tunnel routes to, and how long a stop waits for its OS.
-fn agents_lifecycle(
+/// The keys about resources' lives: the `[agents]` ones that are not about heartbeats (an
+/// Agent's hostname's domain, what its tunnel routes to, how long a stop waits for its OS) and
+/// the `[plain_vms]` defaults.
+fn lifecycle(
     path: &Path,
-    section: &AgentsSection,
+    (section, plain_vms): (&AgentsSection, &PlainVmsSection),
     defaults: Settings,
 ) -> Result<Settings, ConfigError> {
     let control_url = match &section.control_url {
@@ -404,6 +455,7 @@ fn agents_lifecycle(
             section.stop_grace_secs,
             defaults.stop_grace.as_secs(),
         )?),
+        plain_vms: plain_vm_defaults(path, plain_vms)?,
         ..defaults
     })
 }

@@ -35,6 +35,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Random(#[from] crate::auth::RandomError),
+    /// Something of ours failed that the caller cannot act on (logged, answered 500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 fn describe(fields: &[FieldError]) -> String {

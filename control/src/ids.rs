@@ -9,6 +9,7 @@ pub mod prefix {
     pub const IMAGE: &str = "img";
     pub const JOB: &str = "job";
     pub const PERIOD: &str = "per";
+    pub const PLAIN_VM: &str = "pvm";
     pub const REQUEST: &str = "req";
     pub const TOKEN: &str = "tok";
     pub const VAULT_KEY: &str = "key";

@@ -62,6 +62,51 @@ impl Checks {
         }
     }
 
+    /// An RFC 1123 host name: labels of 1 to 63 letters, digits and hyphens (not at either end),
+    /// joined by dots, at most 253 characters, the last label not all digits (which would read
+    /// as an IP address).
+    pub fn hostname(&mut self, field: &str, value: &str) {
+        let labels: Vec<&str> = value.split('.').collect();
+        let problem = if value.is_empty() || value.len() > 253 {
+            Some(format!(
+                "must be 1 to 253 characters long, got {}",
+                value.chars().count()
+            ))
+        } else if let Some(label) = labels
+            .iter()
+            .find(|label| label.is_empty() || label.len() > 63)
+        {
+            Some(format!(
+                "has a label of {} characters: each between dots must be 1 to 63 long",
+                label.len()
+            ))
+        } else if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            Some(
+                "may contain only letters, digits, hyphens and dots (an RFC 1123 host name)"
+                    .to_owned(),
+            )
+        } else if labels
+            .iter()
+            .any(|l| l.starts_with('-') || l.ends_with('-'))
+        {
+            Some("has a label starting or ending with a hyphen".to_owned())
+        } else if labels.len() > 1
+            && labels
+                .last()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some("must not end in an all-numeric label (it would read as an IP address)".to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.fail(field, problem);
+        }
+    }
+
     /// Free text for humans: 1 to `max` characters, no control characters, not only spaces.
     pub fn display_text(&mut self, field: &str, value: &str, max: usize) {
         let length = value.chars().count();
@@ -201,6 +246,50 @@ mod tests {
             "ü",
         ] {
             assert_eq!(errors(|c| c.dns_label("name", bad)), ["name"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc_1123_host_names() {
+        let long_label = "a".repeat(63);
+        let longest = [long_label.as_str(); 4]
+            .join(".")
+            .chars()
+            .take(253)
+            .collect::<String>();
+        for good in [
+            "a",
+            "web-1",
+            "Web1.Example.com",
+            "1password",
+            "db.internal",
+            &longest,
+        ] {
+            assert!(
+                errors(|c| c.hostname("hostname", good)).is_empty(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "a b",
+            "ü.example",
+            "10.0.0.1",
+            "host.123",
+            &"a".repeat(64),
+            &format!("{longest}a"),
+        ] {
+            assert_eq!(
+                errors(|c| c.hostname("hostname", bad)),
+                ["hostname"],
+                "{bad:?}"
+            );
         }
     }
 

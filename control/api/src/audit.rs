@@ -22,6 +22,12 @@ pub enum AuditAction {
     /// An operator issued a fresh bootstrap token for an Agent whose VM lost its credential.
     #[serde(rename = "agent.rebootstrap")]
     AgentRebootstrap,
+    /// A Plain VM was destroyed (its server and firewall deleted). Plain VM provisioning is a
+    /// timestamp on the VM, not an event; firewall edits keep no history.
+    #[serde(rename = "plain_vm.destroy")]
+    PlainVmDestroy,
+    #[serde(rename = "plain_vm.transfer")]
+    PlainVmTransfer,
 }
 
 /// One audit event. `hash` is SHA-256 over the event's fields and `prev_hash`, the hash of the

@@ -1,8 +1,9 @@
 //! The sweeper: finds what the providers hold under our labels that no live record owns — a
-//! server, firewall or volume of an Agent that is destroyed or was never recorded (a crash, a
-//! job that gave up, a hand-made copy) — and reports each at WARN. With `[sweeper] remove`
-//! it also deletes them. One replica at a time sweeps (a lease); resources of an Agent whose
-//! operation is under way are its job's, never the sweeper's.
+//! server, firewall or volume of an Agent or a Plain VM that is destroyed or was never
+//! recorded (a crash, a job that gave up, a hand-made copy) — and reports each at WARN. With
+//! `[sweeper] remove` it also deletes them. One replica at a time sweeps (a lease); resources
+//! of a live Agent or Plain VM (an operation under way included) are its job's, never the
+//! sweeper's.
 
 use std::time::Duration;
 
@@ -13,12 +14,16 @@ use super::each;
 use crate::app::App;
 use crate::clock::millis;
 use crate::error::Result;
-use crate::providers::{Cloud, ID_LABEL, KIND_LABEL, Labels, ProviderError};
+use control_api::usage::ResourceKind;
+
+use crate::providers::{Cloud, ID_LABEL, KIND_LABEL, Labels, ProviderError, resource_labels};
 
 /// A provider resource carrying our labels that no live record owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Orphan {
     pub provider: &'static str,
+    /// Which kind of ours its labels name.
+    pub kind: ResourceKind,
     /// `server`, `firewall` or `volume`.
     pub what: &'static str,
     pub id: String,
@@ -43,11 +48,15 @@ macro_rules! all_pages {
     }};
 }
 
-/// What `cloud` holds under the Agent kind label, as (what, id, labels).
-async fn agent_resources(
+/// What `cloud` holds under `kind`'s label, as (what, id, labels).
+async fn labelled(
     cloud: &Cloud,
+    kind: ResourceKind,
 ) -> Result<Vec<(&'static str, String, Labels)>, ProviderError> {
-    let selector = Labels::from([(KIND_LABEL.to_owned(), "agent".to_owned())]);
+    let selector = resource_labels(kind, "")
+        .into_iter()
+        .filter(|(key, _)| key == KIND_LABEL)
+        .collect();
     let mut found: Vec<(&'static str, String, Labels)> = Vec::new();
     let servers = all_pages!(|s, p| cloud.servers.list_servers(s, p), &selector);
     found.extend(servers.into_iter().map(|(id, l)| ("server", id, l)));
@@ -95,8 +104,12 @@ pub async fn sweep(app: &App, every: Duration, remove_them: bool) -> Result<Vec<
         return Ok(Vec::new());
     }
     let mut orphans = Vec::new();
-    for cloud in app.providers.clouds() {
-        let found = match agent_resources(cloud).await {
+    for (cloud, kind) in app
+        .providers
+        .clouds()
+        .flat_map(|cloud| [ResourceKind::Agent, ResourceKind::PlainVm].map(|kind| (cloud, kind)))
+    {
+        let found = match labelled(cloud, kind).await {
             Ok(found) => found,
             Err(e) => {
                 warn!(provider = cloud.name, error = %e, "sweeper: cannot list the provider's resources");
@@ -105,22 +118,23 @@ pub async fn sweep(app: &App, every: Duration, remove_them: bool) -> Result<Vec<
         };
         for (what, id, labels) in found {
             let owner = labels.get(ID_LABEL).cloned().unwrap_or_default();
-            let agent = app.store.read().await?.agent(&owner).await?;
-            if agent.is_some_and(|a| a.destroyed_at.is_none()) {
+            if live(app, kind, &owner).await? {
                 continue;
             }
             let orphan = Orphan {
                 provider: cloud.name,
+                kind,
                 what,
                 id,
                 owner,
             };
             warn!(
                 provider = orphan.provider,
+                kind = ?orphan.kind,
                 resource = orphan.what,
                 id = %orphan.id,
                 owner = %orphan.owner,
-                "sweeper: a resource labelled as ours that no live Agent owns"
+                "sweeper: a resource labelled as ours that no live Agent or Plain VM owns"
             );
             if remove_them {
                 match remove(cloud, &orphan).await {
@@ -136,6 +150,21 @@ pub async fn sweep(app: &App, every: Duration, remove_them: bool) -> Result<Vec<
         }
     }
     Ok(orphans)
+}
+
+/// Whether `kind` `id` is recorded and not destroyed.
+async fn live(app: &App, kind: ResourceKind, id: &str) -> Result<bool> {
+    let mut tx = app.store.read().await?;
+    Ok(match kind {
+        ResourceKind::Agent => tx
+            .agent(id)
+            .await?
+            .is_some_and(|a| a.destroyed_at.is_none()),
+        ResourceKind::PlainVm => tx
+            .plain_vm(id)
+            .await?
+            .is_some_and(|vm| vm.destroyed_at.is_none()),
+    })
 }
 
 /// Sweeps every `every`.

@@ -161,7 +161,7 @@ impl From<Error> for ApiError {
                     "the database is unreachable; retry shortly",
                 )
             }
-            Error::Store(_) | Error::Random(_) => {
+            Error::Store(_) | Error::Random(_) | Error::Internal(_) => {
                 log_chain(&error);
                 Self::internal()
             }

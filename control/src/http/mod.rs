@@ -12,6 +12,7 @@ mod health;
 mod idempotency;
 mod import;
 pub mod middleware;
+mod plain_vms;
 mod usage;
 mod vault_keys;
 mod vm_agent;
@@ -35,7 +36,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[openapi(
     info(
         title = "control",
-        description = "The control plane API for dedicated-VM hosting: Agents, usage and the audit log. \
+        description = "The control plane API for dedicated-VM hosting: Agents, Plain VMs, usage and the audit log. \
             Errors are application/problem+json (RFC 9457) naming the offending field.",
     ),
     modifiers(&BearerAuth),
@@ -44,6 +45,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "accounts", description = "Accounts and API tokens (operators)"),
         (name = "images", description = "Platform image releases (operators)"),
         (name = "usage", description = "Daily usage rolled up from state periods"),
+        (name = "plain-vms", description = "Plain VMs: a dedicated server, its own firewall and a one-shot cloud-init, no agent"),
         (name = "vault", description = "An account's OpenSSH public keys, for Plain VMs"),
         (name = "audit", description = "The append-only, hash-chained audit log"),
         (name = "agent", description = "What vm-agent calls, with its bootstrap token or credential"),
@@ -88,6 +90,15 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(usage::verify))
         .routes(routes!(vault_keys::add, vault_keys::list))
         .routes(routes!(vault_keys::delete))
+        .routes(routes!(plain_vms::provision, plain_vms::list))
+        .routes(routes!(plain_vms::get, plain_vms::destroy))
+        .routes(routes!(plain_vms::start))
+        .routes(routes!(plain_vms::stop))
+        .routes(routes!(plain_vms::transfer))
+        .routes(routes!(
+            plain_vms::get_firewall,
+            plain_vms::replace_firewall
+        ))
 }
 
 /// Routes vm-agent calls with its own bootstrap token or credential.

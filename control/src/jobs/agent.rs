@@ -53,6 +53,7 @@ impl JobKind for AgentJob {
         tx: &mut Tx,
         job: &JobRow,
         message: &str,
+        _released: bool,
     ) -> Result<(), Error> {
         give_up(app, tx, job, message).await
     }

@@ -4,8 +4,7 @@
 use control_api::agents::PeriodState;
 
 use super::agent::{AgentJob, agent_server};
-use super::{Step, StepCx, StepError, StepFuture, StepResult};
-use crate::providers::{ProviderError, ServerStatus};
+use super::{Step, StepCx, StepFuture, StepResult, server};
 
 pub(super) static KIND: AgentJob = AgentJob {
     steps: &[
@@ -34,26 +33,9 @@ fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(wait_running(cx))
 }
 
-/// Done once the provider reports the Agent's server running; until then a transient error,
-/// so the runner looks again after its backoff.
+/// Done once the provider reports the Agent's server running.
 pub(super) async fn wait_running(cx: &StepCx<'_>) -> StepResult {
     let (_, id, servers) = agent_server(cx).await?;
-    let server = servers
-        .get_server(&id)
-        .await?
-        .ok_or_else(|| ProviderError::not_found(format!("server {id}")))?;
-    if server.status == ServerStatus::Running {
-        Ok(None)
-    } else if server.status.is_on() {
-        Err(StepError::Wait {
-            reason: format!("server {id} is {:?}, not running yet", server.status),
-            after: std::time::Duration::from_secs(5),
-        })
-    } else {
-        Err(ProviderError::permanent(format!(
-            "server {id} is {:?} instead of starting",
-            server.status
-        ))
-        .into())
-    }
+    server::running(servers, &id).await?;
+    Ok(None)
 }

@@ -18,7 +18,10 @@ mod agent_destroy;
 mod agent_provision;
 mod agent_start;
 mod agent_stop;
+mod plain_vm;
+mod plain_vm_provision;
 mod runner;
+mod server;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -119,24 +122,29 @@ pub trait JobKind: Send + Sync {
         outputs: &Outputs,
     ) -> Result<bool, Error>;
 
-    /// Records that the operation failed for good with `message`.
+    /// Records that the operation failed for good with `message`; `released` says whether the
+    /// undo steps ran to their end, so nothing the job made is left at the provider.
     async fn give_up(
         &self,
         app: &App,
         tx: &mut Tx,
         job: &JobRow,
         message: &str,
+        released: bool,
     ) -> Result<(), Error>;
 }
 
-/// The kind of `job`; `None` for a job this release cannot run (a kind a newer release
-/// queued), which the runner fails with a clear error rather than guess.
-fn kind_of(job: &JobRow) -> Option<&'static dyn JobKind> {
+/// The kind of `job`. (A kind this release does not know, queued by a newer one, cannot be
+/// read from the database at all: `JobRow` refuses it as corrupt.)
+fn kind_of(job: &JobRow) -> &'static dyn JobKind {
     match (job.resource_kind, job.kind) {
-        (ResourceKind::Agent, AgentOperation::Provision) => Some(&agent_provision::KIND),
-        (ResourceKind::Agent, AgentOperation::Start) => Some(&agent_start::KIND),
-        (ResourceKind::Agent, AgentOperation::Stop) => Some(&agent_stop::KIND),
-        (ResourceKind::Agent, AgentOperation::Destroy) => Some(&agent_destroy::KIND),
-        (ResourceKind::PlainVm, _) => None,
+        (ResourceKind::Agent, AgentOperation::Provision) => &agent_provision::KIND,
+        (ResourceKind::Agent, AgentOperation::Start) => &agent_start::KIND,
+        (ResourceKind::Agent, AgentOperation::Stop) => &agent_stop::KIND,
+        (ResourceKind::Agent, AgentOperation::Destroy) => &agent_destroy::KIND,
+        (ResourceKind::PlainVm, AgentOperation::Provision) => &plain_vm_provision::KIND,
+        (ResourceKind::PlainVm, AgentOperation::Start) => &plain_vm::START,
+        (ResourceKind::PlainVm, AgentOperation::Stop) => &plain_vm::STOP,
+        (ResourceKind::PlainVm, AgentOperation::Destroy) => &plain_vm::DESTROY,
     }
 }

@@ -46,20 +46,13 @@ pub async fn run_due(app: &App) -> Result<usize> {
             break;
         };
         tx.commit().await?;
-        match kind_of(&job) {
-            None => {
-                let message = format!(
-                    "this release cannot run a {:?} job of a {:?}",
-                    job.kind, job.resource_kind
-                );
-                close(app, &job, None, &message).await?;
-            }
-            Some(kind) if job.attempts > app.settings.job_max_attempts => {
-                // Whatever keeps failing (a transient provider error or our own), stop.
-                let message = format!("gave up after {} attempts", job.attempts - 1);
-                give_up(app, &job, kind, &outputs_of(&job)?, &message).await?;
-            }
-            Some(kind) => run(app, &job, kind).await?,
+        let kind = kind_of(&job);
+        if job.attempts > app.settings.job_max_attempts {
+            // Whatever keeps failing (a transient provider error or our own), stop.
+            let message = format!("gave up after {} attempts", job.attempts - 1);
+            give_up(app, &job, kind, &outputs_of(&job)?, &message).await?;
+        } else {
+            run(app, &job, kind).await?;
         }
         ran += 1;
     }
@@ -115,7 +108,7 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
     }
     if let Some(failure) = failure {
         let message = format!("{failure} (what it had made is released)");
-        return close(app, job, Some(kind), &message).await;
+        return close(app, job, kind, true, &message).await;
     }
     let now = app.clock.now().as_millis();
     let mut tx = app.store.write().await?;
@@ -281,10 +274,10 @@ async fn give_up(
 ) -> Result<()> {
     if let Some(failure) = outputs.get(UNDO).and_then(Value::as_str) {
         let message = format!("{failure} (releasing what it had made failed too: {message})");
-        return close(app, job, Some(kind), &message).await;
+        return close(app, job, kind, false, &message).await;
     }
     if kind.undo().is_empty() {
-        return close(app, job, Some(kind), message).await;
+        return close(app, job, kind, false, message).await;
     }
     let mut outputs = outputs.clone();
     outputs.insert(UNDO.to_owned(), Value::String(message.to_owned()));
@@ -305,14 +298,19 @@ async fn give_up(
     Ok(())
 }
 
-/// Ends the job as failed for good; its resource (if its kind is known) keeps its state and
-/// shows the error. Only the lease holder may do so: without the lease, nothing changes.
-async fn close(app: &App, job: &JobRow, kind: Option<&dyn JobKind>, message: &str) -> Result<()> {
+/// Ends the job as failed for good; its resource learns of it, and whether the undo steps
+/// released what the job had made. Only the lease holder may do so: without the lease,
+/// nothing changes.
+async fn close(
+    app: &App,
+    job: &JobRow,
+    kind: &dyn JobKind,
+    released: bool,
+    message: &str,
+) -> Result<()> {
     let now = app.clock.now().as_millis();
     let mut tx = app.store.write().await?;
-    if let Some(kind) = kind {
-        kind.give_up(app, &mut tx, job, message).await?;
-    }
+    kind.give_up(app, &mut tx, job, message, released).await?;
     if !tx
         .finish_job(&job.id, &app.replica_id, true, Some(message), now)
         .await?

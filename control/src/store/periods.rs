@@ -20,6 +20,13 @@ impl<'a> ResourceRef<'a> {
             id,
         }
     }
+
+    pub fn plain_vm(id: &'a str) -> Self {
+        Self {
+            kind: ResourceKind::PlainVm,
+            id,
+        }
+    }
 }
 
 impl std::fmt::Display for ResourceRef<'_> {

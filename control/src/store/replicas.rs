@@ -28,6 +28,17 @@ impl Tx {
         .await)?)
     }
 
+    /// When replica `id` last announced itself, if it ever did.
+    pub async fn replica_seen_at(&mut self, id: &str) -> Result<Option<i64>> {
+        let found: Option<(i64,)> = on_conn!(self, conn => sqlx::query_as(
+            "SELECT seen_at FROM replicas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(conn)
+        .await)?;
+        Ok(found.map(|(seen,)| seen))
+    }
+
     pub async fn forget_replica(&mut self, id: &str) -> Result<()> {
         on_conn!(self, conn => sqlx::query("DELETE FROM replicas WHERE id = $1")
             .bind(id)

@@ -77,6 +77,8 @@ impl DbText for AuditAction {
         Self::AgentDestroy,
         Self::AgentTransfer,
         Self::AgentRebootstrap,
+        Self::PlainVmDestroy,
+        Self::PlainVmTransfer,
     ];
     fn as_db(self) -> &'static str {
         match self {
@@ -86,6 +88,8 @@ impl DbText for AuditAction {
             Self::AgentDestroy => "agent.destroy",
             Self::AgentTransfer => "agent.transfer",
             Self::AgentRebootstrap => "agent.rebootstrap",
+            Self::PlainVmDestroy => "plain_vm.destroy",
+            Self::PlainVmTransfer => "plain_vm.transfer",
         }
     }
 }

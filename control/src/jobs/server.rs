@@ -1,0 +1,74 @@
+//! What Agent and Plain VM jobs do alike to a server: wait until it runs, and see it off
+//! within the stop grace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{StepCx, StepError, StepResult};
+use crate::clock::millis;
+use crate::providers::{ProviderError, Server, ServerStatus, Servers};
+
+/// How often a job looks whether a server got where it was asked to.
+const LOOK_AGAIN: Duration = Duration::from_secs(5);
+
+/// The server once the provider reports it running; until then a wait, so the runner looks
+/// again; a server that is off instead of starting is a failure.
+pub(super) async fn running(servers: &Arc<dyn Servers>, id: &str) -> Result<Server, StepError> {
+    let server = servers
+        .get_server(id)
+        .await?
+        .ok_or_else(|| ProviderError::not_found(format!("server {id}")))?;
+    if server.status == ServerStatus::Running {
+        Ok(server)
+    } else if server.status.is_on() {
+        Err(StepError::Wait {
+            reason: format!("server {id} is {:?}, not running yet", server.status),
+            after: LOOK_AGAIN,
+        })
+    } else {
+        Err(ProviderError::permanent(format!(
+            "server {id} is {:?} instead of starting",
+            server.status
+        ))
+        .into())
+    }
+}
+
+/// Asks the server's OS to shut down; the output is when (the grace runs from there).
+pub(super) async fn shutdown(cx: &StepCx<'_>, servers: &Arc<dyn Servers>, id: &str) -> StepResult {
+    servers.shutdown(id).await?;
+    Ok(Some(Value::from(cx.app.clock.now().as_millis())))
+}
+
+/// Done once the server is off. Until the grace since the `shutdown` step is over the OS is
+/// given time; then the power is cut, as a cloud's console would, and the step looks again
+/// until it is off.
+pub(super) async fn off(cx: &StepCx<'_>, servers: &Arc<dyn Servers>, id: &str) -> StepResult {
+    let on = servers
+        .get_server(id)
+        .await?
+        .is_some_and(|server| server.status.is_on());
+    if !on {
+        return Ok(None);
+    }
+    // A job an earlier release started has no instant recorded: its creation will do.
+    let asked_at = cx
+        .outputs
+        .get("shutdown")
+        .and_then(Value::as_i64)
+        .unwrap_or(cx.job.created_at);
+    let left = asked_at + millis(cx.app.settings.stop_grace) - cx.app.clock.now().as_millis();
+    if left > 0 {
+        return Err(StepError::Wait {
+            reason: format!("server {id} is shutting down"),
+            after: LOOK_AGAIN.min(Duration::from_millis(left.unsigned_abs())),
+        });
+    }
+    servers.power_off(id).await?;
+    Err(StepError::Wait {
+        reason: format!("server {id} did not shut down within the grace; its power was cut"),
+        after: LOOK_AGAIN,
+    })
+}
