@@ -19,8 +19,13 @@ use control_api::agents::{
 };
 use control_api::audit::{AuditAction, AuditEvent, AuditPage, AuditVerification, BrokenLink};
 use control_api::images::{Image, ImageList, RegisterImage, SetCurrentImage};
+use control_api::plain_vms::{
+    FirewallRuleInput, FirewallRules, PlainVm, PlainVmKey, PlainVmList, PlainVmState,
+    ProvisionPlainVm, TransferPlainVm,
+};
 use control_api::problem::{FieldError, Problem};
 use control_api::usage::{ResourceKind, UsageReport, UsageRow};
+use control_api::vault::{AddVaultKey, VaultKey};
 use control_api::{Day, Health, Timestamp, UPGRADE_NOTE};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -408,5 +413,102 @@ fn the_agent_config_file() {
         toml::from_str::<AgentToml>(&golden).unwrap(),
         agent_toml(),
         "agent.toml does not read back"
+    );
+}
+
+fn plain_vm() -> PlainVm {
+    PlainVm {
+        id: "pvm_01JDQ6VA0000000000000000AB".to_owned(),
+        account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+        name: "web".to_owned(),
+        hostname: "web.example.com".to_owned(),
+        provider: "hetzner".to_owned(),
+        server_type: "cx22".to_owned(),
+        location: "fsn1".to_owned(),
+        image: "debian-12".to_owned(),
+        default_user: "root".to_owned(),
+        state: PlainVmState::Stopped,
+        operation: Some(AgentOperation::Provision),
+        last_error: None,
+        ipv4: Some("203.0.113.10".to_owned()),
+        ipv6: Some("2001:db8:1234::/64".to_owned()),
+        ssh_keys: vec![PlainVmKey {
+            vault_key_id: "key_01JDQ6VA0000000000000000AC".to_owned(),
+            name: "alice".to_owned(),
+            fingerprint: "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s".to_owned(),
+        }],
+        one_time_password_set: true,
+        one_time_password: Some("abcdefghijkmnpqrstuv".to_owned()),
+        provisioned_at: at("2026-11-20T09:00:00Z"),
+        destroyed_at: None,
+    }
+}
+
+#[test]
+fn plain_vms_and_the_vault() {
+    check("plain_vm", &plain_vm());
+    check(
+        "plain_vm_list",
+        &PlainVmList {
+            items: vec![PlainVm {
+                one_time_password: None,
+                ..plain_vm()
+            }],
+            next_cursor: None,
+        },
+    );
+    check(
+        "provision_plain_vm",
+        &ProvisionPlainVm {
+            name: "web".to_owned(),
+            hostname: Some("web.example.com".to_owned()),
+            server_type: Some("cx22".to_owned()),
+            location: Some("fsn1".to_owned()),
+            image: Some("debian-12".to_owned()),
+            vault_key_ids: vec!["key_01JDQ6VA0000000000000000AC".to_owned()],
+            one_time_password: true,
+            account_id: None,
+        },
+    );
+    check(
+        "transfer_plain_vm",
+        &TransferPlainVm {
+            to_account: "acc_01JDQ6V9000000000000000001".to_owned(),
+        },
+    );
+    check(
+        "firewall_rules",
+        &FirewallRules {
+            rules: vec![FirewallRuleInput {
+                direction: "in".to_owned(),
+                protocol: "tcp".to_owned(),
+                port: Some("22".to_owned()),
+                source_ips: vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()],
+                destination_ips: Vec::new(),
+                description: Some("ssh".to_owned()),
+            }],
+        },
+    );
+    check(
+        "vault_key",
+        &VaultKey {
+            id: "key_01JDQ6VA0000000000000000AC".to_owned(),
+            account_id: "acc_01JDQ6V9000000000000000000".to_owned(),
+            name: "alice".to_owned(),
+            algorithm: "ssh-ed25519".to_owned(),
+            bits: 256,
+            fingerprint: "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s".to_owned(),
+            public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE alice@laptop".to_owned(),
+            comment: Some("alice@laptop".to_owned()),
+            created_at: at("2026-11-20T08:30:00Z"),
+        },
+    );
+    check(
+        "add_vault_key",
+        &AddVaultKey {
+            name: "alice".to_owned(),
+            public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE alice@laptop".to_owned(),
+            account_id: None,
+        },
     );
 }
