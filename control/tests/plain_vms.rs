@@ -23,7 +23,7 @@ use test_support::TestDb;
 
 struct Rig {
     hetzner: HetznerFake,
-    _cloudflare: CloudflareFake,
+    cloudflare: CloudflareFake,
     h: common::Harness,
     account: String,
     token: String,
@@ -70,7 +70,7 @@ async fn rig(db: TestDb) -> Rig {
     assert_eq!(key.status, 201, "{:#}", key.body);
     Rig {
         hetzner,
-        _cloudflare: cloudflare,
+        cloudflare,
         h,
         account,
         token,
@@ -427,6 +427,30 @@ async fn lifecycle(db: TestDb) {
     );
     let verified = h.get("/api/audit/verify", &h.operator).await;
     assert_eq!(verified.body["ok"], true, "{:#}", verified.body);
+
+    // Nothing of ours but the server and its firewall: no tunnel, no volume, and no call to
+    // the provider that mentions an agent.
+    assert_eq!(
+        rig.cloudflare.control().calls_total(),
+        0,
+        "a Plain VM has no tunnel"
+    );
+    let answers = rig.hetzner.control().answers();
+    assert!(!answers.is_empty());
+    for answer in answers {
+        assert!(
+            !answer.template.starts_with("/v1/volumes"),
+            "{}",
+            answer.path
+        );
+        let body = String::from_utf8_lossy(&answer.body).to_ascii_lowercase();
+        assert!(
+            !body.contains("vm-agent") && !body.contains("cloudflared"),
+            "{} {}: {body}",
+            answer.method,
+            answer.path
+        );
+    }
 
     // Usage: existence, stopped hours included, split at the transfer, kept after destroy.
     control::ledger::rollup(&h.app.store, h.now())

@@ -4,7 +4,8 @@
 //! back, the test kills control while they hold it, starts it again, and checks that the
 //! Agent ends running with exactly one server, firewall, volume, tunnel and DNS record — on
 //! SQLite and on PostgreSQL; and, on PostgreSQL, that with two replicas the survivor finishes
-//! the job the killed one began.
+//! the job the killed one began. The same for a Plain VM at each of its provisioning calls:
+//! exactly one server and one firewall at the end, the firewall applied to the server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
@@ -49,6 +50,18 @@ const CALLS: &[(&str, Fake, &str, &str)] = &[
     ("server", Fake::Hetzner, "POST", "/v1/servers"),
     ("running", Fake::Hetzner, "GET", "/v1/servers/{id}"),
 ];
+
+/// Every provider call of a Plain VM's provisioning job that makes something (or reads the
+/// server's state), with its step.
+const PLAIN_VM_CALLS: &[(&str, &str, &str)] = &[
+    ("firewall", "POST", "/v1/firewalls"),
+    ("server", "POST", "/v1/servers"),
+    ("running", "GET", "/v1/servers/{id}"),
+];
+
+/// A Vault key for the Plain VMs.
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti alice";
 
 struct Rig {
     hetzner: HetznerFake,
@@ -174,6 +187,31 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Makes an account with a Vault key and asks for a Plain VM with it; returns the
+    /// operator's client and the VM's id.
+    async fn provision_plain_vm(&self) -> (Api, String) {
+        let data = Path::new(&self.args[3]);
+        let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
+        let op = Api::new(&self.url, operator.trim());
+        let account = op.account("Acme").await;
+        let key = op
+            .post(
+                "/api/vault/keys",
+                json!({"name": "alice", "public_key": KEY, "account_id": account}),
+            )
+            .await;
+        let vm = op
+            .post(
+                "/api/plain-vms",
+                json!({"name": "web", "account_id": account, "vault_key_ids": [key["id"]]}),
+            )
+            .await;
+        let id = vm["id"].as_str().unwrap().to_owned();
+        (op, id)
+    }
+}
+
 /// Waits until the held call reached the fake and took effect, then kills `replica`.
 async fn kill_while_held(rig: &Rig, replica: Replica, fake: Fake, method: &Method, route: &str) {
     eventually("the held call", Duration::from_mins(1), || {
@@ -241,6 +279,69 @@ async fn killed_at_every_call(postgres: bool) {
         hz::schema::assert_answers_match_spec(rig.hetzner.control());
         cf::assert_answers_enveloped(rig.cloudflare.control());
     }
+}
+
+/// For each Plain VM provisioning call in turn, as `killed_at_every_call` does for Agents:
+/// exactly one server and one firewall at the end, the firewall applied to the server.
+async fn plain_vm_killed_at_every_call(postgres: bool) {
+    for &(step, method, route) in PLAIN_VM_CALLS {
+        let db = if postgres {
+            match TestDb::postgres().await {
+                Some(db) => Some(db),
+                None => return,
+            }
+        } else {
+            None
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rig = rig(dir.path(), db.as_ref(), &[free_port()]).await;
+        let first = start_control(&rig.args, rig.port);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        rig.hold_answer(Fake::Hetzner, &method, route);
+        let (op, vm) = rig.provision_plain_vm().await;
+        kill_while_held(&rig, first, Fake::Hetzner, &method, route).await;
+        rig.release_answers();
+        let second = start_control(&rig.args, rig.port);
+        let what = format!("{step}: {method} {route}");
+        eventually(
+            &format!("the Plain VM running ({what})"),
+            Duration::from_mins(1),
+            || {
+                let (op, vm) = (op.clone(), vm.clone());
+                async move {
+                    let view = op.get(&format!("/api/plain-vms/{vm}")).await;
+                    view["state"] == "running" && view["operation"].is_null()
+                }
+            },
+        )
+        .await;
+        let view = op.get(&format!("/api/plain-vms/{vm}")).await;
+        assert_eq!(
+            view["last_error"],
+            serde_json::Value::Null,
+            "{what}: {view:#}"
+        );
+        assert_eq!(rig.inventory(), [1, 1, 0, 0, 0], "{what}");
+        let server = &rig.hetzner.control().servers()[0];
+        let firewall = &rig.hetzner.control().firewalls()[0];
+        assert_eq!(server.labels["control/id"], vm, "{what}");
+        assert_eq!(firewall.labels["control/id"], vm, "{what}");
+        assert_eq!(server.firewalls, vec![firewall.id], "{what}: applied");
+        assert_eq!(firewall.servers, vec![server.id], "{what}: applied");
+        let (status, log) = second.daemon.stop();
+        assert!(status.success(), "{log}");
+        hz::schema::assert_answers_match_spec(rig.hetzner.control());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_vm_killed_at_every_provisioning_call_on_sqlite() {
+    plain_vm_killed_at_every_call(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_vm_killed_at_every_provisioning_call_on_postgres() {
+    plain_vm_killed_at_every_call(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
