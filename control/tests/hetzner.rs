@@ -1,7 +1,8 @@
 //! control's Hetzner client against the Hetzner fake (`tests/provider-fakes`): each capability,
-//! Hetzner's errors as the dashboard will see them, the request budget, and a whole Agent's
-//! life (firewall, volume, server; stop; destroy) run by the job runner — with every answer
-//! the fake gave checked against Hetzner's OpenAPI schemas at the end.
+//! Hetzner's errors as the dashboard will see them, the request budget, the preflight of a
+//! placement (the configured one, or a Plain VM's own type, location and image), and a whole
+//! Agent's life (firewall, volume, server; stop; destroy) run by the job runner — with every
+//! answer the fake gave checked against Hetzner's OpenAPI schemas at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 
@@ -14,8 +15,8 @@ use control::clock::SystemClock;
 use control::providers::hetzner::{self, Hetzner, HetznerConfig};
 use control::providers::http::RetryPolicy;
 use control::providers::{
-    Cloud, ErrorKind, FirewallRule, FirewallSpec, Firewalls, Labels, Providers, Secret, ServerSpec,
-    ServerStatus, Servers, VolumeSpec, Volumes, resource_labels,
+    Cloud, ErrorKind, FirewallRule, FirewallSpec, Firewalls, Labels, Placement, ProviderError,
+    Providers, Secret, ServerSpec, ServerStatus, Servers, VolumeSpec, Volumes, resource_labels,
 };
 use control_api::usage::ResourceKind;
 use provider_fakes::hetzner::{HetznerFake, Method, Options, schema};
@@ -558,4 +559,220 @@ async fn a_refused_provisioning_leaves_a_paused_agent_with_the_cause_and_nothing
     let view = h.get(&format!("/api/agents/{agent}"), &token).await.body;
     assert_eq!(view["state"], "destroyed", "{view:#}");
     schema::assert_answers_match_spec(control);
+}
+
+/// Every server is asked for with a public IPv4 and IPv6 outright (not left to Hetzner's
+/// defaults), and comes back with both.
+#[tokio::test]
+async fn a_server_is_created_with_public_ipv4_and_ipv6() {
+    let fake = fake().await;
+    let h = client(&fake);
+    let mut plain = spec("pvm_1", "debian-12");
+    plain.labels = resource_labels(ResourceKind::PlainVm, "pvm_1");
+    plain.server_type = Some("cpx11".to_owned());
+    plain.location = Some("ash".to_owned());
+    let created = h.create_server(&plain).await.unwrap();
+    let sent = fake.control().servers();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].public_net,
+        Some((Some(true), Some(true))),
+        "public_net as sent"
+    );
+    assert_eq!(
+        (sent[0].server_type.as_str(), sent[0].location.as_str()),
+        ("cpx11", "ash")
+    );
+    let ipv4: std::net::Ipv4Addr = created.ipv4.as_deref().unwrap().parse().unwrap();
+    let ipv6 = created.ipv6.clone().unwrap();
+    assert!(ipv6.ends_with("/64"), "{ipv6}");
+    let found = h.get_server(&created.id).await.unwrap().unwrap();
+    assert_eq!(
+        (found.ipv4.as_deref(), found.ipv6.as_deref()),
+        (Some(ipv4.to_string().as_str()), Some(ipv6.as_str()))
+    );
+    schema::assert_answers_match_spec(fake.control());
+}
+
+/// A Hetzner client at the fake configured with `server_type` and `location`.
+fn configured_client(fake: &HetznerFake, server_type: &str, location: &str) -> Hetzner {
+    let mut config = HetznerConfig::new(Secret(fake.token().to_owned()));
+    config.base_url = fake.url();
+    server_type.clone_into(&mut config.server_type);
+    location.clone_into(&mut config.location);
+    Hetzner::new(config, Arc::new(SystemClock)).unwrap()
+}
+
+async fn preflight(
+    h: &Hetzner,
+    image: &str,
+    server_type: Option<&str>,
+    location: Option<&str>,
+) -> Result<(), ProviderError> {
+    h.preflight(&Placement {
+        image,
+        server_type,
+        location,
+    })
+    .await
+}
+
+/// A placement that names its own type, location and image (a Plain VM's) is checked as given,
+/// images by name for the type's architecture; the check that passed is remembered for those
+/// three only.
+#[tokio::test]
+async fn a_placement_of_the_callers_own_is_checked_as_given() {
+    let fake = fake().await;
+    let h = configured_client(&fake, "cx22", "fsn1");
+    let control = fake.control();
+    for (image, server_type, location) in [
+        ("debian-12", Some("cpx11"), Some("ash")),
+        ("ubuntu-24.04", Some("cax11"), Some("hel1")),
+        ("debian-12", None, Some("nbg1")),
+        ("ubuntu-24.04", Some("cpx11"), None),
+        ("114690387", Some("cpx11"), Some("ash")),
+        ("114690387", None, None),
+    ] {
+        preflight(&h, image, server_type, location)
+            .await
+            .unwrap_or_else(|e| panic!("{image} {server_type:?} {location:?}: {e}"));
+    }
+    assert_eq!(control.calls(&Method::GET, "/v1/images"), 4, "by name");
+    assert_eq!(control.calls(&Method::GET, "/v1/images/{id}"), 2, "by id");
+
+    // Remembered by all three: the same again costs nothing, another location a new check.
+    control.reset_calls();
+    preflight(&h, "debian-12", Some("cpx11"), Some("ash"))
+        .await
+        .unwrap();
+    assert_eq!(control.calls_total(), 0);
+    preflight(&h, "debian-12", Some("cpx11"), Some("fsn1"))
+        .await
+        .unwrap();
+    assert_eq!(control.calls(&Method::GET, "/v1/locations"), 1);
+    schema::assert_answers_match_spec(control);
+}
+
+/// What Hetzner does not have, or does not offer, among the values a placement gave is
+/// refused naming that value's field (which the API answers as invalid input in that field);
+/// the configured values are refused as before, naming the configuration key and no field.
+#[tokio::test]
+async fn a_refusal_names_the_field_the_caller_gave() {
+    let fake = fake().await;
+    let h = configured_client(&fake, "cx22", "fsn1");
+    for (image, server_type, location, field, cause) in [
+        (
+            "debian-12",
+            Some("cx99"),
+            None,
+            "server_type",
+            "no server type \"cx99\"",
+        ),
+        (
+            "debian-12",
+            None,
+            Some("mars1"),
+            "location",
+            "no location \"mars1\"",
+        ),
+        (
+            "debian-12",
+            Some("cx22"),
+            Some("ash"),
+            "server_type",
+            "does not offer server type \"cx22\" in location \"ash\"",
+        ),
+        (
+            "debian-12",
+            None,
+            Some("ash"),
+            "location",
+            "does not offer server type \"cx22\" in location \"ash\"",
+        ),
+        (
+            "debian-13",
+            Some("cpx11"),
+            None,
+            "image",
+            "no image \"debian-13\"",
+        ),
+        ("999999999", None, None, "image", "no image \"999999999\""),
+        ("0", None, None, "image", "no image \"0\""),
+        ("", None, None, "image", "no image \"\""),
+        // debian-12 for arm, on an x86 type.
+        (
+            "114690389",
+            Some("cx22"),
+            None,
+            "image",
+            "for server type \"cx22\"",
+        ),
+    ] {
+        let refused = preflight(&h, image, server_type, location)
+            .await
+            .unwrap_err();
+        let case = format!("{image:?} {server_type:?} {location:?}: {refused}");
+        assert_eq!(
+            (refused.kind, refused.field, refused.code.as_deref()),
+            (ErrorKind::Permanent, Some(field), Some("invalid_input")),
+            "{case}"
+        );
+        assert!(
+            refused.message.contains(cause) && !refused.message.contains("configured"),
+            "{case}"
+        );
+        let control::error::Error::Invalid(fields) =
+            control::error::Error::provider("hetzner", &refused)
+        else {
+            panic!("{case}: not invalid input");
+        };
+        assert_eq!(fields[0].field, field, "{case}");
+    }
+
+    // The configured values: no field, the configuration key named, the provider's refusal.
+    for (server_type, location, cause) in [
+        (
+            "cx99",
+            "fsn1",
+            "no server type \"cx99\" (configured as [hetzner] server_type)",
+        ),
+        (
+            "cx22",
+            "mars1",
+            "no location \"mars1\" (configured as [hetzner] location)",
+        ),
+        (
+            "cx22",
+            "ash",
+            "does not offer server type \"cx22\" in location \"ash\"",
+        ),
+    ] {
+        let h = configured_client(&fake, server_type, location);
+        let refused = preflight(&h, "114690387", None, None).await.unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.field),
+            (ErrorKind::Permanent, None),
+            "{refused}"
+        );
+        assert!(refused.message.contains(cause), "{refused}");
+        assert!(
+            matches!(
+                control::error::Error::provider("hetzner", &refused),
+                control::error::Error::Provider(_)
+            ),
+            "{refused}"
+        );
+    }
+    // A configured value wrong beside one the caller gave: the configured one names no field.
+    let h = configured_client(&fake, "cx99", "fsn1");
+    let refused = preflight(&h, "debian-12", None, Some("nbg1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.field, None, "{refused}");
+    assert!(
+        refused
+            .message
+            .contains("configured as [hetzner] server_type")
+    );
+    schema::assert_answers_match_spec(fake.control());
 }

@@ -67,12 +67,21 @@ pub async fn provision(
     // Asked before anything is recorded, so a refusal (an image, server type or location the
     // provider does not have) or a failing provider reaches the caller, not a job.
     let (_, image_ref) = current_release(&mut app.store.read().await?, provider).await?;
+    let placement = crate::providers::Placement {
+        image: &image_ref,
+        server_type: None,
+        location: None,
+    };
     app.providers
         .default_cloud()
         .servers
-        .preflight(&image_ref)
+        .preflight(&placement)
         .await
-        .map_err(|e| Error::provider(provider, &e))?;
+        .map_err(|e| {
+            // The image is the release's, not a field of the request.
+            let e = e.not_the_callers(&format!("the current release's {provider} reference"));
+            Error::provider(provider, &e)
+        })?;
     if let Some(tunnels) = app.providers.tunnels() {
         tunnels
             .preflight()

@@ -22,7 +22,9 @@ use serde_json::Value;
 
 use crate::providers::Secret;
 
-pub use plain_vm::{PlainVmFirstBoot, one_time_password, plain_vm_document};
+pub use plain_vm::{
+    PlainVmDelivery, PlainVmFirstBoot, one_time_password, plain_vm_document, read_plain_vm_document,
+};
 
 /// The Agent's template (`cloud-init/agent.cloud-config`).
 const AGENT_TEMPLATE: &str = include_str!("../../../cloud-init/agent.cloud-config");

@@ -50,16 +50,29 @@ pub const KIND_LABEL: &str = "control/kind";
 /// The label naming our resource's id.
 pub const ID_LABEL: &str = "control/id";
 
-/// The labels every provider resource made for `kind` `id` carries.
-pub fn resource_labels(kind: ResourceKind, id: &str) -> Labels {
-    let kind = match kind {
+/// The value of [`KIND_LABEL`] for resources of `kind`.
+fn kind_label(kind: ResourceKind) -> &'static str {
+    match kind {
         ResourceKind::Agent => "agent",
         ResourceKind::PlainVm => "plain_vm",
-    };
+    }
+}
+
+/// The labels every provider resource made for `kind` `id` carries.
+pub fn resource_labels(kind: ResourceKind, id: &str) -> Labels {
     Labels::from([
-        (KIND_LABEL.to_owned(), kind.to_owned()),
+        (KIND_LABEL.to_owned(), kind_label(kind).to_owned()),
         (ID_LABEL.to_owned(), id.to_owned()),
     ])
+}
+
+/// The kind of our resource a provider resource with `labels` was made for, if its
+/// [`KIND_LABEL`] names one.
+pub fn labelled_kind(labels: &Labels) -> Option<ResourceKind> {
+    let label = labels.get(KIND_LABEL)?;
+    [ResourceKind::Agent, ResourceKind::PlainVm]
+        .into_iter()
+        .find(|kind| kind_label(*kind) == label)
 }
 
 /// What kind of failure a provider call met, which decides what a job does next.
@@ -78,7 +91,8 @@ pub enum ErrorKind {
 }
 
 /// A provider call that failed: what kind of failure, the provider's own code and message,
-/// and how long the provider asked us to wait, when it said.
+/// how long the provider asked us to wait, when it said, and which value of the caller's it
+/// refused, when it was one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
 pub struct ProviderError {
@@ -87,6 +101,11 @@ pub struct ProviderError {
     pub code: Option<String>,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// The caller's field whose value was refused (such as a [`Placement`]'s `server_type`),
+    /// when the refusal is of a value the caller gave; `None` for everything else, values
+    /// from configuration included. A service answers a permanent refusal with a field as
+    /// invalid input naming it ([`crate::error::Error::provider`]).
+    pub field: Option<&'static str>,
 }
 
 impl ProviderError {
@@ -96,6 +115,7 @@ impl ProviderError {
             code: None,
             message: message.into(),
             retry_after: None,
+            field: None,
         }
     }
 
@@ -128,6 +148,25 @@ impl ProviderError {
     #[must_use]
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
+        self
+    }
+
+    /// The same error, as the refusal of the caller's `field`.
+    #[must_use]
+    pub fn on_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    /// The same error, for a caller who did not give the value it refused (an Agent's image
+    /// is its release's, not a field of its request): it names no field, and the message
+    /// says where the value came from (`origin`). Nothing changes for an error naming no
+    /// field.
+    #[must_use]
+    pub fn not_the_callers(mut self, origin: &str) -> Self {
+        if self.field.take().is_some() {
+            self.message = format!("{} ({origin})", self.message);
+        }
         self
     }
 
@@ -174,6 +213,16 @@ impl ServerStatus {
     }
 }
 
+/// What a server is to be made from and where, as a preflight checks it: the provider's image
+/// reference (an id, or a name such as Hetzner's `debian-12`), and the server type and
+/// location, `None` for the cloud's configured ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub image: &'a str,
+    pub server_type: Option<&'a str>,
+    pub location: Option<&'a str>,
+}
+
 /// A server to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSpec {
@@ -210,12 +259,14 @@ pub struct Page<T> {
 
 #[async_trait]
 pub trait Servers: Send + Sync + Debug {
-    /// Checks, before anything is recorded, that servers can be made from `image` as this
-    /// cloud is configured (it knows the image, the server type and the location). A refusal
-    /// names the cause; a provider that cannot answer is a transient error. Nothing to check
-    /// by default.
-    async fn preflight(&self, image: &str) -> Result<(), ProviderError> {
-        let _ = image;
+    /// Checks, before anything is recorded, that servers can be made as `placement` says
+    /// (the cloud knows the image, the server type and the location, and offers the type
+    /// there), with the cloud's configured type and location where it names none. A refusal
+    /// names the cause, and the placement's field (`image`, `server_type`, `location`) when
+    /// it is of a value the placement gave; a refusal of a configured value names none. A
+    /// provider that cannot answer is a transient error. Nothing to check by default.
+    async fn preflight(&self, placement: &Placement<'_>) -> Result<(), ProviderError> {
+        let _ = placement;
         Ok(())
     }
 
@@ -456,10 +507,40 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_names_the_callers_field_only_when_the_value_was_theirs() {
+        let plain = ProviderError::permanent("no such thing").with_code("invalid_input");
+        assert_eq!(plain.field, None, "no constructor names a field");
+        let callers = plain.clone().on_field("server_type");
+        assert_eq!(callers.field, Some("server_type"));
+        assert_eq!(
+            callers.to_string(),
+            "no such thing (invalid_input)",
+            "the field changes nothing in the message"
+        );
+        let release = callers.not_the_callers("the current release's image");
+        assert_eq!(release.field, None);
+        assert_eq!(
+            release.message,
+            "no such thing (the current release's image)"
+        );
+        assert_eq!(
+            plain.clone().not_the_callers("configured"),
+            plain,
+            "an error naming no field is left as it is"
+        );
+    }
+
+    #[test]
     fn labels_name_our_resource() {
         let labels = resource_labels(ResourceKind::PlainVm, "pvm_1");
         assert_eq!(labels[KIND_LABEL], "plain_vm");
         assert_eq!(labels[ID_LABEL], "pvm_1");
+        assert_eq!(labelled_kind(&labels), Some(ResourceKind::PlainVm));
+        let agent = resource_labels(ResourceKind::Agent, "agt_1");
+        assert_eq!(labelled_kind(&agent), Some(ResourceKind::Agent));
+        assert_eq!(labelled_kind(&Labels::new()), None);
+        let other = Labels::from([(KIND_LABEL.to_owned(), "volume".to_owned())]);
+        assert_eq!(labelled_kind(&other), None);
         assert!(ServerStatus::Starting.is_on());
         assert!(!ServerStatus::Off.is_on());
         assert!(!ServerStatus::Stopping.is_on());

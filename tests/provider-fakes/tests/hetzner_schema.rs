@@ -79,6 +79,36 @@ async fn every_answer_of_every_endpoint_matches_the_openapi_schemas() {
         "debian-12"
     );
     assert_eq!(api.get("/images/999999999").await.status, 404);
+    // By name, as a client resolves `debian-12`: one per architecture.
+    let named = api.get("/images?name=debian-12").await;
+    let architectures: Vec<&Value> = named.body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["architecture"])
+        .collect();
+    assert_eq!(
+        architectures,
+        [&json!("x86"), &json!("arm")],
+        "{}",
+        named.body
+    );
+    let x86 = api
+        .get("/images?name=debian-12&architecture=x86&type=system&status=available")
+        .await;
+    assert_eq!(x86.body["images"][0]["id"], 114_690_387, "{}", x86.body);
+    assert_eq!(x86.body["images"].as_array().unwrap().len(), 1);
+    let none = api.get("/images?name=debian-13").await;
+    assert_eq!(none.body["images"], json!([]), "{}", none.body);
+    let snapshots = api
+        .get("/images?type=snapshot&label_selector=release%3D1.0")
+        .await;
+    assert_eq!(
+        snapshots.body["images"][0]["id"], snapshot,
+        "{}",
+        snapshots.body
+    );
+    assert_eq!(api.get("/images?type=kernel").await.status, 422);
     let plain = api.create_server("plain-1", json!({})).await;
     assert_eq!(plain.status, 201);
     let plain_id = id(&plain.body["server"]);

@@ -1,9 +1,11 @@
 //! What a request is checked against before anything is recorded: that the project knows the
-//! image, the server type and the location servers are made with, and offers the type there
-//! (a check that passed is remembered for [`CHECKED_FOR`], so a burst of provisionings costs
-//! three calls, not three each); and that Hetzner has not just refused a create for the
-//! project's quota (`resource_limit_exceeded`, remembered for [`QUOTA_FOR`] or until something
-//! of ours is deleted; Hetzner has no call that tells the quota beforehand).
+//! image (by id, or by name for the server type's architecture), the server type and the
+//! location a server is to be made with — the request's own, or the configured ones — and
+//! offers the type there (a check that passed is remembered for [`CHECKED_FOR`] by all three,
+//! so a burst of provisionings costs three calls, not three each); and that Hetzner has not
+//! just refused a create for the project's quota (`resource_limit_exceeded`, remembered for
+//! [`QUOTA_FOR`] or until something of ours is deleted; Hetzner has no call that tells the
+//! quota beforehand).
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Hetzner, numeric};
 use crate::clock::millis;
-use crate::providers::ProviderError;
+use crate::providers::{Placement, ProviderError};
 
 /// How long a passed check is trusted.
 pub(super) const CHECKED_FOR: Duration = Duration::from_mins(10);
@@ -29,6 +31,9 @@ struct ServerType {
     name: String,
     #[serde(default)]
     prices: Vec<Price>,
+    /// `x86` or `arm`: what the image must be built for.
+    #[serde(default)]
+    architecture: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +49,56 @@ struct Locations {
 #[derive(Debug, Deserialize)]
 struct Named {
     name: String,
+}
+
+/// `GET /images/{id}`.
+#[derive(Debug, Deserialize)]
+struct OneImage {
+    image: Image,
+}
+
+/// `GET /images?name=`.
+#[derive(Debug, Deserialize)]
+struct Images {
+    images: Vec<Image>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Image {
+    /// Snapshots have none.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+}
+
+/// A server type or location to check: the placement's (`field` names it) or the configured
+/// one (`key` in `[hetzner]`).
+struct Chosen<'a> {
+    value: &'a str,
+    field: Option<&'static str>,
+    key: &'static str,
+}
+
+impl<'a> Chosen<'a> {
+    fn of(given: Option<&'a str>, configured: &'a str, key: &'static str) -> Self {
+        Self {
+            value: given.unwrap_or(configured),
+            field: given.map(|_| key),
+            key,
+        }
+    }
+
+    /// `what` refuses the value: on the caller's field, or naming the configuration key.
+    fn refused(&self, what: &str) -> ProviderError {
+        match self.field {
+            Some(field) => refused(format!("{what} {:?}", self.value)).on_field(field),
+            None => refused(format!(
+                "{what} {:?} (configured as [hetzner] {})",
+                self.value, self.key
+            )),
+        }
+    }
 }
 
 /// Hetzner's word for a refusal of ours: the request cannot succeed as configured.
@@ -93,50 +148,98 @@ impl Hetzner {
         }
     }
 
-    /// Checks that servers can be made from `image` with the configured type and location.
-    pub(super) async fn check_catalogue(&self, image: &str) -> Result<(), ProviderError> {
-        let now = self.api.clock().now().as_millis();
-        let key = format!(
-            "{image} {} {}",
-            self.config.server_type, self.config.location
+    /// Checks that servers can be made as `placement` says, with the configured type and
+    /// location where it names none. A refusal of a value the placement gave names its field;
+    /// one of a configured value names the configuration key instead.
+    pub(super) async fn check_catalogue(
+        &self,
+        placement: &Placement<'_>,
+    ) -> Result<(), ProviderError> {
+        let server_type = Chosen::of(
+            placement.server_type,
+            &self.config.server_type,
+            "server_type",
         );
+        let location = Chosen::of(placement.location, &self.config.location, "location");
+        let image = placement.image;
+        let now = self.api.clock().now().as_millis();
+        // Debug quoting keeps the three apart whatever they hold.
+        let key = format!("{image:?} {:?} {:?}", server_type.value, location.value);
         if self.checked.holds(&key, now) {
             return Ok(());
         }
-        let (server_type, location) = (&self.config.server_type, &self.config.location);
         let types: ServerTypes = self
-            .get(&format!("/server_types?name={}", query(server_type)))
+            .get(&format!("/server_types?name={}", query(server_type.value)))
             .await?;
-        let Some(found) = types.server_types.iter().find(|t| &t.name == server_type) else {
-            return Err(refused(format!(
-                "hetzner has no server type {server_type:?} (configured as [hetzner] server_type)"
-            )));
+        let Some(found) = types
+            .server_types
+            .iter()
+            .find(|t| t.name == server_type.value)
+        else {
+            return Err(server_type.refused("hetzner has no server type"));
         };
         let locations: Locations = self
-            .get(&format!("/locations?name={}", query(location)))
+            .get(&format!("/locations?name={}", query(location.value)))
             .await?;
-        if !locations.locations.iter().any(|l| &l.name == location) {
-            return Err(refused(format!(
-                "hetzner has no location {location:?} (configured as [hetzner] location)"
-            )));
+        if !locations.locations.iter().any(|l| l.name == location.value) {
+            return Err(location.refused("hetzner has no location"));
         }
-        if !found.prices.iter().any(|p| &p.location == location) {
-            return Err(refused(format!(
-                "hetzner does not offer server type {server_type:?} in location {location:?}"
-            )));
+        if !found.prices.iter().any(|p| p.location == location.value) {
+            let refusal = refused(format!(
+                "hetzner does not offer server type {:?} in location {:?}",
+                server_type.value, location.value
+            ));
+            // The caller's choice is what cannot be served: the type when they chose it.
+            return Err(match (server_type.field, location.field) {
+                (Some(field), _) | (None, Some(field)) => refusal.on_field(field),
+                (None, None) => refusal,
+            });
         }
-        // Releases name Hetzner images by id (POST /api/images checks).
-        let id = numeric(image, "image")?;
-        let known = self
-            .find::<serde_json::Value>(&format!("/images/{id}"))
-            .await?
-            .is_some();
-        if !known {
-            return Err(refused(format!(
-                "hetzner has no image {image:?} (the current release's hetzner reference)"
-            )));
-        }
+        self.check_image(image, found).await?;
         self.checked.remember(key, now + millis(CHECKED_FOR));
+        Ok(())
+    }
+
+    /// Checks that the project has `image` for servers of type `server_type`: by id when it is
+    /// a number (a release's snapshot), by name otherwise (a system image such as
+    /// `debian-12`, which Hetzner keeps once per architecture).
+    async fn check_image(
+        &self,
+        image: &str,
+        server_type: &ServerType,
+    ) -> Result<(), ProviderError> {
+        let no_image = || refused(format!("hetzner has no image {image:?}")).on_field("image");
+        let candidates: Vec<Image> =
+            if !image.is_empty() && image.bytes().all(|b| b.is_ascii_digit()) {
+                let id = numeric(image, "image").map_err(|_| no_image())?;
+                self.find::<OneImage>(&format!("/images/{id}"))
+                    .await?
+                    .map(|found| found.image)
+                    .into_iter()
+                    .collect()
+            } else {
+                let found: Images = self.get(&format!("/images?name={}", query(image))).await?;
+                found
+                    .images
+                    .into_iter()
+                    .filter(|i| i.name.as_deref() == Some(image))
+                    .collect()
+            };
+        if candidates.is_empty() {
+            return Err(no_image());
+        }
+        let fits = |i: &Image| match (&i.architecture, &server_type.architecture) {
+            (Some(image), Some(wanted)) => image == wanted,
+            _ => true,
+        };
+        if !candidates.iter().any(fits) {
+            return Err(refused(format!(
+                "hetzner has no image {image:?} for server type {:?} ({} architecture)",
+                server_type.name,
+                server_type.architecture.as_deref().unwrap_or_default()
+            ))
+            .on_field("image"));
+        }
         Ok(())
     }
 }

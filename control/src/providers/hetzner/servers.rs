@@ -6,9 +6,11 @@ use async_trait::async_trait;
 use reqwest::Method;
 use tracing::debug;
 
-use super::wire::{self, CreateServer, FirewallRef};
+use super::wire::{self, CreateServer, FirewallRef, PublicNetRequest};
 use super::{Hetzner, list_query, numeric, page};
-use crate::providers::{Labels, Page, ProviderError, Server, ServerSpec, ServerStatus, Servers};
+use crate::providers::{
+    Labels, Page, Placement, ProviderError, Server, ServerSpec, ServerStatus, Servers,
+};
 
 /// Hetzner's status, which is ours.
 fn status(text: &str) -> ServerStatus {
@@ -78,9 +80,9 @@ impl Hetzner {
 
 #[async_trait]
 impl Servers for Hetzner {
-    async fn preflight(&self, image: &str) -> Result<(), ProviderError> {
+    async fn preflight(&self, placement: &Placement<'_>) -> Result<(), ProviderError> {
         self.check_quota()?;
-        self.check_catalogue(image).await
+        self.check_catalogue(placement).await
     }
 
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
@@ -101,6 +103,12 @@ impl Servers for Hetzner {
             volumes: ids(&spec.volume_ids, "volume")?,
             automount: false,
             start_after_create: true,
+            // Every server has both (a Plain VM is reached over them; an Agent's tunnel
+            // needs one); said outright rather than left to Hetzner's defaults.
+            public_net: PublicNetRequest {
+                enable_ipv4: true,
+                enable_ipv6: true,
+            },
         };
         let created: wire::OneServer = self.send(Method::POST, "/servers", &request).await?;
         Ok(server(created.server))

@@ -130,6 +130,15 @@ pub(super) struct CreateServer<'a> {
     /// Volumes are mounted by the image (by filesystem label), never by Hetzner's automount.
     pub(super) automount: bool,
     pub(super) start_after_create: bool,
+    pub(super) public_net: PublicNetRequest,
+}
+
+/// `POST /servers`' `public_net`: whether the server gets a public `IPv4` and `IPv6` address
+/// (Hetzner makes each a new primary IP).
+#[derive(Debug, Serialize)]
+pub(super) struct PublicNetRequest {
+    pub(super) enable_ipv4: bool,
+    pub(super) enable_ipv6: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,7 +1,9 @@
 //! The local provider's firewalls, volumes and tunnels: what Hetzner and Cloudflare keep for a
 //! real Agent or Plain VM, kept here as records with the same rules a cloud applies — names
 //! unique (a second create is a `Conflict` to adopt), deleting what is gone `NotFound`, a
-//! firewall or volume still in use by a live server refused until the server is gone.
+//! firewall or volume still in use by a live server refused until the server is gone
+//! (`resource_in_use`, transient as Hetzner's is to its client), a server's deletion
+//! detaching its firewalls.
 //!
 //! Nothing is enforced on the wire: a local VM is processes on this machine, with no network
 //! of its own for a firewall to filter. A volume is a directory (with the processes backing),
@@ -106,6 +108,32 @@ impl LocalProvider {
             }
         }
         Ok(None)
+    }
+
+    /// Detaches the firewalls applied to server `server_id`, which is gone (Hetzner does so
+    /// when a server's deletion ends; the firewalls themselves stay). A firewall deleted
+    /// meanwhile has nothing to detach.
+    pub(super) async fn detach_firewalls(&self, server_id: &str) -> Result<(), ProviderError> {
+        for (id, firewall) in self.cloud.firewalls.all()? {
+            if !firewall.servers.iter().any(|s| s == server_id) {
+                continue;
+            }
+            let detached = self
+                .cloud
+                .firewalls
+                .update(
+                    &id,
+                    || ProviderError::not_found(format!("firewall {id}")),
+                    |firewall| {
+                        let before = firewall.servers.len();
+                        firewall.servers.retain(|s| s != server_id);
+                        firewall.servers.len() != before
+                    },
+                )
+                .await;
+            crate::providers::deleted(detached)?;
+        }
+        Ok(())
     }
 
     /// Attaches the volumes and applies the firewalls a server is being created with, before

@@ -1,4 +1,8 @@
-//! The local provider's firewalls: rulesets kept as records, applied to servers by id.
+//! The local provider's firewalls: rulesets kept as records, applied to servers by id, as
+//! Hetzner's Cloud Firewalls are (a Plain VM's own firewall above all): created with rules,
+//! read back with the servers they are applied to, found by labels, given a whole new
+//! ruleset, applied to a server, and deleted only once no live server has them (a server's
+//! deletion detaches them).
 
 use async_trait::async_trait;
 
@@ -161,6 +165,131 @@ mod tests {
         local.delete_firewall(&firewall.id).await.unwrap();
         let gone = local.delete_firewall(&firewall.id).await.unwrap_err();
         assert_eq!(gone.kind, ErrorKind::NotFound, "a repeated delete is done");
+    }
+
+    fn http_only() -> Vec<FirewallRule> {
+        vec![FirewallRule {
+            direction: Direction::In,
+            protocol: "tcp".to_owned(),
+            port: Some("80-443".to_owned()),
+            source_ips: vec!["192.0.2.0/24".to_owned()],
+            destination_ips: Vec::new(),
+            description: None,
+        }]
+    }
+
+    /// A Plain VM's firewall's whole life on `local`, whichever its backing.
+    async fn a_plain_vms_firewall_on(local: &LocalProvider) {
+        use crate::providers::local::servers::plain_vm_tests::plain_spec;
+        let labels = resource_labels(ResourceKind::PlainVm, "pvm_1");
+        let firewall = local
+            .create_firewall(&FirewallSpec {
+                name: "pvm-1".to_owned(),
+                labels: labels.clone(),
+                rules: ssh_only(),
+            })
+            .await
+            .unwrap();
+        let read = local.get_firewall(&firewall.id).await.unwrap().unwrap();
+        assert_eq!((read.rules, read.servers), (ssh_only(), Vec::new()));
+        assert_eq!(
+            local.list_firewalls(&labels, None).await.unwrap().items,
+            vec![firewall.clone()]
+        );
+        let others = resource_labels(ResourceKind::PlainVm, "pvm_2");
+        assert!(
+            local
+                .list_firewalls(&others, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+
+        // Applied at the server's creation, and to a second server afterwards, once.
+        let mut spec = plain_spec("pvm_1");
+        spec.firewall_ids = vec![firewall.id.clone()];
+        let server = local.create_server(&spec).await.unwrap();
+        let second = local.create_server(&plain_spec("pvm_2")).await.unwrap();
+        local
+            .apply_to_server(&firewall.id, &second.id)
+            .await
+            .unwrap();
+        local
+            .apply_to_server(&firewall.id, &second.id)
+            .await
+            .unwrap();
+        let applied = local.get_firewall(&firewall.id).await.unwrap().unwrap();
+        assert_eq!(applied.servers, vec![server.id.clone(), second.id.clone()]);
+        let nowhere = local
+            .apply_to_server(&firewall.id, "pvm_9")
+            .await
+            .unwrap_err();
+        assert_eq!(nowhere.kind, ErrorKind::NotFound);
+        let no_firewall = local
+            .apply_to_server("fw-none", &server.id)
+            .await
+            .unwrap_err();
+        assert_eq!(no_firewall.kind, ErrorKind::NotFound);
+
+        // A new ruleset replaces the old one whole.
+        local.set_rules(&firewall.id, &http_only()).await.unwrap();
+        let read = local.get_firewall(&firewall.id).await.unwrap().unwrap();
+        assert_eq!(read.rules, http_only());
+        assert_eq!(read.servers.len(), 2, "rules change nothing else");
+        assert_eq!(
+            local.set_rules("fw-none", &[]).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+
+        // In use while either server lives; each server's deletion detaches it.
+        for (server_id, left) in [(&server.id, 1), (&second.id, 0)] {
+            let busy = local.delete_firewall(&firewall.id).await.unwrap_err();
+            assert_eq!(
+                (busy.kind, busy.code.as_deref()),
+                (ErrorKind::Transient, Some("resource_in_use")),
+                "{busy}"
+            );
+            local.delete_server(server_id).await.unwrap();
+            let read = local.get_firewall(&firewall.id).await.unwrap().unwrap();
+            assert_eq!(read.servers.len(), left, "{read:?}");
+        }
+        local.delete_firewall(&firewall.id).await.unwrap();
+        assert_eq!(local.get_firewall(&firewall.id).await.unwrap(), None);
+        assert_eq!(
+            local.delete_firewall(&firewall.id).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_vms_firewall_lives_alike_in_memory_and_on_disk() {
+        a_plain_vms_firewall_on(&LocalProvider::in_memory()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::providers::local::LocalVmConfig {
+            // A Plain VM starts nothing: a program that cannot start would fail the test.
+            vm_agent: dir.path().join("no-such-vm-agent"),
+            cloudflared: "/bin/false".into(),
+            control_urls: Vec::new(),
+            heartbeat_interval: std::time::Duration::from_secs(30),
+        };
+        let vms = dir.path().join("vms");
+        let on_disk = LocalProvider::with_processes(&vms, config.clone()).unwrap();
+        a_plain_vms_firewall_on(&on_disk).await;
+        // Records every replica shares.
+        let firewall = on_disk
+            .create_firewall(&FirewallSpec {
+                name: "pvm-3".to_owned(),
+                labels: resource_labels(ResourceKind::PlainVm, "pvm_3"),
+                rules: ssh_only(),
+            })
+            .await
+            .unwrap();
+        let other = LocalProvider::with_processes(&vms, config).unwrap();
+        assert_eq!(
+            other.get_firewall(&firewall.id).await.unwrap(),
+            Some(firewall)
+        );
     }
 
     #[tokio::test]

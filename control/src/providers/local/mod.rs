@@ -1,5 +1,5 @@
-//! The `local` provider: each Agent's "VM" lives on this machine, so the whole system runs on a
-//! laptop with no cloud account.
+//! The `local` provider: each Agent's "VM" and each Plain VM's server lives on this machine,
+//! so the whole system runs on a laptop with no cloud account.
 //!
 //! With [`LocalProvider::with_processes`] (what `control serve` uses) a VM is a directory under
 //! the data dir holding what cloud-init would deliver (the Agent's `agent.toml`, its bootstrap
@@ -11,13 +11,22 @@
 //! start time), and [`LocalProvider::supervise`] starts a dead agent again as systemd's
 //! `Restart=always` would, under a per-VM file lock so two replicas never start two.
 //!
-//! [`LocalProvider::in_memory`] keeps VMs as records in memory, for tests of control alone.
+//! A **Plain VM** (a server labelled with the `plain_vm` kind) is simulated, never run: its
+//! directory holds its one-shot cloud-init document as `user-data` (0600, as in a `NoCloud`
+//! seed) and its `vm.json`, which says it is plain. No process is ever started for it, by
+//! creating, powering on or supervising: powering it on or off (a shutdown included) flips its
+//! record at once. It reports public addresses from the documentation ranges (`192.0.2.0/24` and
+//! `2001:db8::/32`), the same for a VM every time, which nothing can reach. An Agent's document
+//! for a Plain VM, or a Plain VM's for an Agent, is refused.
+//!
+//! [`LocalProvider::in_memory`] keeps VMs as records in memory, for tests of control alone;
+//! Plain VMs there are records too.
 //!
 //! A VM's first boot reads the cloud-init document control renders for it
 //! ([`crate::cloud_init`]), as a real one would. Files: [`servers`] (the `Servers` capability),
-//! [`vm`] (the record, its lock, the directory), [`process`] (its vm-agent), [`programs`]
-//! (building the programs VMs run); [`cloud`] and [`records`] (what a cloud keeps besides
-//! servers) with [`firewalls`], [`volumes`] and [`tunnels`].
+//! [`vm`] (the record, its lock, the directory), [`process`] (an Agent's vm-agent),
+//! [`programs`] (building the programs VMs run); [`cloud`] and [`records`] (what a cloud keeps
+//! besides servers) with [`firewalls`], [`volumes`] and [`tunnels`].
 
 mod cloud;
 mod firewalls;
@@ -40,7 +49,8 @@ use tracing::{info, warn};
 
 use self::process::ensure_agent;
 use self::vm::{LocalVm, read_vm};
-use super::{Labels, ProviderError};
+use super::{Labels, ProviderError, Secret};
+use crate::cloud_init::PlainVmDelivery;
 use crate::sync;
 
 /// The name resources on this provider record.
@@ -64,8 +74,10 @@ pub struct LocalVmView {
     pub image_ref: String,
     pub boots: u64,
     pub bootstrap_token: Option<String>,
-    /// The vm-agent process, when the VM runs one.
+    /// The vm-agent process, when the VM runs one (a Plain VM's never does).
     pub pid: Option<u32>,
+    /// A Plain VM's: what its cloud-init document delivered. `None` for an Agent's VM.
+    pub plain: Option<PlainVmDelivery>,
 }
 
 /// Where local VMs' programs are and whom their agents report to.
@@ -127,7 +139,17 @@ impl LocalProvider {
     pub fn vm(&self, agent_id: &str) -> Option<LocalVmView> {
         let vm = match &self.backing {
             Backing::Memory(vms) => sync::lock(vms).get(agent_id).cloned()?,
-            Backing::Processes { dir, .. } => read_vm(&dir.join(agent_id)).ok()?,
+            Backing::Processes { dir, .. } => {
+                let vm_dir = Self::vm_dir(dir, agent_id).ok()?;
+                let mut vm = read_vm(&vm_dir).ok()?;
+                if vm.plain {
+                    let document = std::fs::read_to_string(vm_dir.join(servers::USER_DATA));
+                    vm.delivery = document
+                        .ok()
+                        .and_then(|d| crate::cloud_init::read_plain_vm_document(&Secret(d)).ok());
+                }
+                vm
+            }
         };
         Some(LocalVmView {
             running: vm.running,
@@ -135,11 +157,13 @@ impl LocalProvider {
             boots: vm.boots,
             bootstrap_token: vm.bootstrap_token,
             pid: vm.pid.filter(|_| vm.pid_started.is_some()),
+            plain: vm.delivery.filter(|_| vm.plain),
         })
     }
 
-    /// Keeps every powered-on VM's agent running, like systemd's `Restart=always`, until
-    /// `shutdown`. VMs keep running after control stops.
+    /// Keeps every powered-on Agent VM's agent running, like systemd's `Restart=always`, until
+    /// `shutdown` (Plain VMs are skipped: they run nothing of ours). VMs keep running after
+    /// control stops.
     pub async fn supervise(&self, mut shutdown: watch::Receiver<bool>) {
         let Backing::Processes { dir, config } = &self.backing else {
             return;

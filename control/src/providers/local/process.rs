@@ -39,7 +39,8 @@ pub(super) fn agent_alive(vm: &LocalVm) -> bool {
         .is_some_and(|(pid, started)| process_started(pid) == Some(started))
 }
 
-/// Starts the VM's agent if the VM is on and its agent is not running. Returns whether it did.
+/// Starts the VM's agent if the VM is an Agent's, is on, and its agent is not running (a
+/// Plain VM's never runs one). Returns whether it did.
 pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool, ProviderError> {
     let VmLock::Held(_lock) = try_lock_vm(vm_dir)? else {
         return Ok(false); // being changed or destroyed right now; the next tick looks again
@@ -47,7 +48,7 @@ pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool
     let Ok(mut vm) = read_vm(vm_dir) else {
         return Ok(false); // being created or destroyed
     };
-    if !vm.running || agent_alive(&vm) {
+    if vm.plain || !vm.running || agent_alive(&vm) {
         return Ok(false);
     }
     // What the dead agent left behind (its cloudflared) goes first, as systemd empties a

@@ -1,17 +1,23 @@
 //! The local provider's servers: creating a VM (what cloud-init delivers, then its record,
-//! then its vm-agent), powering it on and off, and deleting it, each under the VM's lock.
+//! then, for an Agent's, its vm-agent), powering it on and off, and deleting it, each under
+//! the VM's lock. A Plain VM's is a record and its `user-data`: powering it is flipping its
+//! record, and nothing is ever started for it.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use control_api::usage::ResourceKind;
 
 use super::process::{agent_alive, remove_tree, spawn_agent, stop_agent};
 use super::vm::{LocalVm, lay_out, lock_vm, read_vm, transient, write_secret, write_vm};
 use super::{AGENT_STOP_GRACE, Backing, LocalProvider, matches};
-use crate::cloud_init;
-use crate::providers::{Labels, Page, ProviderError, Server, ServerSpec, Servers};
+use crate::cloud_init::{self, AgentFirstBoot, PlainVmDelivery};
+use crate::providers::{Labels, Page, ProviderError, Server, ServerSpec, Servers, labelled_kind};
 use crate::sync;
+
+/// Where a Plain VM's document lands in its directory, as in a `NoCloud` seed.
+pub(super) const USER_DATA: &str = "user-data";
 
 /// What a change of a VM that does not exist answers.
 fn no_vm(id: &str) -> ProviderError {
@@ -31,17 +37,55 @@ fn vm_id(spec: &ServerSpec) -> Result<&str, ProviderError> {
         })
 }
 
+/// What a new VM's first boot reads from its user data: an Agent's document, or a Plain VM's
+/// (by the kind its labels name).
+enum FirstBoot {
+    Agent(AgentFirstBoot),
+    Plain(PlainVmDelivery),
+}
+
+fn refused(message: impl Into<String>) -> ProviderError {
+    ProviderError::permanent(message).with_code("invalid_input")
+}
+
+/// Reads the document `spec` delivers, as its VM would; a document of the other kind than
+/// the VM's, or none, is refused.
+fn first_boot(spec: &ServerSpec) -> Result<FirstBoot, ProviderError> {
+    let plain = labelled_kind(&spec.labels) == Some(ResourceKind::PlainVm);
+    let Some(user_data) = spec.user_data.as_ref() else {
+        return Err(refused(if plain {
+            "a local Plain VM needs its cloud-init document"
+        } else {
+            "a local VM boots an Agent and needs its cloud-init document"
+        }));
+    };
+    if plain {
+        if cloud_init::read_agent_document(user_data).is_ok() {
+            return Err(refused(
+                "user data: an Agent's cloud-init document, for a Plain VM, which runs no \
+                 agent of ours",
+            ));
+        }
+        cloud_init::read_plain_vm_document(user_data)
+            .map(FirstBoot::Plain)
+            .map_err(|e| refused(format!("user data: not a Plain VM's document: {e}")))
+    } else {
+        if cloud_init::read_plain_vm_document(user_data).is_ok() {
+            return Err(refused(
+                "user data: a Plain VM's cloud-init document, for an Agent's VM",
+            ));
+        }
+        cloud_init::read_agent_document(user_data)
+            .map(FirstBoot::Agent)
+            .map_err(|e| refused(format!("user data: {e}")))
+    }
+}
+
 #[async_trait]
 impl Servers for LocalProvider {
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, ProviderError> {
         let id = vm_id(spec)?;
-        let user_data = spec.user_data.as_ref().ok_or_else(|| {
-            ProviderError::permanent("a local VM boots an Agent and needs its cloud-init document")
-                .with_code("invalid_input")
-        })?;
-        let first_boot = cloud_init::read_agent_document(user_data).map_err(|e| {
-            ProviderError::permanent(format!("user data: {e}")).with_code("invalid_input")
-        })?;
+        let first_boot = first_boot(spec)?;
         let name_taken = || {
             ProviderError::conflict(format!("a local VM {id} exists already"))
                 .with_code("uniqueness_error")
@@ -55,7 +99,10 @@ impl Servers for LocalProvider {
                     return Err(name_taken());
                 }
                 let mut vm = LocalVm::booted(id, spec);
-                vm.bootstrap_token = Some(first_boot.bootstrap_token.0);
+                match first_boot {
+                    FirstBoot::Agent(agent) => vm.bootstrap_token = Some(agent.bootstrap_token.0),
+                    FirstBoot::Plain(delivery) => vm.delivery = Some(delivery),
+                }
                 let server = vm.server();
                 vms.insert(id.to_owned(), vm);
                 Ok(server)
@@ -71,6 +118,18 @@ impl Servers for LocalProvider {
                 if read_vm(&vm_dir).is_ok() {
                     return Err(name_taken());
                 }
+                let first_boot = match first_boot {
+                    FirstBoot::Agent(agent) => agent,
+                    FirstBoot::Plain(_) => {
+                        // The seed a real one boots from, then its record; nothing to start.
+                        let document = spec.user_data.as_ref().map_or("", |d| d.0.as_str());
+                        write_secret(&vm_dir.join(USER_DATA), document)?;
+                        write_secret(&vm_dir.join("meta-data"), &format!("instance-id: {id}\n"))?;
+                        let vm = LocalVm::booted(id, spec);
+                        write_vm(&vm_dir, &vm)?;
+                        return Ok(vm.server());
+                    }
+                };
                 // Cloud-init's delivery, then the record (the intent) before any process.
                 lay_out(&vm_dir, &first_boot, config)?;
                 write_secret(
@@ -134,6 +193,9 @@ impl Servers for LocalProvider {
                     // On before its agent starts: the record says what is meant to run.
                     write_vm(&vm_dir, &vm)?;
                 }
+                if vm.plain {
+                    return Ok(()); // on is all there is to it
+                }
                 if !agent_alive(&vm) {
                     spawn_agent(&vm_dir, config, &mut vm)?;
                 }
@@ -155,7 +217,11 @@ impl Servers for LocalProvider {
         let gone = || no_vm(id);
         match &self.backing {
             Backing::Memory(vms) => {
-                sync::lock(vms).remove(id).ok_or_else(gone)?;
+                let found = sync::lock(vms).remove(id).is_some();
+                self.detach_firewalls(id).await?;
+                if !found {
+                    return Err(gone());
+                }
             }
             Backing::Processes { dir, .. } => {
                 let vm_dir = Self::vm_dir(dir, id)?;
@@ -166,7 +232,9 @@ impl Servers for LocalProvider {
                         if let Ok(mut vm) = read_vm(&vm_dir) {
                             vm.running = false;
                             write_vm(&vm_dir, &vm)?;
-                            stop_agent(&vm_dir, &mut vm, AGENT_STOP_GRACE).await;
+                            if !vm.plain {
+                                stop_agent(&vm_dir, &mut vm, AGENT_STOP_GRACE).await;
+                            }
                         }
                         // Out of every replica's sight at once, still under the lock (a
                         // directory being deleted file by file would be half a VM).
@@ -179,8 +247,10 @@ impl Servers for LocalProvider {
                     Err(e) if e.kind == crate::providers::ErrorKind::NotFound => false,
                     Err(e) => return Err(e),
                 };
-                // Gone already, perhaps half-way: finish the deletion all the same.
+                // Gone already, perhaps half-way: finish the deletion all the same, and let
+                // go of its firewalls as a cloud does once a deletion has ended.
                 remove_tree(trash).await?;
+                self.detach_firewalls(id).await?;
                 if !found {
                     return Err(gone());
                 }
@@ -191,7 +261,8 @@ impl Servers for LocalProvider {
 }
 
 impl LocalProvider {
-    /// Powers a VM off: its agent gets `grace` to stop (an ACPI shutdown), then SIGKILL.
+    /// Powers a VM off: its agent gets `grace` to stop (an ACPI shutdown), then SIGKILL. A
+    /// Plain VM's is off at once.
     async fn power_down(&self, id: &str, grace: Duration) -> Result<(), ProviderError> {
         let gone = || no_vm(id);
         match &self.backing {
@@ -205,6 +276,9 @@ impl LocalProvider {
                 // Off first, so no supervisor starts the agent again while it stops.
                 vm.running = false;
                 write_vm(&vm_dir, &vm)?;
+                if vm.plain {
+                    return Ok(()); // nothing runs to stop: off at once
+                }
                 stop_agent(&vm_dir, &mut vm, grace).await;
                 write_vm(&vm_dir, &vm)?;
             }
@@ -212,6 +286,9 @@ impl LocalProvider {
         Ok(())
     }
 }
+
+#[cfg(test)]
+pub(super) mod plain_vm_tests;
 
 #[cfg(test)]
 pub(super) mod tests {

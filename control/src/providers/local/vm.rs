@@ -1,4 +1,5 @@
-//! A local VM's record (`vm.json`), its lock file, and the directory cloud-init would fill.
+//! A local VM's record (`vm.json`), its lock file, and the directory cloud-init would fill
+//! (an Agent's configuration and tokens; a Plain VM's `user-data`, as a `NoCloud` seed).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -12,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::process::host_boot;
 use super::{LOCK_RETRY, LocalVmConfig};
-use crate::cloud_init::AgentFirstBoot;
-use crate::providers::{Labels, ProviderError, Server, ServerSpec, ServerStatus, resource_labels};
+use crate::cloud_init::{AgentFirstBoot, PlainVmDelivery};
+use crate::providers::{
+    Labels, ProviderError, Server, ServerSpec, ServerStatus, labelled_kind, resource_labels,
+};
 
 /// A VM as recorded in memory or in its `vm.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,13 @@ pub(super) struct LocalVm {
     /// The provider labels it was created with (an earlier release's VM: its Agent's).
     #[serde(default)]
     labels: Labels,
+    /// A Plain VM's: it runs nothing of ours, so no process is ever started for it (an
+    /// earlier release's `vm.json` has no such key, and is an Agent's).
+    #[serde(default)]
+    pub(super) plain: bool,
+    /// In memory only: what a Plain VM's document delivered (its `user-data` file otherwise).
+    #[serde(skip)]
+    pub(super) delivery: Option<PlainVmDelivery>,
 }
 
 impl LocalVm {
@@ -62,6 +72,8 @@ impl LocalVm {
             pid_started: None,
             host_boot: None,
             labels: spec.labels.clone(),
+            plain: labelled_kind(&spec.labels) == Some(ResourceKind::PlainVm),
+            delivery: None,
         }
     }
 
@@ -74,8 +86,14 @@ impl LocalVm {
     }
 
     /// The VM as the provider reports it: powered on is running, whatever its agent is doing
-    /// (a real VM is billed either way).
+    /// (a real VM is billed either way). A Plain VM has public addresses, simulated ones.
     pub(super) fn server(&self) -> Server {
+        let (ipv4, ipv6) = if self.plain {
+            let (v4, v6) = documentation_addresses(&self.agent_id);
+            (Some(v4), Some(v6))
+        } else {
+            (None, None)
+        };
         Server {
             id: self.agent_id.clone(),
             name: self.name.clone(),
@@ -86,8 +104,8 @@ impl LocalVm {
             },
             image: self.image_ref.clone(),
             labels: self.labels(),
-            ipv4: None,
-            ipv6: None,
+            ipv4,
+            ipv6,
         }
     }
 
@@ -110,6 +128,28 @@ impl LocalVm {
             _ => None,
         }
     }
+}
+
+/// A simulated Plain VM's public addresses, the same for VM `id` every time: an address of
+/// RFC 5737's `192.0.2.0/24` and a /64 of RFC 3849's `2001:db8::/32` (Hetzner reports a server's
+/// `IPv6` as its /64). Both ranges are for documentation only, so no one takes them for real
+/// ones and nothing can reach them; two VMs may share an address.
+pub(super) fn documentation_addresses(id: &str) -> (String, String) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    // Neither the network's .0 nor its broadcast .255.
+    let host = 1 + digest[0] % 254;
+    let network = std::net::Ipv6Addr::new(
+        0x2001,
+        0x0db8,
+        u16::from_be_bytes([digest[1], digest[2]]),
+        u16::from_be_bytes([digest[3], digest[4]]),
+        0,
+        0,
+        0,
+        0,
+    );
+    (format!("192.0.2.{host}"), format!("{network}/64"))
 }
 
 pub(super) fn transient(what: &str, path: &Path, e: impl std::fmt::Display) -> ProviderError {

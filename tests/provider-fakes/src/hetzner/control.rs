@@ -32,6 +32,9 @@ pub struct ServerView {
     pub firewalls: Vec<u64>,
     pub volumes: Vec<u64>,
     pub user_data: Option<String>,
+    /// The create request's `public_net` as it was sent, `(enable_ipv4, enable_ipv6)` with
+    /// each `None` when left out; `None` when the request had no `public_net`.
+    pub public_net: Option<(Option<bool>, Option<bool>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +155,7 @@ impl Control {
                     firewalls: s.firewalls.clone(),
                     volumes: s.volumes.clone(),
                     user_data: s.user_data.clone(),
+                    public_net: s.public_net_requested,
                 })
                 .collect()
         })

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/servers/{id}/actions/shutdown"),
     ("GET", "/v1/server_types"),
     ("GET", "/v1/locations"),
+    ("GET", "/v1/images"),
     ("GET", "/v1/images/{id}"),
     ("GET", "/v1/actions"),
     ("GET", "/v1/actions/{id}"),
@@ -177,6 +178,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/servers/{id}/actions/shutdown", post(servers::shutdown))
         .route("/v1/server_types", get(catalogue::server_types))
         .route("/v1/locations", get(catalogue::locations))
+        .route("/v1/images", get(catalogue::images))
         .route("/v1/images/{id}", get(catalogue::image))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{id}", get(reply::get_one::<Action>))

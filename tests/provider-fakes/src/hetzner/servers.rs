@@ -126,6 +126,8 @@ struct Checked {
     root_password: bool,
     /// Whether the server gets a public `IPv4` and `IPv6` address.
     public: (bool, bool),
+    /// The request's `public_net`, as sent.
+    public_requested: Option<(Option<bool>, Option<bool>)>,
 }
 
 fn check(req: CreateServer) -> Checked {
@@ -200,8 +202,9 @@ fn check(req: CreateServer) -> Checked {
             format!("a server takes at most {VOLUMES_PER_SERVER} volumes"),
         ));
     }
-    let public = req.public_net.map_or((true, true), |p| {
-        (p.enable_ipv4.unwrap_or(true), p.enable_ipv6.unwrap_or(true))
+    let public_requested = req.public_net.map(|p| (p.enable_ipv4, p.enable_ipv6));
+    let public = public_requested.map_or((true, true), |(v4, v6)| {
+        (v4.unwrap_or(true), v6.unwrap_or(true))
     });
     Checked {
         bad,
@@ -216,6 +219,7 @@ fn check(req: CreateServer) -> Checked {
         start: req.start_after_create.unwrap_or(true),
         root_password: req.ssh_keys.as_ref().is_none_or(Vec::is_empty),
         public,
+        public_requested,
     }
 }
 
@@ -309,6 +313,7 @@ pub(crate) async fn create(
             user_data: c.user_data,
             ipv4: c.public.0,
             ipv6: c.public.1,
+            public_net_requested: c.public_requested,
             off_at: None,
         };
         state.servers.insert(id, server);

@@ -63,6 +63,8 @@ pub(crate) struct Server {
     pub user_data: Option<String>,
     pub ipv4: bool,
     pub ipv6: bool,
+    /// What the create request said of `public_net` (for tests of what a client sends).
+    pub public_net_requested: Option<(Option<bool>, Option<bool>)>,
     /// When a guest that accepted an ACPI shutdown has finished powering off.
     pub off_at: Option<Instant>,
 }
