@@ -201,7 +201,12 @@ fn check_plain_vm_answers(stdout: &str) -> String {
         .iter()
         .filter(|l| l.get("running_s").is_some())
         .collect();
-    assert_eq!(usage.len(), 2, "one row per account: {usage:?}");
+    // A row per account that held it for a whole-second tick (the walkthrough's transfer and
+    // destroy may fall in one second: then only Acme's row has seconds).
+    assert!(
+        (1..=2).contains(&usage.len()),
+        "a row per account: {usage:?}"
+    );
     assert!(
         usage
             .iter()

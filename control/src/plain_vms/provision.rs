@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::{new_id, prefix};
 use crate::ledger::{self, ResourceRef};
-use crate::providers::Secret;
+use crate::providers::{Cloud, Placement, Secret};
 use crate::store::{PlainVmRow, Tx};
 use crate::validate::Checks;
 
@@ -122,6 +122,32 @@ async fn chosen_keys(tx: &mut Tx, account_id: &str, ids: &[String]) -> Result<Ve
     Ok(keys)
 }
 
+/// Asks the provider, before anything is recorded, whether it can make this server, so a
+/// refusal (a server type, location or image it does not have) or a failing provider reaches
+/// the caller, not a job. A refused default is the configuration's fault, not the caller's.
+async fn preflight(cloud: &Cloud, request: &ProvisionPlainVm, wanted: &Wanted<'_>) -> Result<()> {
+    let placement = Placement {
+        image: wanted.image,
+        server_type: Some(wanted.server_type),
+        location: Some(wanted.location),
+    };
+    cloud.servers.preflight(&placement).await.map_err(|e| {
+        let given = match e.field {
+            Some("server_type") => request.server_type.is_some(),
+            Some("location") => request.location.is_some(),
+            Some("image") => request.image.is_some(),
+            _ => true,
+        };
+        let e = if given {
+            e
+        } else {
+            let field = e.field.unwrap_or_default();
+            e.not_the_callers(&format!("configured as [plain_vms] {field}"))
+        };
+        Error::provider(cloud.name, &e)
+    })
+}
+
 pub async fn provision(
     app: &App,
     caller: &Caller,
@@ -143,13 +169,7 @@ pub async fn provision(
             cloud.name
         )));
     }
-    // Asked before anything is recorded, so a refusal (a server type, location or image the
-    // provider does not have) or a failing provider reaches the caller, not a job.
-    cloud
-        .servers
-        .preflight(wanted.image) // MERGE: Placement
-        .await
-        .map_err(|e| Error::provider(cloud.name, &e))?;
+    preflight(cloud, request, &wanted).await?;
     let password = if request.one_time_password {
         Some(one_time_password().map_err(|e| Error::Internal(e.to_string()))?)
     } else {
