@@ -49,6 +49,10 @@ fn key_line(seed: u8, comment: &str) -> String {
 }
 
 async fn rig(db: TestDb) -> Rig {
+    rig_with(db, Settings::default()).await
+}
+
+async fn rig_with(db: TestDb, settings: Settings) -> Rig {
     let hetzner = HetznerFake::start(hz::Options {
         action_delay: Duration::from_millis(10),
         ..hz::Options::default()
@@ -57,7 +61,7 @@ async fn rig(db: TestDb) -> Rig {
     .unwrap();
     let cloudflare = CloudflareFake::start(cf::Options::default()).await.unwrap();
     let providers = common::fake_clouds(&hetzner, &cloudflare, policy());
-    let h = common::Harness::with_providers(db, |_| providers, Settings::default()).await;
+    let h = common::Harness::with_providers(db, |_| providers, settings).await;
     let (account, token) = h.account("Acme").await;
     let key_line = key_line(7, "alice@laptop");
     let key = h
@@ -900,4 +904,90 @@ async fn a_password_lost_with_its_replica_makes_no_server() {
     assert!(error.contains("one-time password"), "{error}");
     assert!(rig.hetzner.control().servers().is_empty());
     assert!(rig.hetzner.control().firewalls().is_empty());
+}
+
+/// Servers and firewalls in the Hetzner fake.
+fn inventory(rig: &Rig) -> (usize, usize) {
+    let control = rig.hetzner.control();
+    (control.servers().len(), control.firewalls().len())
+}
+
+/// Each step of every Plain VM job run twice in a row (as if control had died before
+/// recording it): the second run changes nothing, and each stage ends with exactly one server
+/// and one firewall, wired together, then none.
+#[tokio::test]
+async fn every_step_run_twice_makes_nothing_more() {
+    let settings = Settings {
+        replay_steps: true,
+        ..Settings::default()
+    };
+    let rig = rig_with(TestDb::sqlite(), settings).await;
+    let (id, _) = rig.running_vm("web").await;
+    assert_eq!(inventory(&rig), (1, 1));
+    let server = &rig.hetzner.control().servers()[0];
+    assert_eq!(
+        server.firewalls,
+        vec![rig.hetzner.control().firewalls()[0].id]
+    );
+    for (action, state) in [("stop", "stopped"), ("start", "running")] {
+        let reply = rig.act(Method::POST, &id, action, &rig.token).await;
+        assert_eq!(reply.status, 202, "{action}: {:#}", reply.body);
+        let view = rig.settle(&id, state).await;
+        assert_eq!(view["last_error"], Value::Null, "{action}: {view:#}");
+        assert_eq!(inventory(&rig), (1, 1), "{action}");
+    }
+    let reply = rig.act(Method::DELETE, &id, "", &rig.token).await;
+    assert_eq!(reply.status, 202, "{:#}", reply.body);
+    let view = rig.settle(&id, "destroyed").await;
+    assert_eq!(view["last_error"], Value::Null, "{view:#}");
+    assert_eq!(inventory(&rig), (0, 0));
+}
+
+/// The provisioning calls that make something (or read the server's state).
+const PROVISION_CALLS: &[(&str, &str)] = &[
+    ("POST", "/v1/firewalls"),
+    ("POST", "/v1/servers"),
+    ("GET", "/v1/servers/{id}"),
+];
+
+/// A transient failure at each provisioning call in turn is retried until the VM runs with
+/// exactly one server and one firewall; a permanent one releases what was made and ends the
+/// VM with the provider's words, leaving nothing.
+#[tokio::test]
+async fn a_failure_at_each_provisioning_call_converges_or_leaves_nothing() {
+    for &(method, route) in PROVISION_CALLS {
+        for permanent in [false, true] {
+            let rig = rig(TestDb::sqlite()).await;
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let (status, code) = if permanent {
+                (422, "invalid_input")
+            } else {
+                (503, "unavailable")
+            };
+            rig.hetzner
+                .control()
+                .fail_next(&method, route, 1, status, code);
+            let made = rig
+                .h
+                .post(
+                    "/api/plain-vms",
+                    &rig.token,
+                    json!({"name": "web", "vault_key_ids": [rig.key_id]}),
+                )
+                .await;
+            assert_eq!(made.status, 202, "{:#}", made.body);
+            let id = made.body["id"].as_str().unwrap();
+            let what = format!("{method} {route} failing (permanent: {permanent})");
+            if permanent {
+                let view = rig.settle(id, "destroyed").await;
+                let error = view["last_error"].as_str().unwrap_or_default();
+                assert!(error.contains("released"), "{what}: {view:#}");
+                assert_eq!(inventory(&rig), (0, 0), "{what}");
+            } else {
+                let view = rig.settle(id, "running").await;
+                assert_eq!(view["last_error"], Value::Null, "{what}: {view:#}");
+                assert_eq!(inventory(&rig), (1, 1), "{what}");
+            }
+        }
+    }
 }
