@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::agent::{AgentJob, agent, cloud, hostname, provider_name};
 use super::agent_start::wait_running;
-use super::{Step, StepCx, StepError, StepFuture};
+use super::{Step, StepCx, StepError, StepFuture, find_or_make};
 use crate::app::App;
 use crate::clock::millis;
 use crate::cloud_init::{self, AgentFirstBoot, AgentIdentity};
@@ -99,21 +99,15 @@ fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             labels: labels.clone(),
             rules: Vec::new(),
         };
-        let find = async || -> Result<Option<String>, ProviderError> {
-            let found = firewalls.list_firewalls(&labels, None).await?;
+        let selector = &labels;
+        let find = move || async move {
+            let found = firewalls.list_firewalls(selector, None).await?;
             Ok(found.items.into_iter().next().map(|f| f.id))
         };
-        if !cx.first_try()
-            && let Some(id) = find().await?
-        {
-            return Ok(Some(Value::String(id)));
-        }
-        let id = match firewalls.create_firewall(&spec).await {
-            Ok(created) => created.id,
-            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(Value::String(id)))
+        find_or_make(cx, find, async {
+            Ok(firewalls.create_firewall(&spec).await?.id)
+        })
+        .await
     })
 }
 
@@ -133,21 +127,15 @@ fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             labels: labels.clone(),
             format: Some("ext4".to_owned()),
         };
-        let find = async || -> Result<Option<String>, ProviderError> {
-            let found = volumes.list_volumes(&labels, None).await?;
+        let selector = &labels;
+        let find = move || async move {
+            let found = volumes.list_volumes(selector, None).await?;
             Ok(found.items.into_iter().next().map(|v| v.id))
         };
-        if !cx.first_try()
-            && let Some(id) = find().await?
-        {
-            return Ok(Some(Value::String(id)));
-        }
-        let id = match volumes.create_volume(&spec).await {
-            Ok(created) => created.id,
-            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(Value::String(id)))
+        find_or_make(cx, find, async {
+            Ok(volumes.create_volume(&spec).await?.id)
+        })
+        .await
     })
 }
 
@@ -158,36 +146,31 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let agent = agent(cx).await?;
         let servers = &cloud(cx.app, &agent)?.servers;
         let labels = resource_labels(ResourceKind::Agent, &agent.id);
-        let find = async || -> Result<Option<String>, ProviderError> {
-            let found = servers.list_servers(&labels, None).await?;
+        let selector = &labels;
+        let find = move || async move {
+            let found = servers.list_servers(selector, None).await?;
             Ok(found.items.into_iter().next().map(|s| s.id))
         };
-        if !cx.first_try()
-            && let Some(id) = find().await?
-        {
-            return Ok(Some(Value::String(id)));
-        }
-        let made_before = |step: &str| cx.output(step).map(str::to_owned).into_iter().collect();
-        let tunnel_token = match (cx.app.providers.tunnels(), cx.output("tunnel")) {
-            (Some(tunnels), Some(tunnel)) => Some(tunnels.tunnel_token(tunnel).await?),
-            _ => None,
+        // Only when no server can exist yet: a bootstrap token is armed for it.
+        let make = async {
+            let made_before = |step: &str| cx.output(step).map(str::to_owned).into_iter().collect();
+            let tunnel_token = match (cx.app.providers.tunnels(), cx.output("tunnel")) {
+                (Some(tunnels), Some(tunnel)) => Some(tunnels.tunnel_token(tunnel).await?),
+                _ => None,
+            };
+            let spec = ServerSpec {
+                name: provider_name(&agent),
+                image: agent.image_ref.clone(),
+                server_type: None,
+                location: None,
+                labels: labels.clone(),
+                user_data: Some(first_boot(cx.app, &agent, tunnel_token).await?),
+                firewall_ids: made_before("firewall"),
+                volume_ids: made_before("volume"),
+            };
+            Ok(servers.create_server(&spec).await?.id)
         };
-        let spec = ServerSpec {
-            name: provider_name(&agent),
-            image: agent.image_ref.clone(),
-            server_type: None,
-            location: None,
-            labels: labels.clone(),
-            user_data: Some(first_boot(cx.app, &agent, tunnel_token).await?),
-            firewall_ids: made_before("firewall"),
-            volume_ids: made_before("volume"),
-        };
-        let id = match servers.create_server(&spec).await {
-            Ok(created) => created.id,
-            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(Value::String(id)))
+        find_or_make(cx, find, make).await
     })
 }
 

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::error::Error;
-use crate::providers::ProviderError;
+use crate::providers::{ErrorKind, ProviderError};
 use crate::store::{JobRow, StoreError, Tx};
 
 pub use runner::run_due;
@@ -91,6 +91,31 @@ impl From<StoreError> for StepError {
 
 pub type StepResult = Result<Option<Value>, StepError>;
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+
+/// Finds or makes the one resource a creating step is about, and outputs its id. On a job's
+/// first run it is made at once (`make` is not run otherwise); on a later run it is looked
+/// up (by our labels) first. A name taken (a conflict) means an earlier attempt made it: it
+/// is found and adopted.
+pub(crate) async fn find_or_make<Found>(
+    cx: &StepCx<'_>,
+    find: impl Fn() -> Found,
+    make: impl Future<Output = Result<String, StepError>>,
+) -> StepResult
+where
+    Found: Future<Output = Result<Option<String>, ProviderError>>,
+{
+    if !cx.first_try()
+        && let Some(id) = find().await?
+    {
+        return Ok(Some(Value::String(id)));
+    }
+    let id = match make.await {
+        Ok(id) => id,
+        Err(StepError::Provider(e)) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
+        Err(e) => return Err(e),
+    };
+    Ok(Some(Value::String(id)))
+}
 
 /// One step: its name (the key of its output) and its action.
 pub struct Step {

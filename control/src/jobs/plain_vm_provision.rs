@@ -7,16 +7,13 @@
 
 use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
-use serde_json::Value;
 
 use super::plain_vm::{PlainVmJob, RELEASE, cloud, firewalls, plain_vm, provider_name, running};
-use super::{Step, StepCx, StepError, StepFuture};
+use super::{Step, StepCx, StepError, StepFuture, find_or_make};
 use crate::app::App;
 use crate::cloud_init::{PlainVmFirstBoot, plain_vm_document};
 use crate::plain_vms::{firewall::default_rules, given_keys};
-use crate::providers::{
-    ErrorKind, FirewallSpec, ProviderError, Secret, ServerSpec, resource_labels,
-};
+use crate::providers::{FirewallSpec, ProviderError, Secret, ServerSpec, resource_labels};
 use crate::store::PlainVmRow;
 
 pub(super) static KIND: PlainVmJob = PlainVmJob {
@@ -47,26 +44,20 @@ fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let vm = plain_vm(cx).await?;
         let firewalls = firewalls(cx.app, &vm)?;
         let labels = resource_labels(ResourceKind::PlainVm, &vm.id);
-        let find = async || -> Result<Option<String>, ProviderError> {
-            let found = firewalls.list_firewalls(&labels, None).await?;
+        let selector = &labels;
+        let find = move || async move {
+            let found = firewalls.list_firewalls(selector, None).await?;
             Ok(found.items.into_iter().next().map(|f| f.id))
         };
-        if !cx.first_try()
-            && let Some(id) = find().await?
-        {
-            return Ok(Some(Value::String(id)));
-        }
         let spec = FirewallSpec {
             name: provider_name(&vm),
             labels: labels.clone(),
             rules: default_rules(),
         };
-        let id = match firewalls.create_firewall(&spec).await {
-            Ok(created) => created.id,
-            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(Value::String(id)))
+        find_or_make(cx, find, async {
+            Ok(firewalls.create_firewall(&spec).await?.id)
+        })
+        .await
     })
 }
 
@@ -77,35 +68,29 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let vm = plain_vm(cx).await?;
         let servers = &cloud(cx.app, &vm)?.servers;
         let labels = resource_labels(ResourceKind::PlainVm, &vm.id);
-        let find = async || -> Result<Option<String>, ProviderError> {
-            let found = servers.list_servers(&labels, None).await?;
+        let selector = &labels;
+        let find = move || async move {
+            let found = servers.list_servers(selector, None).await?;
             Ok(found.items.into_iter().next().map(|s| s.id))
         };
-        if !cx.first_try()
-            && let Some(id) = find().await?
-        {
-            return Ok(Some(Value::String(id)));
-        }
-        let spec = ServerSpec {
-            name: provider_name(&vm),
-            image: vm.image.clone(),
-            server_type: Some(vm.server_type.clone()),
-            location: Some(vm.location.clone()),
-            labels: labels.clone(),
-            user_data: Some(first_boot(cx.app, &vm).await?),
-            firewall_ids: cx
-                .output("firewall")
-                .map(str::to_owned)
-                .into_iter()
-                .collect(),
-            volume_ids: Vec::new(),
+        let make = async {
+            let spec = ServerSpec {
+                name: provider_name(&vm),
+                image: vm.image.clone(),
+                server_type: Some(vm.server_type.clone()),
+                location: Some(vm.location.clone()),
+                labels: labels.clone(),
+                user_data: Some(first_boot(cx.app, &vm).await?),
+                firewall_ids: cx
+                    .output("firewall")
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect(),
+                volume_ids: Vec::new(),
+            };
+            Ok(servers.create_server(&spec).await?.id)
         };
-        let id = match servers.create_server(&spec).await {
-            Ok(created) => created.id,
-            Err(e) if e.kind == ErrorKind::Conflict => find().await?.ok_or(e)?,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(Value::String(id)))
+        find_or_make(cx, find, make).await
     })
 }
 

@@ -222,9 +222,13 @@ impl Rig {
             .collect()
     }
 
-    /// The running agent's status snapshot, read from its socket.
+    /// The running agent's status snapshot, read from its socket; `Null` while the socket is
+    /// not up yet (an agent just started, on a loaded machine), so a condition waiting for a
+    /// state looks again instead of panicking.
     pub fn status(&self) -> Value {
-        let mut stream = UnixStream::connect(self.path("run/status.sock")).unwrap();
+        let Ok(mut stream) = UnixStream::connect(self.path("run/status.sock")) else {
+            return Value::Null;
+        };
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
         serde_json::from_str(&text).unwrap()
