@@ -294,16 +294,7 @@ pub async fn list(
             limit: limit + 1,
         })
         .await?;
-    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    let items: Vec<AuditEvent> = rows
-        .into_iter()
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .map(to_api)
-        .collect::<Result<_>>()?;
-    let next_cursor = if more {
-        items.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
+    let (rows, next_cursor) = crate::paging::one_page(rows, limit, |e| e.seq.to_string());
+    let items: Vec<AuditEvent> = rows.into_iter().map(to_api).collect::<Result<_>>()?;
     Ok(control_api::audit::AuditPage { items, next_cursor })
 }

@@ -25,6 +25,7 @@ pub mod images;
 pub mod ingest;
 pub mod jobs;
 pub mod ledger;
+pub mod paging;
 pub mod plain_vms;
 pub mod providers;
 pub mod server;

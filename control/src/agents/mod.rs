@@ -125,7 +125,7 @@ pub async fn list(
         ));
     }
     let mut tx = app.store.read().await?;
-    let mut rows = tx
+    let rows = tx
         .agents(
             caller.principal.account_scope(),
             cursor,
@@ -133,13 +133,7 @@ pub async fn list(
             limit + 1,
         )
         .await?;
-    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_cursor = if more {
-        rows.last().map(|row| row.id.clone())
-    } else {
-        None
-    };
+    let (rows, next_cursor) = crate::paging::one_page(rows, limit, |row| row.id.clone());
     let items = rows.into_iter().map(to_api).collect::<Result<_, _>>()?;
     Ok(AgentList { items, next_cursor })
 }

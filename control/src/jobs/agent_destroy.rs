@@ -6,7 +6,7 @@
 use control_api::usage::ResourceKind;
 
 use super::agent::{AgentJob, agent, cloud, hostname, provider_name, server_id};
-use super::{Step, StepCx, StepFuture};
+use super::{Step, StepCx, StepFuture, server};
 use crate::providers::{deleted, resource_labels};
 
 pub(super) static KIND: AgentJob = AgentJob {
@@ -67,10 +67,7 @@ fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         let Some(firewalls) = &cloud(cx.app, &agent)?.firewalls else {
             return Ok(None);
         };
-        let labels = resource_labels(ResourceKind::Agent, &agent.id);
-        for firewall in firewalls.list_firewalls(&labels, None).await?.items {
-            deleted(firewalls.delete_firewall(&firewall.id).await)?;
-        }
+        server::delete_firewalls(firewalls, ResourceKind::Agent, &agent.id).await?;
         Ok(None)
     })
 }

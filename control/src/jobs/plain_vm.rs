@@ -227,11 +227,7 @@ fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let vm = plain_vm(cx).await?;
-        let firewalls = firewalls(cx.app, &vm)?;
-        let labels = resource_labels(ResourceKind::PlainVm, &vm.id);
-        for firewall in firewalls.list_firewalls(&labels, None).await?.items {
-            deleted(firewalls.delete_firewall(&firewall.id).await)?;
-        }
+        server::delete_firewalls(firewalls(cx.app, &vm)?, ResourceKind::PlainVm, &vm.id).await?;
         Ok(None)
     })
 }

@@ -8,7 +8,25 @@ use serde_json::Value;
 
 use super::{StepCx, StepError, StepResult};
 use crate::clock::millis;
-use crate::providers::{ProviderError, Server, ServerStatus, Servers};
+use control_api::usage::ResourceKind;
+
+use crate::providers::{
+    Firewalls, ProviderError, Server, ServerStatus, Servers, deleted, resource_labels,
+};
+
+/// Deletes every firewall carrying `kind` `id`'s labels (once its server is gone: Hetzner
+/// refuses to delete a firewall still applied). Whatever is gone already is done.
+pub(super) async fn delete_firewalls(
+    firewalls: &Arc<dyn Firewalls>,
+    kind: ResourceKind,
+    id: &str,
+) -> Result<(), ProviderError> {
+    let labels = resource_labels(kind, id);
+    for firewall in firewalls.list_firewalls(&labels, None).await?.items {
+        deleted(firewalls.delete_firewall(&firewall.id).await)?;
+    }
+    Ok(())
+}
 
 /// How often a job looks whether a server got where it was asked to.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
