@@ -991,3 +991,39 @@ async fn a_failure_at_each_provisioning_call_converges_or_leaves_nothing() {
         }
     }
 }
+
+/// A Plain VM shut down from inside its OS (behind control's back) is recorded stopped by the
+/// reconciler, so it can be started again; one powered on again is recorded running.
+#[tokio::test]
+async fn the_reconciler_records_a_plain_vm_switched_off_behind_controls_back() {
+    let rig = rig(TestDb::sqlite()).await;
+    let h = &rig.h;
+    let (id, _) = rig.running_vm("web").await;
+    let every = Duration::from_secs(60);
+    let server = rig.view(&id).await;
+    assert_eq!(server["state"], "running");
+    let server_id = rig.hetzner.control().servers()[0].id.to_string();
+    let servers = &h.app.providers.default_cloud().servers;
+    servers.power_off(&server_id).await.unwrap();
+    for _ in 0..100 {
+        if rig.hetzner.control().servers()[0].status == "off" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.advance(60_000);
+    assert_eq!(
+        control::background::reconcile(&h.app, every).await.unwrap(),
+        1
+    );
+    assert_eq!(rig.view(&id).await["state"], "stopped");
+    let start = rig.act(Method::POST, &id, "start", &rig.token).await;
+    assert_eq!(start.status, 202, "{:#}", start.body);
+    rig.settle(&id, "running").await;
+    h.advance(60_000);
+    assert_eq!(
+        control::background::reconcile(&h.app, every).await.unwrap(),
+        0,
+        "nothing left to correct"
+    );
+}

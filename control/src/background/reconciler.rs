@@ -2,7 +2,9 @@
 //! the provider says where they disagree, at the instant it is noticed.
 //!
 //! A VM off (or gone) while recorded running is recorded paused; a VM running while recorded
-//! paused is recorded running. Agents with an operation under way are left to it. One replica
+//! paused is recorded running. Agents and Plain VMs alike (a Plain VM shut down from inside
+//! its OS is recorded stopped, so it can be started again; its billing counts existence
+//! either way); those with an operation under way are left to it. One replica
 //! at a time reconciles (a lease), since provider APIs have rate limits: each cloud's servers
 //! are read by our label a page at a time (Hetzner: 50 a call), never one call per Agent.
 //!
@@ -15,17 +17,21 @@
 //! first one leaves out.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::time::Duration;
 
 use control_api::agents::PeriodState;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use control_api::usage::ResourceKind;
+
 use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::clock::millis;
 use crate::error::Result;
-use crate::providers::{Cloud, KIND_LABEL, Labels, ProviderError};
+use crate::plain_vms;
+use crate::providers::{Cloud, KIND_LABEL, Labels, ProviderError, resource_labels};
 use crate::store::DbText;
 
 /// The reconciler's lease.
@@ -58,32 +64,46 @@ pub async fn reconcile_pass(app: &App, every: Duration) -> Result<Option<Pass>> 
     if !hold_lease(app, every).await? {
         return Ok(None);
     }
-    let agents = app.store.read().await?.reconcilable_agents().await?;
-    let mut power: BTreeMap<&str, Option<BTreeMap<String, bool>>> = BTreeMap::new();
+    let mut tx = app.store.read().await?;
+    let agents = tx.reconcilable_agents().await?;
+    let plain_vms = tx.reconcilable_plain_vms().await?;
+    drop(tx);
+    let recorded = agents
+        .into_iter()
+        .map(|row| (ResourceKind::Agent, row))
+        .chain(
+            plain_vms
+                .into_iter()
+                .map(|row| (ResourceKind::PlainVm, row)),
+        );
+    let mut power: BTreeMap<(&str, ResourceKind), Option<BTreeMap<String, bool>>> = BTreeMap::new();
     let mut pass = Pass::default();
-    for agent in agents {
-        let Some(cloud) = app.providers.get(&agent.provider) else {
+    for (kind, row) in recorded {
+        let Some(cloud) = app.providers.get(&row.provider) else {
             continue;
         };
-        if !power.contains_key(cloud.name) {
-            let cost = pass.clouds.entry(cloud.name).or_default();
-            let census = match servers_on(cloud, &mut cost.calls).await {
-                Ok(census) => {
-                    cost.servers = census.len();
-                    Some(census)
-                }
-                Err(e) => {
-                    warn!(provider = cloud.name, error = %e, "reconciler: cannot list the VMs");
-                    None
-                }
-            };
-            power.insert(cloud.name, census);
-        }
-        let Some(Some(census)) = power.get(cloud.name) else {
+        let census = match power.entry((cloud.name, kind)) {
+            Entry::Occupied(read) => read.into_mut(),
+            Entry::Vacant(unread) => {
+                let cost = pass.clouds.entry(cloud.name).or_default();
+                let census = match servers_on(cloud, kind, &mut cost.calls).await {
+                    Ok(census) => {
+                        cost.servers += census.len();
+                        Some(census)
+                    }
+                    Err(e) => {
+                        warn!(provider = cloud.name, error = %e, "reconciler: cannot list the VMs");
+                        None
+                    }
+                };
+                unread.insert(census)
+            }
+        };
+        let Some(census) = census else {
             continue;
         };
-        let on = census.get(&agent.provider_id).copied();
-        let (from, to, why) = match (agent.state.as_str(), on) {
+        let on = census.get(&row.provider_id).copied();
+        let (from, to, why) = match (row.state.as_str(), on) {
             ("running", Some(false)) => (
                 PeriodState::Running,
                 PeriodState::Paused,
@@ -101,23 +121,30 @@ pub async fn reconcile_pass(app: &App, every: Duration) -> Result<Option<Pass>> 
             ),
             _ => continue,
         };
+        let now = app.clock.now();
         let mut tx = app.store.write().await?;
-        let recorded = agents::record_observed(
-            &mut tx,
-            app.ingest.records().clone(),
-            &agent.id,
-            Cas::Observed { from, to },
-            app.clock.now(),
-        )
-        .await?;
+        let owner = match kind {
+            ResourceKind::Agent => agents::record_observed(
+                &mut tx,
+                app.ingest.records().clone(),
+                &row.id,
+                Cas::Observed { from, to },
+                now,
+            )
+            .await?
+            .map(|recorded| recorded.owner),
+            ResourceKind::PlainVm => {
+                plain_vms::record_observed(&mut tx, &row.id, from, to, now).await?
+            }
+        };
         tx.commit().await?;
-        if let Some(recorded) = recorded {
+        if let Some(owner) = owner {
             pass.corrected += 1;
             let state = to.as_db();
             if to == PeriodState::Paused {
-                warn!(agent_id = %agent.id, account_id = %recorded.owner, state, "reconciler: {why}; recorded from now");
+                warn!(kind = ?kind, resource_id = %row.id, account_id = %owner, state, "reconciler: {why}; recorded from now");
             } else {
-                info!(agent_id = %agent.id, account_id = %recorded.owner, state, "reconciler: {why}; recorded from now");
+                info!(kind = ?kind, resource_id = %row.id, account_id = %owner, state, "reconciler: {why}; recorded from now");
             }
         }
     }
@@ -140,13 +167,17 @@ async fn hold_lease(app: &App, every: Duration) -> Result<bool> {
     Ok(held)
 }
 
-/// Whether each of the cloud's Agent servers is on, by server id, read a page at a time;
+/// Whether each of the cloud's servers of `kind` is on, by server id, read a page at a time;
 /// `calls` counts the pages read.
 async fn servers_on(
     cloud: &Cloud,
+    kind: ResourceKind,
     calls: &mut u64,
 ) -> Result<BTreeMap<String, bool>, ProviderError> {
-    let selector = Labels::from([(KIND_LABEL.to_owned(), "agent".to_owned())]);
+    let selector: Labels = resource_labels(kind, "")
+        .into_iter()
+        .filter(|(key, _)| key == KIND_LABEL)
+        .collect();
     let mut census = BTreeMap::new();
     let mut page: Option<String> = None;
     loop {

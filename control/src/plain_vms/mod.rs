@@ -24,7 +24,7 @@ mod provision;
 mod transfer;
 
 use control_api::Timestamp;
-use control_api::agents::AgentOperation;
+use control_api::agents::{AgentOperation, PeriodState};
 use control_api::plain_vms::{PlainVm, PlainVmKey, PlainVmList, PlainVmState};
 use control_api::usage::ResourceKind;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{App, Caller};
 use crate::error::{Error, Result};
 use crate::ids::{new_id, prefix};
+use crate::ledger::ResourceRef;
 use crate::store::{PlainVmRow, StoreError, Tx};
 
 pub use operate::request;
@@ -87,8 +88,8 @@ pub fn to_api(row: PlainVmRow) -> Result<PlainVm, StoreError> {
         .collect();
     let state = match (row.destroyed_at, row.state) {
         (Some(_), _) => PlainVmState::Destroyed,
-        (None, control_api::agents::PeriodState::Running) => PlainVmState::Running,
-        (None, control_api::agents::PeriodState::Paused) => PlainVmState::Stopped,
+        (None, PeriodState::Running) => PlainVmState::Running,
+        (None, PeriodState::Paused) => PlainVmState::Stopped,
     };
     Ok(PlainVm {
         id: row.id,
@@ -162,6 +163,31 @@ pub async fn list(
     let (rows, next_cursor) = crate::paging::one_page(rows, limit, |row| row.id.clone());
     let items = rows.into_iter().map(to_api).collect::<Result<_, _>>()?;
     Ok(PlainVmList { items, next_cursor })
+}
+
+/// Records that the provider shows the VM `to` while it is recorded `from` (the reconciler),
+/// from `at` on, if its compare-and-set still holds; returns its account, or `None` having
+/// changed nothing. The caller commits `tx`.
+pub async fn record_observed(
+    tx: &mut Tx,
+    id: &str,
+    from: PeriodState,
+    to: PeriodState,
+    at: Timestamp,
+) -> Result<Option<String>, StoreError> {
+    if !tx
+        .observe_plain_vm_state(id, from, to, at.as_millis())
+        .await?
+    {
+        return Ok(None);
+    }
+    let owner = tx
+        .plain_vm(id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("plain VM {id} vanished under its lock")))?
+        .account_id;
+    crate::ledger::switch(tx, ResourceRef::plain_vm(id), &owner, to, at).await?;
+    Ok(Some(owner))
 }
 
 async fn queue_job(

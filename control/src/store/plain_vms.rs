@@ -283,6 +283,42 @@ impl Tx {
         Ok(())
     }
 
+    /// Records the VM's observed state (the reconciler): the compare-and-set on its row. Only
+    /// a live VM with a server, recorded `from`, with no operation under way, changes.
+    pub async fn observe_plain_vm_state(
+        &mut self,
+        id: &str,
+        from: PeriodState,
+        to: PeriodState,
+        now: i64,
+    ) -> Result<bool> {
+        let changed = on_conn!(self, conn => sqlx::query(
+            "UPDATE plain_vms SET state = $3, updated_at = $4
+             WHERE id = $1 AND state = $2 AND operation IS NULL AND destroyed_at IS NULL
+               AND server_id IS NOT NULL",
+        )
+        .bind(id)
+        .bind(from.as_db())
+        .bind(to.as_db())
+        .bind(now)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(changed == 1)
+    }
+
+    /// Live Plain VMs with a server and no operation under way, as the reconciler compares
+    /// them (`provider_id` is the server).
+    pub async fn reconcilable_plain_vms(&mut self) -> Result<Vec<super::ReconcileRow>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT id, account_id, provider, server_id AS provider_id, state FROM plain_vms
+             WHERE destroyed_at IS NULL AND operation IS NULL AND server_id IS NOT NULL
+             ORDER BY id",
+        )
+        .fetch_all(conn)
+        .await)?)
+    }
+
     /// Moves a live Plain VM from `from` to `to`. Returns false if it is not a live Plain VM
     /// of `from`.
     pub async fn reassign_plain_vm(
