@@ -999,7 +999,7 @@ async fn the_reconciler_records_a_plain_vm_switched_off_behind_controls_back() {
     let rig = rig(TestDb::sqlite()).await;
     let h = &rig.h;
     let (id, _) = rig.running_vm("web").await;
-    let every = Duration::from_secs(60);
+    let every = Duration::from_mins(1);
     let server = rig.view(&id).await;
     assert_eq!(server["state"], "running");
     let server_id = rig.hetzner.control().servers()[0].id.to_string();
