@@ -35,6 +35,7 @@ pub use bootstrap::rebootstrap;
 pub use import::import;
 pub use observed::{Cas, RecordCache, Recorded, record_observed};
 pub use operate::request;
+pub(crate) use operate::verb;
 pub use provision::provision;
 pub use timeline::timeline;
 pub use transfer::transfer;

@@ -96,7 +96,8 @@ fn refusal(agent: &AgentRow, operation: AgentOperation) -> String {
     }
 }
 
-fn verb(operation: AgentOperation) -> &'static str {
+/// An operation's name in a refusal ("has a stop in progress"), for Agents and Plain VMs.
+pub(crate) fn verb(operation: AgentOperation) -> &'static str {
     match operation {
         AgentOperation::Provision => "provisioning",
         AgentOperation::Start => "start",

@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::prefix;
 use crate::ledger::{self, ResourceRef};
-use crate::store::StoreError;
 
 /// Moves an Agent to another account at this instant: the source's open period ends now and
 /// the destination's begins now in the same state. Operators only.
@@ -54,18 +53,13 @@ pub async fn transfer(
             "agent {id} changed while the request was handled; retry"
         )));
     }
-    let open = tx
-        .open_period(ResourceRef::agent(id))
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("agent {id} has no open state period")))?;
-    // The event records the instant the ledger split at (later than `now` only if this
-    // replica's clock lags the one that opened the current period).
-    let at = ledger::switch(&mut tx, ResourceRef::agent(id), to, open.state, now).await?;
+    // The event records the instant the ledger split at.
+    let (at, state) = ledger::transfer(&mut tx, ResourceRef::agent(id), to, now).await?;
     audit::append(
         &mut tx,
         NewEvent {
             to_account_id: Some(to),
-            details: serde_json::json!({ "state": open.state }),
+            details: serde_json::json!({ "state": state }),
             ..NewEvent::by(
                 caller,
                 at,

@@ -31,7 +31,7 @@ use crate::app::App;
 use crate::clock::millis;
 use crate::error::Result;
 use crate::plain_vms;
-use crate::providers::{Cloud, KIND_LABEL, Labels, ProviderError, resource_labels};
+use crate::providers::{Cloud, ProviderError, kind_selector};
 use crate::store::DbText;
 
 /// The reconciler's lease.
@@ -174,10 +174,7 @@ async fn servers_on(
     kind: ResourceKind,
     calls: &mut u64,
 ) -> Result<BTreeMap<String, bool>, ProviderError> {
-    let selector: Labels = resource_labels(kind, "")
-        .into_iter()
-        .filter(|(key, _)| key == KIND_LABEL)
-        .collect();
+    let selector = kind_selector(kind);
     let mut census = BTreeMap::new();
     let mut page: Option<String> = None;
     loop {

@@ -16,7 +16,7 @@ use crate::clock::millis;
 use crate::error::Result;
 use control_api::usage::ResourceKind;
 
-use crate::providers::{Cloud, ID_LABEL, KIND_LABEL, Labels, ProviderError, resource_labels};
+use crate::providers::{Cloud, ID_LABEL, Labels, ProviderError, kind_selector};
 
 /// A provider resource carrying our labels that no live record owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,10 +53,7 @@ async fn labelled(
     cloud: &Cloud,
     kind: ResourceKind,
 ) -> Result<Vec<(&'static str, String, Labels)>, ProviderError> {
-    let selector = resource_labels(kind, "")
-        .into_iter()
-        .filter(|(key, _)| key == KIND_LABEL)
-        .collect();
+    let selector = kind_selector(kind);
     let mut found: Vec<(&'static str, String, Labels)> = Vec::new();
     let servers = all_pages!(|s, p| cloud.servers.list_servers(s, p), &selector);
     found.extend(servers.into_iter().map(|(id, l)| ("server", id, l)));

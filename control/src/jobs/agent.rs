@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{JobKind, Outputs, Step, StepCx, StepError};
+use super::{JobKind, Outputs, Step, StepCx, StepError, server};
 use crate::agents::{self, Cas};
 use crate::app::App;
 use crate::error::Error;
-use crate::providers::{Cloud, ProviderError, Servers, resource_labels};
+use crate::providers::{Cloud, ProviderError, Servers};
 use crate::store::{AgentRow, JobRow, OperationOutcome, StoreError, Tx};
 
 /// An Agent job kind: its steps, what undoes them, and the state the Agent is in once they
@@ -69,13 +69,7 @@ pub(super) async fn agent(cx: &StepCx<'_>) -> Result<AgentRow, StepError> {
 
 /// The cloud the Agent lives on.
 pub(super) fn cloud<'a>(app: &'a App, agent: &AgentRow) -> Result<&'a Cloud, StepError> {
-    app.providers.get(&agent.provider).ok_or_else(|| {
-        ProviderError::permanent(format!(
-            "provider {} is not configured on this control plane",
-            agent.provider
-        ))
-        .into()
-    })
+    server::cloud_named(app, &agent.provider)
 }
 
 /// The Agent's server: the id an earlier step found or made, else the one recorded, else the
@@ -84,24 +78,14 @@ pub(super) async fn server_id(
     cx: &StepCx<'_>,
     agent: &AgentRow,
 ) -> Result<Option<String>, StepError> {
-    if let Some(id) = cx.output("server") {
-        return Ok(Some(id.to_owned()));
-    }
-    if let Some(id) = &agent.provider_id {
-        return Ok(Some(id.clone()));
-    }
-    let labels = resource_labels(ResourceKind::Agent, &agent.id);
-    let found = cloud(cx.app, agent)?
-        .servers
-        .list_servers(&labels, None)
-        .await?;
-    Ok(found.items.into_iter().next().map(|server| server.id))
+    let cloud = cloud(cx.app, agent)?;
+    let recorded = agent.provider_id.as_deref();
+    server::server_id(cx, cloud, recorded, ResourceKind::Agent, &agent.id).await
 }
 
-/// The name the Agent's resources carry at the provider: a hostname (no underscores, no
-/// capitals), deterministic, so a repeated create meets a uniqueness conflict.
+/// The name the Agent's resources carry at the provider.
 pub(super) fn provider_name(agent: &AgentRow) -> String {
-    agent.id.replace('_', "-").to_ascii_lowercase()
+    server::provider_name(&agent.id)
 }
 
 /// The hostname the Agent is reached at through its tunnel.

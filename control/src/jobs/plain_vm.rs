@@ -16,7 +16,7 @@ use super::{JobKind, Outputs, Step, StepCx, StepError, StepFuture, server};
 use crate::app::App;
 use crate::error::Error;
 use crate::ledger::{self, ResourceRef};
-use crate::providers::{Cloud, Firewalls, ProviderError, Servers, deleted, resource_labels};
+use crate::providers::{Cloud, Firewalls, ProviderError, Servers, deleted};
 use crate::store::{JobRow, PlainVmOutcome, PlainVmRow, StoreError, Tx};
 
 /// A Plain VM job kind: its steps, what undoes them, and the state the VM is in once they are
@@ -125,13 +125,7 @@ pub(super) async fn plain_vm(cx: &StepCx<'_>) -> Result<PlainVmRow, StepError> {
 
 /// The cloud the VM lives on.
 pub(super) fn cloud<'a>(app: &'a App, vm: &PlainVmRow) -> Result<&'a Cloud, StepError> {
-    app.providers.get(&vm.provider).ok_or_else(|| {
-        ProviderError::permanent(format!(
-            "provider {} is not configured on this control plane",
-            vm.provider
-        ))
-        .into()
-    })
+    server::cloud_named(app, &vm.provider)
 }
 
 /// The firewalls of the VM's cloud: a Plain VM never exists without its own firewall.
@@ -148,28 +142,23 @@ pub(super) fn firewalls<'a>(
     })
 }
 
-/// The name the VM's server and firewall carry at the provider: its id as a hostname,
-/// deterministic, so a repeated create meets a uniqueness conflict. (The OS's own host name is
+/// The name the VM's server and firewall carry at the provider. (The OS's own host name is
 /// the one the caller chose.)
 pub(super) fn provider_name(vm: &PlainVmRow) -> String {
-    vm.id.replace('_', "-").to_ascii_lowercase()
+    server::provider_name(&vm.id)
 }
 
-/// The VM's server: the id an earlier step found or made, else the one recorded, else the one
-/// carrying its labels (a provisioning that died before recording it).
+/// The VM's server, found as every job finds its resource's.
 async fn server_id(cx: &StepCx<'_>, vm: &PlainVmRow) -> Result<Option<String>, StepError> {
-    if let Some(id) = cx.output("server") {
-        return Ok(Some(id.to_owned()));
-    }
-    if let Some(id) = &vm.server_id {
-        return Ok(Some(id.clone()));
-    }
-    let labels = resource_labels(ResourceKind::PlainVm, &vm.id);
-    let found = cloud(cx.app, vm)?
-        .servers
-        .list_servers(&labels, None)
-        .await?;
-    Ok(found.items.into_iter().next().map(|server| server.id))
+    let cloud = cloud(cx.app, vm)?;
+    server::server_id(
+        cx,
+        cloud,
+        vm.server_id.as_deref(),
+        ResourceKind::PlainVm,
+        &vm.id,
+    )
+    .await
 }
 
 /// The VM's server id and the servers of its cloud, for a step that needs the server.

@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{StepCx, StepError, StepResult};
+use crate::app::App;
 use crate::clock::millis;
 use control_api::usage::ResourceKind;
 
 use crate::providers::{
-    Firewalls, ProviderError, Server, ServerStatus, Servers, deleted, resource_labels,
+    Cloud, Firewalls, ProviderError, Server, ServerStatus, Servers, deleted, resource_labels,
 };
 
 /// Deletes every firewall carrying `kind` `id`'s labels (once its server is gone: Hetzner
@@ -30,6 +31,42 @@ pub(super) async fn delete_firewalls(
 
 /// How often a job looks whether a server got where it was asked to.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
+
+/// The cloud a resource recorded as living on `provider` lives on.
+pub(super) fn cloud_named<'a>(app: &'a App, provider: &str) -> Result<&'a Cloud, StepError> {
+    app.providers.get(provider).ok_or_else(|| {
+        ProviderError::permanent(format!(
+            "provider {provider} is not configured on this control plane"
+        ))
+        .into()
+    })
+}
+
+/// The name a resource's provider resources carry: its id as a hostname (no underscores, no
+/// capitals), deterministic, so a repeated create meets a uniqueness conflict.
+pub(super) fn provider_name(id: &str) -> String {
+    id.replace('_', "-").to_ascii_lowercase()
+}
+
+/// The server of `kind` `id`: the one an earlier step of the job found or made, else the one
+/// `recorded`, else the one carrying its labels (a provisioning that died before recording
+/// it).
+pub(super) async fn server_id(
+    cx: &StepCx<'_>,
+    cloud: &Cloud,
+    recorded: Option<&str>,
+    kind: ResourceKind,
+    id: &str,
+) -> Result<Option<String>, StepError> {
+    if let Some(made) = cx.output("server").or(recorded) {
+        return Ok(Some(made.to_owned()));
+    }
+    let found = cloud
+        .servers
+        .list_servers(&resource_labels(kind, id), None)
+        .await?;
+    Ok(found.items.into_iter().next().map(|server| server.id))
+}
 
 /// The server once the provider reports it running; until then a wait, so the runner looks
 /// again; a server that is off instead of starting is a failure.

@@ -100,6 +100,20 @@ pub async fn close(tx: &mut Tx, resource: ResourceRef<'_>, at: Timestamp) -> Res
     Ok(Timestamp::from_millis(at))
 }
 
+/// Records a transfer of the resource to `to` at `at`: its open period ends and `to`'s begins
+/// in the same state. Returns the instant the ledger split at (later than `at` only if this
+/// replica's clock lags the one that opened the period) and that state. The caller holds the
+/// resource's row lock and has moved the row.
+pub async fn transfer(
+    tx: &mut Tx,
+    resource: ResourceRef<'_>,
+    to: &str,
+    at: Timestamp,
+) -> Result<(Timestamp, PeriodState)> {
+    let state = open_period(tx, resource).await?.state;
+    Ok((switch(tx, resource, to, state, at).await?, state))
+}
+
 async fn open_period(tx: &mut Tx, resource: ResourceRef<'_>) -> Result<PeriodRow> {
     tx.open_period(resource)
         .await?

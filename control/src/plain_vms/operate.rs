@@ -87,13 +87,10 @@ fn refusal(vm: &PlainVmRow, operation: AgentOperation) -> String {
         return format!("plain VM {id} is destroyed");
     }
     if let Some(pending) = vm.operation {
-        let verb = match pending {
-            AgentOperation::Provision => "provisioning",
-            AgentOperation::Start => "start",
-            AgentOperation::Stop => "stop",
-            AgentOperation::Destroy => "destroy",
-        };
-        return format!("plain VM {id} has a {verb} in progress; retry when it completes");
+        return format!(
+            "plain VM {id} has a {} in progress; retry when it completes",
+            crate::agents::verb(pending)
+        );
     }
     match (operation, vm.state) {
         _ if vm.server_id.is_none() && operation != AgentOperation::Destroy => {

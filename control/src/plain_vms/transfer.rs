@@ -13,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::prefix;
 use crate::ledger::{self, ResourceRef};
-use crate::store::StoreError;
 
 /// Moves a Plain VM to another account at this instant: the source's open period ends now and
 /// the destination's begins now in the same state. Operators only.
@@ -56,16 +55,12 @@ pub async fn transfer(
             "plain VM {id} changed while the request was handled; retry"
         )));
     }
-    let open = tx
-        .open_period(ResourceRef::plain_vm(id))
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("plain VM {id} has no open state period")))?;
-    let at = ledger::switch(&mut tx, ResourceRef::plain_vm(id), to, open.state, now).await?;
+    let (at, state) = ledger::transfer(&mut tx, ResourceRef::plain_vm(id), to, now).await?;
     audit::append(
         &mut tx,
         NewEvent {
             to_account_id: Some(to),
-            details: serde_json::json!({ "state": open.state }),
+            details: serde_json::json!({ "state": state }),
             ..NewEvent::by(
                 caller,
                 at,

@@ -66,6 +66,12 @@ pub fn resource_labels(kind: ResourceKind, id: &str) -> Labels {
     ])
 }
 
+/// The selector of every provider resource made for resources of `kind` (its kind label
+/// alone).
+pub fn kind_selector(kind: ResourceKind) -> Labels {
+    Labels::from([(KIND_LABEL.to_owned(), kind_label(kind).to_owned())])
+}
+
 /// The kind of our resource a provider resource with `labels` was made for, if its
 /// [`KIND_LABEL`] names one.
 pub fn labelled_kind(labels: &Labels) -> Option<ResourceKind> {
