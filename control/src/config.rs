@@ -202,6 +202,54 @@ pub struct LocalSection {
     /// Control URLs local VMs report to, one per VM by its id [default: this replica].
     #[serde(default)]
     pub control_urls: Vec<String>,
+    /// What an Agent's local VM is: `processes` (a vm-agent process; the default) or `qemu`
+    /// (a real VM booted from a baked image, [`crate::providers::local::QemuConfig`]).
+    #[serde(default)]
+    pub vms: LocalVms,
+    /// `qemu` mode: where built releases are (`image/build --out DIR/<release>`); a release's
+    /// `local` reference names a directory here [default: `<data_dir>/images`].
+    pub images_dir: Option<PathBuf>,
+    /// `qemu` mode: the emulator [default: `qemu-system-x86_64`].
+    pub qemu: Option<PathBuf>,
+    /// `qemu` mode: each VM's memory in `MiB` [default: 1024].
+    pub memory_mib: Option<u32>,
+    /// `qemu` mode: each VM's virtual CPUs [default: 1].
+    pub cpus: Option<u32>,
+    /// `qemu` mode: the size of each Agent's slice disk in `MiB` [default: 1024].
+    pub slice_mib: Option<u32>,
+    /// `qemu` mode: `tcg` (software emulation, works everywhere) or `kvm` [default: tcg].
+    pub accel: Option<String>,
+}
+
+/// What an Agent's local VM is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalVms {
+    #[default]
+    Processes,
+    Qemu,
+}
+
+impl LocalSection {
+    /// How `qemu` mode runs VMs, when it is on.
+    pub fn qemu_config(&self, data_dir: &Path) -> Option<crate::providers::local::QemuConfig> {
+        (self.vms == LocalVms::Qemu).then(|| crate::providers::local::QemuConfig {
+            qemu: self
+                .qemu
+                .clone()
+                .unwrap_or_else(|| "qemu-system-x86_64".into()),
+            images_dir: self
+                .images_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("images")),
+            memory_mib: self.memory_mib.unwrap_or(1024).max(256),
+            cpus: self.cpus.unwrap_or(1).max(1),
+            slice_mib: self.slice_mib.unwrap_or(1024).max(16),
+            accel: self.accel.clone().unwrap_or_else(|| "tcg".to_owned()),
+            // Under software emulation a guest's shutdown takes tens of seconds.
+            shutdown_grace: Duration::from_secs(90),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,17 +372,7 @@ impl Config {
         file: Option<(&Path, &str)>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let (path, parsed) = match file {
-            None => (PathBuf::from("(none)"), FileConfig::default()),
-            Some((path, text)) => {
-                let parsed =
-                    toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::Parse {
-                        path: path.to_owned(),
-                        message: e.to_string().trim_end().to_owned(),
-                    })?;
-                (path.to_owned(), parsed)
-            }
-        };
+        let (path, parsed) = parse_file(file)?;
         check_providers(&path, &parsed)?;
         let positive = |key, value, default| positive(&path, key, value, default);
         let defaults = Settings::default();
@@ -423,7 +461,17 @@ impl Config {
             )?),
             data_dir,
             database,
-        })
+        }
+        .with_qemu_defaults(parsed.agents.control_url.is_some()))
+    }
+
+    /// In qemu mode Agents' VMs see control only through their network's forward, at
+    /// [`crate::providers::local::GUEST_CONTROL`], unless `[agents] control_url` says otherwise.
+    fn with_qemu_defaults(mut self, control_url_given: bool) -> Self {
+        if self.local.vms == LocalVms::Qemu && !control_url_given {
+            crate::providers::local::GUEST_CONTROL.clone_into(&mut self.settings.control_url);
+        }
+        self
     }
 }
 
@@ -474,6 +522,18 @@ fn control_url(path: &Path, url: &str) -> Result<String, ConfigError> {
              (http is allowed to this machine only)"
         ),
     })
+}
+
+/// The file's path (for messages) and its keys; no file is an empty one.
+fn parse_file(file: Option<(&Path, &str)>) -> Result<(PathBuf, FileConfig), ConfigError> {
+    let Some((path, text)) = file else {
+        return Ok((PathBuf::from("(none)"), FileConfig::default()));
+    };
+    let parsed = toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    Ok((path.to_owned(), parsed))
 }
 
 /// Each provider `[providers]` selects has its section.
@@ -617,6 +677,42 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/control"));
         assert_eq!(config.database, "sqlite:///var/lib/control/control.db");
         assert_eq!(config.rollup_interval, Duration::from_mins(5));
+    }
+
+    #[test]
+    fn qemu_mode_boots_releases_from_the_images_dir_and_reaches_control_by_its_forward() {
+        let read = |text: &str| {
+            Config::from_text(Some((Path::new("c.toml"), text)), &Overrides::default()).unwrap()
+        };
+        let config = read("[local_provider]\n");
+        assert_eq!(
+            config.local.qemu_config(Path::new("/d")).map(|q| q.accel),
+            None
+        );
+        assert_eq!(config.settings.control_url, "http://127.0.0.1:8080");
+        let config = read("[local_provider]\nvms = \"qemu\"\nimages_dir = \"/srv/images\"\n");
+        let qemu = config.local.qemu_config(Path::new("/d")).unwrap();
+        assert_eq!(qemu.images_dir, PathBuf::from("/srv/images"));
+        assert_eq!(
+            (qemu.memory_mib, qemu.cpus, qemu.accel.as_str()),
+            (1024, 1, "tcg")
+        );
+        assert_eq!(
+            config.settings.control_url,
+            crate::providers::local::GUEST_CONTROL
+        );
+        let config = read(
+            "[agents]\ncontrol_url = \"http://127.0.0.1:9000\"\n[local_provider]\nvms = \"qemu\"\n",
+        );
+        assert_eq!(config.settings.control_url, "http://127.0.0.1:9000");
+        assert_eq!(
+            config
+                .local
+                .qemu_config(Path::new("/d"))
+                .unwrap()
+                .images_dir,
+            PathBuf::from("/d/images")
+        );
     }
 
     #[test]

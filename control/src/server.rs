@@ -202,7 +202,11 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         info!(path = %absolute(&path).display(), "first start: wrote an operator token (mode 0600) to this file");
     }
     // Also before listening: a first start may build them, which takes a minute.
-    let (vm_agent, cloudflared) = {
+    // In qemu mode both are in the image the VMs boot.
+    let qemu = config.local.qemu_config(&absolute(&config.data_dir));
+    let (vm_agent, cloudflared) = if qemu.is_some() {
+        ("vm-agent".into(), "cloudflared".into())
+    } else {
         let config = config.clone();
         tokio::task::spawn_blocking(move || programs::local_binaries(&config)).await??
     };
@@ -231,6 +235,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
                 cloudflared,
                 control_urls,
                 heartbeat_interval: config.settings.ingest.interval,
+                qemu,
             },
         )
         .with_context(|| {

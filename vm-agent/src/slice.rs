@@ -132,6 +132,32 @@ fn counters(path: &Path) -> Option<Counters> {
     })
 }
 
+/// The mount the slice lives on: the volume mounted at it or at one of its parents (the image
+/// mounts the volume at `/data`), never the root file system. Among the mounts that hold the
+/// path the deepest one is where it lives; for one mount point, the last entry is on top.
+fn volume<'a>(table: &'a [Mount], path: &Path) -> Result<&'a Mount, String> {
+    let holder = table
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.mount_point))
+        .max_by_key(|(i, m)| (m.mount_point.components().count(), *i))
+        .map(|(_, m)| m);
+    let Some(mount) = holder.filter(|m| m.mount_point != Path::new("/")) else {
+        return Err(format!(
+            "{} is not on a mounted volume: the persistent volume is not mounted",
+            path.display()
+        ));
+    };
+    if !path.exists() {
+        return Err(format!(
+            "{} does not exist on the volume mounted at {}",
+            path.display(),
+            mount.mount_point.display()
+        ));
+    }
+    Ok(mount)
+}
+
 fn inspect(config: &Slice) -> (SliceState, String, Option<Counters>) {
     let path = &config.path;
     let table = match std::fs::read_to_string(&config.mountinfo) {
@@ -147,21 +173,9 @@ fn inspect(config: &Slice) -> (SliceState, String, Option<Counters>) {
             );
         }
     };
-    // The last entry for a mount point is the one on top.
-    let Some(mount) = table.iter().rev().find(|m| &m.mount_point == path) else {
-        let what = if path.exists() {
-            "is not a mount point"
-        } else {
-            "does not exist"
-        };
-        return (
-            SliceState::Missing,
-            format!(
-                "{} {what}: the persistent volume is not mounted",
-                path.display()
-            ),
-            None,
-        );
+    let mount = match volume(&table, path) {
+        Ok(mount) => mount,
+        Err(detail) => return (SliceState::Missing, detail, None),
     };
     let counters = counters(path);
     if mount.read_only {
@@ -334,5 +348,45 @@ mod tests {
         assert!(mounts[2].read_only, "per-mount ro");
         assert!(mounts[3].read_only, "super block ro");
         assert!(parse_mountinfo("garbage line\n").is_empty());
+    }
+
+    /// The image mounts the Agent's volume at `/data`: the slice below it is on that volume;
+    /// with the volume gone it is on the root file system, which is never the slice.
+    #[test]
+    fn the_slice_may_live_below_the_volumes_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let slice = data.join("home-coder");
+        std::fs::create_dir_all(&slice).unwrap();
+        let mountinfo = dir.path().join("mountinfo");
+        let config = Slice {
+            path: slice.clone(),
+            owner: "me".to_owned(),
+            owner_uid: nix::unistd::getuid().as_raw(),
+            mountinfo: mountinfo.clone(),
+            check_interval: Duration::from_secs(30),
+            nearly_full_percent: 95,
+        };
+        let root = "22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n";
+        let volume = format!(
+            "61 22 0:52 / {} rw,nosuid,nodev shared:30 - ext4 /dev/sdb rw\n",
+            data.display()
+        );
+        std::fs::write(&mountinfo, format!("{root}{volume}")).unwrap();
+        let (state, detail, _) = inspect(&config);
+        assert_eq!(state, SliceState::Mounted, "{detail}");
+
+        std::fs::write(&mountinfo, root).unwrap();
+        let (state, detail, _) = inspect(&config);
+        assert_eq!(state, SliceState::Missing);
+        assert!(detail.contains("not on a mounted volume"), "{detail}");
+
+        // The volume is there but the workspace directory is not (yet): missing, not made.
+        std::fs::remove_dir(&slice).unwrap();
+        std::fs::write(&mountinfo, format!("{root}{volume}")).unwrap();
+        let (state, detail, _) = inspect(&config);
+        assert_eq!(state, SliceState::Missing);
+        assert!(detail.contains("does not exist on the volume"), "{detail}");
+        assert!(!slice.exists());
     }
 }

@@ -67,7 +67,7 @@ fn a_plain_directory_is_not_a_mounted_slice() {
         rig.status()["slice"]["detail"]
             .as_str()
             .unwrap()
-            .contains("is not a mount point")
+            .contains("is not on a mounted volume")
     );
     assert_eq!(
         std::fs::read_dir(rig.slice()).unwrap().count(),

@@ -272,6 +272,7 @@ mod tests {
             cloudflared: "/bin/false".into(),
             control_urls: Vec::new(),
             heartbeat_interval: std::time::Duration::from_secs(30),
+            qemu: None,
         };
         let vms = dir.path().join("vms");
         let on_disk = LocalProvider::with_processes(&vms, config.clone()).unwrap();

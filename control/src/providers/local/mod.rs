@@ -32,6 +32,7 @@ mod cloud;
 mod firewalls;
 mod process;
 pub mod programs;
+mod qemu;
 mod records;
 mod servers;
 mod tunnels;
@@ -52,6 +53,8 @@ use self::vm::{LocalVm, read_vm};
 use super::{Labels, ProviderError, Secret};
 use crate::cloud_init::PlainVmDelivery;
 use crate::sync;
+
+pub use qemu::{GUEST_CONTROL, QemuConfig};
 
 /// The name resources on this provider record.
 pub const NAME: &str = "local";
@@ -88,6 +91,21 @@ pub struct LocalVmConfig {
     /// Control's URLs; each VM's agent reports to one (by its id).
     pub control_urls: Vec<String>,
     pub heartbeat_interval: Duration,
+    /// `qemu` mode: each Agent's VM is a real VM booted from a baked image ([`qemu`]).
+    pub qemu: Option<QemuConfig>,
+}
+
+impl LocalVmConfig {
+    /// The control URL VM `id` reports to: one of [`Self::control_urls`], by its id.
+    pub(super) fn control_url_for(&self, id: &str) -> String {
+        let hash = id.bytes().fold(0_usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        self.control_urls
+            .get(hash % self.control_urls.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]

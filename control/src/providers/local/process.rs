@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::vm::{LocalVm, VmLock, read_vm, transient, try_lock_vm, write_vm};
-use super::{AGENT_KILL_WAIT, LocalVmConfig};
+use super::{AGENT_KILL_WAIT, LocalVmConfig, qemu};
 use crate::providers::ProviderError;
 
 /// The kernel's id of this boot of the host.
@@ -51,6 +51,15 @@ pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool
     if vm.plain || !vm.running || agent_alive(&vm) {
         return Ok(false);
     }
+    if vm.qemu {
+        // A machine whose qemu ended powered off (from inside, or it crashed): it is off,
+        // as a cloud reports it, until someone powers it on.
+        warn!(vm = %vm.agent_id, "local VM: its qemu has ended; the VM is off");
+        vm.running = false;
+        vm.clear_process();
+        write_vm(vm_dir, &vm)?;
+        return Ok(false);
+    }
     // What the dead agent left behind (its cloudflared) goes first, as systemd empties a
     // unit's cgroup before restarting it.
     kill_leftovers(&vm);
@@ -59,15 +68,18 @@ pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool
     Ok(true)
 }
 
-/// The vm-agent process running `vm_dir`'s configuration, if there is one: a process whose
-/// arguments end in `run --config <vm_dir>/agent.toml`. Only this VM's agent is started so.
+/// The process running `vm_dir`'s VM, if there is one: a vm-agent whose arguments end in
+/// `run --config <vm_dir>/agent.toml`, or in `qemu` mode a qemu whose end in
+/// `-name local-vm:<vm_dir>`. Only this VM's process is started so.
 pub(super) fn find_agent(vm_dir: &Path) -> Option<u32> {
     let config = vm_dir.join("agent.toml");
-    let wanted = [
+    let agent = [
         std::ffi::OsStr::new("run"),
         std::ffi::OsStr::new("--config"),
         config.as_os_str(),
     ];
+    let name = qemu::process_name(vm_dir);
+    let machine = [std::ffi::OsStr::new("-name"), std::ffi::OsStr::new(&name)];
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -79,7 +91,8 @@ pub(super) fn find_agent(vm_dir: &Path) -> Option<u32> {
                 .filter(|arg| !arg.is_empty())
                 .map(std::os::unix::ffi::OsStrExt::from_bytes)
                 .collect();
-            (args.ends_with(&wanted) && process_started(pid).is_some()).then_some(pid)
+            let ours = args.ends_with(&agent) || args.ends_with(&machine);
+            (ours && process_started(pid).is_some()).then_some(pid)
         })
 }
 
@@ -99,23 +112,15 @@ pub(super) fn spawn_agent(
         vm.host_boot = host_boot();
         return Ok(());
     }
-    let log_path = vm_dir.join("vm-agent.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| transient("opening", &log_path, e))?;
-    let err = log
-        .try_clone()
-        .map_err(|e| transient("opening", &log_path, e))?;
+    if let Some(machine) = &config.qemu {
+        return spawn_machine(vm_dir, config, machine, vm);
+    }
     let mut command = std::process::Command::new(&config.vm_agent);
     command
         .arg("run")
         .arg("--config")
-        .arg(vm_dir.join("agent.toml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(err);
+        .arg(vm_dir.join("agent.toml"));
+    logged(&mut command, &vm_dir.join("vm-agent.log"))?;
     for name in SUPERVISOR_ONLY_ENV
         .iter()
         .chain(&crate::providers::TOKEN_ENV)
@@ -129,9 +134,47 @@ pub(super) fn spawn_agent(
             command.env_remove(name);
         }
     }
+    start(command, vm)
+}
+
+/// Points a command's output at `log_path` (appended).
+fn logged(command: &mut std::process::Command, log_path: &Path) -> Result<(), ProviderError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| transient("opening", log_path, e))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| transient("opening", log_path, e))?;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    Ok(())
+}
+
+/// `qemu` mode: boots the VM's qemu, reporting to the replica its id picks.
+fn spawn_machine(
+    vm_dir: &Path,
+    config: &LocalVmConfig,
+    machine: &qemu::QemuConfig,
+    vm: &mut LocalVm,
+) -> Result<(), ProviderError> {
+    let release = qemu::Release::find(machine, &vm.image_ref)?;
+    let control = qemu::host_port(&config.control_url_for(&vm.agent_id))?;
+    let mut command = qemu::command(vm_dir, &release, machine, &control);
+    logged(&mut command, &vm_dir.join("qemu.log"))?;
+    info!(vm = %vm.agent_id, image = %release.dir.display(), "local VM: powering on its qemu");
+    start(command, vm)
+}
+
+/// Starts `command` in its own process group and records it as the VM's process.
+fn start(mut command: std::process::Command, vm: &mut LocalVm) -> Result<(), ProviderError> {
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let program = command.get_program().to_owned();
     let child = command.spawn().map_err(|e| {
-        ProviderError::permanent(format!("cannot start {}: {e}", config.vm_agent.display()))
+        ProviderError::permanent(format!("cannot start {}: {e}", program.display()))
     })?;
     let pid = child.id();
     // Reaped by the thread below while this control runs; adopted by init after it exits.
@@ -179,7 +222,19 @@ pub(super) async fn stop_agent(vm_dir: &Path, vm: &mut LocalVm, grace: Duration)
         return;
     };
     let target = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-    let _ = kill(target, Signal::SIGTERM);
+    if !vm.qemu {
+        let _ = kill(target, Signal::SIGTERM);
+    } else if grace.is_zero() {
+        // Power off: qemu ends on SIGTERM without asking the guest.
+        let _ = kill(target, Signal::SIGTERM);
+    } else {
+        let vm_dir = vm_dir.to_owned();
+        let asked = tokio::task::spawn_blocking(move || qemu::acpi_shutdown(&vm_dir)).await;
+        if let Ok(Err(e)) = asked {
+            warn!(agent_id = %vm.agent_id, error = %e, "local VM: no ACPI shutdown; powering it off");
+            let _ = kill(target, Signal::SIGTERM);
+        }
+    }
     if !gone_within(pid, started, grace).await {
         warn!(agent_id = %vm.agent_id, pid, "local VM: vm-agent did not stop in time; killing it");
         let _ = kill(target, Signal::SIGKILL);

@@ -11,7 +11,7 @@ use control_api::usage::ResourceKind;
 
 use super::process::{agent_alive, remove_tree, spawn_agent, stop_agent};
 use super::vm::{LocalVm, lay_out, lock_vm, read_vm, transient, write_secret, write_vm};
-use super::{AGENT_STOP_GRACE, Backing, LocalProvider, matches};
+use super::{AGENT_STOP_GRACE, Backing, LocalProvider, matches, qemu};
 use crate::cloud_init::{self, AgentFirstBoot, PlainVmDelivery};
 use crate::providers::{Labels, Page, ProviderError, Server, ServerSpec, Servers, labelled_kind};
 use crate::sync;
@@ -130,6 +130,9 @@ impl Servers for LocalProvider {
                         return Ok(vm.server());
                     }
                 };
+                if let Some(machine) = &config.qemu {
+                    return create_machine(&vm_dir, id, spec, &first_boot, config, machine);
+                }
                 // Cloud-init's delivery, then the record (the intent) before any process.
                 lay_out(&vm_dir, &first_boot, config)?;
                 write_secret(
@@ -206,7 +209,18 @@ impl Servers for LocalProvider {
     }
 
     async fn shutdown(&self, id: &str) -> Result<(), ProviderError> {
-        self.power_down(id, AGENT_STOP_GRACE).await
+        let grace = match &self.backing {
+            Backing::Processes {
+                config:
+                    super::LocalVmConfig {
+                        qemu: Some(machine),
+                        ..
+                    },
+                ..
+            } => machine.shutdown_grace,
+            _ => AGENT_STOP_GRACE,
+        };
+        self.power_down(id, grace).await
     }
 
     async fn power_off(&self, id: &str) -> Result<(), ProviderError> {
@@ -233,7 +247,13 @@ impl Servers for LocalProvider {
                             vm.running = false;
                             write_vm(&vm_dir, &vm)?;
                             if !vm.plain {
-                                stop_agent(&vm_dir, &mut vm, AGENT_STOP_GRACE).await;
+                                // A cloud deletes a VM without shutting its OS down.
+                                let grace = if vm.qemu {
+                                    Duration::ZERO
+                                } else {
+                                    AGENT_STOP_GRACE
+                                };
+                                stop_agent(&vm_dir, &mut vm, grace).await;
                             }
                         }
                         // Out of every replica's sight at once, still under the lock (a
@@ -258,6 +278,38 @@ impl Servers for LocalProvider {
         }
         Ok(())
     }
+}
+
+/// `qemu` mode: a real VM from the release `spec` names, booting the very document control
+/// rendered from a `NoCloud` seed. Under the VM's lock.
+fn create_machine(
+    vm_dir: &std::path::Path,
+    id: &str,
+    spec: &ServerSpec,
+    first_boot: &AgentFirstBoot,
+    config: &super::LocalVmConfig,
+    machine: &qemu::QemuConfig,
+) -> Result<Server, ProviderError> {
+    if first_boot.control_url != qemu::GUEST_CONTROL {
+        return Err(refused(format!(
+            "user data: a qemu VM reaches control at {}, not {} (leave [agents] control_url unset)",
+            qemu::GUEST_CONTROL,
+            first_boot.control_url
+        )));
+    }
+    let release = qemu::Release::find(machine, &spec.image)?;
+    let document = spec
+        .user_data
+        .as_ref()
+        .ok_or_else(|| refused("no user data"))?;
+    qemu::prepare(vm_dir, id, document, &release, machine)?;
+    let mut vm = LocalVm::booted(id, spec);
+    vm.qemu = true;
+    write_vm(vm_dir, &vm)?;
+    crate::failpoint::hit("local-vm-recorded");
+    spawn_agent(vm_dir, config, &mut vm)?;
+    write_vm(vm_dir, &vm)?;
+    Ok(vm.server())
 }
 
 impl LocalProvider {
@@ -388,6 +440,7 @@ pub(super) mod tests {
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
             heartbeat_interval: Duration::from_secs(30),
+            qemu: None,
         };
         let vms = dir.path().join("vms");
         let provider = LocalProvider::with_processes(&vms, config.clone()).unwrap();
@@ -446,6 +499,7 @@ pub(super) mod tests {
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
             heartbeat_interval: Duration::from_secs(3),
+            qemu: None,
         };
         let identity = AgentIdentity {
             agent_id: "agt_1".to_owned(),

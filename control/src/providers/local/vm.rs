@@ -55,6 +55,9 @@ pub(super) struct LocalVm {
     /// In memory only: what a Plain VM's document delivered (its `user-data` file otherwise).
     #[serde(skip)]
     pub(super) delivery: Option<PlainVmDelivery>,
+    /// A real VM run by qemu (`qemu` mode), whose process is qemu rather than vm-agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) qemu: bool,
 }
 
 impl LocalVm {
@@ -74,6 +77,7 @@ impl LocalVm {
             labels: spec.labels.clone(),
             plain: labelled_kind(&spec.labels) == Some(ResourceKind::PlainVm),
             delivery: None,
+            qemu: false,
         }
     }
 
@@ -273,14 +277,7 @@ pub(super) fn lay_out(
         .ok()
         .flatten()
         .map_or_else(|| "root".to_owned(), |user| user.name);
-    let hash = identity.agent_id.bytes().fold(0_usize, |h, b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    });
-    let control_url = config
-        .control_urls
-        .get(hash % config.control_urls.len().max(1))
-        .cloned()
-        .unwrap_or_default();
+    let control_url = config.control_url_for(&identity.agent_id);
     let file = AgentToml {
         agent_id: identity.agent_id.clone(),
         image_version: identity.image_version.clone(),

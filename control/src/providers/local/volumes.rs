@@ -93,6 +93,7 @@ mod tests {
                 cloudflared: "/nonexistent/cloudflared".into(),
                 control_urls: vec!["http://127.0.0.1:9".to_owned()],
                 heartbeat_interval: Duration::from_secs(10),
+                qemu: None,
             },
         )
         .unwrap();

@@ -67,6 +67,7 @@ fn marking_config(dir: &Path) -> LocalVmConfig {
         cloudflared: "/bin/true".into(),
         control_urls: vec!["http://127.0.0.1:9".to_owned()],
         heartbeat_interval: Duration::from_secs(30),
+        qemu: None,
     }
 }
 

@@ -1,0 +1,348 @@
+//! The local provider's `qemu` mode: each Agent's VM is a real virtual machine booted from a
+//! baked platform image (`image/build`) with qemu, instead of a vm-agent process.
+//!
+//! A VM's directory holds:
+//! - `root.qcow2`, its root disk: a copy-on-write overlay of the release's `disk.raw` (the
+//!   release's files are never written);
+//! - `slice.raw`, its slice: a second disk, ext4 labelled `agent-slice`, which the image
+//!   mounts at `/data` (a VM booted without it finds no slice, as one whose volume is gone);
+//! - `seed.iso`, its `NoCloud` seed: the very cloud-init document control rendered, as
+//!   `user-data`, beside `meta-data` with its instance id, on a volume labelled `cidata`;
+//! - `console.log`, its serial console; `qmp.sock`, qemu's control socket.
+//!
+//! The kernel boots directly (`-kernel`, `-initrd` from the release). Networking is qemu's
+//! user mode with `restrict=on`: the VM reaches nothing but control, through one forward
+//! (`guestfwd`) of [`GUEST_CONTROL`] to the replica it reports to; nothing is forwarded into
+//! the VM, so it has no inbound port, as on a cloud. A shutdown is ACPI's (`system_powerdown`
+//! over QMP), then power-off after a grace period; a VM that powers itself off is off.
+//!
+//! qemu runs in its own process group, survives control's restarts and is adopted again, as
+//! an Agent's vm-agent process is in the default mode (found by its `-name`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::vm::transient;
+use crate::providers::{ProviderError, Secret};
+
+/// Where a VM sees control: a forward in its user-mode network to the replica it reports to.
+/// In `qemu` mode, Agents' documents must name this URL (`[agents] control_url`).
+pub const GUEST_CONTROL: &str = "http://10.0.2.100";
+const GUEST_CONTROL_ADDRESS: &str = "10.0.2.100:80";
+
+/// The label the image mounts at `/data`.
+pub(super) const SLICE_LABEL: &str = "agent-slice";
+
+/// How `qemu` mode runs VMs.
+#[derive(Clone, Debug)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// Built releases: a release's `local` reference names a directory here (or is an absolute
+    /// path) holding `disk.raw`, `vmlinuz`, `initrd.img` and `manifest.json`.
+    pub images_dir: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub slice_mib: u32,
+    /// `kvm` when it works on the host, else `tcg` (software emulation).
+    pub accel: String,
+    /// How long a shutdown waits for the guest's OS before powering it off.
+    pub shutdown_grace: Duration,
+}
+
+/// A built release, as `image/build` lays it out.
+#[derive(Clone, Debug)]
+pub(super) struct Release {
+    pub(super) dir: PathBuf,
+}
+
+impl Release {
+    /// The release a VM's image reference names.
+    pub(super) fn find(config: &QemuConfig, image_ref: &str) -> Result<Self, ProviderError> {
+        let named = Path::new(image_ref);
+        let plain_name =
+            !image_ref.is_empty() && !image_ref.starts_with('.') && named.components().count() == 1;
+        let dir = if named.is_absolute() {
+            named.to_owned()
+        } else if plain_name {
+            config.images_dir.join(named)
+        } else {
+            return Err(ProviderError::permanent(format!(
+                "image {image_ref:?} is neither a release under {} nor an absolute path",
+                config.images_dir.display()
+            ))
+            .with_code("invalid_input"));
+        };
+        for file in ["disk.raw", "vmlinuz", "initrd.img", "manifest.json"] {
+            if !dir.join(file).is_file() {
+                return Err(ProviderError::permanent(format!(
+                    "image {image_ref:?}: no {file} in {} (build it with image/build)",
+                    dir.display()
+                ))
+                .with_code("not_found"));
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    fn cmdline(&self) -> String {
+        let manifest = std::fs::read_to_string(self.dir.join("manifest.json")).ok();
+        manifest
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|m| m["boot"]["cmdline"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "root=LABEL=root ro console=ttyS0".to_owned())
+    }
+}
+
+fn run(command: &mut Command, what: &str) -> Result<(), ProviderError> {
+    let output = command
+        .output()
+        .map_err(|e| ProviderError::transient(format!("cannot run {what}: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(ProviderError::transient(format!(
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}
+
+/// Makes a new VM's disks and seed from the release and the document control rendered.
+pub(super) fn prepare(
+    vm_dir: &Path,
+    id: &str,
+    document: &Secret,
+    release: &Release,
+    config: &QemuConfig,
+) -> Result<(), ProviderError> {
+    let seed = vm_dir.join("seed");
+    std::fs::create_dir_all(&seed).map_err(|e| transient("creating", &seed, e))?;
+    super::vm::write_secret(&seed.join("user-data"), &document.0)?;
+    super::vm::write_secret(
+        &seed.join("meta-data"),
+        &format!(
+            "instance-id: {id}\nlocal-hostname: {}\n",
+            id.replace('_', "-")
+        ),
+    )?;
+    let iso = vm_dir.join("seed.iso");
+    run(
+        Command::new("genisoimage")
+            .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(&iso)
+            .arg(seed.join("user-data"))
+            .arg(seed.join("meta-data")),
+        "genisoimage (the NoCloud seed)",
+    )?;
+    set_private(&iso)?;
+    // The seed's copy is the one the VM reads; the loose files go.
+    let _ = std::fs::remove_dir_all(&seed);
+    let root = vm_dir.join("root.qcow2");
+    if !root.exists() {
+        run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(release.dir.join("disk.raw"))
+                .arg(&root),
+            "qemu-img (the root disk)",
+        )?;
+    }
+    let slice = vm_dir.join("slice.raw");
+    if !slice.exists() {
+        let making = vm_dir.join(".slice.raw.tmp");
+        let _ = std::fs::remove_file(&making);
+        run(
+            Command::new("mke2fs")
+                .args(["-q", "-t", "ext4", "-L", SLICE_LABEL, "-F"])
+                .arg(&making)
+                .arg(format!("{}M", config.slice_mib)),
+            "mke2fs (the slice)",
+        )?;
+        std::fs::rename(&making, &slice).map_err(|e| transient("renaming", &making, e))?;
+    }
+    Ok(())
+}
+
+fn set_private(path: &Path) -> Result<(), ProviderError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| transient("protecting", path, e))
+}
+
+/// What qemu's `-name` says, by which a VM's qemu is found again.
+pub(super) fn process_name(vm_dir: &Path) -> String {
+    format!("local-vm:{}", escape(vm_dir))
+}
+
+/// The qemu command that boots the VM in `vm_dir`, reporting to control at `control` (a
+/// host:port on this machine). Without `slice.raw` it boots with no slice disk.
+pub(super) fn command(
+    vm_dir: &Path,
+    release: &Release,
+    config: &QemuConfig,
+    control: &str,
+) -> Command {
+    let mut qemu = Command::new(&config.qemu);
+    qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-machine", &format!("q35,accel={}", config.accel)])
+        .args(["-m", &config.memory_mib.to_string()])
+        .args(["-smp", &config.cpus.to_string()])
+        .arg("-kernel")
+        .arg(release.dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(release.dir.join("initrd.img"))
+        .args(["-append", &release.cmdline()])
+        .arg("-drive")
+        .arg(drive(&vm_dir.join("root.qcow2"), "qcow2", "root"));
+    let slice = vm_dir.join("slice.raw");
+    if slice.exists() {
+        qemu.arg("-drive").arg(drive(&slice, "raw", "slice"));
+    }
+    qemu.arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on,media=cdrom",
+            escape(&vm_dir.join("seed.iso"))
+        ))
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=net0,restrict=on,guestfwd=tcp:{GUEST_CONTROL_ADDRESS}-cmd:socat - TCP:{control}"
+        ))
+        .args(["-device", "virtio-net-pci,netdev=net0"])
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", vm_dir.join("console.log").display()))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            vm_dir.join("qmp.sock").display()
+        ))
+        .arg("-name")
+        .arg(process_name(vm_dir));
+    qemu
+}
+
+fn drive(path: &Path, format: &str, id: &str) -> String {
+    format!(
+        "file={},format={format},if=virtio,id={id},cache=writeback,discard=unmap",
+        escape(path)
+    )
+}
+
+/// A path in a qemu option value, where a comma is written twice.
+fn escape(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// Asks the VM to shut down, as a cloud's ACPI shutdown does (`system_powerdown` over QMP).
+/// The caller waits for qemu to exit and powers it off after its grace period.
+pub(super) fn acpi_shutdown(vm_dir: &Path) -> Result<(), ProviderError> {
+    let path = vm_dir.join("qmp.sock");
+    let fail = |e: std::io::Error| transient("talking to qemu over", &path, e);
+    let stream = UnixStream::connect(&path).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(fail)?;
+    let mut writer = stream.try_clone().map_err(fail)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(fail)?; // the greeting
+    for command in ["qmp_capabilities", "system_powerdown"] {
+        writeln!(writer, "{{\"execute\":\"{command}\"}}").map_err(fail)?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(fail)? == 0 {
+                return Err(ProviderError::transient("qemu closed its QMP socket"));
+            }
+            // Events may come between a command and its answer.
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") {
+                return Err(ProviderError::transient(format!(
+                    "qemu refused {command}: {}",
+                    line.trim()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host:port a control URL (`http://127.0.0.1:8080`) is served on.
+pub(super) fn host_port(url: &str) -> Result<String, ProviderError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ProviderError::permanent(format!("control URL {url}: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ProviderError::permanent(format!("control URL {url} has no host")))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| ProviderError::permanent(format!("control URL {url} has no port")))?;
+    Ok(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_a_directory_of_the_images_dir_or_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            images_dir: dir.path().to_owned(),
+            memory_mib: 1024,
+            cpus: 1,
+            slice_mib: 64,
+            accel: "tcg".to_owned(),
+            shutdown_grace: Duration::from_mins(1),
+        };
+        let release = dir.path().join("2026.12.0");
+        std::fs::create_dir(&release).unwrap();
+        for file in ["disk.raw", "vmlinuz", "initrd.img"] {
+            std::fs::write(release.join(file), b"x").unwrap();
+        }
+        let missing = Release::find(&config, "2026.12.0").unwrap_err();
+        assert!(missing.message.contains("manifest.json"), "{missing:?}");
+        std::fs::write(
+            release.join("manifest.json"),
+            br#"{"boot": {"cmdline": "root=LABEL=root ro console=ttyS0 quiet"}}"#,
+        )
+        .unwrap();
+        let found = Release::find(&config, "2026.12.0").unwrap();
+        assert_eq!(found.cmdline(), "root=LABEL=root ro console=ttyS0 quiet");
+        let absolute = release.display().to_string();
+        assert_eq!(Release::find(&config, &absolute).unwrap().dir, release);
+        for escaping in ["../2026.12.0", "a/b", "", ".hidden"] {
+            assert!(Release::find(&config, escaping).is_err(), "{escaping}");
+        }
+
+        let vm_dir = dir.path().join("vm,1");
+        let args: Vec<String> = command(&vm_dir, &found, &config, "127.0.0.1:8080")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("restrict=on"), "{joined}");
+        assert!(!joined.contains("hostfwd"), "nothing forwarded into the VM");
+        assert!(
+            joined.contains("guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("vm,,1/root.qcow2"),
+            "commas doubled: {joined}"
+        );
+        assert!(!joined.contains("slice.raw"), "no slice disk, no drive");
+        assert_eq!(args.last().unwrap(), &process_name(&vm_dir));
+        assert_eq!(
+            host_port("http://127.0.0.1:8080").unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(host_port("http://10.0.2.100").unwrap(), "10.0.2.100:80");
+    }
+}

@@ -1,0 +1,573 @@
+//! Real VMs: Agents booted under qemu from the platform image `image/build` bakes, by the
+//! local provider's `qemu` mode behind the real `control serve`.
+//!
+//! The images come from `CONTROL_TEST_IMAGES` (a directory holding the `agent` and `plain`
+//! releases, as `.ci/run` builds them); without it, or without qemu, the tests are skipped
+//! (and fail under `CONTROL_TEST_STRICT=1`). Each boot takes a minute or more under software
+//! emulation, so the steps run one after the other in one test per story.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
+#![allow(clippy::disallowed_methods)] // the test reads its environment
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control};
+use serde_json::{Value, json};
+use test_support::{free_port, have_program, skip, workspace_bin};
+
+/// A boot under software emulation, with room for a loaded machine.
+const BOOT: Duration = Duration::from_mins(10);
+const WITHIN: Duration = Duration::from_mins(1);
+
+/// The built releases, or `None` (skipped) when they or the tools are missing.
+pub fn images() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("CONTROL_TEST_IMAGES").map(PathBuf::from) else {
+        skip("CONTROL_TEST_IMAGES is not set (image/build has not run): no VM was booted");
+        return None;
+    };
+    for release in ["agent", "plain"] {
+        if !dir.join(release).join("manifest.json").is_file() {
+            skip(&format!(
+                "no {release} image in {}: no VM was booted",
+                dir.display()
+            ));
+            return None;
+        }
+    }
+    let tools = [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "genisoimage",
+        "socat",
+        "debugfs",
+    ];
+    tools.iter().all(|tool| have_program(tool)).then_some(dir)
+}
+
+/// One `control serve` whose local provider runs qemu VMs from `images`.
+pub struct QemuControl {
+    pub dir: tempfile::TempDir,
+    pub replica: Option<Replica>,
+    pub args: Vec<String>,
+    pub port: u16,
+    pub op: Api,
+}
+
+impl QemuControl {
+    pub fn start(images: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("control.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agents]\nheartbeat_interval_secs = 2\nunhealthy_after_intervals = 30\n\
+                 replica_timeout_secs = 5\nstop_grace_secs = 120\n\n\
+                 [reconciler]\ninterval_secs = 2\n\n[usage]\nrollup_interval_secs = 2\n\n\
+                 [jobs]\npoll_interval_ms = 200\n\n\
+                 [local_provider]\nvms = \"qemu\"\nimages_dir = \"{}\"\nmemory_mib = 1024\n\
+                 slice_mib = 256\n",
+                images.display()
+            ),
+        )
+        .unwrap();
+        let args = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--data-dir".to_owned(),
+            dir.path().join("data").display().to_string(),
+        ];
+        let replica = start_control(&args, port);
+        let operator = std::fs::read_to_string(dir.path().join("data/operator-token")).unwrap();
+        let op = Api::new(&replica.url, operator.trim());
+        Self {
+            dir,
+            replica: Some(replica),
+            args,
+            port,
+            op,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn vm_dir(&self, agent: &str) -> PathBuf {
+        self.data().join("local-vms").join(agent)
+    }
+
+    /// Registers the release in `images/agent` from its manifest and makes it current.
+    pub fn register(&self, images: &Path) -> Value {
+        let output = Command::new(workspace_bin("control"))
+            .args(&self.args)
+            .args(["image", "register", "--current", "--manifest"])
+            .arg(images.join("agent/manifest.json"))
+            .args(["--ref", "local=agent"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "control image register: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// The latest heartbeat control holds for `agent`, as the agent sent it.
+    pub fn heartbeat(&self, agent: &str) -> Option<Value> {
+        let output = Command::new("sqlite3")
+            .arg(self.data().join("control.db"))
+            .arg(format!(
+                "SELECT report FROM agent_liveness WHERE agent_id = '{agent}'"
+            ))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    pub fn console(&self, agent: &str) -> String {
+        std::fs::read_to_string(self.vm_dir(agent).join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for QemuControl {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(replica) = &self.replica {
+                eprintln!("--- control log ---\n{}", replica.daemon.log());
+            }
+            for agent in std::fs::read_dir(self.data().join("local-vms"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+            {
+                let console = self.console(&agent);
+                let tail: Vec<&str> = console.lines().rev().take(60).collect();
+                eprintln!("--- console of {agent} (last lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+pub async fn agent(api: &Api, id: &str) -> Value {
+    api.get(&format!("/api/agents/{id}")).await
+}
+
+/// Waits for `agent` to run with a heartbeat saying cloudflared is ready and the slice is in
+/// `slice` state; returns that heartbeat.
+pub async fn heartbeating(control: &QemuControl, id: &str, slice: &str) -> Value {
+    eventually("a heartbeat from the VM", BOOT, || async {
+        control.heartbeat(id).is_some_and(|beat| {
+            beat["slice"]["state"] == slice && beat["cloudflared"]["state"] == "ready"
+        })
+    })
+    .await;
+    control.heartbeat(id).unwrap()
+}
+
+/// A file system image read offline with debugfs (`-R request`).
+fn debugfs(image: &Path, request: &str) -> String {
+    let output = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How many times the file system in `image` has been mounted.
+fn mount_count(image: &Path) -> u64 {
+    let output = Command::new("dumpe2fs")
+        .args(["-h"])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Mount count:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
+    let Some(images) = images() else { return };
+    let control = QemuControl::start(&images);
+    let _cleanup = KillVmsOnDrop(control.dir.path().to_owned());
+    let op = &control.op;
+    let image = control.register(&images);
+    let account = op.account("Acme").await;
+    let token = op
+        .post(&format!("/api/accounts/{account}/tokens"), json!({}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acme = Api::new(&control.replica.as_ref().unwrap().url, &token);
+
+    // Provision: a real VM boots the image and its vm-agent registers and heartbeats, with
+    // cloudflared ready and the slice mounted.
+    let accepted = acme.post("/api/agents", json!({"name": "vm"})).await;
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let beat = heartbeating(&control, &id, "mounted").await;
+    let view = agent(op, &id).await;
+    assert_eq!(view["state"], "running", "{view:#}");
+    assert_eq!(view["image"]["image_id"], image["id"], "{view:#}");
+    assert_eq!(beat["image_version"], image["version"], "{beat:#}");
+    let vm_dir = control.vm_dir(&id);
+    let slice = vm_dir.join("slice.raw");
+    let console = control.console(&id);
+    assert!(
+        console.contains("agent-slice-prepare: created /data/home-coder")
+            || console.contains("Prepare /data/home-coder"),
+        "the image made the workspace on the new slice"
+    );
+
+    // Stop: an ACPI shutdown; the Agent is paused and qemu gone.
+    acme.post(&format!("/api/agents/{id}/stop"), json!({}))
+        .await;
+    eventually("the stop", BOOT, || async {
+        agent(op, &id).await["state"] == "paused"
+    })
+    .await;
+    assert!(
+        processes_under(&vm_dir).is_empty(),
+        "no qemu runs for a stopped VM"
+    );
+    // A file placed in the slice (offline, as the volume's contents) survives the stop and
+    // start, through a boot that mounts it.
+    let marker = control.dir.path().join("marker");
+    std::fs::write(&marker, "placed before the restart\n").unwrap();
+    let written = Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} /home-coder/marker", marker.display()))
+        .arg(&slice)
+        .output()
+        .unwrap();
+    assert!(written.status.success());
+    let mounts_before = mount_count(&slice);
+
+    acme.post(&format!("/api/agents/{id}/start"), json!({}))
+        .await;
+    eventually("the start", BOOT, || async {
+        agent(op, &id).await["state"] == "running"
+    })
+    .await;
+    let before = control.heartbeat(&id).unwrap()["boot_id"].clone();
+    eventually("a heartbeat from the new boot", BOOT, || async {
+        control.heartbeat(&id).is_some_and(|beat| {
+            beat["boot_id"] != before
+                && beat["slice"]["state"] == "mounted"
+                && beat["cloudflared"]["state"] == "ready"
+        })
+    })
+    .await;
+    let view = agent(op, &id).await;
+    assert_eq!(view["image"]["image_id"], image["id"], "same image pin");
+    acme.post(&format!("/api/agents/{id}/stop"), json!({}))
+        .await;
+    eventually("the second stop", BOOT, || async {
+        agent(op, &id).await["state"] == "paused"
+    })
+    .await;
+    assert!(
+        mount_count(&slice) > mounts_before,
+        "the boot mounted the slice"
+    );
+    assert_eq!(
+        debugfs(&slice, "cat /home-coder/marker"),
+        "placed before the restart\n"
+    );
+
+    // Without its slice disk (a volume gone): the heartbeat says so, and nothing of the
+    // workspace lands on the root disk.
+    std::fs::rename(&slice, control.dir.path().join("slice-away.raw")).unwrap();
+    acme.post(&format!("/api/agents/{id}/start"), json!({}))
+        .await;
+    heartbeating(&control, &id, "missing").await;
+    acme.post(&format!("/api/agents/{id}/stop"), json!({}))
+        .await;
+    eventually("the third stop", BOOT, || async {
+        agent(op, &id).await["state"] == "paused"
+    })
+    .await;
+    let root = control.dir.path().join("root.raw");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(vm_dir.join("root.qcow2"))
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let listing = debugfs(&root, "ls -l /data");
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|n| *n != "." && *n != "..")
+        .collect();
+    assert!(names.is_empty(), "/data on the root disk holds {names:?}");
+    assert!(
+        debugfs(&root, "stat /data/home-coder").is_empty(),
+        "no /data/home-coder on the root disk"
+    );
+    std::fs::remove_file(&root).unwrap();
+
+    // Destroy: the VM's disks are gone with it.
+    let (status, body) = acme
+        .call(reqwest::Method::DELETE, &format!("/api/agents/{id}"), None)
+        .await;
+    assert!((200..300).contains(&status), "{status} {body:#}");
+    eventually("the destroy", WITHIN, || async {
+        agent(op, &id).await["state"] == "destroyed"
+    })
+    .await;
+    let left: Vec<PathBuf> = walk(&control.data().join("local-vms"))
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "raw" || e == "qcow2" || e == "iso")
+        })
+        .collect();
+    assert!(left.is_empty(), "disks left behind: {left:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Logs into a VM over SSH with `key` on a loopback port, on a terminal (the password change
+/// the one-time password forces needs one), answering the prompts: the one-time password as
+/// the current one, then `new_password` twice. Returns the whole transcript.
+fn ssh_first_login(key: &Path, port: u16, one_time: &str, new_password: &str) -> String {
+    const SCRIPT: &str = r#"
+import os, pty, select, sys, time
+key, port, current, new = sys.argv[1:5]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("ssh", ["ssh", "-tt", "-i", key, "-p", port, "-o", "BatchMode=no",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=20", "root@127.0.0.1",
+        "echo LOGGED-IN-AS=$(id -un)"])
+seen, answered, deadline = b"", [], time.time() + 120
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 1)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    lower = seen.lower()
+    for prompt, answer in ((b"current password:", current), (b"new password:", new),
+                           (b"retype new password:", new)):
+        count = lower.count(prompt) - (prompt == b"new password:") * lower.count(b"retype new password:")
+        done = sum(1 for a in answered if a == prompt)
+        if count > done:
+            answered.append(prompt)
+            os.write(fd, answer.encode() + b"\n")
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(key)
+        .arg(port.to_string())
+        .args([one_time, new_password])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `command` on the VM over SSH with `key` (after the first login's password change).
+fn ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+        ])
+        .arg("root@127.0.0.1")
+        .arg(command)
+        .output()
+        .unwrap()
+}
+
+/// A file's presence on a disk image read offline: debugfs prints an inode for it.
+fn on_disk(image: &Path, path: &str) -> bool {
+    debugfs(image, &format!("stat {path}")).contains("Inode:")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
+    let Some(images) = images() else { return };
+    let control = QemuControl::start(&images);
+    let _cleanup = KillVmsOnDrop(control.dir.path().to_owned());
+    let op = &control.op;
+    let account = op.account("Acme").await;
+    let token = op
+        .post(&format!("/api/accounts/{account}/tokens"), json!({}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acme = Api::new(&control.replica.as_ref().unwrap().url, &token);
+    let key = control.dir.path().join("alice-key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let vault_key = acme
+        .post(
+            "/api/vault/keys",
+            json!({"name": "alice", "public_key": public.trim()}),
+        )
+        .await;
+
+    // Control renders the document (on the local provider, which keeps it as its seed).
+    let vm = acme
+        .post(
+            "/api/plain-vms",
+            json!({"name": "web", "hostname": "web-1.example.test",
+                   "vault_key_ids": [vault_key["id"]], "one_time_password": true}),
+        )
+        .await;
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let one_time = vm["one_time_password"].as_str().unwrap().to_owned();
+    eventually("the Plain VM provisioned", WITHIN, || async {
+        acme.get(&format!("/api/plain-vms/{id}")).await["state"] == "running"
+    })
+    .await;
+    let user_data = control.vm_dir(&id).join("user-data");
+    assert!(user_data.is_file());
+
+    // That document boots the plain image under qemu, SSH forwarded on loopback for this
+    // test only.
+    let boot = control.dir.path().join("plain-boot");
+    std::fs::create_dir(&boot).unwrap();
+    std::fs::copy(&user_data, boot.join("user-data")).unwrap();
+    std::fs::write(boot.join("meta-data"), format!("instance-id: {id}\n")).unwrap();
+    let seed = Command::new("genisoimage")
+        .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+        .arg(boot.join("seed.iso"))
+        .arg(boot.join("user-data"))
+        .arg(boot.join("meta-data"))
+        .status()
+        .unwrap();
+    assert!(seed.success());
+    let plain = images.join("plain");
+    let overlay = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(plain.join("disk.raw"))
+        .arg(boot.join("root.qcow2"))
+        .status()
+        .unwrap();
+    assert!(overlay.success());
+    let port = free_port();
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
+        .arg("-kernel")
+        .arg(plain.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(plain.join("initrd.img"))
+        .args(["-append", "root=LABEL=root ro console=ttyS0"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=qcow2,if=virtio",
+            boot.join("root.qcow2").display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on,media=cdrom",
+            boot.join("seed.iso").display()
+        ))
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", boot.join("console.log").display()));
+    let machine = test_support::Daemon::spawn(qemu, port);
+
+    // First login with the Vault key: the one-time password is expired, so the login asks
+    // for it as the current password and for a new one.
+    let mut transcript = String::new();
+    eventually("an SSH login", BOOT, || {
+        transcript = ssh_first_login(&key, port, &one_time, "a-new-Passphrase-42!");
+        let done = transcript.contains("password updated successfully")
+            || transcript.contains("LOGGED-IN-AS");
+        async move { done }
+    })
+    .await;
+    assert!(
+        transcript.contains("You are required to change your password immediately"),
+        "the one-time password is expired at first login: {transcript}"
+    );
+    assert!(
+        transcript.contains("password updated successfully"),
+        "the one-time password was the current one: {transcript}"
+    );
+    let answer = ssh(&key, port, "hostname; id -un; systemctl is-active ssh");
+    let stdout = String::from_utf8_lossy(&answer.stdout);
+    assert_eq!(stdout, "web-1\nroot\nactive\n", "{answer:?}");
+    // Powered off from inside; qemu ends with the VM.
+    let _ = ssh(&key, port, "systemctl poweroff");
+    let (status, log) = machine.wait_exit(Duration::from_mins(3));
+    assert!(status.success(), "qemu: {log}");
+
+    // Neither vm-agent nor cloudflared is on its disk.
+    let root = boot.join("root.raw");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(boot.join("root.qcow2"))
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    assert!(on_disk(&root, "/etc/hostname"), "debugfs reads the disk");
+    for path in [
+        "/usr/local/bin/vm-agent",
+        "/usr/bin/cloudflared",
+        "/etc/systemd/system/vm-agent.service",
+        "/etc/vm-agent",
+    ] {
+        assert!(!on_disk(&root, path), "{path} is on the plain image's disk");
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["vm_agent"], Value::Null);
+    assert_eq!(manifest["cloudflared"], Value::Null);
+}
