@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::vm::{LocalVm, VmLock, read_vm, transient, try_lock_vm, write_vm};
+use super::vm::{LocalVm, VmLock, agent_config, read_vm, transient, try_lock_vm, write_vm};
 use super::{AGENT_KILL_WAIT, LocalVmConfig};
 use crate::providers::ProviderError;
 
@@ -60,9 +60,10 @@ pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool
 }
 
 /// The vm-agent process running `vm_dir`'s configuration, if there is one: a process whose
-/// arguments end in `run --config <vm_dir>/agent.toml`. Only this VM's agent is started so.
+/// arguments end in `run --config <its agent.toml>` (see [`agent_config`]). Only this VM's
+/// agent is started so.
 pub(super) fn find_agent(vm_dir: &Path) -> Option<u32> {
-    let config = vm_dir.join("agent.toml");
+    let config = agent_config(vm_dir);
     let wanted = [
         std::ffi::OsStr::new("run"),
         std::ffi::OsStr::new("--config"),
@@ -112,7 +113,7 @@ pub(super) fn spawn_agent(
     command
         .arg("run")
         .arg("--config")
-        .arg(vm_dir.join("agent.toml"))
+        .arg(agent_config(vm_dir))
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err);
