@@ -8,11 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use control_api::accounts::{CreateAccount, CreateToken};
+use control_api::images::{RegisterImage, SetCurrentImage};
 
 use crate::config::{Config, EnvTokens, Overrides};
 use crate::providers::Secret;
 use crate::store::redact_url;
-use crate::{accounts, audit, http, ledger, server};
+use crate::{accounts, audit, http, images, ledger, server};
 
 /// Exit code when `audit verify` finds a broken chain.
 pub const EXIT_CHAIN_BROKEN: u8 = 1;
@@ -75,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Platform image releases.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Print the OpenAPI document (`control openapi > control/openapi.json`).
     Openapi,
 }
@@ -114,6 +120,84 @@ pub enum TokenCommand {
         #[arg(long)]
         label: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Register the release baked into an Agent image, from the `manifest.json` `image/build`
+    /// wrote beside it, and print it as JSON.
+    ///
+    /// The release's version and vm-agent version come from the manifest, its
+    /// `manifest_digest` is the SHA-256 of the file's bytes. Running it again with the same
+    /// manifest, refs and env prints the registered release and succeeds; a release already
+    /// registered otherwise is refused (exit 2) naming what differs, and nothing changes. A
+    /// plain image's manifest is refused: it is not an Agent release.
+    Register {
+        /// The image's `manifest.json`.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// Where the image is at a provider, e.g. `hetzner=123456` (a snapshot's id),
+        /// `fly=registry.fly.io/agent@sha256:…`, `local=NAME`; repeatable, at least one.
+        #[arg(long = "ref", value_name = "PROVIDER=REF", required = true, value_parser = key_value)]
+        refs: Vec<(String, String)>,
+        /// An environment variable every Agent provisioned on this release gets; repeatable.
+        #[arg(long = "env", value_name = "NAME=VALUE", value_parser = key_value)]
+        env: Vec<(String, String)>,
+        /// Also make it the current release (the one new Agents are provisioned on).
+        #[arg(long)]
+        current: bool,
+    },
+}
+
+/// `KEY=VALUE` (the value may contain `=`).
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// `pairs` as a map, refusing a key given twice.
+fn unique(
+    what: &str,
+    pairs: Vec<(String, String)>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (key, value) in pairs {
+        if map.insert(key.clone(), value).is_some() {
+            anyhow::bail!("{what} {key} is given twice");
+        }
+    }
+    Ok(map)
+}
+
+/// `control image register`: the manifest read and checked, the release registered (or found
+/// registered exactly so), and with `current` made current.
+async fn register_release(app: &crate::app::App, command: ImageCommand) -> anyhow::Result<String> {
+    let ImageCommand::Register {
+        manifest,
+        refs,
+        env,
+        current,
+    } = command;
+    let read = images::manifest::read(&manifest)?;
+    let request = RegisterImage {
+        version: read.release,
+        agent_version: read.agent_version,
+        manifest_digest: read.digest,
+        refs: unique("--ref", refs)?,
+        env: unique("--env", env)?,
+    };
+    let mut image = images::register_once(app, &request).await?;
+    if current && !image.current {
+        image = images::set_current(
+            app,
+            &SetCurrentImage {
+                image_id: image.id.clone(),
+            },
+        )
+        .await?;
+    }
+    Ok(serde_json::to_string(&image)?)
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -209,6 +293,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 accounts::create_token(&app, account.as_deref(), &CreateToken { label }, None)
                     .await?;
             println!("{}", token.token);
+        }
+        Command::Image { command } => {
+            let printed = register_release(&app, command).await;
+            app.store.close().await;
+            println!("{}", printed?);
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Serve { .. } | Command::Openapi => {} // answered above
     }

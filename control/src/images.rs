@@ -1,6 +1,8 @@
 //! Platform image releases. Registering or selecting a release never touches existing Agents:
 //! each keeps the release it was provisioned on.
 
+pub mod manifest;
+
 use std::collections::BTreeMap;
 
 use control_api::Timestamp;
@@ -71,6 +73,77 @@ pub async fn register(
     tx.commit().await?;
     info!(image_id = %image.id, version = %image.version, "image release registered");
     Ok(image)
+}
+
+/// Registers `request`, or answers the release already registered under its version when it
+/// was registered exactly so (agent version, manifest digest, refs and env): repeating a
+/// registration is safe. A release registered otherwise is a conflict naming what differs,
+/// and nothing is changed.
+pub async fn register_once(app: &App, request: &RegisterImage) -> Result<Image> {
+    let message = match register(app, request, None).await {
+        Err(Error::Conflict(message)) => message,
+        other => return other,
+    };
+    let Some(existing) = list(app)
+        .await?
+        .items
+        .into_iter()
+        .find(|image| image.version == request.version)
+    else {
+        return Err(Error::Conflict(message));
+    };
+    let differences = differences(&existing, request);
+    if differences.is_empty() {
+        info!(image_id = %existing.id, version = %existing.version, "image release already registered as asked");
+        return Ok(existing);
+    }
+    Err(Error::Conflict(format!(
+        "release {} is already registered as {} with a different {}; nothing was changed",
+        request.version,
+        existing.id,
+        differences.join(", a different ")
+    )))
+}
+
+/// What `request` asks for that `existing` does not have (env values are named, not shown).
+fn differences(existing: &Image, request: &RegisterImage) -> Vec<String> {
+    let show = |map: &BTreeMap<String, String>| serde_json::to_string(map).unwrap_or_default();
+    let mut differences = Vec::new();
+    if existing.agent_version != request.agent_version {
+        differences.push(format!(
+            "agent_version (registered {}, asked {})",
+            existing.agent_version, request.agent_version
+        ));
+    }
+    if existing.manifest_digest != request.manifest_digest {
+        differences.push(format!(
+            "manifest_digest (registered {}, asked {})",
+            existing.manifest_digest, request.manifest_digest
+        ));
+    }
+    if existing.refs != request.refs {
+        differences.push(format!(
+            "refs (registered {}, asked {})",
+            show(&existing.refs),
+            show(&request.refs)
+        ));
+    }
+    if existing.env != request.env {
+        let names: std::collections::BTreeSet<&String> = existing
+            .env
+            .iter()
+            .chain(&request.env)
+            .filter(|(name, value)| {
+                existing.env.get(*name) != Some(*value) || request.env.get(*name) != Some(*value)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        differences.push(format!(
+            "env (differing in {})",
+            names.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    differences
 }
 
 pub async fn list(app: &App) -> Result<ImageList> {

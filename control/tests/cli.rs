@@ -158,3 +158,179 @@ fn a_bad_config_file_is_refused_naming_the_key() {
     );
     assert!(String::from_utf8_lossy(&typo.stderr).contains("databse"));
 }
+
+/// A manifest as `image/build` writes it, for release `release` of `variant`.
+fn manifest(release: &str, variant: &str, image_sha: &str) -> serde_json::Value {
+    let agent = variant == "agent";
+    serde_json::json!({
+        "format": 1,
+        "variant": variant,
+        "release": release,
+        "suite": "bookworm",
+        "architecture": "amd64",
+        "vm_agent": agent.then(|| serde_json::json!({"version": "0.1.0", "sha256": "a".repeat(64)})),
+        "cloudflared": agent.then(|| serde_json::json!({"version": "2025.8.0", "sha256": "b".repeat(64), "source": "stand-in"})),
+        "packages": [{"name": "bash", "version": "5.2.15-2+b7"}],
+        "image": {"file": "disk.raw", "format": "raw", "bytes": 2_147_483_648_u64, "sha256": image_sha},
+        "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "root=LABEL=root ro console=ttyS0"},
+        "built_by": "a field this control does not know"
+    })
+}
+
+fn write_manifest(path: &Path, value: &serde_json::Value) -> String {
+    use sha2::Digest;
+    let text = serde_json::to_string_pretty(value).unwrap();
+    std::fs::write(path, &text).unwrap();
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    )
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn printed_image(output: &std::process::Output) -> serde_json::Value {
+    assert!(output.status.success(), "{}", stderr(output));
+    let text = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn image_releases_are_registered_from_their_manifests_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let path = dir.path().join("manifest.json");
+    let file = path.to_str().unwrap();
+    let digest = write_manifest(&path, &manifest("2026.12.0", "agent", &"c".repeat(64)));
+    let register = |extra: &[&str]| {
+        let mut args = vec!["image", "register", "--manifest", file];
+        args.extend_from_slice(extra);
+        control(&data_dir, &args)
+    };
+    let asked = [
+        "--ref",
+        "local=agent-2026.12.0",
+        "--ref",
+        "hetzner=123456",
+        "--env",
+        "FEATURE_X=on=yes",
+        "--current",
+    ];
+
+    let first = printed_image(&register(&asked));
+    assert_eq!(first["version"], "2026.12.0");
+    assert_eq!(first["agent_version"], "0.1.0");
+    assert_eq!(first["manifest_digest"], digest.as_str());
+    assert_eq!(
+        first["refs"],
+        serde_json::json!({"hetzner": "123456", "local": "agent-2026.12.0"})
+    );
+    assert_eq!(first["env"], serde_json::json!({"FEATURE_X": "on=yes"}));
+    assert_eq!(first["current"], true);
+
+    // Again, as a retried deploy script would: the same release, printed, exit 0.
+    let again = printed_image(&register(&asked));
+    assert_eq!(again, first);
+
+    // The same release from a different manifest: refused, naming the digest.
+    let other = write_manifest(&path, &manifest("2026.12.0", "agent", &"d".repeat(64)));
+    let refused = register(&asked);
+    assert_eq!(refused.status.code(), Some(2));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("release 2026.12.0 is already registered")
+            && message.contains("manifest_digest")
+            && message.contains(&digest)
+            && message.contains(&other)
+            && !message.contains("refs"),
+        "{message}"
+    );
+    assert!(refused.stdout.is_empty());
+    // The first manifest with other refs: refused, naming the refs.
+    write_manifest(&path, &manifest("2026.12.0", "agent", &"c".repeat(64)));
+    let refs = register(&["--ref", "local=agent-2026.12.0"]);
+    assert_eq!(refs.status.code(), Some(2));
+    assert!(
+        stderr(&refs).contains("a different refs") && !stderr(&refs).contains("manifest_digest"),
+        "{}",
+        stderr(&refs)
+    );
+
+    refuses_what_is_not_a_good_release(&path, &register);
+
+    // A second release, not made current.
+    let second = printed_image(&register(&["--ref", "local=agent-2026.12.1"]));
+    assert_eq!(second["current"], false);
+
+    // What the API lists afterwards: both releases as registered, the first current.
+    let (daemon, base) = serve(&data_dir);
+    let token = std::fs::read_to_string(data_dir.join("operator-token")).unwrap();
+    let listed: serde_json::Value = test_support::http_client()
+        .get(format!("{base}/api/images"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    daemon.stop();
+    assert_eq!(listed["items"], serde_json::json!([second, first]));
+}
+
+/// What `register` (run with extra arguments on the manifest at `path`) refuses, each time
+/// naming why: a plain image, a malformed manifest, a bad or repeated ref, no ref at all.
+fn refuses_what_is_not_a_good_release(
+    path: &Path,
+    register: &dyn Fn(&[&str]) -> std::process::Output,
+) {
+    // A plain image is not an Agent release.
+    write_manifest(path, &manifest("2026.12.1", "plain", &"c".repeat(64)));
+    let plain = register(&["--ref", "local=plain"]);
+    assert_eq!(plain.status.code(), Some(2));
+    assert!(
+        stderr(&plain).contains("plain image") && stderr(&plain).contains("not an Agent release"),
+        "{}",
+        stderr(&plain)
+    );
+    // A malformed manifest is refused naming the field.
+    let mut bad = manifest("2026.12.1", "agent", &"c".repeat(64));
+    bad["vm_agent"]["sha256"] = serde_json::json!("ABC");
+    write_manifest(path, &bad);
+    let malformed = register(&["--ref", "local=x"]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(
+        stderr(&malformed).contains("vm_agent.sha256"),
+        "{}",
+        stderr(&malformed)
+    );
+    bad = manifest("2026.12.1", "agent", &"c".repeat(64));
+    bad["release"] = serde_json::json!(["2026.12.1"]);
+    write_manifest(path, &bad);
+    let shape = register(&["--ref", "local=x"]);
+    assert!(
+        stderr(&shape).contains("release: invalid type"),
+        "{}",
+        stderr(&shape)
+    );
+    // The server's own checks reach the operator with the field they name.
+    write_manifest(path, &manifest("2026.12.1", "agent", &"c".repeat(64)));
+    let bad_ref = register(&["--ref", "hetzner=debian-12"]);
+    assert_eq!(bad_ref.status.code(), Some(2));
+    assert!(
+        stderr(&bad_ref).contains("refs.hetzner: must be a numeric Hetzner image id"),
+        "{}",
+        stderr(&bad_ref)
+    );
+    let twice = register(&["--ref", "local=a", "--ref", "local=b"]);
+    assert!(
+        stderr(&twice).contains("--ref local is given twice"),
+        "{}",
+        stderr(&twice)
+    );
+    let none = register(&[]);
+    assert_eq!(none.status.code(), Some(2), "clap asks for a --ref");
+}

@@ -242,22 +242,25 @@ pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
 }
 
 /// The live vm-agent processes of the local VM `agent` under the data dir `data`, found by
-/// their command line (`vm-agent run --config <data>/local-vms/<agent>/agent.toml`, as the
-/// local provider starts them), never by the pid the provider recorded: so a process the
-/// provider believes stopped is still seen, and no other test's VMs ever match.
+/// their command line (`vm-agent run --config <data>/local-vms/<agent>/root/etc/vm-agent/agent.toml`,
+/// the file its document delivered, as the local provider starts them; `<agent>/agent.toml`
+/// for a VM an earlier release laid out), never by the pid the provider recorded: so a
+/// process the provider believes stopped is still seen, and no other test's VMs ever match.
 pub fn vm_agents(data: &Path, agent: &str) -> Vec<u32> {
-    let config = data
-        .join("local-vms")
-        .join(agent)
-        .join("agent.toml")
-        .display()
-        .to_string();
+    let vm_dir = data.join("local-vms").join(agent);
+    let configs = [
+        vm_dir.join("root/etc/vm-agent/agent.toml"),
+        vm_dir.join("agent.toml"),
+    ]
+    .map(|path| path.display().to_string());
     processes()
         .into_iter()
         .filter(|(_, args)| {
             args.first()
                 .is_some_and(|program| Path::new(program).ends_with("vm-agent"))
-                && args.ends_with(&["run".to_owned(), "--config".to_owned(), config.clone()])
+                && configs.iter().any(|config| {
+                    args.ends_with(&["run".to_owned(), "--config".to_owned(), config.clone()])
+                })
         })
         .map(|(pid, _)| pid)
         .collect()

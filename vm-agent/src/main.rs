@@ -124,12 +124,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The socket named in the config file, without validating the rest of it.
+/// The socket named in the config file or its drop-ins, without validating the rest.
 fn socket_from(config: &std::path::Path) -> PathBuf {
-    std::fs::read_to_string(config)
+    Source::from_process(config)
+        .and_then(|source| source.file_layers())
         .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|table| {
+        .and_then(|(table, _)| {
             table
                 .get("status_socket")
                 .and_then(|v| v.as_str())

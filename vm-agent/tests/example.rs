@@ -41,6 +41,7 @@ fn the_example_config_is_accepted() {
     ]);
     let config = Config::load(&Source {
         file: Some(("agent.example.toml".into(), text)),
+        drop_ins: Vec::new(),
         env,
     })
     .unwrap();

@@ -58,6 +58,9 @@ struct WriteFile {
     content: String,
     owner: String,
     permissions: String,
+    /// Cloud-init's content encodings (`b64`, `gzip`, ...); this module writes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encoding: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,17 @@ pub enum CloudInitError {
     AgentToml(String),
     #[error("no one-time password could be made: {0}")]
     Random(String),
+    #[error("write_files path {0:?} is not an absolute path inside the VM")]
+    PathEscapes(String),
+    #[error("write_files {path}: permissions {permissions:?} are not an octal mode")]
+    Permissions { path: String, permissions: String },
+    #[error("write_files {path}: encoding {encoding:?} is not delivered here")]
+    Encoding { path: String, encoding: String },
+    #[error("cannot deliver {}: {source}", path.display())]
+    Deliver {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What an Agent's VM receives at first boot.
@@ -226,6 +240,118 @@ pub fn written_files(document: &Secret) -> Result<BTreeMap<String, String>, Clou
         .collect())
 }
 
+/// Does what cloud-init's `write_files` does with `document`, with `root` standing for the
+/// VM's `/`: each file is written (replacing one that is there) at its path under `root`, its
+/// content byte for byte, with the mode its `permissions` state; missing directories are made
+/// 0755, as cloud-init makes them. A path that is not absolute or has a `..` (or `.`) in it is
+/// refused before anything is written, as is a symbolic link where a file or directory goes:
+/// nothing lands outside `root`. Owners are not changed (files belong to whoever runs this;
+/// the document's owner is root on a real VM). Returns the paths written, in the document's
+/// order.
+pub fn deliver(
+    document: &Secret,
+    root: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, CloudInitError> {
+    use std::path::Component;
+    let body = document
+        .0
+        .strip_prefix(HEADER)
+        .ok_or(CloudInitError::NotCloudConfig)?;
+    let document: Document = serde_json::from_str(body)?;
+    let mut planned = Vec::new();
+    for file in &document.write_files {
+        let path = std::path::Path::new(&file.path);
+        let mut components = path.components();
+        let inside = components.next() == Some(Component::RootDir)
+            && components.clone().next().is_some()
+            && components.all(|c| matches!(c, Component::Normal(_)))
+            && !file.path.split('/').any(|part| part == "." || part == "..");
+        if !inside {
+            return Err(CloudInitError::PathEscapes(file.path.clone()));
+        }
+        let permissions = file.permissions.trim_start_matches("0o");
+        let mode = u32::from_str_radix(permissions, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o7777 && !permissions.is_empty())
+            .ok_or_else(|| CloudInitError::Permissions {
+                path: file.path.clone(),
+                permissions: file.permissions.clone(),
+            })?;
+        if let Some(encoding) = file.encoding.as_deref().filter(|e| *e != "text/plain") {
+            return Err(CloudInitError::Encoding {
+                path: file.path.clone(),
+                encoding: encoding.to_owned(),
+            });
+        }
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        planned.push((
+            root.join(relative),
+            relative.to_owned(),
+            mode,
+            &file.content,
+        ));
+    }
+    let mut written = Vec::new();
+    for (target, relative, mode, content) in planned {
+        let failed = |source| CloudInitError::Deliver {
+            path: target.clone(),
+            source,
+        };
+        make_dirs(root, relative.parent().unwrap_or(std::path::Path::new(""))).map_err(failed)?;
+        write_file(&target, mode, content.as_bytes()).map_err(failed)?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// Makes each directory of `relative` under `root` (0755), refusing a symbolic link on the way.
+fn make_dirs(root: &std::path::Path, relative: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(root)?;
+    let mut at = root.to_owned();
+    for part in relative.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in the way (not a directory)",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().mode(0o755).create(&at)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `content` to `path` with `mode`, never through a symbolic link: to a new file beside
+/// it, renamed over it.
+fn write_file(path: &std::path::Path, mode: u32, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.cloud-init"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&temp)?;
+    file.write_all(content)?;
+    // The mode exactly as stated, whatever the umask.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
 /// What an Agent's document delivers.
 pub fn read_agent_document(document: &Secret) -> Result<AgentFirstBoot, CloudInitError> {
     let files = written_files(document)?;
@@ -332,5 +458,114 @@ mod tests {
             Some(std::path::Path::new(TUNNEL_TOKEN_PATH))
         );
         assert_eq!(files.len(), 3);
+    }
+
+    fn agent_first_boot() -> AgentFirstBoot {
+        AgentFirstBoot {
+            identity: AgentIdentity {
+                agent_id: "agt_3".to_owned(),
+                image_version: "2026.12.0".to_owned(),
+            },
+            control_url: "https://control.example.test".to_owned(),
+            bootstrap_token: Secret("agb_v".to_owned()),
+            tunnel_token: Some(Secret("tunnel-token-3".to_owned())),
+        }
+    }
+
+    #[test]
+    fn delivery_writes_each_file_verbatim_under_the_root_with_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let document = agent_document(&agent_first_boot()).unwrap();
+        let written = deliver(&document, &root).unwrap();
+        let files = written_files(&document).unwrap();
+        assert_eq!(written.len(), 3);
+        assert_eq!(
+            written,
+            [AGENT_TOML_PATH, BOOTSTRAP_TOKEN_PATH, TUNNEL_TOKEN_PATH]
+                .map(|path| root.join(path.trim_start_matches('/')))
+        );
+        for (path, content) in &files {
+            let at = root.join(path.trim_start_matches('/'));
+            assert_eq!(std::fs::read(&at).unwrap(), content.as_bytes(), "{path}");
+            let mode = std::fs::metadata(&at).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o600, "{path}");
+        }
+        let etc = std::fs::metadata(root.join("etc/vm-agent")).unwrap();
+        assert_eq!(etc.permissions().mode() & 0o777, 0o755);
+        // Delivered again (a retried first boot): the same files, nothing left beside them.
+        deliver(&document, &root).unwrap();
+        let names: Vec<_> = std::fs::read_dir(root.join("etc/vm-agent"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    /// A document made by hand around one `write_files` entry.
+    fn one_file(path: &str, permissions: &str) -> Secret {
+        Secret(format!(
+            "{HEADER}{}",
+            serde_json::json!({"write_files": [
+                {"path": "/etc/ok", "content": "ok", "owner": "root:root", "permissions": "0644"},
+                {"path": path, "content": "x", "owner": "root:root", "permissions": permissions},
+            ]})
+        ))
+    }
+
+    #[test]
+    fn delivery_refuses_paths_outside_the_root_and_writes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vm/root");
+        for path in [
+            "/etc/../../escaped",
+            "../escaped",
+            "etc/relative",
+            "/",
+            "/etc/./x",
+            "",
+        ] {
+            let error = deliver(&one_file(path, "0600"), &root).unwrap_err();
+            assert!(
+                matches!(&error, CloudInitError::PathEscapes(p) if p == path),
+                "{path}: {error}"
+            );
+        }
+        assert!(
+            !root.exists(),
+            "nothing was written, the good entry included"
+        );
+        assert!(!dir.path().join("escaped").exists());
+        for permissions in ["rw", "", "0o10000", "9"] {
+            assert!(matches!(
+                deliver(&one_file("/etc/x", permissions), &root),
+                Err(CloudInitError::Permissions { .. })
+            ));
+        }
+        // A symbolic link where a directory goes is not followed out of the root.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        assert!(matches!(
+            deliver(&one_file("/etc/x", "0600"), &root),
+            Err(CloudInitError::Deliver { .. })
+        ));
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // Modes as stated, an octal string with or without its leading zero.
+        std::fs::remove_file(root.join("etc")).unwrap();
+        deliver(&one_file("/srv/run.sh", "755"), &root).unwrap();
+        let mode = std::fs::metadata(root.join("srv/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        let ok = std::fs::metadata(root.join("etc/ok"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(ok & 0o7777, 0o644);
     }
 }

@@ -1,7 +1,14 @@
 //! Configuration: defaults, then the file (`/etc/vm-agent/agent.toml` or `--config`), then
-//! `VM_AGENT_*` environment variables, nested keys joined with `__`
+//! its drop-ins, then `VM_AGENT_*` environment variables, nested keys joined with `__`
 //! (`VM_AGENT_CLOUDFLARED__BINARY`). The tunnel token may come from `TUNNEL_TOKEN` instead of
 //! a file.
+//!
+//! The drop-ins are the `*.toml` files of the directory named after the file with `.d` for
+//! `.toml` (`/etc/vm-agent/agent.d/` beside `agent.toml`), applied in the lexical order of
+//! their names, each key they set replacing the one before it (tables are merged key by key,
+//! anything else replaced whole). That lets the layers stay apart: the image bakes what every
+//! VM of a release shares (`agent.d/10-image.toml`), cloud-init delivers what is particular to
+//! one Agent (`agent.toml`), and neither rewrites the other's file.
 //!
 //! The file's keys and their types are `control_api::agent_config::AgentToml`, the very type
 //! control writes the file with; this module adds the defaults, the environment and the checks.
@@ -29,10 +36,12 @@ pub use control_api::agent_config::ENV_PREFIX;
 /// The environment variable cloudflared itself reads its token from.
 pub use control_api::agent_config::TUNNEL_TOKEN_ENV;
 
-/// The raw inputs: the file's text (with its path) and the environment.
+/// The raw inputs: the file's text (with its path), its drop-ins' and the environment.
 #[derive(Clone, Default)]
 pub struct Source {
     pub file: Option<(PathBuf, String)>,
+    /// The drop-ins' texts with their paths, in the order they apply.
+    pub drop_ins: Vec<(PathBuf, String)>,
     pub env: BTreeMap<String, String>,
 }
 
@@ -41,13 +50,22 @@ impl fmt::Debug for Source {
         // The environment may hold the tunnel token: show names only.
         f.debug_struct("Source")
             .field("file", &self.file.as_ref().map(|(path, _)| path))
+            .field(
+                "drop_ins",
+                &self
+                    .drop_ins
+                    .iter()
+                    .map(|(path, _)| path)
+                    .collect::<Vec<_>>(),
+            )
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Source {
-    /// Reads `path` and this process's `VM_AGENT_*` and `TUNNEL_TOKEN` variables.
+    /// Reads `path`, its drop-ins and this process's `VM_AGENT_*` and `TUNNEL_TOKEN`
+    /// variables.
     #[allow(clippy::disallowed_methods)] // the one place that reads the process environment
     pub fn from_process(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -60,8 +78,111 @@ impl Source {
             .collect();
         Ok(Self {
             file: Some((path.to_owned(), text)),
+            drop_ins: read_drop_ins(path)?,
             env,
         })
+    }
+}
+
+impl Source {
+    /// The file with its drop-ins laid over it, not yet checked, and which drop-in set each
+    /// key it set (by dotted key).
+    pub fn file_layers(&self) -> Result<(toml::Table, BTreeMap<String, String>), ConfigError> {
+        let mut table = match &self.file {
+            Some((path, text)) => parse_table(path, text)?,
+            None => toml::Table::new(),
+        };
+        let mut origins = BTreeMap::new();
+        for (path, text) in &self.drop_ins {
+            let layer = parse_table(path, text)?;
+            merge(
+                &mut table,
+                layer,
+                "",
+                &path.display().to_string(),
+                &mut origins,
+            );
+        }
+        Ok((table, origins))
+    }
+}
+
+/// The drop-in directory of the config file `path`: `agent.d` for `agent.toml`.
+pub fn drop_in_dir(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or(path.as_os_str());
+    let mut name = stem.to_os_string();
+    name.push(".d");
+    path.with_file_name(name)
+}
+
+/// The `*.toml` files of `path`'s drop-in directory, by name; none when it does not exist.
+fn read_drop_ins(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+    let dir = drop_in_dir(path);
+    let unreadable = |at: &Path, e: std::io::Error| ConfigError {
+        key: "--config".to_owned(),
+        origin: at.display().to_string(),
+        message: format!("cannot read the config drop-in: {e}"),
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(&dir, e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| unreadable(&dir, e))?;
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            Err(e) => Err(unreadable(&path, e)),
+        })
+        .collect()
+}
+
+/// Parses one TOML file, naming the offending text and the file when it is malformed.
+fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str::<toml::Table>(text).map_err(|e| ConfigError {
+        key: e
+            .span()
+            .and_then(|span| text.get(span))
+            .map_or_else(|| "(file)".to_owned(), |s| s.trim().to_owned()),
+        origin: path.display().to_string(),
+        message: e.message().to_owned(),
+    })
+}
+
+/// Lays `layer` over `table`: a table merges key by key, any other value replaces the one
+/// before it. Records in `origins` the dotted key of each value `layer` set.
+fn merge(
+    table: &mut toml::Table,
+    layer: toml::Table,
+    prefix: &str,
+    origin: &str,
+    origins: &mut BTreeMap<String, String>,
+) {
+    for (key, value) in layer {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (table.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => {
+                merge(below, above, &dotted, origin, origins);
+            }
+            (_, value) => {
+                origins.retain(|k, _| k != &dotted && !k.starts_with(&format!("{dotted}.")));
+                origins.insert(dotted, origin.to_owned());
+                table.insert(key, value);
+            }
+        }
     }
 }
 
@@ -160,17 +281,7 @@ impl Config {
             || "defaults".to_owned(),
             |(path, _)| path.display().to_string(),
         );
-        let mut table = match &source.file {
-            Some((_, text)) => toml::from_str::<toml::Table>(text).map_err(|e| ConfigError {
-                key: e
-                    .span()
-                    .and_then(|span| text.get(span))
-                    .map_or_else(|| "(file)".to_owned(), |s| s.trim().to_owned()),
-                origin: file_origin.clone(),
-                message: e.message().to_owned(),
-            })?,
-            None => toml::Table::new(),
-        };
+        let (mut table, from_drop_in) = source.file_layers()?;
         let mut from_env = BTreeMap::new();
         for (name, value) in &source.env {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
@@ -181,10 +292,12 @@ impl Config {
             insert(&mut table, &path, value.clone());
         }
         let origin_of = |key: &str| {
+            let set = |k: &String| key == k.as_str() || key.starts_with(&format!("{k}."));
             from_env
                 .iter()
-                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
-                .map_or_else(|| file_origin.clone(), |(_, name)| name.clone())
+                .find(|(k, _)| set(k))
+                .or_else(|| from_drop_in.iter().find(|(k, _)| set(k)))
+                .map_or_else(|| file_origin.clone(), |(_, origin)| origin.clone())
         };
         let raw: AgentToml =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -284,7 +397,7 @@ mod tests {
         };
         let source = Source {
             file: Some((path("agent.toml"), file.to_toml().unwrap())),
-            env: BTreeMap::new(),
+            ..Source::default()
         };
         let config = Config::load(&source).unwrap();
         assert_eq!(
@@ -328,5 +441,106 @@ mod tests {
                 },
             }
         );
+    }
+
+    /// The delivered file, then the machine's drop-ins: each key of a later layer replaces
+    /// the earlier one, tables merge key by key, what no drop-in names stays as delivered,
+    /// and the environment still comes last.
+    #[test]
+    fn drop_ins_lay_their_keys_over_the_file_in_lexical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc/vm-agent");
+        std::fs::create_dir_all(etc.join("agent.d")).unwrap();
+        let path = |name: &str| etc.join(name);
+        for name in [
+            "bootstrap-token",
+            "rooted-bootstrap-token",
+            "cloudflared",
+            "tunnel-token",
+        ] {
+            std::fs::write(path(name), "x").unwrap();
+        }
+        let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        std::fs::write(
+            path("agent.toml"),
+            "agent_id = \"agt_1\"\nimage_version = \"2026.12.0\"\n\
+             control_url = \"https://control.example.test\"\n\
+             bootstrap_token_file = \"/etc/vm-agent/bootstrap-token\"\n\
+             [cloudflared]\ntoken_file = \"/etc/vm-agent/tunnel-token\"\n\
+             metrics = \"127.0.0.1:20241\"\n[heartbeat]\ninterval_s = 30\ntimeout_s = 4\n",
+        )
+        .unwrap();
+        // Applied by name: 10 before 20, whatever order they were written in.
+        std::fs::write(
+            path("agent.d/20-late.toml"),
+            "[heartbeat]\ninterval_s = 7\n[slice]\nnearly_full_percent = 80\n",
+        )
+        .unwrap();
+        std::fs::write(
+            path("agent.d/10-image.toml"),
+            format!(
+                "bootstrap_token_file = \"{}\"\n[cloudflared]\nbinary = \"{}\"\n\
+                 token_file = \"{}\"\n[heartbeat]\ninterval_s = 5\n\
+                 [slice]\nowner = \"{owner}\"\nnearly_full_percent = 95\n",
+                path("rooted-bootstrap-token").display(),
+                path("cloudflared").display(),
+                path("tunnel-token").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(path("agent.d/30-notes.txt"), "not = toml [").unwrap();
+
+        let mut source = Source::from_process(&path("agent.toml")).unwrap();
+        assert_eq!(
+            source
+                .drop_ins
+                .iter()
+                .map(|(p, _)| p.clone())
+                .collect::<Vec<_>>(),
+            [path("agent.d/10-image.toml"), path("agent.d/20-late.toml")]
+        );
+        source.env = BTreeMap::from([("VM_AGENT_HEARTBEAT__TIMEOUT_S".to_owned(), "3".to_owned())]);
+        let config = Config::load(&source).unwrap();
+        assert_eq!(config.agent_id, "agt_1");
+        assert_eq!(config.control_url, "https://control.example.test");
+        assert_eq!(config.bootstrap_token_file, path("rooted-bootstrap-token"));
+        assert_eq!(config.cloudflared.binary, path("cloudflared"));
+        assert_eq!(
+            config.cloudflared.token,
+            TunnelToken::File(path("tunnel-token"))
+        );
+        assert_eq!(config.cloudflared.metrics.to_string(), "127.0.0.1:20241");
+        assert_eq!(config.heartbeat.interval, Duration::from_secs(7));
+        assert_eq!(config.heartbeat.timeout, Duration::from_secs(3));
+        assert_eq!(config.slice.owner, owner);
+        assert_eq!(config.slice.nearly_full_percent, 80);
+
+        // A bad value is blamed on the drop-in that set it, not on agent.toml.
+        std::fs::write(
+            path("agent.d/20-late.toml"),
+            "[heartbeat]\ninterval_s = 0\n",
+        )
+        .unwrap();
+        let error = Config::load(&Source::from_process(&path("agent.toml")).unwrap()).unwrap_err();
+        assert_eq!(error.key, "heartbeat.interval_s");
+        assert_eq!(
+            error.origin,
+            path("agent.d/20-late.toml").display().to_string()
+        );
+        // A malformed drop-in is named.
+        std::fs::write(path("agent.d/20-late.toml"), "[heartbeat\n").unwrap();
+        let error = Config::load(&Source::from_process(&path("agent.toml")).unwrap()).unwrap_err();
+        assert_eq!(
+            error.origin,
+            path("agent.d/20-late.toml").display().to_string()
+        );
+        // Without a drop-in directory, the file alone.
+        let lone = dir.path().join("lone.toml");
+        std::fs::write(&lone, "agent_id = \"a\"\n").unwrap();
+        assert!(Source::from_process(&lone).unwrap().drop_ins.is_empty());
+        assert_eq!(drop_in_dir(&lone), dir.path().join("lone.d"));
     }
 }

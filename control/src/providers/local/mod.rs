@@ -2,9 +2,17 @@
 //! so the whole system runs on a laptop with no cloud account.
 //!
 //! With [`LocalProvider::with_processes`] (what `control serve` uses) a VM is a directory under
-//! the data dir holding what cloud-init would deliver (the Agent's `agent.toml`, its bootstrap
-//! and tunnel tokens) plus its slice and mount table, and a running **vm-agent process**
-//! supervising the stand-in cloudflared and heartbeating to control. The directory is the
+//! the data dir holding, under `root/` (the VM's `/`), what the Agent's rendered cloud-init
+//! document delivers, written verbatim by [`crate::cloud_init::deliver`] as cloud-init's
+//! `write_files` would (`etc/vm-agent/agent.toml`, the bootstrap and tunnel tokens, 0600), so
+//! the laptop path and the cloud path share one renderer. What the image provides on a real
+//! VM (the stand-in cloudflared, the slice and its mount table, where the agent keeps its
+//! credential and status socket, short grace periods, the delivered files' paths under
+//! `root/`) is the machine's own vm-agent drop-in, `etc/vm-agent/agent.d/10-local.toml`; the
+//! delivered file is never rewritten. A VM laid out by an earlier release (its own
+//! `agent.toml` and tokens at the top of its directory) keeps running from that file. Each VM
+//! also has a running **vm-agent process** supervising the stand-in cloudflared and
+//! heartbeating to control. The directory is the
 //! source of truth, shared by every replica: `vm.json` records whether the VM is powered on and
 //! which process is its agent. A VM survives control restarts like a real one (its agent runs
 //! in its own process group and is adopted afterwards, told apart from a reused PID by its

@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::vm::{LocalVm, VmLock, read_vm, transient, try_lock_vm, write_vm};
+use super::vm::{LocalVm, VmLock, agent_config, read_vm, transient, try_lock_vm, write_vm};
 use super::{AGENT_KILL_WAIT, LocalVmConfig, qemu};
 use crate::providers::ProviderError;
 
@@ -69,10 +69,10 @@ pub(super) fn ensure_agent(vm_dir: &Path, config: &LocalVmConfig) -> Result<bool
 }
 
 /// The process running `vm_dir`'s VM, if there is one: a vm-agent whose arguments end in
-/// `run --config <vm_dir>/agent.toml`, or in `qemu` mode a qemu whose end in
-/// `-name local-vm:<vm_dir>`. Only this VM's process is started so.
+/// `run --config <its agent.toml>` (see [`agent_config`]), or in `qemu` mode a qemu whose end
+/// in `-name local-vm:<vm_dir>`. Only this VM's process is started so.
 pub(super) fn find_agent(vm_dir: &Path) -> Option<u32> {
-    let config = vm_dir.join("agent.toml");
+    let config = agent_config(vm_dir);
     let agent = [
         std::ffi::OsStr::new("run"),
         std::ffi::OsStr::new("--config"),
@@ -116,10 +116,7 @@ pub(super) fn spawn_agent(
         return spawn_machine(vm_dir, config, machine, vm);
     }
     let mut command = std::process::Command::new(&config.vm_agent);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(vm_dir.join("agent.toml"));
+    command.arg("run").arg("--config").arg(agent_config(vm_dir));
     logged(&mut command, &vm_dir.join("vm-agent.log"))?;
     for name in SUPERVISOR_ONLY_ENV
         .iter()

@@ -118,12 +118,16 @@ impl Servers for LocalProvider {
                 if read_vm(&vm_dir).is_ok() {
                     return Err(name_taken());
                 }
+                // Read above: there is a document, of the VM's kind.
+                let document = spec
+                    .user_data
+                    .as_ref()
+                    .ok_or_else(|| refused("no cloud-init document"))?;
                 let first_boot = match first_boot {
                     FirstBoot::Agent(agent) => agent,
                     FirstBoot::Plain(_) => {
                         // The seed a real one boots from, then its record; nothing to start.
-                        let document = spec.user_data.as_ref().map_or("", |d| d.0.as_str());
-                        write_secret(&vm_dir.join(USER_DATA), document)?;
+                        write_secret(&vm_dir.join(USER_DATA), &document.0)?;
                         write_secret(&vm_dir.join("meta-data"), &format!("instance-id: {id}\n"))?;
                         let vm = LocalVm::booted(id, spec);
                         write_vm(&vm_dir, &vm)?;
@@ -134,11 +138,7 @@ impl Servers for LocalProvider {
                     return create_machine(&vm_dir, id, spec, &first_boot, config, machine);
                 }
                 // Cloud-init's delivery, then the record (the intent) before any process.
-                lay_out(&vm_dir, &first_boot, config)?;
-                write_secret(
-                    &vm_dir.join("bootstrap-token"),
-                    &first_boot.bootstrap_token.0,
-                )?;
+                lay_out(&vm_dir, document, config)?;
                 let mut vm = LocalVm::booted(id, spec);
                 write_vm(&vm_dir, &vm)?;
                 crate::failpoint::hit("local-vm-recorded");
@@ -344,7 +344,9 @@ pub(super) mod plain_vm_tests;
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::process::{find_agent, host_boot, kill_leftovers, process_started};
+    use super::super::process::{
+        ensure_agent, find_agent, host_boot, kill_leftovers, process_started,
+    };
     use super::super::vm::{VmLock, try_lock_vm};
     use super::super::*;
     use super::*;
@@ -471,7 +473,7 @@ pub(super) mod tests {
             .filter(|pid| {
                 std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
                     String::from_utf8_lossy(&cmd)
-                        .contains(&*vm_dir.join("agent.toml").to_string_lossy())
+                        .contains(&*super::super::vm::agent_config(&vm_dir).to_string_lossy())
                 })
             })
             .collect();
@@ -489,54 +491,168 @@ pub(super) mod tests {
         provider.delete_server(&id).await.unwrap();
     }
 
-    /// A VM's `agent.toml` is written through vm-agent's own file type, so it reads back as
-    /// what was meant (vm-agent's side: `config::tests` in vm-agent).
+    fn fake_vm_agent(dir: &std::path::Path) -> std::path::PathBuf {
+        let program = dir.join("fake-vm-agent");
+        // Not `sleep` as the last command: sh would exec it, and the process would lose the
+        // command line that names the VM.
+        std::fs::write(&program, "#!/bin/sh\nsleep 60\nexit 0\n").unwrap();
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        program
+    }
+
+    /// A VM's directory holds its document's files exactly as delivered, under its root, and
+    /// the machine's own layer beside them, which points vm-agent at those files there and
+    /// leaves who the Agent is to the document.
     #[test]
-    fn a_vm_is_laid_out_with_an_agent_toml_that_reads_back() {
+    fn a_vm_is_laid_out_from_its_document_and_a_machine_layer() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let config = LocalVmConfig {
+        let mut config = LocalVmConfig {
             vm_agent: "/bin/true".into(),
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
             heartbeat_interval: Duration::from_secs(3),
             qemu: None,
         };
-        let identity = AgentIdentity {
-            agent_id: "agt_1".to_owned(),
-            image_version: "2026.11.0".to_owned(),
-        };
         let first_boot = crate::cloud_init::AgentFirstBoot {
-            identity,
+            identity: AgentIdentity {
+                agent_id: "agt_1".to_owned(),
+                image_version: "2026.11.0".to_owned(),
+            },
             control_url: "http://127.0.0.1:9".to_owned(),
             bootstrap_token: Secret("agb_token".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-of-agt-1".to_owned())),
         };
-        super::super::vm::lay_out(dir.path(), &first_boot, &config).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("tunnel-token")).unwrap(),
-            "tunnel-token-of-agt-1",
-            "the tunnel token the document delivered"
-        );
-        let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
-        let file: control_api::agent_config::AgentToml = toml::from_str(&text).unwrap();
-        assert_eq!(
-            (
-                file.agent_id.as_str(),
-                file.image_version.as_str(),
-                file.control_url.as_str()
-            ),
-            ("agt_1", "2026.11.0", "http://127.0.0.1:9")
+        let document = cloud_init::agent_document(&first_boot).unwrap();
+        let vm_dir = dir.path().join("agt_1");
+        super::super::vm::lay_out(&vm_dir, &document, &config).unwrap();
+        let root = vm_dir.join("root");
+        for (path, content) in cloud_init::written_files(&document).unwrap() {
+            let at = root.join(path.trim_start_matches('/'));
+            assert_eq!(std::fs::read(&at).unwrap(), content.as_bytes(), "{path}");
+            let mode = std::fs::metadata(&at).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o600, "{path}");
+        }
+        assert!(
+            !vm_dir.join("agent.toml").exists(),
+            "nothing rewrites the delivered file"
         );
         assert_eq!(
-            file.cloudflared.token_file,
-            Some(dir.path().join("tunnel-token"))
+            super::super::vm::agent_config(&vm_dir),
+            root.join("etc/vm-agent/agent.toml")
         );
-        assert_eq!(file.slice.path, Some(dir.path().join("data/home-coder")));
+        let layer_path = root.join("etc/vm-agent/agent.d/10-local.toml");
+        let layer: control_api::agent_config::AgentToml = toml::from_str(&format!(
+            "agent_id = \"\"\nimage_version = \"\"\ncontrol_url = \"\"\n{}",
+            std::fs::read_to_string(&layer_path).unwrap()
+        ))
+        .expect("the layer names no identity and only keys vm-agent knows");
         assert_eq!(
-            (file.heartbeat.interval_s, file.heartbeat.backoff_max_s),
+            layer.bootstrap_token_file,
+            Some(root.join("etc/vm-agent/bootstrap-token"))
+        );
+        assert_eq!(
+            layer.cloudflared.token_file,
+            Some(root.join("etc/vm-agent/tunnel-token"))
+        );
+        assert_eq!(
+            layer.allow_insecure_control, None,
+            "the delivered one stands"
+        );
+        assert_eq!(layer.slice.path, Some(vm_dir.join("data/home-coder")));
+        assert_eq!(layer.cloudflared.binary, Some("/bin/true".into()));
+        assert_eq!(
+            (layer.heartbeat.interval_s, layer.heartbeat.backoff_max_s),
             (Some(3), Some(30))
         );
-        assert!(dir.path().join("data/home-coder").is_dir());
+        assert!(vm_dir.join("data/home-coder").is_dir());
+
+        // Told to reach control elsewhere (a replica of its own), the layer says where; and
+        // without a tunnel token delivered, the stand-in gets one made up.
+        config.control_urls = vec!["http://127.0.0.1:10".to_owned()];
+        let other = cloud_init::agent_document(&crate::cloud_init::AgentFirstBoot {
+            tunnel_token: None,
+            ..first_boot
+        })
+        .unwrap();
+        let other_dir = dir.path().join("agt_2");
+        super::super::vm::lay_out(&other_dir, &other, &config).unwrap();
+        let text =
+            std::fs::read_to_string(other_dir.join("root/etc/vm-agent/agent.d/10-local.toml"))
+                .unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["control_url"].as_str(), Some("http://127.0.0.1:10"));
+        assert_eq!(table["allow_insecure_control"].as_bool(), Some(true));
+        assert!(!table.contains_key("agent_id") && !table.contains_key("image_version"));
+        let token = std::path::PathBuf::from(table["cloudflared"]["token_file"].as_str().unwrap());
+        assert_eq!(token, other_dir.join("stand-in-tunnel-token"));
+        assert!(
+            std::fs::read_to_string(token)
+                .unwrap()
+                .starts_with("local-tunnel-")
+        );
+        assert!(!other_dir.join("root/etc/vm-agent/tunnel-token").exists());
+    }
+
+    /// A VM an earlier release laid out (its own `agent.toml` and tokens at the top of the
+    /// directory) still has its agent started, with that file, after an upgrade.
+    #[tokio::test]
+    async fn a_vm_of_the_earlier_layout_is_still_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LocalVmConfig {
+            vm_agent: fake_vm_agent(dir.path()),
+            cloudflared: "/bin/true".into(),
+            control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            heartbeat_interval: Duration::from_secs(30),
+            qemu: None,
+        };
+        let vms = dir.path().join("vms");
+        let vm_dir = vms.join("agt_old");
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        for (name, text) in [
+            ("agent.toml", "agent_id = \"agt_old\"\n"),
+            ("bootstrap-token", "agb_old"),
+            ("tunnel-token", "tunnel-old"),
+            (
+                "vm.json",
+                r#"{"agent_id": "agt_old", "name": "agt-old", "image_ref": "local-1",
+                    "env": {}, "running": true, "boots": 1}"#,
+            ),
+        ] {
+            std::fs::write(vm_dir.join(name), text).unwrap();
+        }
+        let provider = LocalProvider::with_processes(&vms, config.clone()).unwrap();
+        assert_eq!(
+            super::super::vm::agent_config(&vm_dir),
+            vm_dir.join("agent.toml")
+        );
+        assert!(ensure_agent(&vm_dir, &config).unwrap(), "started");
+        let mut found = None;
+        for _ in 0..200 {
+            found = find_agent(&vm_dir);
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = found.expect("started with the earlier release's agent.toml");
+        assert_eq!(provider.vm("agt_old").unwrap().pid, Some(pid));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&cmdline).ends_with(&format!(
+                "run\0--config\0{}\0",
+                vm_dir.join("agent.toml").display()
+            )),
+            "{}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        assert!(!vm_dir.join("root").exists(), "nothing laid out anew");
+        provider.power_off("agt_old").await.unwrap();
+        assert_eq!(find_agent(&vm_dir), None);
     }
 
     /// Two changes of one VM on a single runtime thread: the second waits for the first,

@@ -1,9 +1,10 @@
-//! A local VM's record (`vm.json`), its lock file, and the directory cloud-init would fill
-//! (an Agent's configuration and tokens; a Plain VM's `user-data`, as a `NoCloud` seed).
+//! A local VM's record (`vm.json`), its lock file, and its directory: for an Agent's VM, what
+//! its cloud-init document delivers, written verbatim under `root/` (its `/`), plus the
+//! machine's own drop-in for vm-agent; for a Plain VM, its `user-data`, as a `NoCloud` seed.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use control_api::agent_config::{AgentToml, CloudflaredToml, HeartbeatToml, SliceToml};
 use control_api::usage::ResourceKind;
@@ -13,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::process::host_boot;
 use super::{LOCK_RETRY, LocalVmConfig};
-use crate::cloud_init::{AgentFirstBoot, PlainVmDelivery};
+use crate::cloud_init::{self, AGENT_TOML_PATH, CloudInitError, PlainVmDelivery};
 use crate::providers::{
-    Labels, ProviderError, Server, ServerSpec, ServerStatus, labelled_kind, resource_labels,
+    Labels, ProviderError, Secret, Server, ServerSpec, ServerStatus, labelled_kind, resource_labels,
 };
 
 /// A VM as recorded in memory or in its `vm.json`.
@@ -242,13 +243,40 @@ pub(super) fn write_secret(path: &Path, text: &str) -> Result<(), ProviderError>
         .map_err(|e| transient("writing", path, e))
 }
 
-/// Lays out a new VM's directory: what cloud-init would deliver, its slice and mount table.
+/// Where a VM's own `/` is, under its directory: what its cloud-init document delivers lands
+/// here, at the paths the document names.
+const ROOT: &str = "root";
+/// The machine's layer of vm-agent's configuration, a drop-in beside the delivered
+/// `agent.toml` (where the image bakes `10-image.toml` on a real VM).
+const LOCAL_LAYER: &str = "etc/vm-agent/agent.d/10-local.toml";
+
+/// `vm_path`, a path on the VM, as a path under the VM's directory.
+fn rooted(vm_dir: &Path, vm_path: &Path) -> PathBuf {
+    vm_dir
+        .join(ROOT)
+        .join(vm_path.strip_prefix("/").unwrap_or(vm_path))
+}
+
+/// The `agent.toml` the VM's vm-agent runs with: the one its document delivered, or, in a VM
+/// laid out by an earlier release (which wrote its own file at the top of the directory), that
+/// one, so such a VM is still started and adopted after an upgrade.
+pub(super) fn agent_config(vm_dir: &Path) -> PathBuf {
+    let earlier = vm_dir.join("agent.toml");
+    if earlier.exists() {
+        earlier
+    } else {
+        rooted(vm_dir, Path::new(AGENT_TOML_PATH))
+    }
+}
+
+/// Lays out a new Agent VM's directory: cloud-init's delivery of `document` under its root,
+/// verbatim, then what the image would provide on a real VM (its slice and mount table, the
+/// stand-in cloudflared, where the agent keeps its state) as the machine's own drop-in.
 pub(super) fn lay_out(
     vm_dir: &Path,
-    first_boot: &AgentFirstBoot,
+    document: &Secret,
     config: &LocalVmConfig,
 ) -> Result<(), ProviderError> {
-    let identity = &first_boot.identity;
     let slice = vm_dir.join("data/home-coder");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -264,39 +292,90 @@ pub(super) fn lay_out(
         ),
     )
     .map_err(|e| transient("writing the mount table of", vm_dir, e))?;
-    // The Agent's own tunnel's token when it has one, else one made up for the stand-in.
-    let tunnel_token = match &first_boot.tunnel_token {
-        Some(token) => token.0.clone(),
-        None => format!(
-            "local-tunnel-{}",
-            crate::auth::random_secret().map_err(|e| ProviderError::transient(e.to_string()))?
+    cloud_init::deliver(document, &vm_dir.join(ROOT)).map_err(|e| match e {
+        CloudInitError::Deliver { .. } => transient("delivering the user data of", vm_dir, e),
+        other => ProviderError::permanent(format!("user data: {other}")),
+    })?;
+    let delivered_path = rooted(vm_dir, Path::new(AGENT_TOML_PATH));
+    let delivered: AgentToml = std::fs::read_to_string(&delivered_path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| toml::from_str(&text).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            ProviderError::permanent(format!(
+                "user data: the delivered {AGENT_TOML_PATH} cannot be read: {e}"
+            ))
+        })?;
+    let layer = local_layer(vm_dir, &delivered, &slice, config)?;
+    let path = vm_dir.join(ROOT).join(LOCAL_LAYER);
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| transient("creating", parent, e))?;
+    }
+    let text = toml::to_string(&layer).map_err(|e| transient("writing", &path, e))?;
+    write_secret(
+        &path,
+        &format!(
+            "# Written by control's local provider: what the image provides on a real VM.\n{text}"
         ),
+    )
+}
+
+/// The local machine's layer over the delivered `agent.toml`: where the stand-in cloudflared
+/// and the slice are, short grace periods, and the delivered files' paths under the VM's
+/// root. The delivered identity stays as delivered; the control URL only when this machine
+/// reaches control elsewhere (a replica of its own, see `LocalVmConfig::control_urls`).
+fn local_layer(
+    vm_dir: &Path,
+    delivered: &AgentToml,
+    slice: &Path,
+    config: &LocalVmConfig,
+) -> Result<toml::Table, ProviderError> {
+    let root = |path: &Option<PathBuf>| {
+        path.as_ref().map(|p| {
+            if p.is_absolute() {
+                rooted(vm_dir, p)
+            } else {
+                p.clone()
+            }
+        })
     };
-    write_secret(&vm_dir.join("tunnel-token"), &tunnel_token)?;
+    // The Agent's own tunnel's token when it has one, else one made up for the stand-in.
+    let token_file = if let Some(path) = root(&delivered.cloudflared.token_file) {
+        path
+    } else {
+        let path = vm_dir.join("stand-in-tunnel-token");
+        let token =
+            crate::auth::random_secret().map_err(|e| ProviderError::transient(e.to_string()))?;
+        write_secret(&path, &format!("local-tunnel-{token}"))?;
+        path
+    };
     let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
         .map_or_else(|| "root".to_owned(), |user| user.name);
-    let control_url = config.control_url_for(&identity.agent_id);
+    let control_url = Some(config.control_url_for(&delivered.agent_id))
+        .filter(|url| !url.is_empty() && *url != delivered.control_url);
     let file = AgentToml {
-        agent_id: identity.agent_id.clone(),
-        image_version: identity.image_version.clone(),
-        control_url,
-        allow_insecure_control: Some(true),
-        bootstrap_token_file: Some(vm_dir.join("bootstrap-token")),
+        allow_insecure_control: control_url
+            .as_ref()
+            .filter(|url| url.starts_with("http://"))
+            .map(|_| true),
+        bootstrap_token_file: root(&delivered.bootstrap_token_file),
         credential_file: Some(vm_dir.join("state/credential")),
         status_socket: Some(vm_dir.join("status.sock")),
-        log_level: None,
         cloudflared: CloudflaredToml {
             binary: Some(config.cloudflared.clone()),
-            token_file: Some(vm_dir.join("tunnel-token")),
+            token_file: Some(token_file),
             metrics: Some(format!("127.0.0.1:{}", free_port()?)),
             extra_args: vec!["--grace-period".to_owned(), "1s".to_owned()],
             stop_grace_s: Some(5),
             ..CloudflaredToml::default()
         },
         slice: SliceToml {
-            path: Some(slice),
+            path: Some(slice.to_owned()),
             owner: Some(owner),
             mountinfo: Some(vm_dir.join("mountinfo")),
             ..SliceToml::default()
@@ -307,13 +386,20 @@ pub(super) fn lay_out(
             backoff_max_s: Some((config.heartbeat_interval.as_secs() * 10).max(10)),
             ..HeartbeatToml::default()
         },
+        ..AgentToml::default()
     };
-    let text = file
-        .to_toml()
-        .map_err(|e| transient("writing the config of", vm_dir, e))?;
-    let toml = format!(
-        "# Written by control's local provider: what cloud-init would deliver to a real VM.\n{text}"
-    );
-    std::fs::write(vm_dir.join("agent.toml"), toml)
-        .map_err(|e| transient("writing the config of", vm_dir, e))
+    let mut table =
+        toml::Table::try_from(&file).map_err(|e| transient("writing the config of", vm_dir, e))?;
+    // Who the Agent is comes from its document alone.
+    table.remove("agent_id");
+    table.remove("image_version");
+    match control_url {
+        Some(url) => {
+            table.insert("control_url".to_owned(), toml::Value::String(url));
+        }
+        None => {
+            table.remove("control_url");
+        }
+    }
+    Ok(table)
 }
