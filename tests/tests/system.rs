@@ -347,7 +347,14 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
     let running = |data: &Path| {
         processes_under(data)
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("vm-agent") && cmd.contains(" run "))
+            // By program: a VM's cloudflared runs `tunnel run` with its token file under
+            // /etc/vm-agent/, so its command line names vm-agent too.
+            .filter(|(_, cmd)| {
+                cmd.split(' ')
+                    .next()
+                    .is_some_and(|program| program.ends_with("/vm-agent"))
+                    && cmd.contains(" run ")
+            })
             .count()
     };
     assert_eq!(
