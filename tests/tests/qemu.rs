@@ -223,12 +223,6 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     assert_eq!(beat["image_version"], image["version"], "{beat:#}");
     let vm_dir = control.vm_dir(&id);
     let slice = vm_dir.join("slice.raw");
-    let console = control.console(&id);
-    assert!(
-        console.contains("agent-slice-prepare: created /data/home-coder")
-            || console.contains("Prepare /data/home-coder"),
-        "the image made the workspace on the new slice"
-    );
 
     // Stop: an ACPI shutdown; the Agent is paused and qemu gone.
     acme.post(&format!("/api/agents/{id}/stop"), json!({}))
@@ -240,6 +234,12 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     assert!(
         processes_under(&vm_dir).is_empty(),
         "no qemu runs for a stopped VM"
+    );
+    // The image made the workspace on the new slice: coder's (uid 1000), 0700.
+    let home = debugfs(&slice, "stat /home-coder");
+    assert!(
+        home.contains("Mode:  0700") && home.contains("User:  1000"),
+        "/home-coder on the slice: {home}"
     );
     // A file placed in the slice (offline, as the volume's contents) survives the stop and
     // start, through a boot that mounts it.

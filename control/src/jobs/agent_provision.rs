@@ -210,7 +210,7 @@ async fn first_boot(
         image_version: env
             .get("PLATFORM_RELEASE")
             .cloned()
-            .unwrap_or_else(|| agent.image_ref.clone()),
+            .unwrap_or_else(|| agent.image_version.clone()),
     };
     cloud_init::agent_document(&AgentFirstBoot {
         identity,
