@@ -99,6 +99,7 @@ impl Servers for LocalProvider {
                     return Err(name_taken());
                 }
                 let mut vm = LocalVm::booted(id, spec);
+                vm.slice_from = self.take_seed_record(id);
                 match first_boot {
                     FirstBoot::Agent(agent) => vm.bootstrap_token = Some(agent.bootstrap_token.0),
                     FirstBoot::Plain(delivery) => vm.delivery = Some(delivery),
@@ -132,11 +133,14 @@ impl Servers for LocalProvider {
                 };
                 // Cloud-init's delivery, then the record (the intent) before any process.
                 lay_out(&vm_dir, &first_boot, config)?;
+                // A clone's slice: the copy made for it, before its agent first runs.
+                let seeded = super::slices::adopt_seed(dir, id, &vm_dir)?;
                 write_secret(
                     &vm_dir.join("bootstrap-token"),
                     &first_boot.bootstrap_token.0,
                 )?;
                 let mut vm = LocalVm::booted(id, spec);
+                vm.slice_from = seeded;
                 write_vm(&vm_dir, &vm)?;
                 crate::failpoint::hit("local-vm-recorded");
                 spawn_agent(&vm_dir, config, &mut vm)?;

@@ -55,6 +55,9 @@ pub(super) struct LocalVm {
     /// In memory only: what a Plain VM's document delivered (its `user-data` file otherwise).
     #[serde(skip)]
     pub(super) delivery: Option<PlainVmDelivery>,
+    /// A clone's: the VM its slice was copied from.
+    #[serde(default)]
+    pub(super) slice_from: Option<String>,
 }
 
 impl LocalVm {
@@ -74,6 +77,7 @@ impl LocalVm {
             labels: spec.labels.clone(),
             plain: labelled_kind(&spec.labels) == Some(ResourceKind::PlainVm),
             delivery: None,
+            slice_from: None,
         }
     }
 
