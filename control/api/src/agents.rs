@@ -85,13 +85,13 @@ pub struct Agent {
     #[serde(default)]
     pub last_heartbeat_at: Option<Timestamp>,
     /// The Agent this one is a clone of: its `/data/home-coder` started as a copy of that
-    /// Agent's.
-    #[serde(default)]
+    /// Agent's. Absent for an Agent that is no clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloned_from: Option<String>,
     /// The clone being made of this Agent; start, stop, destroy and another clone wait until
     /// it is made (the Agent may be stopped meanwhile for a consistent copy, and is then put
-    /// back as it was).
-    #[serde(default)]
+    /// back as it was). Absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloning_to: Option<String>,
 }
 
