@@ -328,6 +328,7 @@ async fn a_reconciler_pass_costs_a_call_per_fifty_agents() {
         servers: Arc::new(hetzner.clone()),
         firewalls: None,
         volumes: None,
+        slices: None,
     });
     let h = common::Harness::with_providers(
         TestDb::sqlite(),

@@ -198,6 +198,7 @@ async fn a_stop_gives_the_os_its_grace_then_cuts_the_power(db: TestDb) {
             servers: stubborn.clone(),
             firewalls: None,
             volumes: None,
+            slices: None,
         }),
         Settings {
             job_max_attempts: 1,
@@ -258,6 +259,7 @@ async fn a_server_adopted_after_a_conflict_still_registers(db: TestDb) {
             servers: lagging.clone(),
             firewalls: None,
             volumes: None,
+            slices: None,
         }),
         Settings::default(),
     );
@@ -325,6 +327,7 @@ async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {
                 servers: gated.clone(),
                 firewalls: None,
                 volumes: None,
+                slices: None,
             }),
             Settings::default(),
         )

@@ -244,6 +244,7 @@ async fn seed_fleet(h: &common::Harness, hetzner: &Hetzner, account: &str, count
             image_ref: "114690387",
             env: "{}",
             provisioned_at: at.as_millis(),
+            cloned_from: None,
         })
         .await
         .unwrap();

@@ -84,6 +84,15 @@ pub struct Agent {
     /// health is judged on the live value).
     #[serde(default)]
     pub last_heartbeat_at: Option<Timestamp>,
+    /// The Agent this one is a clone of: its `/data/home-coder` started as a copy of that
+    /// Agent's. Absent for an Agent that is no clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<String>,
+    /// The clone being made of this Agent; start, stop, destroy and another clone wait until
+    /// it is made (the Agent may be stopped meanwhile for a consistent copy, and is then put
+    /// back as it was). Absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloning_to: Option<String>,
 }
 
 /// Body of `POST /api/agents`.
@@ -96,6 +105,17 @@ pub struct ProvisionAgent {
     /// The owning account. Operator tokens must give it; account tokens must not.
     #[serde(default)]
     pub account_id: Option<String>,
+}
+
+/// Body of `POST /api/agents/{id}/clone`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CloneAgent {
+    /// The clone's name: 1 to 63 characters, lowercase letters, digits and inner hyphens (an
+    /// RFC 1123 label). Default: the source's name followed by `-clone`, when that fits.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Body of `POST /api/agents/import` (operators): an Agent that already runs on Fly (the legacy

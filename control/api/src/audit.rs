@@ -19,6 +19,10 @@ pub enum AuditAction {
     AgentDestroy,
     #[serde(rename = "agent.transfer")]
     AgentTransfer,
+    /// A clone was made of an Agent: one event on the source (naming the clone in
+    /// `details.clone_id`) and one on the clone (naming the source in `details.source_id`).
+    #[serde(rename = "agent.clone")]
+    AgentClone,
     /// An operator issued a fresh bootstrap token for an Agent whose VM lost its credential.
     #[serde(rename = "agent.rebootstrap")]
     AgentRebootstrap,

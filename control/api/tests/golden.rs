@@ -14,8 +14,8 @@ use control_api::agent::{
 };
 use control_api::agent_config::{AgentToml, CloudflaredToml, HeartbeatToml, SliceToml};
 use control_api::agents::{
-    Agent, AgentList, AgentOperation, AgentState, ImagePin, PeriodState, ProvisionAgent,
-    StatePeriod, Timeline, TransferAgent,
+    Agent, AgentList, AgentOperation, AgentState, CloneAgent, ImagePin, PeriodState,
+    ProvisionAgent, StatePeriod, Timeline, TransferAgent,
 };
 use control_api::audit::{AuditAction, AuditEvent, AuditPage, AuditVerification, BrokenLink};
 use control_api::images::{Image, ImageList, RegisterImage, SetCurrentImage};
@@ -74,6 +74,8 @@ fn agent() -> Agent {
         destroyed_at: None,
         healthy: Some(true),
         last_heartbeat_at: Some(at("2026-11-20T10:14:30Z")),
+        cloned_from: None,
+        cloning_to: Some("agt_01JDQ6VA0000000000000000AB".to_owned()),
     }
 }
 
@@ -92,6 +94,12 @@ fn agents() {
         &ProvisionAgent {
             name: "dev-box".to_owned(),
             account_id: Some("acc_01JDQ6V9000000000000000000".to_owned()),
+        },
+    );
+    check(
+        "clone_agent",
+        &CloneAgent {
+            name: Some("dev-box-clone".to_owned()),
         },
     );
     check(

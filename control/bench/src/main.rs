@@ -362,6 +362,7 @@ async fn seed(url: &str, count: usize) -> anyhow::Result<Vec<Agent>> {
                 image_ref: "123456",
                 env: "{}",
                 provisioned_at: provisioned,
+                cloned_from: None,
             })
             .await?;
             control::ledger::open(

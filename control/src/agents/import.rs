@@ -206,6 +206,7 @@ pub async fn import(
             image_ref: &request.image,
             env: "{}",
             provisioned_at: now.as_millis(),
+            cloned_from: None,
         },
         &provider_id,
         state,

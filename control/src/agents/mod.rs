@@ -13,6 +13,7 @@
 //! the jobs' work.
 
 mod bootstrap;
+mod clone;
 mod import;
 mod observed;
 mod operate;
@@ -32,6 +33,7 @@ use crate::ids::{new_id, prefix};
 use crate::store::{AgentRow, StoreError, Tx};
 
 pub use bootstrap::rebootstrap;
+pub use clone::{CloneParams, clone};
 pub use import::import;
 pub use observed::{Cas, RecordCache, Recorded, record_observed};
 pub use operate::request;
@@ -85,6 +87,8 @@ pub fn to_api(row: AgentRow) -> Result<Agent, StoreError> {
         healthy: (state == AgentState::Running && row.last_heartbeat_at.is_some())
             .then_some(row.unhealthy_since.is_none()),
         last_heartbeat_at: row.last_heartbeat_at.map(Timestamp::from_millis),
+        cloned_from: row.cloned_from,
+        cloning_to: row.cloning_to,
     })
 }
 

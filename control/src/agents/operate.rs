@@ -72,7 +72,7 @@ pub async fn request(
 }
 
 /// Why `operation` cannot begin on `agent`, in words the dashboard can show.
-fn refusal(agent: &AgentRow, operation: AgentOperation) -> String {
+pub(super) fn refusal(agent: &AgentRow, operation: AgentOperation) -> String {
     let id = &agent.id;
     if agent.destroyed_at.is_some() {
         return format!("agent {id} is destroyed");
@@ -81,6 +81,11 @@ fn refusal(agent: &AgentRow, operation: AgentOperation) -> String {
         return format!(
             "agent {id} has a {} in progress; retry when it completes",
             verb(pending)
+        );
+    }
+    if let Some(clone) = &agent.cloning_to {
+        return format!(
+            "agent {id} is being cloned into agent {clone}; retry when the clone is made"
         );
     }
     match (operation, agent.state) {

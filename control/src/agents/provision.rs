@@ -32,7 +32,7 @@ fn target_account<'a>(caller: &'a Caller, request: &'a ProvisionAgent) -> Result
 }
 
 /// The current release and its image reference on `provider`.
-async fn current_release(tx: &mut Tx, provider: &str) -> Result<(ImageRow, String)> {
+pub(super) async fn current_release(tx: &mut Tx, provider: &str) -> Result<(ImageRow, String)> {
     let image = tx.current_image().await?.ok_or_else(|| {
         Error::Conflict(
             "no image release is current: register one with POST /api/images and select it with PUT /api/images/current"
@@ -50,22 +50,11 @@ async fn current_release(tx: &mut Tx, provider: &str) -> Result<(ImageRow, Strin
     Ok((image, image_ref))
 }
 
-pub async fn provision(
-    app: &App,
-    caller: &Caller,
-    request: &ProvisionAgent,
-    idem: Option<&IdempotencyKey>,
-) -> Result<Agent> {
-    let account_id = target_account(caller, request)?;
+/// Asks the providers new Agents need whether they would take one on the current release,
+/// before anything is recorded, so a refusal (an image, server type or location the provider
+/// does not have) or a failing provider reaches the caller, not a job.
+pub(super) async fn preflight(app: &App) -> Result<()> {
     let provider = app.providers.default_cloud().name;
-    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
-        return Err(Error::invalid(
-            "account_id",
-            format!("no account {}", account_id.escape_debug()),
-        ));
-    }
-    // Asked before anything is recorded, so a refusal (an image, server type or location the
-    // provider does not have) or a failing provider reaches the caller, not a job.
     let (_, image_ref) = current_release(&mut app.store.read().await?, provider).await?;
     let placement = crate::providers::Placement {
         image: &image_ref,
@@ -88,6 +77,24 @@ pub async fn provision(
             .await
             .map_err(|e| Error::provider("the tunnel provider", &e))?;
     }
+    Ok(())
+}
+
+pub async fn provision(
+    app: &App,
+    caller: &Caller,
+    request: &ProvisionAgent,
+    idem: Option<&IdempotencyKey>,
+) -> Result<Agent> {
+    let account_id = target_account(caller, request)?;
+    let provider = app.providers.default_cloud().name;
+    if !crate::ids::looks_like(prefix::ACCOUNT, account_id) {
+        return Err(Error::invalid(
+            "account_id",
+            format!("no account {}", account_id.escape_debug()),
+        ));
+    }
+    preflight(app).await?;
     let mut tx = app.store.write().await?;
     let now = app.clock.now();
     if tx.account(account_id).await?.is_none() {
@@ -109,6 +116,7 @@ pub async fn provision(
         image_ref,
         env: &image.env,
         provisioned_at: now.as_millis(),
+        cloned_from: None,
     })
     .await?;
     // Paused until the VM is seen running.

@@ -2,10 +2,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use control_api::Timestamp;
 use control_api::agents::{
-    Agent, AgentList, AgentOperation, BootstrapToken, ProvisionAgent, Timeline, TransferAgent,
+    Agent, AgentList, AgentOperation, BootstrapToken, CloneAgent, ProvisionAgent, Timeline,
+    TransferAgent,
 };
 use control_api::problem::Problem;
 use serde::Deserialize;
@@ -228,6 +229,51 @@ pub(super) async fn transfer(
 ) -> Answer<Agent> {
     let agent = lifecycle::transfer(&app, &caller, &id, &body, idem.as_ref()).await?;
     Ok((StatusCode::OK, Json(agent)))
+}
+
+/// Clone an Agent: a new Agent in the same account, on the current image release, whose
+/// `/data/home-coder` starts as a copy of this one's (owners, modes, links and extended
+/// attributes kept).
+///
+/// Answers 202 at once with the clone paused and `operation: provision`, and the source
+/// showing `cloning_to`. For a consistent copy a running source is stopped while its slice is
+/// copied and started again afterwards; a stopped one stays stopped. Its start, stop, destroy
+/// and other clones are refused (409) until the clone is made. An `agent.clone` audit event
+/// is written on each Agent, naming the other. Legacy Fly Agents cannot be cloned (409): their
+/// slice is on a Fly volume no Hetzner server can attach.
+#[utoipa::path(
+    post, path = "/api/agents/{id}/clone", operation_id = "clone_agent", tag = "agents",
+    request_body = CloneAgent,
+    params(
+        ("id" = String, Path, description = "Agent id of the source"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key replay the first answer"),
+    ),
+    responses(
+        (status = 202, description = "Clone accepted: the new Agent", body = Agent, headers(("Location" = String, description = "The clone's URL"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such Agent on this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The source is destroyed, has an operation or another clone in progress, has no VM, is a legacy Fly Agent or lives on a cloud that cannot copy it; or no image release is current", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused what provisioning needs; nothing was recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The provider is failing or over its request budget; nothing was recorded; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn clone(
+    State(app): State<App>,
+    caller: Caller,
+    Idempotency(idem): Idempotency,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CloneAgent>,
+) -> Result<(StatusCode, [(HeaderName, String); 1], Json<Agent>), ApiError> {
+    let agent = lifecycle::clone(&app, &caller, &id, &body, idem.as_ref()).await?;
+    // A replay (same Idempotency-Key) answers the stored body alone: its `id` names the clone.
+    let location = format!("/api/agents/{}", agent.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        Json(agent),
+    ))
 }
 
 /// Issue a fresh bootstrap token for an Agent whose VM lost its credential (operators only).

@@ -78,6 +78,7 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(agents::start))
         .routes(routes!(agents::stop))
         .routes(routes!(agents::transfer))
+        .routes(routes!(agents::clone))
         .routes(routes!(import::import_agent))
         .routes(routes!(agents::rebootstrap))
         .routes(routes!(agents::timeline))

@@ -108,7 +108,7 @@ pub(super) async fn agent_server<'a>(
 
 /// Ends the Agent's operation as the provider confirmed it: `to` from now on (`None`:
 /// destroyed), with its server recorded.
-async fn conclude(
+pub(super) async fn conclude(
     app: &App,
     tx: &mut Tx,
     job: &JobRow,
@@ -148,7 +148,12 @@ async fn conclude(
 }
 
 /// Ends the Agent's operation as failed: it keeps its state and shows the error.
-async fn give_up(app: &App, tx: &mut Tx, job: &JobRow, message: &str) -> Result<(), Error> {
+pub(super) async fn give_up(
+    app: &App,
+    tx: &mut Tx,
+    job: &JobRow,
+    message: &str,
+) -> Result<(), Error> {
     let outcome = OperationOutcome {
         error: Some(message),
         ..OperationOutcome::default()

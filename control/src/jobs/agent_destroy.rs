@@ -36,7 +36,7 @@ pub(super) const RELEASE: &[Step] = &[
     },
 ];
 
-fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let Some(id) = server_id(cx, &agent).await? else {
@@ -47,7 +47,7 @@ fn delete_server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     })
 }
 
-fn delete_volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn delete_volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let Some(volumes) = &cloud(cx.app, &agent)?.volumes else {
@@ -61,7 +61,7 @@ fn delete_volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     })
 }
 
-fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let Some(firewalls) = &cloud(cx.app, &agent)?.firewalls else {
@@ -73,7 +73,7 @@ fn delete_firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// The Agent's tunnel and its DNS record, once its server is gone.
-fn delete_tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn delete_tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let Some(tunnels) = cx.app.providers.tunnels() else {
             return Ok(None);

@@ -53,7 +53,7 @@ pub(super) static KIND: AgentJob = AgentJob {
 
 /// The Agent's own tunnel, where tunnels are made per Agent, routing its hostname to its
 /// service: the only way in.
-fn tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let Some(tunnels) = cx.app.providers.tunnels() else {
             return Ok(None);
@@ -87,7 +87,7 @@ fn tunnel<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// The Agent's firewall, on a cloud that has firewalls: no rule, so nothing gets in.
-fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let Some(firewalls) = &cloud(cx.app, &agent)?.firewalls else {
@@ -113,7 +113,7 @@ fn firewall<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 
 /// The Agent's slice, on a cloud that has volumes: formatted ext4 (the image mounts it at
 /// `/data` by its filesystem label), so it outlives stops and server replacement.
-fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let Some(volumes) = &cloud(cx.app, &agent)?.volumes else {
@@ -141,7 +141,7 @@ fn volume<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 
 /// Finds the Agent's server by its labels, or arms a bootstrap token and creates it with the
 /// firewall and volume the steps before made.
-fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
         let agent = agent(cx).await?;
         let servers = &cloud(cx.app, &agent)?.servers;
@@ -174,7 +174,7 @@ fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     })
 }
 
-fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
+pub(super) fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(wait_running(cx))
 }
 

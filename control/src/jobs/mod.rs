@@ -14,6 +14,7 @@
 //! background runner and by tests.
 
 mod agent;
+mod agent_clone;
 mod agent_destroy;
 mod agent_provision;
 mod agent_start;
@@ -163,6 +164,9 @@ pub trait JobKind: Send + Sync {
 /// read from the database at all: `JobRow` refuses it as corrupt.)
 fn kind_of(job: &JobRow) -> &'static dyn JobKind {
     match (job.resource_kind, job.kind) {
+        (ResourceKind::Agent, AgentOperation::Provision) if agent_clone::is_clone(job) => {
+            &agent_clone::KIND
+        }
         (ResourceKind::Agent, AgentOperation::Provision) => &agent_provision::KIND,
         (ResourceKind::Agent, AgentOperation::Start) => &agent_start::KIND,
         (ResourceKind::Agent, AgentOperation::Stop) => &agent_stop::KIND,

@@ -101,6 +101,16 @@ pub(super) async fn shutdown(cx: &StepCx<'_>, servers: &Arc<dyn Servers>, id: &s
 /// given time; then the power is cut, as a cloud's console would, and the step looks again
 /// until it is off.
 pub(super) async fn off(cx: &StepCx<'_>, servers: &Arc<dyn Servers>, id: &str) -> StepResult {
+    off_after(cx, servers, id, "shutdown").await
+}
+
+/// [`off`], with the grace running from what the step `shutdown_step` output.
+pub(super) async fn off_after(
+    cx: &StepCx<'_>,
+    servers: &Arc<dyn Servers>,
+    id: &str,
+    shutdown_step: &str,
+) -> StepResult {
     let on = servers
         .get_server(id)
         .await?
@@ -111,7 +121,7 @@ pub(super) async fn off(cx: &StepCx<'_>, servers: &Arc<dyn Servers>, id: &str) -
     // A job an earlier release started has no instant recorded: its creation will do.
     let asked_at = cx
         .outputs
-        .get("shutdown")
+        .get(shutdown_step)
         .and_then(Value::as_i64)
         .unwrap_or(cx.job.created_at);
     let left = asked_at + millis(cx.app.settings.stop_grace) - cx.app.clock.now().as_millis();

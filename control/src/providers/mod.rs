@@ -386,6 +386,22 @@ pub trait Volumes: Send + Sync + Debug {
     async fn delete_volume(&self, id: &str) -> Result<(), ProviderError>;
 }
 
+/// Copying an Agent's slice (`/data/home-coder`) into a new Agent's, on a cloud that can do
+/// it before the new Agent's VM first uses its slice. The copy keeps owners, modes,
+/// timestamps, symlinks (never followed), hard links and extended attributes. The caller
+/// makes sure the source's VM is off, so the copy is consistent.
+#[async_trait]
+pub trait Slices: Send + Sync + Debug {
+    /// Copies the slice of server `from_server` so that the server created next for the
+    /// Agent `to` (found by its labels) boots with it. Done again, it leaves the same copy,
+    /// never a copy on top of a copy; once that server exists it changes nothing.
+    async fn seed_slice(&self, from_server: &str, to: &str) -> Result<(), ProviderError>;
+
+    /// Drops a copy made for the Agent `to` that no server took (its clone was given up).
+    /// Nothing to drop is done.
+    async fn discard_seed(&self, to: &str) -> Result<(), ProviderError>;
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
     pub id: String,
@@ -419,6 +435,8 @@ pub struct Cloud {
     pub servers: Arc<dyn Servers>,
     pub firewalls: Option<Arc<dyn Firewalls>>,
     pub volumes: Option<Arc<dyn Volumes>>,
+    /// Where the cloud copies an Agent's slice into a clone's itself (see [`Slices`]).
+    pub slices: Option<Arc<dyn Slices>>,
 }
 
 /// The providers this control plane can reach: clouds by name, the one new Agents go to,

@@ -12,7 +12,8 @@ macro_rules! agent_select {
                 a.updated_at, i.version AS image_version, i.agent_version AS image_agent_version,
                 i.manifest_digest AS image_manifest_digest,
                 (SELECT c.image_id FROM current_image c WHERE c.singleton = 1) AS current_image_id,
-                l.last_seen_at AS last_heartbeat_at, l.unhealthy_since AS unhealthy_since
+                l.last_seen_at AS last_heartbeat_at, l.unhealthy_since AS unhealthy_since,
+                a.cloned_from, a.cloning_to
          FROM agents a JOIN images i ON i.id = a.image_id
          LEFT JOIN agent_liveness l ON l.agent_id = a.id"
     };
@@ -26,7 +27,7 @@ macro_rules! begin_operation {
             $op,
             "', last_error = NULL, updated_at = $2
              WHERE id = $1 AND account_id = COALESCE($3, account_id)
-               AND destroyed_at IS NULL AND operation IS NULL",
+               AND destroyed_at IS NULL AND operation IS NULL AND cloning_to IS NULL",
             $condition
         )
     };
@@ -55,6 +56,10 @@ pub struct AgentRow {
     pub current_image_id: Option<String>,
     pub last_heartbeat_at: Option<i64>,
     pub unhealthy_since: Option<i64>,
+    /// The Agent this one's slice was copied from.
+    pub cloned_from: Option<String>,
+    /// The clone being made of this Agent (its operations wait for it).
+    pub cloning_to: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -79,6 +84,8 @@ struct RawAgent {
     current_image_id: Option<String>,
     last_heartbeat_at: Option<i64>,
     unhealthy_since: Option<i64>,
+    cloned_from: Option<String>,
+    cloning_to: Option<String>,
 }
 
 impl TryFrom<RawAgent> for AgentRow {
@@ -109,6 +116,8 @@ impl TryFrom<RawAgent> for AgentRow {
             current_image_id: raw.current_image_id,
             last_heartbeat_at: raw.last_heartbeat_at,
             unhealthy_since: raw.unhealthy_since,
+            cloned_from: raw.cloned_from,
+            cloning_to: raw.cloning_to,
         })
     }
 }
@@ -124,6 +133,8 @@ pub struct NewAgent<'a> {
     pub image_ref: &'a str,
     pub env: &'a str,
     pub provisioned_at: i64,
+    /// The Agent a clone's slice is copied from.
+    pub cloned_from: Option<&'a str>,
 }
 
 /// How an operation ended, as the provider confirmed it.
@@ -139,8 +150,9 @@ impl Tx {
         on_conn!(self, conn => sqlx::query(
             "INSERT INTO agents (id, account_id, name, provider, provider_id, image_id, image_ref,
                                  env, state, operation, last_error, provisioned_at, destroyed_at,
-                                 updated_at)
-             VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, 'paused', 'provision', NULL, $8, NULL, $8)",
+                                 updated_at, cloned_from)
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, 'paused', 'provision', NULL, $8, NULL, $8,
+                     $9)",
         )
         .bind(agent.id)
         .bind(agent.account_id)
@@ -150,6 +162,7 @@ impl Tx {
         .bind(agent.image_ref)
         .bind(agent.env)
         .bind(agent.provisioned_at)
+        .bind(agent.cloned_from)
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;
@@ -266,6 +279,50 @@ impl Tx {
             .bind(account_id)
             .execute(conn)
             .await
+            .map(|done| done.rows_affected()))?;
+        Ok(result == 1)
+    }
+
+    /// Marks a clone `clone_id` as being made of the Agent `id` (of `account_id`, when given),
+    /// if it is live, has a VM, is recorded `state`, and nothing is under way on it: the
+    /// compare-and-set that holds its start, stop, destroy and other clones until the clone is
+    /// made. Returns false, changing nothing, otherwise.
+    pub async fn begin_cloning(
+        &mut self,
+        id: &str,
+        account_id: Option<&str>,
+        state: PeriodState,
+        clone_id: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let result = on_conn!(self, conn => sqlx::query(
+            "UPDATE agents SET cloning_to = $4, updated_at = $2
+             WHERE id = $1 AND account_id = COALESCE($3, account_id)
+               AND destroyed_at IS NULL AND operation IS NULL AND cloning_to IS NULL
+               AND provider_id IS NOT NULL AND state = $5",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(account_id)
+        .bind(clone_id)
+        .bind(state.as_db())
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(result == 1)
+    }
+
+    /// Ends the making of clone `clone_id` of the Agent `id`. Returns false if it was ended
+    /// already.
+    pub async fn end_cloning(&mut self, id: &str, clone_id: &str, now: i64) -> Result<bool> {
+        let result = on_conn!(self, conn => sqlx::query(
+            "UPDATE agents SET cloning_to = NULL, updated_at = $3 WHERE id = $1 AND cloning_to = $2",
+        )
+        .bind(id)
+        .bind(clone_id)
+        .bind(now)
+        .execute(conn)
+        .await
             .map(|done| done.rows_affected()))?;
         Ok(result == 1)
     }

@@ -59,6 +59,16 @@ impl TryFrom<RawJob> for JobRow {
     }
 }
 
+/// A job to queue.
+#[derive(Clone, Copy, Debug)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub kind: AgentOperation,
+    pub resource_kind: ResourceKind,
+    pub resource_id: &'a str,
+    pub request_id: Option<&'a str>,
+}
+
 impl Tx {
     pub async fn enqueue_job(
         &mut self,
@@ -69,17 +79,36 @@ impl Tx {
         request_id: Option<&str>,
         now: i64,
     ) -> Result<()> {
+        let job = NewJob {
+            id,
+            kind,
+            resource_kind,
+            resource_id,
+            request_id,
+        };
+        self.enqueue_job_with(&job, "{}", now).await
+    }
+
+    /// Queues a job whose outputs start as `outputs` (a JSON object): what the job is asked
+    /// to do beyond its kind, recorded with it before any of its steps runs.
+    pub async fn enqueue_job_with(
+        &mut self,
+        job: &NewJob<'_>,
+        outputs: &str,
+        now: i64,
+    ) -> Result<()> {
         on_conn!(self, conn => sqlx::query(
             "INSERT INTO jobs (id, kind, resource_kind, resource_id, status, attempts, run_after,
                                request_id, created_at, step, outputs)
-             VALUES ($1, $2, $6, $3, 'queued', 0, $4, $5, $4, 0, '{}')",
+             VALUES ($1, $2, $6, $3, 'queued', 0, $4, $5, $4, 0, $7)",
         )
-        .bind(id)
-        .bind(kind.as_db())
-        .bind(resource_id)
+        .bind(job.id)
+        .bind(job.kind.as_db())
+        .bind(job.resource_id)
         .bind(now)
-        .bind(request_id)
-        .bind(resource_kind.as_db())
+        .bind(job.request_id)
+        .bind(job.resource_kind.as_db())
+        .bind(outputs)
         .execute(conn)
         .await
             .map(|done| done.rows_affected()))?;

@@ -44,7 +44,7 @@ pub use bootstrap::BootstrapRow;
 pub use credentials::CredentialRow;
 pub use idempotency::IdempotencyClaim;
 pub use images::ImageRow;
-pub use jobs::JobRow;
+pub use jobs::{JobRow, NewJob};
 pub use liveness::{LIVENESS_BATCH, LivenessRow};
 pub use periods::{PeriodRow, ResourceRef};
 pub use plain_vms::{PlainVmOutcome, PlainVmRow};

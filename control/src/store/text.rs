@@ -77,6 +77,7 @@ impl DbText for AuditAction {
         Self::AgentDestroy,
         Self::AgentTransfer,
         Self::AgentRebootstrap,
+        Self::AgentClone,
         Self::PlainVmDestroy,
         Self::PlainVmTransfer,
     ];
@@ -88,6 +89,7 @@ impl DbText for AuditAction {
             Self::AgentDestroy => "agent.destroy",
             Self::AgentTransfer => "agent.transfer",
             Self::AgentRebootstrap => "agent.rebootstrap",
+            Self::AgentClone => "agent.clone",
             Self::PlainVmDestroy => "plain_vm.destroy",
             Self::PlainVmTransfer => "plain_vm.transfer",
         }

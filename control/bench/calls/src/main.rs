@@ -490,6 +490,7 @@ async fn reconcile_fleet(count: usize, pacing: Pacing, budget: u32) -> anyhow::R
             image_ref: IMAGE,
             env: "{}",
             provisioned_at: at.as_millis(),
+            cloned_from: None,
         })
         .await?;
         let agent = control::ledger::ResourceRef::agent(&id);

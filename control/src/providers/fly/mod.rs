@@ -88,6 +88,7 @@ pub fn cloud(org: std::sync::Arc<Fly>) -> super::Cloud {
         servers: org,
         firewalls: None,
         volumes: None,
+        slices: None,
     }
 }
 

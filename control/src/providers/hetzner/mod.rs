@@ -84,6 +84,7 @@ pub fn cloud(project: std::sync::Arc<Hetzner>) -> super::Cloud {
         servers: project.clone(),
         firewalls: Some(project.clone()),
         volumes: Some(project),
+        slices: None,
     }
 }
 

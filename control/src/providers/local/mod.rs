@@ -34,7 +34,7 @@
 //! ([`crate::cloud_init`]), as a real one would. Files: [`servers`] (the `Servers` capability),
 //! [`vm`] (the record, its lock, the directory), [`process`] (an Agent's vm-agent),
 //! [`programs`] (building the programs VMs run); [`cloud`] and [`records`] (what a cloud keeps
-//! besides servers) with [`firewalls`], [`volumes`] and [`tunnels`].
+//! besides servers) with [`firewalls`], [`volumes`] and [`tunnels`]; [`slices`] (copying a slice for a clone).
 
 mod cloud;
 mod firewalls;
@@ -43,6 +43,7 @@ pub mod programs;
 mod qemu;
 mod records;
 mod servers;
+mod slices;
 mod tunnels;
 mod vm;
 mod volumes;
@@ -74,7 +75,8 @@ pub fn cloud(local: std::sync::Arc<LocalProvider>) -> super::Cloud {
         name: NAME,
         servers: local.clone(),
         firewalls: Some(local.clone()),
-        volumes: Some(local),
+        volumes: Some(local.clone()),
+        slices: Some(local),
     }
 }
 
@@ -89,6 +91,8 @@ pub struct LocalVmView {
     pub pid: Option<u32>,
     /// A Plain VM's: what its cloud-init document delivered. `None` for an Agent's VM.
     pub plain: Option<PlainVmDelivery>,
+    /// The VM whose slice this one's started as a copy of (a clone's), when known.
+    pub slice_from: Option<String>,
 }
 
 /// Where local VMs' programs are and whom their agents report to.
@@ -126,6 +130,8 @@ enum Backing {
 pub struct LocalProvider {
     backing: Backing,
     cloud: cloud::CloudRecords,
+    /// In memory: the seeds made for VMs not created yet, by the VM they came from.
+    seeds: Mutex<BTreeMap<String, String>>,
 }
 
 /// How long a stopping vm-agent gets before SIGKILL (its own cloudflared grace is shorter).
@@ -143,6 +149,7 @@ impl LocalProvider {
         Self {
             backing: Backing::Memory(Mutex::new(BTreeMap::new())),
             cloud: cloud::CloudRecords::memory(),
+            seeds: Mutex::default(),
         }
     }
 
@@ -159,6 +166,7 @@ impl LocalProvider {
                 config,
             },
             cloud: cloud::CloudRecords::dir(&dir.join(".cloud"))?,
+            seeds: Mutex::default(),
         })
     }
 
@@ -184,6 +192,7 @@ impl LocalProvider {
             bootstrap_token: vm.bootstrap_token,
             pid: vm.pid.filter(|_| vm.pid_started.is_some()),
             plain: vm.delivery.filter(|_| vm.plain),
+            slice_from: vm.slice_from,
         })
     }
 

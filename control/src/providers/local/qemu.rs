@@ -33,6 +33,9 @@ use crate::providers::{ProviderError, Secret};
 pub const GUEST_CONTROL: &str = "http://10.0.2.100";
 const GUEST_CONTROL_ADDRESS: &str = "10.0.2.100:80";
 
+/// A VM's slice disk, in its directory.
+pub(super) const SLICE_DISK: &str = "slice.raw";
+
 /// The label the image mounts at `/data`.
 pub(super) const SLICE_LABEL: &str = "agent-slice";
 
@@ -151,7 +154,7 @@ pub(super) fn prepare(
             "qemu-img (the root disk)",
         )?;
     }
-    let slice = vm_dir.join("slice.raw");
+    let slice = vm_dir.join(SLICE_DISK);
     if !slice.exists() {
         let making = vm_dir.join(".slice.raw.tmp");
         let _ = std::fs::remove_file(&making);

@@ -99,6 +99,7 @@ impl Servers for LocalProvider {
                     return Err(name_taken());
                 }
                 let mut vm = LocalVm::booted(id, spec);
+                vm.slice_from = self.take_seed_record(id);
                 match first_boot {
                     FirstBoot::Agent(agent) => vm.bootstrap_token = Some(agent.bootstrap_token.0),
                     FirstBoot::Plain(delivery) => vm.delivery = Some(delivery),
@@ -135,11 +136,14 @@ impl Servers for LocalProvider {
                     }
                 };
                 if let Some(machine) = &config.qemu {
-                    return create_machine(&vm_dir, id, spec, &first_boot, config, machine);
+                    return create_machine(dir, &vm_dir, id, spec, &first_boot, config, machine);
                 }
                 // Cloud-init's delivery, then the record (the intent) before any process.
                 lay_out(&vm_dir, document, config)?;
+                // A clone's slice: the copy made for it, before its agent first runs.
+                let seeded = super::slices::adopt_seed(dir, id, &vm_dir)?;
                 let mut vm = LocalVm::booted(id, spec);
+                vm.slice_from = seeded;
                 write_vm(&vm_dir, &vm)?;
                 crate::failpoint::hit("local-vm-recorded");
                 spawn_agent(&vm_dir, config, &mut vm)?;
@@ -283,6 +287,7 @@ impl Servers for LocalProvider {
 /// `qemu` mode: a real VM from the release `spec` names, booting the very document control
 /// rendered from a `NoCloud` seed. Under the VM's lock.
 fn create_machine(
+    dir: &std::path::Path,
     vm_dir: &std::path::Path,
     id: &str,
     spec: &ServerSpec,
@@ -302,9 +307,12 @@ fn create_machine(
         .user_data
         .as_ref()
         .ok_or_else(|| refused("no user data"))?;
+    // A clone's slice disk: the copy made for it (else `prepare` makes an empty one).
+    let seeded = super::slices::adopt_seed_as(dir, id, &vm_dir.join(qemu::SLICE_DISK))?;
     qemu::prepare(vm_dir, id, document, &release, machine)?;
     let mut vm = LocalVm::booted(id, spec);
     vm.qemu = true;
+    vm.slice_from = seeded;
     write_vm(vm_dir, &vm)?;
     crate::failpoint::hit("local-vm-recorded");
     spawn_agent(vm_dir, config, &mut vm)?;

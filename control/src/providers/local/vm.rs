@@ -59,6 +59,9 @@ pub(super) struct LocalVm {
     /// A real VM run by qemu (`qemu` mode), whose process is qemu rather than vm-agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) qemu: bool,
+    /// A clone's: the VM its slice was copied from.
+    #[serde(default)]
+    pub(super) slice_from: Option<String>,
 }
 
 impl LocalVm {
@@ -79,6 +82,7 @@ impl LocalVm {
             plain: labelled_kind(&spec.labels) == Some(ResourceKind::PlainVm),
             delivery: None,
             qemu: false,
+            slice_from: None,
         }
     }
 
