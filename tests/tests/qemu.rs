@@ -286,6 +286,53 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         "placed before the restart\n"
     );
 
+    // Clone it (stopped, so it stays stopped): the clone boots the current release with a copy
+    // of the slice, equal to the source's in every name, mode, owner, link, xattr and byte.
+    let edit = |request: &str| {
+        let output = Command::new("debugfs")
+            .args(["-w", "-R", request])
+            .arg(&slice)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "debugfs -w {request}");
+    };
+    edit("symlink /home-coder/link marker");
+    edit("ea_set /home-coder/marker user.origin qemu-test");
+    edit("mkdir /home-coder/sub");
+    edit("ln /home-coder/marker /home-coder/sub/hard");
+    edit("sif /home-coder/marker links_count 2");
+    let source_tree = tree(&slice, "/home-coder");
+    assert!(source_tree.len() >= 4, "{source_tree:#?}");
+    let accepted = acme
+        .post(
+            &format!("/api/agents/{id}/clone"),
+            json!({"name": "vm-clone"}),
+        )
+        .await;
+    let clone = accepted["id"].as_str().unwrap().to_owned();
+    heartbeating(&control, &clone, "mounted").await;
+    let view = agent(op, &clone).await;
+    assert_eq!(view["image"]["image_id"], image["id"], "{view:#}");
+    assert_eq!(view["account_id"], account, "{view:#}");
+    acme.post(&format!("/api/agents/{clone}/stop"), json!({}))
+        .await;
+    eventually("the clone's stop", BOOT, || async {
+        agent(op, &clone).await["state"] == "paused"
+    })
+    .await;
+    let clone_slice = control.vm_dir(&clone).join("slice.raw");
+    assert_eq!(tree(&clone_slice, "/home-coder"), source_tree);
+    assert_eq!(
+        tree(&slice, "/home-coder"),
+        source_tree,
+        "the source's slice is unchanged"
+    );
+    assert_eq!(
+        agent(op, &id).await["state"],
+        "paused",
+        "the source stays stopped"
+    );
+
     // Without its slice disk (a volume gone): the heartbeat says so, and nothing of the
     // workspace lands on the root disk.
     std::fs::rename(&slice, control.dir.path().join("slice-away.raw")).unwrap();
@@ -336,6 +383,63 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         })
         .collect();
     assert!(left.is_empty(), "disks left behind: {left:?}");
+}
+
+/// A directory tree on an ext4 image, read offline: for each entry below `dir`, its path, mode,
+/// owner, group, size, link count, content's digest (files), target (symlinks) and extended
+/// attributes.
+fn tree(image: &Path, dir: &str) -> Vec<String> {
+    let mut entries = Vec::new();
+    for line in debugfs(image, &format!("ls -p {dir}")).lines() {
+        // /inode/mode/uid/gid/name/size/
+        let fields: Vec<&str> = line.split('/').collect();
+        let [_, _, mode, uid, gid, name, size, ..] = fields[..] else {
+            continue;
+        };
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = format!("{dir}/{name}");
+        let stat = debugfs(image, &format!("stat {path}"));
+        let links = stat
+            .split_whitespace()
+            .skip_while(|w| *w != "Links:")
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned();
+        let what = if mode.starts_with("04") {
+            entries.extend(tree(image, &path));
+            String::new()
+        } else if mode.starts_with("012") {
+            stat.lines()
+                .find(|l| l.contains("link"))
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            use sha2::Digest;
+            let output = Command::new("debugfs")
+                .args(["-R", &format!("cat {path}")])
+                .arg(image)
+                .output()
+                .unwrap();
+            hex(&sha2::Sha256::digest(&output.stdout))
+        };
+        let xattrs = debugfs(image, &format!("ea_list {path}"));
+        entries.push(format!(
+            "{path} {mode} {uid}:{gid} {size} links={links} {what} [{}]",
+            xattrs.trim()
+        ));
+    }
+    entries.sort();
+    entries
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, b| {
+        use std::fmt::Write;
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }
 
 /// Every file under `dir`.
@@ -526,8 +630,7 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
     let mut transcript = String::new();
     eventually("an SSH login", BOOT, || {
         transcript = ssh_first_login(&key, port, &one_time, "a-new-Passphrase-42!");
-        let done = transcript.contains("password updated successfully")
-            || transcript.contains("LOGGED-IN-AS");
+        let done = transcript.contains("LOGGED-IN-AS") || transcript.contains("passwd:");
         async move { done }
     })
     .await;
@@ -535,13 +638,29 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
         transcript.contains("You are required to change your password immediately"),
         "the one-time password is expired at first login: {transcript}"
     );
+    // The one-time password was the current one: the change went through and the session
+    // went on to run the command (a wrong one ends it with "Authentication token manipulation
+    // error" and nothing run).
+    let after_change = transcript
+        .split("Retype new password:")
+        .nth(1)
+        .unwrap_or_default();
     assert!(
-        transcript.contains("password updated successfully"),
+        after_change.contains("LOGGED-IN-AS=root") && !transcript.contains("manipulation error"),
         "the one-time password was the current one: {transcript}"
     );
-    let answer = ssh(&key, port, "hostname; id -un; systemctl is-active ssh");
+    let answer = ssh(
+        &key,
+        port,
+        "hostname; id -un; systemctl is-active ssh; chage -l root | head -1",
+    );
     let stdout = String::from_utf8_lossy(&answer.stdout);
-    assert_eq!(stdout, "web-1\nroot\nactive\n", "{answer:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..3], ["web-1", "root", "active"], "{answer:?}");
+    assert!(
+        !lines[3].contains("must be changed"),
+        "the new password replaced the expired one: {stdout}"
+    );
     // Powered off from inside; qemu ends with the VM.
     let _ = ssh(&key, port, "systemctl poweroff");
     let (status, log) = machine.wait_exit(Duration::from_mins(3));
