@@ -116,6 +116,20 @@ impl QemuControl {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
+    /// A new account (operator) and a client with a token of its own.
+    pub async fn account(&self, name: &str) -> (String, Api) {
+        let account = self.op.account(name).await;
+        let token = self
+            .op
+            .post(&format!("/api/accounts/{account}/tokens"), json!({}))
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let url = &self.replica.as_ref().unwrap().url;
+        (account, Api::new(url, &token))
+    }
+
     /// The latest heartbeat control holds for `agent`, as the agent sent it.
     pub fn heartbeat(&self, agent: &str) -> Option<Value> {
         let output = Command::new("sqlite3")
@@ -203,14 +217,7 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     let _cleanup = KillVmsOnDrop(control.dir.path().to_owned());
     let op = &control.op;
     let image = control.register(&images);
-    let account = op.account("Acme").await;
-    let token = op
-        .post(&format!("/api/accounts/{account}/tokens"), json!({}))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let acme = Api::new(&control.replica.as_ref().unwrap().url, &token);
+    let (account, acme) = control.account("Acme").await;
 
     // Provision: a real VM boots the image and its vm-agent registers and heartbeats, with
     // cloudflared ready and the slice mounted.
@@ -529,15 +536,7 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
     let Some(images) = images() else { return };
     let control = QemuControl::start(&images);
     let _cleanup = KillVmsOnDrop(control.dir.path().to_owned());
-    let op = &control.op;
-    let account = op.account("Acme").await;
-    let token = op
-        .post(&format!("/api/accounts/{account}/tokens"), json!({}))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let acme = Api::new(&control.replica.as_ref().unwrap().url, &token);
+    let (_, acme) = control.account("Acme").await;
     let key = control.dir.path().join("alice-key");
     let made = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
