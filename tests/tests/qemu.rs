@@ -373,15 +373,17 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     );
     std::fs::remove_file(&root).unwrap();
 
-    // Destroy: the VM's disks are gone with it.
-    let (status, body) = acme
-        .call(reqwest::Method::DELETE, &format!("/api/agents/{id}"), None)
+    // Destroy both: each VM's disks are gone with it.
+    for id in [&id, &clone] {
+        let (status, body) = acme
+            .call(reqwest::Method::DELETE, &format!("/api/agents/{id}"), None)
+            .await;
+        assert!((200..300).contains(&status), "{status} {body:#}");
+        eventually("the destroy", WITHIN, || async {
+            agent(op, id).await["state"] == "destroyed"
+        })
         .await;
-    assert!((200..300).contains(&status), "{status} {body:#}");
-    eventually("the destroy", WITHIN, || async {
-        agent(op, &id).await["state"] == "destroyed"
-    })
-    .await;
+    }
     let left: Vec<PathBuf> = walk(&control.data().join("local-vms"))
         .into_iter()
         .filter(|p| {
