@@ -127,6 +127,27 @@ fn params(cx: &StepCx<'_>) -> Result<CloneParams, StepError> {
     Ok(params_in(cx.job, cx.outputs)?)
 }
 
+/// For a source that was running when the clone was asked for: the job's parameters, its
+/// server and the servers of its cloud. `None`: it was not, and stays as it is.
+async fn running_source<'a>(
+    cx: &StepCx<'a>,
+) -> Result<Option<(CloneParams, String, &'a Arc<dyn Servers>)>, StepError> {
+    let params = params(cx)?;
+    if params.source_was != PeriodState::Running {
+        return Ok(None);
+    }
+    let (id, servers) = source_server(cx, &params).await?;
+    Ok(Some((params, id, servers)))
+}
+
+/// Whether the server `id` is powered on.
+async fn is_on(servers: &Arc<dyn Servers>, id: &str) -> Result<bool, StepError> {
+    Ok(servers
+        .get_server(id)
+        .await?
+        .is_some_and(|s| s.status.is_on()))
+}
+
 /// The source's server and the servers of its cloud.
 async fn source_server<'a>(
     cx: &StepCx<'a>,
@@ -174,16 +195,10 @@ async fn record_source(cx: &StepCx<'_>, source_id: &str, to: PeriodState) -> Res
 /// A running source is asked to shut down (unless it is off already); the output is when.
 fn source_shutdown<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let params = params(cx)?;
-        if params.source_was != PeriodState::Running {
+        let Some((_, id, servers)) = running_source(cx).await? else {
             return Ok(None);
-        }
-        let (id, servers) = source_server(cx, &params).await?;
-        let on = servers
-            .get_server(&id)
-            .await?
-            .is_some_and(|s| s.status.is_on());
-        if !on {
+        };
+        if !is_on(servers, &id).await? {
             return Ok(Some(Value::from(cx.app.clock.now().as_millis())));
         }
         server::shutdown(cx, servers, &id).await
@@ -193,11 +208,9 @@ fn source_shutdown<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// Done once the source is off (its power cut after the stop grace), and recorded paused.
 fn source_off<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let params = params(cx)?;
-        if params.source_was != PeriodState::Running {
+        let Some((params, id, servers)) = running_source(cx).await? else {
             return Ok(None);
-        }
-        let (id, servers) = source_server(cx, &params).await?;
+        };
         server::off_after(cx, servers, &id, "source_shutdown").await?;
         record_source(cx, &params.source_id, PeriodState::Paused).await?;
         Ok(None)
@@ -227,11 +240,9 @@ fn slice_copy<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// A source that was running is powered on again.
 fn source_power_on<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let params = params(cx)?;
-        if params.source_was != PeriodState::Running {
+        let Some((_, id, servers)) = running_source(cx).await? else {
             return Ok(None);
-        }
-        let (id, servers) = source_server(cx, &params).await?;
+        };
         servers.power_on(&id).await?;
         Ok(None)
     })
@@ -240,11 +251,9 @@ fn source_power_on<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// Done once a source that was running runs again, and is recorded running.
 fn source_running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let params = params(cx)?;
-        if params.source_was != PeriodState::Running {
+        let Some((params, id, servers)) = running_source(cx).await? else {
             return Ok(None);
-        }
-        let (id, servers) = source_server(cx, &params).await?;
+        };
         server::running(servers, &id).await?;
         record_source(cx, &params.source_id, PeriodState::Running).await?;
         Ok(None)
@@ -254,16 +263,10 @@ fn source_running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// Undo: a source that was running and is off is powered on again, and recorded running.
 fn source_restore<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let params = params(cx)?;
-        if params.source_was != PeriodState::Running {
+        let Some((params, id, servers)) = running_source(cx).await? else {
             return Ok(None);
-        }
-        let (id, servers) = source_server(cx, &params).await?;
-        let on = servers
-            .get_server(&id)
-            .await?
-            .is_some_and(|s| s.status.is_on());
-        if !on {
+        };
+        if !is_on(servers, &id).await? {
             servers.power_on(&id).await?;
         }
         server::running(servers, &id).await?;
@@ -329,8 +332,7 @@ impl JobKind for CloneJob {
         _released: bool,
     ) -> Result<(), Error> {
         agent::give_up(app, tx, job, message).await?;
-        let outputs = serde_json::from_str::<Outputs>(&job.outputs)
-            .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?;
+        let outputs = super::runner::outputs_of(job)?;
         end_cloning(tx, job, &outputs, app.clock.now()).await
     }
 }

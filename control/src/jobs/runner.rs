@@ -60,7 +60,7 @@ pub async fn run_due(app: &App) -> Result<usize> {
 }
 
 /// The outputs the job's finished steps recorded.
-fn outputs_of(job: &JobRow) -> Result<Outputs> {
+pub(super) fn outputs_of(job: &JobRow) -> Result<Outputs> {
     Ok(serde_json::from_str(&job.outputs)
         .map_err(|e| StoreError::Corrupt(format!("job {} outputs: {e}", job.id)))?)
 }
