@@ -56,6 +56,7 @@ async fn main() {
             root_free_bytes: 1,
             uptime_s: 0,
         },
+        clone: None,
     };
     let url = format!("{control}{HEARTBEAT_PATH}");
     loop {

@@ -279,6 +279,8 @@ impl Sender {
             },
             slice: inputs.slice.borrow().report.clone(),
             host: self.host.sample(),
+            // Filled in by the clone's progress once vm-agent reads it.
+            clone: None,
         }
     }
 

@@ -166,6 +166,48 @@ pub struct Heartbeat {
     pub cloudflared: TunnelReport,
     pub slice: SliceReport,
     pub host: HostMetrics,
+    /// On a clone whose slice is copied on the VM (`[clone_from]` in its agent.toml): how the
+    /// copy is going. Absent on every other Agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<CloneReport>,
+}
+
+/// Where a clone's copy of its source's slice stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CloneState {
+    /// The source's volume (or this VM's own slice) is not there yet.
+    Waiting,
+    /// Files are being copied.
+    Copying,
+    /// The copy is in the slice; the source's volume is no longer used.
+    Done,
+    /// The copy cannot be made (`error` says why); it is not retried.
+    Failed,
+}
+
+/// The clone part of a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CloneReport {
+    /// The Agent whose slice is copied.
+    pub source_agent: String,
+    pub state: CloneState,
+    /// Files, directories and links copied so far.
+    #[serde(default)]
+    pub files_done: u64,
+    /// How many there are, once counted.
+    #[serde(default)]
+    pub files_total: Option<u64>,
+    /// Bytes of file contents copied so far.
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: Option<u64>,
+    /// Why the copy failed (at most 512 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Answer of a heartbeat.

@@ -59,6 +59,30 @@ pub struct AgentToml {
     pub slice: SliceToml,
     #[serde(default, skip_serializing_if = "is_default")]
     pub heartbeat: HeartbeatToml,
+    /// Present on a clone whose slice is copied on the VM itself (Hetzner: volumes cannot be
+    /// copied by the API): where the source's slice comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_from: Option<CloneFromToml>,
+}
+
+/// `[clone_from]`: on its first boot a clone copies the source Agent's slice into its own.
+/// `vm-agent clone-slice` (its own unit: it mounts a file system and keeps owners, which
+/// vm-agent's unit may not) copies the source volume's `<slice below its mount point>`
+/// (`home-coder`) into this VM's slice, and vm-agent reports the copy's progress in its
+/// heartbeats ([`crate::agent::CloneReport`]). Exactly one of `device` and `directory`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneFromToml {
+    /// The Agent whose slice is copied.
+    pub source_agent: String,
+    /// The block device of the source's slice volume, mounted read-only for the copy; it may
+    /// appear only after the VM has booted (Hetzner attaches it then:
+    /// `/dev/disk/by-id/scsi-0HC_Volume_<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<PathBuf>,
+    /// Or a directory where the source volume's root is mounted by someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<PathBuf>,
 }
 
 /// `[cloudflared]`: the tunnel and how it is supervised. The suffix of a key is its unit.

@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 use control_api::accounts::{Account, CreateAccount, CreateToken, CreatedToken, TokenRole};
 use control_api::agent::{
-    Heartbeat, HeartbeatAck, HostMetrics, RegisterRequest, RegisterResponse, SliceReport,
-    SliceState, TunnelReport, TunnelState,
+    CloneReport, CloneState, Heartbeat, HeartbeatAck, HostMetrics, RegisterRequest,
+    RegisterResponse, SliceReport, SliceState, TunnelReport, TunnelState,
 };
-use control_api::agent_config::{AgentToml, CloudflaredToml, HeartbeatToml, SliceToml};
+use control_api::agent_config::{
+    AgentToml, CloneFromToml, CloudflaredToml, HeartbeatToml, SliceToml,
+};
 use control_api::agents::{
     Agent, AgentList, AgentOperation, AgentState, CloneAgent, ImagePin, PeriodState,
     ProvisionAgent, StatePeriod, Timeline, TransferAgent,
@@ -342,6 +344,50 @@ fn the_agent_protocol() {
                 root_free_bytes: 30_000_000_000,
                 uptime_s: 1_300,
             },
+            clone: None,
+        },
+    );
+    check(
+        "heartbeat_clone",
+        &Heartbeat {
+            agent_id: Some("agt_01JDQ6VA0000000000000000AB".to_owned()),
+            boot_id: "5b0e0c1d-2e3f-4a5b-8c6d-7e8f9a0b1c2d".to_owned(),
+            sequence: 3,
+            agent_version: "0.1.0".to_owned(),
+            image_version: "2026.12.0".to_owned(),
+            agent_uptime_s: 60,
+            cloudflared: TunnelReport {
+                state: TunnelState::Ready,
+                ready_connections: 4,
+                restarts: 0,
+                crash_loop: false,
+                last_exit: None,
+                since: Some(at("2026-12-01T09:00:10Z")),
+            },
+            slice: SliceReport {
+                state: SliceState::Mounted,
+                free_bytes: Some(50_000_000_000),
+                total_bytes: Some(53_687_091_200),
+                free_inodes: Some(3_270_000),
+                total_inodes: Some(3_276_800),
+            },
+            host: HostMetrics {
+                cpus: 2,
+                load_centi: [80, 40, 10],
+                memory_total_bytes: 4_110_000_000,
+                memory_available_bytes: 3_500_000_000,
+                root_free_bytes: 30_000_000_000,
+                uptime_s: 70,
+            },
+            clone: Some(CloneReport {
+                source_agent: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+                state: CloneState::Copying,
+                files_done: 1_200,
+                files_total: Some(5_000),
+                bytes_done: 400_000_000,
+                bytes_total: Some(2_000_000_000),
+                error: None,
+            }),
         },
     );
     check(
@@ -402,6 +448,11 @@ fn agent_toml() -> AgentToml {
             timeout_s: Some(10),
             backoff_max_s: Some(300),
         },
+        clone_from: Some(CloneFromToml {
+            source_agent: "agt_01JDQ6VA0000000000000000AA".to_owned(),
+            device: Some("/dev/disk/by-id/scsi-0HC_Volume_100001".into()),
+            directory: None,
+        }),
     }
 }
 

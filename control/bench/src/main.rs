@@ -750,6 +750,7 @@ fn heartbeat(agent: &Agent, sequence: u64, uptime_s: u64) -> Heartbeat {
             root_free_bytes: 20 << 30,
             uptime_s,
         },
+        clone: None,
     }
 }
 

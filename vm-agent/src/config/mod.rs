@@ -394,6 +394,7 @@ mod tests {
                 timeout_s: Some(2),
                 backoff_max_s: Some(12),
             },
+            clone_from: None,
         };
         let source = Source {
             file: Some((path("agent.toml"), file.to_toml().unwrap())),

@@ -133,6 +133,7 @@ impl Rig {
                 timeout_s: Some(2),
                 backoff_max_s: Some(2),
             },
+            clone_from: None,
         };
         let path = self.path("agent.toml");
         std::fs::write(&path, file.to_toml().unwrap()).unwrap();
