@@ -348,6 +348,28 @@ fn the_agent_protocol() {
         },
     );
     check(
+        "heartbeat_ack",
+        &HeartbeatAck {
+            heartbeat_interval_s: 30,
+        },
+    );
+    let redacted = format!(
+        "{:?}",
+        RegisterRequest {
+            agent_id: "agt_1".to_owned(),
+            bootstrap_token: "secret-bootstrap".to_owned(),
+            boot_id: String::new(),
+            agent_version: String::new(),
+            image_version: String::new(),
+        }
+    );
+    assert!(!redacted.contains("secret-bootstrap"), "{redacted}");
+}
+
+/// A clone's heartbeat while its slice is being copied on the VM.
+#[test]
+fn a_clones_heartbeat() {
+    check(
         "heartbeat_clone",
         &Heartbeat {
             agent_id: Some("agt_01JDQ6VA0000000000000000AB".to_owned()),
@@ -390,23 +412,6 @@ fn the_agent_protocol() {
             }),
         },
     );
-    check(
-        "heartbeat_ack",
-        &HeartbeatAck {
-            heartbeat_interval_s: 30,
-        },
-    );
-    let redacted = format!(
-        "{:?}",
-        RegisterRequest {
-            agent_id: "agt_1".to_owned(),
-            bootstrap_token: "secret-bootstrap".to_owned(),
-            boot_id: String::new(),
-            agent_version: String::new(),
-            image_version: String::new(),
-        }
-    );
-    assert!(!redacted.contains("secret-bootstrap"), "{redacted}");
 }
 
 /// An `agent.toml` with every key set.
