@@ -12,9 +12,6 @@ use common::Harness;
 use control::store::{AuditFilter, NewAgent};
 use control_api::agents::PeriodState;
 use serde_json::{Value, json};
-use test_support::ledger::{
-    self as checker, Day, Lifetime, Period, Resource, RolledUp, Snapshot, Usage,
-};
 use test_support::{TestDb, dual_backend_tests};
 
 dual_backend_tests!(
@@ -34,61 +31,6 @@ async fn events(h: &Harness, id: &str) -> Vec<Value> {
         .await;
     assert_eq!(events.status, 200, "{:#}", events.body);
     events.body["items"].as_array().unwrap().clone()
-}
-
-/// Rolls up, reads the whole ledger and checks the invariants on it.
-async fn ledger_holds(h: &Harness, context: &str) {
-    control::ledger::rollup(&h.app.store, h.now())
-        .await
-        .unwrap();
-    let mut tx = h.app.store.read().await.unwrap();
-    let lifetimes = tx
-        .agents(None, None, true, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| Lifetime {
-            resource: Resource::agent(&a.id),
-            provisioned_at: a.provisioned_at,
-            destroyed_at: a.destroyed_at,
-        })
-        .collect();
-    let periods = tx
-        .periods_overlapping(i64::MIN, i64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| Period {
-            resource: Resource::new(p.resource_kind.into(), &p.resource_id),
-            account: p.account_id,
-            state: p.state.into(),
-            started_at: p.started_at,
-            ended_at: p.ended_at,
-        })
-        .collect();
-    let usage = tx
-        .usage(None, "0000-01-01", "9999-12-31")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| Usage {
-            day: Day::parse(&r.day).unwrap(),
-            resource: Resource::new(r.resource_kind.into(), &r.resource_id),
-            account: r.account_id,
-            running_s: r.running_s,
-            paused_s: r.paused_s,
-        })
-        .collect();
-    let rolled_up = tx.rollup_state().await.unwrap().ran_at.map(RolledUp::at);
-    let snapshot = Snapshot {
-        lifetimes,
-        periods,
-        usage,
-        transfers: Vec::new(),
-        rolled_up,
-        settled: Some(h.now().as_millis()),
-    };
-    checker::assert_none(&checker::check(&snapshot, None), context);
 }
 
 /// The periods of Agent `id`, as `(state, started_at)`.
@@ -229,7 +171,7 @@ async fn a_clone_copies_a_running_source_which_is_put_back_running(db: TestDb) {
     assert_eq!(stop.status, 202, "{:#}", stop.body);
     h.run_jobs_until(&source, "paused").await;
     h.advance(3_600_000);
-    ledger_holds(&h, "after a clone").await;
+    h.ledger_holds("after a clone").await;
 }
 
 async fn a_stopped_source_stays_stopped(db: TestDb) {
@@ -266,7 +208,7 @@ async fn a_stopped_source_stays_stopped(db: TestDb) {
         .unwrap();
     assert_eq!(event["details"]["state"], "paused");
     h.advance(90_000_000); // across a UTC midnight
-    ledger_holds(&h, "after cloning a stopped agent").await;
+    h.ledger_holds("after cloning a stopped agent").await;
 }
 
 /// A request that must be refused with `status`, leaving the store as it was.

@@ -21,6 +21,7 @@ fn document(tunnel_token: Option<&str>) -> Secret {
         control_url: "https://control.example.com".to_owned(),
         bootstrap_token: Secret(format!("agb_{}", "a".repeat(64))),
         tunnel_token: tunnel_token.map(|t| Secret(t.to_owned())),
+        clone_from: None,
     })
     .unwrap()
 }

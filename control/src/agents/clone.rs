@@ -7,12 +7,13 @@
 //! ledger starts here, at its own provisioning), an `agent.clone` event is appended on each,
 //! and the clone's job is queued with [`CloneParams`]: the source and the state it was in, the
 //! state it is put back in. The job (`crate::jobs`) stops a running source for a consistent
-//! copy, has the cloud copy the slice, starts the source again, and provisions the clone.
+//! copy, has the cloud copy the slice (or lends the source's volume to the clone's VM, which
+//! copies it), starts the source again, and provisions the clone.
 //!
 //! Refused, changing nothing: a legacy Fly Agent (its slice is on a Fly volume that only a
 //! Fly machine in its region can mount, and no Hetzner server can attach, so the platform
 //! cannot copy it), an Agent on another cloud than the one new Agents go to, or on a cloud
-//! that cannot copy slices.
+//! that can neither copy slices nor attach volumes.
 
 use control_api::agents::{Agent, AgentOperation, CloneAgent, PeriodState};
 use control_api::audit::AuditAction;
@@ -77,9 +78,10 @@ fn refusal(app: &App, source: &AgentRow) -> Option<Error> {
             source.provider, target.name
         )));
     }
-    if target.slices.is_none() {
+    if target.slices.is_none() && target.volumes.is_none() {
         return Some(Error::Conflict(format!(
-            "provider {} cannot copy an Agent's slice yet, so agent {id} cannot be cloned",
+            "provider {} can neither copy an Agent's slice nor lend its volume, so agent {id} \
+             cannot be cloned",
             target.name
         )));
     }

@@ -16,7 +16,7 @@ mod plain_vm;
 
 use std::collections::BTreeMap;
 
-use control_api::agent_config::{AgentToml, CloudflaredToml};
+use control_api::agent_config::{AgentToml, CloneFromToml, CloudflaredToml};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -101,6 +101,8 @@ pub struct AgentFirstBoot {
     pub bootstrap_token: Secret,
     /// The token of the Agent's own tunnel, when tunnels are made per Agent.
     pub tunnel_token: Option<Secret>,
+    /// A clone whose slice is copied on its VM: where from.
+    pub clone_from: Option<CloneFromToml>,
 }
 
 /// The first-boot document of an Agent's VM.
@@ -119,6 +121,7 @@ pub fn agent_document(first_boot: &AgentFirstBoot) -> Result<Secret, CloudInitEr
                 .map(|_| TUNNEL_TOKEN_PATH.into()),
             ..CloudflaredToml::default()
         },
+        clone_from: first_boot.clone_from.clone(),
         ..AgentToml::default()
     };
     let agent_toml = config
@@ -371,6 +374,7 @@ pub fn read_agent_document(document: &Secret) -> Result<AgentFirstBoot, CloudIni
         control_url: config.control_url,
         bootstrap_token: Secret(token.clone()),
         tunnel_token: files.get(TUNNEL_TOKEN_PATH).cloned().map(Secret),
+        clone_from: config.clone_from,
     })
 }
 
@@ -389,6 +393,7 @@ mod tests {
             control_url: "https://control.example.test".to_owned(),
             bootstrap_token: Secret("agb_t".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-1".to_owned())),
+            clone_from: None,
         };
         let document = agent_document(&first_boot).unwrap();
         assert!(document.0.starts_with("#cloud-config\n"));
@@ -444,6 +449,7 @@ mod tests {
             control_url: "https://control.example.test".to_owned(),
             bootstrap_token: Secret("agb_u".to_owned()),
             tunnel_token: Some(Secret("t".to_owned())),
+            clone_from: None,
         };
         let files = written_files(&agent_document(&first_boot).unwrap()).unwrap();
         let config: AgentToml = toml::from_str(&files[AGENT_TOML_PATH]).unwrap();
@@ -469,6 +475,7 @@ mod tests {
             control_url: "https://control.example.test".to_owned(),
             bootstrap_token: Secret("agb_v".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-3".to_owned())),
+            clone_from: None,
         }
     }
 

@@ -272,6 +272,7 @@ mod tests {
             control_url: "http://127.0.0.1:9".to_owned(),
             bootstrap_token: Secret("agb_t".to_owned()),
             tunnel_token: None,
+            clone_from: None,
         })
         .unwrap();
         assert!(

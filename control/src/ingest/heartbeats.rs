@@ -152,11 +152,16 @@ impl Ingest {
     }
 }
 
+/// Where a clone's copy stands, if the heartbeat is a clone's: a clone's job waits on it.
+fn clone_state(beat: &Heartbeat) -> Option<control_api::agent::CloneState> {
+    beat.clone.as_ref().map(|report| report.state)
+}
+
 /// What one heartbeat changes in an Agent's live view (`shard` holds it), and which of those
 /// changes must be written at once: the first heartbeat or one from a process started after a
 /// stop of an Agent recorded paused (it may be running), a new boot id, an Agent heard from
-/// again after being judged unhealthy. A tunnel or slice state change is marked urgent for the
-/// next flush.
+/// again after being judged unhealthy. A tunnel, slice or clone state change is marked urgent
+/// for the next flush.
 fn observe(
     shard: &mut HashMap<String, Live>,
     agent_id: &str,
@@ -195,7 +200,8 @@ fn observe(
                     .ignore_before
                     .is_none_or(|before| process_started >= before);
             live.urgent |= live.latest.cloudflared.state != beat.cloudflared.state
-                || live.latest.slice.state != beat.slice.state;
+                || live.latest.slice.state != beat.slice.state
+                || clone_state(&live.latest) != clone_state(&beat);
             live.last_seen = now;
             live.process_started = process_started;
             live.latest = beat;

@@ -226,6 +226,22 @@ impl Ingest {
         self.shards.iter().map(|s| sync::lock(s).len()).sum()
     }
 
+    /// The latest heartbeat of `agent_id` and when it came: this replica's own if it hears
+    /// from the Agent, else what was written behind by the replica that did (its figures may
+    /// be a write period old; its states are written within a second of changing).
+    pub async fn latest(&self, agent_id: &str) -> Result<Option<(i64, Heartbeat)>, StoreError> {
+        if let Some(live) = sync::lock(self.shard(agent_id)).get(agent_id) {
+            return Ok(Some((live.last_seen, live.latest.clone())));
+        }
+        let Some(row) = self.store.read().await?.liveness(agent_id).await? else {
+            return Ok(None);
+        };
+        let beat = serde_json::from_str(&row.report).map_err(|e| {
+            StoreError::Corrupt(format!("agent {agent_id}'s latest heartbeat: {e}"))
+        })?;
+        Ok(Some((row.last_seen_at, beat)))
+    }
+
     fn shard(&self, agent_id: &str) -> &Mutex<HashMap<String, Live>> {
         let mut hasher = self.hasher.build_hasher();
         hasher.write(agent_id.as_bytes());

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use control_api::agent_config::CloneFromToml;
 use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
 use serde_json::Value;
@@ -164,7 +165,15 @@ pub(super) fn server<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
                 server_type: None,
                 location: None,
                 labels: labels.clone(),
-                user_data: Some(first_boot(cx.app, &agent, tunnel_token).await?),
+                user_data: Some(
+                    first_boot(
+                        cx.app,
+                        &agent,
+                        tunnel_token,
+                        super::agent_clone::clone_from(cx)?,
+                    )
+                    .await?,
+                ),
                 firewall_ids: made_before("firewall"),
                 volume_ids: made_before("volume"),
             };
@@ -179,7 +188,8 @@ pub(super) fn running<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// Arms a new single-use bootstrap token (only its hash is stored) and renders the Agent's
-/// first-boot document around it. Called only when no server can exist yet (a first run) or
+/// first-boot document around it (with where a clone copies its slice from, for a clone
+/// whose copy is made on its VM). Called only when no server can exist yet (a first run) or
 /// the lookup by labels found none; the
 /// unused token it replaces stays good beside it, for a server an earlier attempt made that
 /// the lookup could not see yet (the create then conflicts and adopts it). A token a VM has
@@ -188,6 +198,7 @@ async fn first_boot(
     app: &App,
     agent: &AgentRow,
     tunnel_token: Option<Secret>,
+    clone_from: Option<CloneFromToml>,
 ) -> Result<Secret, StepError> {
     let (token, hash) = new_bootstrap_token().map_err(Error::from)?;
     let now = app.clock.now().as_millis();
@@ -217,6 +228,7 @@ async fn first_boot(
         control_url: app.settings.control_url.clone(),
         bootstrap_token: Secret(token),
         tunnel_token,
+        clone_from,
     })
     .map_err(|e| ProviderError::permanent(format!("agent {} user data: {e}", agent.id)).into())
 }

@@ -82,6 +82,11 @@ pub enum StepError {
     /// the job has waited `job_wait_limit` in all.
     #[error("waiting: {reason}")]
     Wait { reason: String, after: Duration },
+    /// Not a failure: work that can take long is seen advancing (a clone's slice being
+    /// copied, reported in its heartbeats). The step runs again after `after` without
+    /// spending an attempt, with no limit: the step itself turns a stall into a `Wait`.
+    #[error("in progress: {reason}")]
+    Progress { reason: String, after: Duration },
 }
 
 impl From<StoreError> for StepError {

@@ -189,14 +189,17 @@ async fn failed(
                 e.retry_after,
                 jitter(),
             );
-            return postpone(app, job, step, &e.to_string(), after).await;
+            return postpone(app, job, step, &format!("waiting: {e}"), after).await;
         }
         StepError::Provider(e) => (e.is_retryable(), e.retry_after),
         StepError::Control(_) => (true, None),
-        StepError::Wait { reason, after } => {
+        StepError::Progress { after, .. } => {
+            return postpone(app, job, step, &error.to_string(), *after).await;
+        }
+        StepError::Wait { after, .. } => {
             let waited = app.clock.now().as_millis() - job.created_at;
             if waited < millis(app.settings.job_wait_limit) {
-                return postpone(app, job, step, reason, *after).await;
+                return postpone(app, job, step, &error.to_string(), *after).await;
             }
             (true, None)
         }
@@ -234,12 +237,13 @@ async fn failed(
     Ok(())
 }
 
-/// Runs the job again after `after`, this run not counted as an attempt.
+/// Runs the job again after `after`, this run not counted as an attempt; `note` (what it
+/// waits for, or how far it got) is the job's message meanwhile.
 async fn postpone(
     app: &App,
     job: &JobRow,
     step: &str,
-    reason: &str,
+    note: &str,
     after: std::time::Duration,
 ) -> Result<()> {
     let mut tx = app.store.write().await?;
@@ -247,7 +251,7 @@ async fn postpone(
         &job.id,
         &app.replica_id,
         app.clock.now().as_millis() + millis(after),
-        &format!("waiting: {reason}"),
+        note,
     )
     .await?;
     tx.commit().await?;
@@ -256,8 +260,8 @@ async fn postpone(
         job_id = %job.id,
         step,
         look_again_in_ms = millis(after),
-        reason,
-        "job step waiting for the provider"
+        note,
+        "job step waiting"
     );
     Ok(())
 }

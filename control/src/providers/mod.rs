@@ -372,6 +372,10 @@ pub struct Volume {
     pub labels: Labels,
     /// The server it is attached to.
     pub server: Option<String>,
+    /// Where the OS of the server it is attached to finds it (Hetzner's `linux_device`,
+    /// `/dev/disk/by-id/scsi-0HC_Volume_<id>`), where the cloud says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[async_trait]
@@ -384,6 +388,13 @@ pub trait Volumes: Send + Sync + Debug {
         page: Option<&str>,
     ) -> Result<Page<Volume>, ProviderError>;
     async fn delete_volume(&self, id: &str) -> Result<(), ProviderError>;
+    /// Attaches the volume to the server (in its location), without mounting it, and returns
+    /// once it is attached. Succeeds if it is attached there already; a volume attached to
+    /// another server is a `Conflict`.
+    async fn attach_volume(&self, id: &str, server_id: &str) -> Result<(), ProviderError>;
+    /// Detaches the volume from its server and returns once it is detached. Succeeds if it is
+    /// attached to none.
+    async fn detach_volume(&self, id: &str) -> Result<(), ProviderError>;
 }
 
 /// Copying an Agent's slice (`/data/home-coder`) into a new Agent's, on a cloud that can do

@@ -19,6 +19,9 @@ use control_api::Timestamp;
 use control_api::accounts::CreateToken;
 use serde_json::{Value, json};
 use test_support::TestDb;
+use test_support::ledger::{
+    self as checker, Day, Lifetime, Period, Resource, RolledUp, Snapshot, Usage,
+};
 use tower::ServiceExt;
 
 /// Where every test's clock starts: a Friday morning, UTC.
@@ -289,6 +292,61 @@ impl Harness {
         assert_eq!(agent.status, 202, "{:#}", agent.body);
         self.run_jobs().await;
         agent.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Rolls up, reads the whole ledger and checks the invariants on it.
+    pub async fn ledger_holds(&self, context: &str) {
+        control::ledger::rollup(&self.app.store, self.now())
+            .await
+            .unwrap();
+        let mut tx = self.app.store.read().await.unwrap();
+        let lifetimes = tx
+            .agents(None, None, true, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| Lifetime {
+                resource: Resource::agent(&a.id),
+                provisioned_at: a.provisioned_at,
+                destroyed_at: a.destroyed_at,
+            })
+            .collect();
+        let periods = tx
+            .periods_overlapping(i64::MIN, i64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| Period {
+                resource: Resource::new(p.resource_kind.into(), &p.resource_id),
+                account: p.account_id,
+                state: p.state.into(),
+                started_at: p.started_at,
+                ended_at: p.ended_at,
+            })
+            .collect();
+        let usage = tx
+            .usage(None, "0000-01-01", "9999-12-31")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| Usage {
+                day: Day::parse(&r.day).unwrap(),
+                resource: Resource::new(r.resource_kind.into(), &r.resource_id),
+                account: r.account_id,
+                running_s: r.running_s,
+                paused_s: r.paused_s,
+            })
+            .collect();
+        let rolled_up = tx.rollup_state().await.unwrap().ran_at.map(RolledUp::at);
+        let snapshot = Snapshot {
+            lifetimes,
+            periods,
+            usage,
+            transfers: Vec::new(),
+            rolled_up,
+            settled: Some(self.now().as_millis()),
+        };
+        checker::assert_none(&checker::check(&snapshot, None), context);
     }
 
     pub async fn snapshot(&self) -> String {

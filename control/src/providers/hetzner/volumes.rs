@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::wire;
 use super::{Hetzner, list_query, numeric, page};
-use crate::providers::{Labels, Page, ProviderError, Volume, VolumeSpec, Volumes};
+use crate::providers::{ErrorKind, Labels, Page, ProviderError, Volume, VolumeSpec, Volumes};
 
 fn volume(found: wire::Volume) -> Volume {
     Volume {
@@ -20,6 +20,7 @@ fn volume(found: wire::Volume) -> Volume {
             .unwrap_or_default(),
         labels: found.labels,
         server: found.server.map(|s| s.to_string()),
+        device: found.linux_device,
     }
 }
 
@@ -62,5 +63,53 @@ impl Volumes for Hetzner {
     async fn delete_volume(&self, id: &str) -> Result<(), ProviderError> {
         let id = numeric(id, "volume")?;
         self.delete(&format!("/volumes/{id}")).await
+    }
+
+    async fn attach_volume(&self, id: &str, server_id: &str) -> Result<(), ProviderError> {
+        let found = self
+            .get_volume(id)
+            .await?
+            .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
+        match found.server.as_deref() {
+            Some(on) if on == server_id => return Ok(()),
+            Some(on) => {
+                return Err(ProviderError::new(
+                    ErrorKind::Conflict,
+                    format!("volume {id} is attached to server {on}, not {server_id}"),
+                ));
+            }
+            None => {}
+        }
+        let volume = numeric(id, "volume")?;
+        let server = numeric(server_id, "server")?;
+        let started: wire::OneAction = self
+            .send(
+                Method::POST,
+                &format!("/volumes/{volume}/actions/attach"),
+                &json!({"server": server, "automount": false}),
+            )
+            .await?;
+        self.wait_actions(&[started.action.id]).await
+    }
+
+    async fn detach_volume(&self, id: &str) -> Result<(), ProviderError> {
+        let found = self
+            .get_volume(id)
+            .await?
+            .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
+        if found.server.is_none() {
+            return Ok(());
+        }
+        let volume = numeric(id, "volume")?;
+        let started: wire::OneAction = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/volumes/{volume}/actions/detach"),
+                None,
+            )
+            .await?
+            .json()?;
+        self.wait_actions(&[started.action.id]).await
     }
 }

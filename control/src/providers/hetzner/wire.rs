@@ -208,6 +208,8 @@ pub(super) struct Volume {
     pub(super) labels: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) server: Option<i64>,
+    #[serde(default)]
+    pub(super) linux_device: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -380,6 +380,7 @@ pub(super) mod tests {
                     control_url: "http://127.0.0.1:9".to_owned(),
                     bootstrap_token: Secret("agb_token".to_owned()),
                     tunnel_token: None,
+                    clone_from: None,
                 })
                 .unwrap(),
             ),
@@ -534,6 +535,7 @@ pub(super) mod tests {
             control_url: "http://127.0.0.1:9".to_owned(),
             bootstrap_token: Secret("agb_token".to_owned()),
             tunnel_token: Some(Secret("tunnel-token-of-agt-1".to_owned())),
+            clone_from: None,
         };
         let document = cloud_init::agent_document(&first_boot).unwrap();
         let vm_dir = dir.path().join("agt_1");

@@ -8,9 +8,9 @@
 //! timestamps,links,xattr`: symlinks are copied as symlinks and never followed (so nothing
 //! outside the tree is read), hard links inside the tree stay one inode, and a failure to keep
 //! an extended attribute is an error rather than a silent loss (which `--preserve=all` would
-//! allow). `cp` is what the image's own copy (a cloud's clone, made on the VM) uses too, and it
-//! already handles what a hand-written walk would have to: sparse files, FIFOs and device
-//! nodes, directory times set after their contents, hard-link groups across the tree.
+//! allow). It already handles sparse files, FIFOs and device nodes, directory times set after
+//! their contents and hard-link groups across the tree. (A cloud's clone made on the VM uses
+//! `vm-agent clone-slice`'s own walk instead, which reports its progress as it goes.)
 //!
 //! A copy is made into `<to>.partial` and renamed to `<to>` when complete, so a copy killed
 //! halfway is thrown away and made again, never completed on top of itself. It must never

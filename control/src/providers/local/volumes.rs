@@ -23,6 +23,7 @@ impl Volumes for LocalProvider {
                     size_gb: spec.size_gb,
                     labels: spec.labels.clone(),
                     server: None,
+                    device: None,
                 };
                 Ok((Write::Put(volume.id.clone(), volume.clone()), volume))
             })
@@ -70,6 +71,45 @@ impl Volumes for LocalProvider {
             }
         }
         Ok(())
+    }
+
+    /// Records the volume on the server: its directory is the slice of the server's VMs
+    /// only when they are made (the local provider lends no volume to a running VM).
+    async fn attach_volume(&self, id: &str, server_id: &str) -> Result<(), ProviderError> {
+        self.cloud
+            .volumes
+            .change(|all| {
+                let mut volume = all
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
+                match volume.server.as_deref() {
+                    Some(on) if on == server_id => {}
+                    Some(on) => {
+                        return Err(ProviderError::new(
+                            crate::providers::ErrorKind::Conflict,
+                            format!("volume {id} is attached to server {on}"),
+                        ));
+                    }
+                    None => volume.server = Some(server_id.to_owned()),
+                }
+                Ok((Write::Put(id.to_owned(), volume), ()))
+            })
+            .await
+    }
+
+    async fn detach_volume(&self, id: &str) -> Result<(), ProviderError> {
+        self.cloud
+            .volumes
+            .change(|all| {
+                let mut volume = all
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
+                volume.server = None;
+                Ok((Write::Put(id.to_owned(), volume), ()))
+            })
+            .await
     }
 }
 
