@@ -724,3 +724,46 @@ fn the_clone_unit_file_passes_systemd_analyze_verify() {
         "systemd-analyze verify:\n{stderr}"
     );
 }
+
+/// Killed after the copy was finished and synced but before it was moved in: the next run only
+/// moves it in, and what had been written into the slice meanwhile is kept beside it.
+#[test]
+fn a_finished_copy_is_moved_in_after_a_crash_and_a_written_slice_is_kept() {
+    if !is_root() {
+        return;
+    }
+    let rig = CloneRig::new();
+    let staging = rig.volume().join(".vm-agent-clone-staging");
+    std::fs::create_dir_all(staging.join("project")).unwrap();
+    std::fs::write(staging.join("project/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(rig.slice().join("early.txt"), "written during the copy").unwrap();
+    let record = serde_json::json!({
+        "source_agent": SOURCE, "state": "copying", "files_done": 2, "files_total": 2,
+        "bytes_done": 13, "bytes_total": 13, "from": "directory /gone", "staged": true,
+    });
+    std::fs::write(
+        rig.volume().join(".vm-agent-clone.json"),
+        record.to_string(),
+    )
+    .unwrap();
+    // The source is gone by now: a staged copy does not need it.
+    let config = rig.directory_config(Path::new("/nonexistent/source-volume"));
+    let output = CloneRig::run(&config);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("home-coder.before-clone"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(rig.record()["state"], "done");
+    assert_eq!(rig.record()["files_done"], 2);
+    assert_eq!(
+        std::fs::read_to_string(rig.slice().join("project/main.rs")).unwrap(),
+        "fn main() {}\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.volume().join("home-coder.before-clone/early.txt")).unwrap(),
+        "written during the copy"
+    );
+    assert!(!staging.exists());
+}
