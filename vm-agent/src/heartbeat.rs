@@ -96,6 +96,8 @@ struct Sender {
     host: Host,
     failures: u32,
     log_again: Every,
+    /// A corrupt clone progress file was logged (once).
+    clone_warned: bool,
 }
 
 async fn run(
@@ -127,6 +129,7 @@ async fn run(
         host: Host::new(),
         failures: 0,
         log_again: Every::default(),
+        clone_warned: false,
         config,
     };
     let mut interval = sender.config.heartbeat.interval;
@@ -279,8 +282,9 @@ impl Sender {
             },
             slice: inputs.slice.borrow().report.clone(),
             host: self.host.sample(),
-            // Filled in by the clone's progress once vm-agent reads it.
-            clone: None,
+            clone: self.config.clone_from.as_ref().map(|clone| {
+                crate::clone::record::report(&self.config.slice, clone, &mut self.clone_warned)
+            }),
         }
     }
 

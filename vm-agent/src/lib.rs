@@ -2,11 +2,13 @@
 //!
 //! It supervises `cloudflared` (the VM's only way in), guards the persistent slice
 //! `/data/home-coder`, reports to control with heartbeats and logs for support engineers. It
-//! depends on control only through the wire types of `control-api`.
+//! depends on control only through the wire types of `control-api`. On a clone's first boot,
+//! `vm-agent clone-slice` copies the source Agent's slice into this VM's (see [`clone`]).
 
 pub mod agent;
 pub mod backoff;
 pub mod clock;
+pub mod clone;
 pub mod config;
 pub mod heartbeat;
 pub mod logging;

@@ -1,7 +1,8 @@
 //! Logs: to journald when the agent runs under systemd (structured fields), to stderr
 //! otherwise. INFO by default.
 //!
-//! Every line carries `COMPONENT` (agent, supervisor, cloudflared, slice, heartbeat, status),
+//! Every line carries `COMPONENT` (agent, supervisor, cloudflared, slice, heartbeat, status,
+//! clone),
 //! and under journald `AGENT_ID` and `IMAGE_VERSION` too. The events a support engineer looks
 //! for have a stable `MESSAGE_ID` ([`ids`]), so `journalctl MESSAGE_ID=<id>` finds them on any
 //! VM and any release. Secrets never reach a log line: tokens are not passed to any logging
@@ -34,6 +35,12 @@ pub mod ids {
     pub const CONTROL_UNREACHABLE: &str = "9a1b2c3d4e5f46a7b8c9d0e1f2a3b4c5";
     /// Heartbeats to control succeed again.
     pub const CONTROL_REACHABLE: &str = "6f5e4d3c2b1a40f9e8d7c6b5a4f3e2d1";
+    /// `clone-slice` starts copying a source Agent's slice (it says from where).
+    pub const CLONE_STARTED: &str = "3eaaab4de549478b8f4f4500a735b838";
+    /// `clone-slice` finished: the slice holds the copy, the source volume is no longer used.
+    pub const CLONE_DONE: &str = "c955515b78c94176808df436d809d392";
+    /// `clone-slice` failed (the line says what and on which path); it is not retried.
+    pub const CLONE_FAILED: &str = "e934420fc75a42a1991940aca81dbe3d";
 }
 
 /// Logs an event with its component and, optionally, message id.
@@ -218,6 +225,9 @@ mod tests {
             ids::SLICE_BACK,
             ids::CONTROL_UNREACHABLE,
             ids::CONTROL_REACHABLE,
+            ids::CLONE_STARTED,
+            ids::CLONE_DONE,
+            ids::CLONE_FAILED,
         ];
         for id in all {
             assert!(

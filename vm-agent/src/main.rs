@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vm_agent::config::{Config, DEFAULT_PATH, Source};
-use vm_agent::{agent, logging, status};
+use vm_agent::{agent, clone, logging, status};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +22,15 @@ struct Cli {
 enum Command {
     /// Run the agent (under systemd: Type=notify).
     Run {
+        #[arg(long, default_value = DEFAULT_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// On a clone (`[clone_from]`): copy the source Agent's slice into this VM's, once.
+    ///
+    /// Runs as root in its own unit (vm-agent-clone.service). Waits for the slice's volume and
+    /// the source, reports its progress in `<volume>/.vm-agent-clone.json`; exit 0 when done
+    /// (or nothing to do), 1 when it failed.
+    CloneSlice {
         #[arg(long, default_value = DEFAULT_PATH, value_name = "FILE")]
         config: PathBuf,
     },
@@ -67,8 +76,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config: path } => match load(&path) {
             Ok(config) => {
+                let clone = config
+                    .clone_from
+                    .as_ref()
+                    .map(|c| format!(", clone of {} from {}", c.source_agent, c.source))
+                    .unwrap_or_default();
                 println!(
-                    "{}: ok (agent {}, control {}, cloudflared {}, slice {})",
+                    "{}: ok (agent {}, control {}, cloudflared {}, slice {}{clone})",
                     path.display(),
                     config.agent_id,
                     config.control_url,
@@ -93,6 +107,14 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::CloneSlice { config } => {
+            let config = match load(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            logging::init(config.log_level, &config.agent_id, &config.image_version);
+            ExitCode::from(clone::clone_slice(&config))
         }
         Command::Status {
             socket,

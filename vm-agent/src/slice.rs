@@ -136,18 +136,7 @@ fn counters(path: &Path) -> Option<Counters> {
 /// mounts the volume at `/data`), never the root file system. Among the mounts that hold the
 /// path the deepest one is where it lives; for one mount point, the last entry is on top.
 fn volume<'a>(table: &'a [Mount], path: &Path) -> Result<&'a Mount, String> {
-    let holder = table
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| path.starts_with(&m.mount_point))
-        .max_by_key(|(i, m)| (m.mount_point.components().count(), *i))
-        .map(|(_, m)| m);
-    let Some(mount) = holder.filter(|m| m.mount_point != Path::new("/")) else {
-        return Err(format!(
-            "{} is not on a mounted volume: the persistent volume is not mounted",
-            path.display()
-        ));
-    };
+    let mount = holder(table, path)?;
     if !path.exists() {
         return Err(format!(
             "{} does not exist on the volume mounted at {}",
@@ -156,6 +145,36 @@ fn volume<'a>(table: &'a [Mount], path: &Path) -> Result<&'a Mount, String> {
         ));
     }
     Ok(mount)
+}
+
+/// The deepest mount holding `path`, unless that is the root file system.
+fn holder<'a>(table: &'a [Mount], path: &Path) -> Result<&'a Mount, String> {
+    table
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.mount_point))
+        .max_by_key(|(i, m)| (m.mount_point.components().count(), *i))
+        .map(|(_, m)| m)
+        .filter(|m| m.mount_point != Path::new("/"))
+        .ok_or_else(|| {
+            format!(
+                "{} is not on a mounted volume: the persistent volume is not mounted",
+                path.display()
+            )
+        })
+}
+
+/// Where the slice's volume is mounted (`/data` for `/data/home-coder`), read from the
+/// configured mount table; an error saying why when it is not mounted. Unlike [`check`] it
+/// does not need the slice directory itself to exist.
+pub fn volume_mount_point(config: &Slice) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(&config.mountinfo).map_err(|e| {
+        format!(
+            "cannot read the mount table {}: {e}",
+            config.mountinfo.display()
+        )
+    })?;
+    holder(&parse_mountinfo(&text), &config.path).map(|m| m.mount_point.clone())
 }
 
 fn inspect(config: &Slice) -> (SliceState, String, Option<Counters>) {

@@ -259,6 +259,31 @@ pub struct Heartbeat {
     pub backoff_max: Duration,
 }
 
+/// Where a clone's source slice comes from (`[clone_from]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloneSource {
+    /// The source's volume, mounted read-only by `vm-agent clone-slice`.
+    Device(PathBuf),
+    /// A directory where the source volume's root is already mounted.
+    Directory(PathBuf),
+}
+
+impl fmt::Display for CloneSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Device(path) => write!(f, "device {}", path.display()),
+            Self::Directory(path) => write!(f, "directory {}", path.display()),
+        }
+    }
+}
+
+/// `[clone_from]`: this Agent is a clone whose slice starts as a copy of `source_agent`'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneFrom {
+    pub source_agent: String,
+    pub source: CloneSource,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -272,6 +297,8 @@ pub struct Config {
     pub cloudflared: Cloudflared,
     pub slice: Slice,
     pub heartbeat: Heartbeat,
+    /// Only on a clone whose slice is copied on the VM.
+    pub clone_from: Option<CloneFrom>,
 }
 
 impl Config {
@@ -341,13 +368,14 @@ fn insert(table: &mut toml::Table, path: &[String], value: String) {
 
 #[cfg(test)]
 mod tests {
-    use control_api::agent_config::{CloudflaredToml, HeartbeatToml, SliceToml};
+    use control_api::agent_config::{CloneFromToml, CloudflaredToml, HeartbeatToml, SliceToml};
 
     use super::*;
 
     /// The file control writes, through the type it writes it with, is the configuration
     /// vm-agent runs with: every key written is read, none is lost or renamed on the way.
     #[test]
+    #[allow(clippy::too_many_lines)] // every key, as written and as read
     fn a_written_agent_toml_loads_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
@@ -394,7 +422,11 @@ mod tests {
                 timeout_s: Some(2),
                 backoff_max_s: Some(12),
             },
-            clone_from: None,
+            clone_from: Some(CloneFromToml {
+                source_agent: "agt_01JDQ6SOURCE0000000000000".to_owned(),
+                device: Some(PathBuf::from("/dev/disk/by-id/scsi-0HC_Volume_123")),
+                directory: None,
+            }),
         };
         let source = Source {
             file: Some((path("agent.toml"), file.to_toml().unwrap())),
@@ -440,6 +472,12 @@ mod tests {
                     timeout: Duration::from_secs(2),
                     backoff_max: Duration::from_secs(12),
                 },
+                clone_from: Some(CloneFrom {
+                    source_agent: "agt_01JDQ6SOURCE0000000000000".to_owned(),
+                    source: CloneSource::Device(PathBuf::from(
+                        "/dev/disk/by-id/scsi-0HC_Volume_123"
+                    )),
+                }),
             }
         );
     }

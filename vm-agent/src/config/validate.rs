@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use control_api::agent_config::AgentToml;
+use control_api::agent_config::{AgentToml, CloneFromToml};
 
 use super::{
-    Cloudflared, Config, ConfigError, Heartbeat, Slice, Source, TUNNEL_TOKEN_ENV, TunnelToken,
+    CloneFrom, CloneSource, Cloudflared, Config, ConfigError, Heartbeat, Slice, Source,
+    TUNNEL_TOKEN_ENV, TunnelToken,
 };
 
 fn positive(
@@ -280,5 +281,52 @@ pub(super) fn validate(
         cloudflared,
         slice,
         heartbeat,
+        clone_from: raw.clone_from.map(|c| clone_from(c, fail)).transpose()?,
+    })
+}
+
+/// `[clone_from]`: the source Agent, and exactly one of its volume's device or a directory
+/// where that volume is mounted, as an absolute path. The paths need not exist yet: the
+/// source's volume is attached to a clone only after it has booted.
+fn clone_from(
+    raw: CloneFromToml,
+    fail: &impl Fn(&str, String) -> ConfigError,
+) -> Result<CloneFrom, ConfigError> {
+    let agent = raw.source_agent.trim();
+    if agent.is_empty() || agent.len() > 128 || agent.chars().any(char::is_control) {
+        return Err(fail(
+            "clone_from.source_agent",
+            "must name the source Agent (1 to 128 printable characters)".to_owned(),
+        ));
+    }
+    let source = match (raw.device, raw.directory) {
+        (Some(device), None) => CloneSource::Device(device),
+        (None, Some(directory)) => CloneSource::Directory(directory),
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                "clone_from",
+                "sets both `device` and `directory`: give exactly one (the source volume's device, or the directory where it is mounted)".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(fail(
+                "clone_from",
+                "sets neither `device` nor `directory`: give exactly one (the source volume's device, or the directory where it is mounted)".to_owned(),
+            ));
+        }
+    };
+    let (key, path) = match &source {
+        CloneSource::Device(path) => ("clone_from.device", path),
+        CloneSource::Directory(path) => ("clone_from.directory", path),
+    };
+    if !path.is_absolute() {
+        return Err(fail(
+            key,
+            format!("must be an absolute path, not `{}`", path.display()),
+        ));
+    }
+    Ok(CloneFrom {
+        source_agent: agent.to_owned(),
+        source,
     })
 }
