@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use test_support::ledger as checker;
 use test_support::{Daemon, workspace_bin};
 
 /// The repository's root directory.
@@ -276,4 +277,39 @@ impl Drop for KillVmsOnDrop {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
+}
+
+/// An API timestamp (RFC 3339) in milliseconds since the epoch.
+pub fn millis(text: &Value) -> Option<i64> {
+    let parsed = time::OffsetDateTime::parse(
+        text.as_str()?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The periods of the Agents as the API shows them, checked for tiling and attribution by the
+/// shared ledger checker.
+pub async fn ledger_holds(op: &Api, agents: &[&str], context: &str) {
+    let mut snapshot = checker::Snapshot::default();
+    for id in agents {
+        let v = op.get(&format!("/api/agents/{id}")).await;
+        snapshot.lifetimes.push(checker::Lifetime {
+            resource: checker::Resource::agent(id),
+            provisioned_at: millis(&v["provisioned_at"]).unwrap(),
+            destroyed_at: millis(&v["destroyed_at"]),
+        });
+        let timeline = op.get(&format!("/api/agents/{id}/timeline")).await;
+        for p in timeline["periods"].as_array().unwrap() {
+            snapshot.periods.push(checker::Period {
+                resource: checker::Resource::agent(id),
+                account: p["account_id"].as_str().unwrap().to_owned(),
+                state: checker::State::parse(p["state"].as_str().unwrap()).unwrap(),
+                started_at: millis(&p["started_at"]).unwrap(),
+                ended_at: millis(&p["ended_at"]),
+            });
+        }
+    }
+    checker::assert_none(&checker::check(&snapshot, None), context);
 }

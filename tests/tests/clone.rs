@@ -15,10 +15,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, eventually, start_control, vm_agents, write_control_config};
+use e2e::{
+    Api, KillVmsOnDrop, eventually, ledger_holds, millis, start_control, vm_agents,
+    write_control_config,
+};
 use serde_json::{Value, json};
 use sha2::Digest;
-use test_support::ledger::{self as checker, Lifetime, Period, Resource, Snapshot, State};
 use test_support::{TestDb, free_port};
 
 const WITHIN: Duration = Duration::from_mins(1);
@@ -173,39 +175,6 @@ async fn wait_running(api: &Api, id: &str) {
     .await;
 }
 
-fn millis(text: &Value) -> Option<i64> {
-    let parsed = time::OffsetDateTime::parse(
-        text.as_str()?,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// The periods of the Agents as the API shows them, checked for tiling and attribution.
-async fn ledger_holds(op: &Api, agents: &[&str]) {
-    let mut snapshot = Snapshot::default();
-    for id in agents {
-        let v = view(op, id).await;
-        snapshot.lifetimes.push(Lifetime {
-            resource: Resource::agent(id),
-            provisioned_at: millis(&v["provisioned_at"]).unwrap(),
-            destroyed_at: millis(&v["destroyed_at"]),
-        });
-        let timeline = op.get(&format!("/api/agents/{id}/timeline")).await;
-        for p in timeline["periods"].as_array().unwrap() {
-            snapshot.periods.push(Period {
-                resource: Resource::agent(id),
-                account: p["account_id"].as_str().unwrap().to_owned(),
-                state: State::parse(p["state"].as_str().unwrap()).unwrap(),
-                started_at: millis(&p["started_at"]).unwrap(),
-                ended_at: millis(&p["ended_at"]),
-            });
-        }
-    }
-    checker::assert_none(&checker::check(&snapshot, None), "after cloning");
-}
-
 async fn clone_events(op: &Api, id: &str) -> Vec<Value> {
     op.get(&format!("/api/audit?resource_id={id}")).await["items"]
         .as_array()
@@ -339,7 +308,7 @@ async fn clones_keep_the_slice(db: Option<TestDb>) {
     );
     assert_eq!(walk(&slice_of(&data, &source)), before);
 
-    ledger_holds(&op, &[&source, &clone, &second]).await;
+    ledger_holds(&op, &[&source, &clone, &second], "after cloning").await;
     let (status, log) = replica.daemon.stop();
     assert!(status.success(), "{log}");
 }

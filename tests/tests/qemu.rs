@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control};
+use e2e::{
+    Api, KillVmsOnDrop, Replica, eventually, ledger_holds, processes_under, start_control,
+};
 use serde_json::{Value, json};
 use test_support::{free_port, have_program, skip, workspace_bin};
 
@@ -293,8 +295,9 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         "placed before the restart\n"
     );
 
-    // Clone it (stopped, so it stays stopped): the clone boots the current release with a copy
-    // of the slice, equal to the source's in every name, mode, owner, link, xattr and byte.
+    // Clone it while it runs: the job shuts it down for a consistent copy (ACPI), copies its
+    // slice disk, and powers it on again; the clone boots the current release with a copy
+    // equal to the source's in every name, mode, owner, link, xattr and byte.
     let edit = |request: &str| {
         let output = Command::new("debugfs")
             .args(["-w", "-R", request])
@@ -310,6 +313,9 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     edit("sif /home-coder/marker links_count 2");
     let source_tree = tree(&slice, "/home-coder");
     assert!(source_tree.len() >= 4, "{source_tree:#?}");
+    acme.post(&format!("/api/agents/{id}/start"), json!({}))
+        .await;
+    let boot_before_clone = heartbeating(&control, &id, "mounted").await["boot_id"].clone();
     let accepted = acme
         .post(
             &format!("/api/agents/{id}/clone"),
@@ -321,12 +327,27 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     let view = agent(op, &clone).await;
     assert_eq!(view["image"]["image_id"], image["id"], "{view:#}");
     assert_eq!(view["account_id"], account, "{view:#}");
-    acme.post(&format!("/api/agents/{clone}/stop"), json!({}))
-        .await;
-    eventually("the clone's stop", BOOT, || async {
-        agent(op, &clone).await["state"] == "paused"
+    // The source is back as it was: running, from a new boot, its slice mounted.
+    eventually("the source running again after the copy", BOOT, || async {
+        let source = agent(op, &id).await;
+        source["state"] == "running"
+            && source["operation"].is_null()
+            && source["cloning_to"].is_null()
+            && control.heartbeat(&id).is_some_and(|beat| {
+                beat["boot_id"] != boot_before_clone && beat["slice"]["state"] == "mounted"
+            })
     })
     .await;
+    for stopped in [&clone, &id] {
+        acme.post(&format!("/api/agents/{stopped}/stop"), json!({}))
+            .await;
+    }
+    for stopped in [&clone, &id] {
+        eventually("the stops after the clone", BOOT, || async {
+            agent(op, stopped).await["state"] == "paused"
+        })
+        .await;
+    }
     let clone_slice = control.vm_dir(&clone).join("slice.raw");
     assert_eq!(tree(&clone_slice, "/home-coder"), source_tree);
     assert_eq!(
@@ -334,11 +355,7 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         source_tree,
         "the source's slice is unchanged"
     );
-    assert_eq!(
-        agent(op, &id).await["state"],
-        "paused",
-        "the source stays stopped"
-    );
+    ledger_holds(op, &[&id, &clone], "after a clone on qemu").await;
 
     // Without its slice disk (a volume gone): the heartbeat says so, and nothing of the
     // workspace lands on the root disk.
