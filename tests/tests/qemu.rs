@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{
-    Api, KillVmsOnDrop, Replica, eventually, ledger_holds, processes_under, start_control,
-};
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, ledger_holds, processes_under, start_control};
 use serde_json::{Value, json};
 use test_support::{free_port, have_program, skip, workspace_bin};
 

@@ -682,46 +682,18 @@ fn heartbeats_report_the_clone_from_its_progress_file() {
 
 #[test]
 fn the_clone_unit_file_passes_systemd_analyze_verify() {
-    if !have_program("systemd-analyze") {
-        return;
-    }
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/vm-agent-clone.service"
-    ))
-    .unwrap();
-    for required in [
-        "clone-slice --config /etc/vm-agent/agent.toml",
-        "Restart=on-abnormal",
-        "PrivateDevices=no",
-        "ProtectSystem=strict",
-        "ReadWritePaths=-/data",
-        "RuntimeDirectory=vm-agent-clone",
-        "NoNewPrivileges=yes",
-        "CAP_SYS_ADMIN",
-    ] {
-        assert!(unit.contains(required), "the unit lacks {required}");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vm-agent-clone.service");
-    let installed = unit.replace(
-        "/usr/local/bin/vm-agent",
-        &workspace_bin("vm-agent").display().to_string(),
-    );
-    std::fs::write(&path, installed).unwrap();
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let complaints: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("vm-agent-clone.service"))
-        .collect();
-    assert!(
-        output.status.success() && complaints.is_empty(),
-        "systemd-analyze verify:\n{stderr}"
+    common::verify_unit(
+        "vm-agent-clone.service",
+        &[
+            "clone-slice --config /etc/vm-agent/agent.toml",
+            "Restart=on-abnormal",
+            "PrivateDevices=no",
+            "ProtectSystem=strict",
+            "ReadWritePaths=-/data",
+            "RuntimeDirectory=vm-agent-clone",
+            "NoNewPrivileges=yes",
+            "CAP_SYS_ADMIN",
+        ],
     );
 }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Rig, eventually};
-use test_support::{have_program, workspace_bin};
+use test_support::workspace_bin;
 
 #[test]
 fn status_shows_a_support_engineer_what_is_going_on() {
@@ -71,45 +71,16 @@ fn status_shows_a_support_engineer_what_is_going_on() {
 
 #[test]
 fn the_unit_file_passes_systemd_analyze_verify() {
-    if !have_program("systemd-analyze") {
-        return;
-    }
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/vm-agent.service"
-    ))
-    .unwrap();
-    for required in [
-        "Type=notify",
-        "WatchdogSec=",
-        "Restart=always",
-        "StartLimitIntervalSec=0",
-        "OOMScoreAdjust=",
-        "MemoryMax=",
-        "NoNewPrivileges=yes",
-    ] {
-        assert!(unit.contains(required), "the unit lacks {required}");
-    }
-    // Verify it as installed, with ExecStart pointing at this build's binary.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vm-agent.service");
-    let installed = unit.replace(
-        "/usr/local/bin/vm-agent",
-        &workspace_bin("vm-agent").display().to_string(),
-    );
-    std::fs::write(&path, installed).unwrap();
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let complaints: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("vm-agent.service"))
-        .collect();
-    assert!(
-        output.status.success() && complaints.is_empty(),
-        "systemd-analyze verify:\n{stderr}"
+    common::verify_unit(
+        "vm-agent.service",
+        &[
+            "Type=notify",
+            "WatchdogSec=",
+            "Restart=always",
+            "StartLimitIntervalSec=0",
+            "OOMScoreAdjust=",
+            "MemoryMax=",
+            "NoNewPrivileges=yes",
+        ],
     );
 }

@@ -240,3 +240,39 @@ impl Rig {
 pub fn eventually(agent: &Daemon, what: &str, within: Duration, condition: impl FnMut() -> bool) {
     agent.wait_until(what, within, condition);
 }
+
+/// Checks the unit file `vm-agent/systemd/<name>` holds each of `required` and, installed with
+/// `ExecStart` pointing at this build's binary, passes `systemd-analyze verify` (skipped without
+/// systemd-analyze).
+pub fn verify_unit(name: &str, required: &[&str]) {
+    if !test_support::have_program("systemd-analyze") {
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(name),
+    )
+    .unwrap();
+    for required in required {
+        assert!(unit.contains(required), "{name} lacks {required}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let installed = unit.replace(
+        "/usr/local/bin/vm-agent",
+        &workspace_bin("vm-agent").display().to_string(),
+    );
+    std::fs::write(&path, installed).unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
+    assert!(
+        output.status.success() && complaints.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+}

@@ -76,29 +76,36 @@ impl Volumes for LocalProvider {
     /// Records the volume on the server: its directory is the slice of the server's VMs
     /// only when they are made (the local provider lends no volume to a running VM).
     async fn attach_volume(&self, id: &str, server_id: &str) -> Result<(), ProviderError> {
-        self.cloud
-            .volumes
-            .change(|all| {
-                let mut volume = all
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
-                match volume.server.as_deref() {
-                    Some(on) if on == server_id => {}
-                    Some(on) => {
-                        return Err(ProviderError::new(
-                            crate::providers::ErrorKind::Conflict,
-                            format!("volume {id} is attached to server {on}"),
-                        ));
-                    }
-                    None => volume.server = Some(server_id.to_owned()),
-                }
-                Ok((Write::Put(id.to_owned(), volume), ()))
-            })
-            .await
+        self.change_volume(id, |volume| match volume.server.as_deref() {
+            Some(on) if on == server_id => Ok(()),
+            Some(on) => Err(ProviderError::new(
+                crate::providers::ErrorKind::Conflict,
+                format!("volume {id} is attached to server {on}"),
+            )),
+            None => {
+                volume.server = Some(server_id.to_owned());
+                Ok(())
+            }
+        })
+        .await
     }
 
     async fn detach_volume(&self, id: &str) -> Result<(), ProviderError> {
+        self.change_volume(id, |volume| {
+            volume.server = None;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl LocalProvider {
+    /// Changes the record of volume `id` as `change` says, unless it refuses.
+    async fn change_volume(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Volume) -> Result<(), ProviderError>,
+    ) -> Result<(), ProviderError> {
         self.cloud
             .volumes
             .change(|all| {
@@ -106,7 +113,7 @@ impl Volumes for LocalProvider {
                     .get(id)
                     .cloned()
                     .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
-                volume.server = None;
+                change(&mut volume)?;
                 Ok((Write::Put(id.to_owned(), volume), ()))
             })
             .await
