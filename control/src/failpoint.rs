@@ -4,7 +4,10 @@
 //! outside those tests) a failpoint costs one atomic load.
 //!
 //! The windows: `local-vm-recorded` (a local VM's record is written, its vm-agent not yet
-//! started) and `local-agent-spawned` (its vm-agent started, the process not yet recorded).
+//! started), `local-agent-spawned` (its vm-agent started, the process not yet recorded), and
+//! `job-step:<step>` for every step of every job (the step has acted, its output is not yet
+//! recorded: the next run does it again, as after any crash there; `undo:<step>` for an undo
+//! step).
 
 use std::sync::OnceLock;
 use std::time::Duration;

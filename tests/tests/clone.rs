@@ -5,7 +5,9 @@
 //! clone's slice must equal the source's (paths, types, modes, owners, sizes, contents, link
 //! targets, hard-link groups, xattrs, file times), the source must be running again with its
 //! slice unchanged, both Agents carry `agent.clone`, and the ledger invariants hold for both.
-//! A stopped source cloned stays stopped.
+//! A stopped source cloned stays stopped. And control killed inside the clone's crash windows
+//! (the copy made, or the source powered on again, but not recorded) finishes the clone once
+//! restarted, with one copy and one vm-agent each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // a failed unwrap is a failed test
 #![allow(clippy::disallowed_methods)] // the test compares with the wall clock the binaries use
@@ -16,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::{
-    Api, KillVmsOnDrop, eventually, ledger_holds, millis, start_control, vm_agents,
-    write_control_config,
+    Api, KillVmsOnDrop, eventually, ledger_holds, millis, start_control, start_control_with,
+    vm_agents, write_control_config,
 };
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -154,6 +156,15 @@ fn fill(slice: &Path) -> bool {
         test_support::skip("files of other owners need root");
     }
     xattr.is_ok()
+}
+
+/// Nothing of the copies is left beside the VMs once their clones took them.
+fn no_copy_left(data: &Path) {
+    let seeds = data.join("local-vms/.slice-seeds");
+    let left: Vec<_> = std::fs::read_dir(&seeds)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "copies left over: {left:?}");
 }
 
 fn slice_of(data: &Path, agent: &str) -> PathBuf {
@@ -308,9 +319,91 @@ async fn clones_keep_the_slice(db: Option<TestDb>) {
     );
     assert_eq!(walk(&slice_of(&data, &source)), before);
 
+    no_copy_left(&data);
     ledger_holds(&op, &[&source, &clone, &second], "after cloning").await;
     let (status, log) = replica.daemon.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Control killed inside a crash window of the clone's job (a failpoint stops it once the
+/// step `window` has acted, before the step is recorded), then started again: the restarted
+/// replica takes the job over and finishes it with one clone whose slice equals the source's,
+/// the source running again with one vm-agent, nothing of the copy left over, and the ledger
+/// whole.
+async fn killed_inside_the_clone(window: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    // A short lease: the restarted control is a new replica and takes the job over soon.
+    let config = write_control_config(dir.path(), std::slice::from_ref(&url), Some(3));
+    let data = dir.path().join("data");
+    let args = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+    ];
+    let _cleanup = KillVmsOnDrop(dir.path().to_owned());
+    // Armed from the start: only a clone's job has that step.
+    let first = start_control_with(&args, port, &[("CONTROL_FAILPOINT", window)]);
+    let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
+    let op = Api::new(&url, operator.trim());
+    op.current_release("2026.11.0", json!({"local": "local-2026.11.0"}))
+        .await;
+    let acme = op.account("acme").await;
+    let source = op
+        .post("/api/agents", json!({"name": "dev", "account_id": acme}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_running(&op, &source).await;
+    fill(&slice_of(&data, &source));
+    let before = walk(&slice_of(&data, &source));
+    op.current_release("2026.12.0", json!({"local": "local-2026.12.0"}))
+        .await;
+    let clone = op
+        .post(&format!("/api/agents/{source}/clone"), json!({}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first
+        .daemon
+        .wait_until("the failpoint", Duration::from_mins(1), || {
+            first.daemon.log().contains("failpoint reached")
+        });
+    first.daemon.signal("-KILL");
+    let (status, _) = first.daemon.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+
+    let second = start_control(&args, port);
+    wait_running(&op, &clone).await;
+    wait_running(&op, &source).await;
+    assert_eq!(walk(&slice_of(&data, &clone)), before, "{window}");
+    assert_eq!(walk(&slice_of(&data, &source)), before, "{window}");
+    // One vm-agent each, across several of the supervisor's ticks.
+    for _ in 0..20 {
+        assert_eq!(vm_agents(&data, &source).len(), 1, "{window}");
+        assert_eq!(vm_agents(&data, &clone).len(), 1, "{window}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    no_copy_left(&data);
+    assert_eq!(clone_events(&op, &source).await.len(), 1);
+    assert_eq!(clone_events(&op, &clone).await.len(), 1);
+    ledger_holds(&op, &[&source, &clone], window).await;
+    let (status, log) = second.daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_copy_before_it_is_recorded() {
+    killed_inside_the_clone("job-step:slice_copy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_source_is_powered_on_before_it_is_recorded() {
+    killed_inside_the_clone("job-step:source_power_on").await;
 }
 
 fn now_ms() -> i64 {

@@ -92,6 +92,7 @@ async fn run(app: &App, job: &JobRow, kind: &dyn JobKind) -> Result<()> {
             Ok(output) => output,
             Err(error) => return failed(app, job, kind, step.name, &outputs, &error).await,
         };
+        crate::failpoint::hit(&format!("job-step:{key}"));
         outputs.insert(key, output.unwrap_or_default());
         reached += 1;
         let encoded = Value::Object(outputs.clone()).to_string();

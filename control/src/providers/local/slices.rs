@@ -114,8 +114,8 @@ impl LocalProvider {
 
 /// Makes the seed `id` (if there is one) the slice of the VM being created in `vm_dir`, whose
 /// slice nothing has used yet (its `vm.json` is not written: no agent ever ran on it). A
-/// rename, so a crash leaves either the seed or the slice, never half of each. Returns the VM
-/// the seed was copied from.
+/// rename, so a crash leaves either the seed or the slice, never half of each; the seed's note
+/// of where it came from is removed then. Returns the VM the seed was copied from.
 pub(super) fn adopt_seed(
     dir: &Path,
     id: &str,
@@ -132,11 +132,14 @@ pub(super) fn adopt_seed_as(
 ) -> Result<Option<String>, ProviderError> {
     let seeds = seeds(dir)?;
     let seed = seeds.join(id);
+    let origin_file = seeds.join(format!("{id}.from"));
     if !seed.exists() {
+        // Taken before a crash that left its note of origin behind: the note goes too.
+        remove_tree(&origin_file)?;
         return Ok(None);
     }
-    let origin = std::fs::read_to_string(seeds.join(format!("{id}.from")))
-        .unwrap_or_else(|_| "an unknown VM".to_owned());
+    let origin =
+        std::fs::read_to_string(&origin_file).unwrap_or_else(|_| "an unknown VM".to_owned());
     // The empty slice the layout made (a rename replaces an empty directory only).
     match std::fs::remove_dir(slice) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -145,6 +148,7 @@ pub(super) fn adopt_seed_as(
         _ => {}
     }
     std::fs::rename(&seed, slice).map_err(|e| transient("taking the seed", &seed, e))?;
+    remove_tree(&origin_file)?;
     Ok(Some(origin))
 }
 
