@@ -28,6 +28,14 @@ dual_backend_tests!(
 /// A harness whose new Agents go to a Hetzner fake, with a running Agent `dev` on release
 /// 2026.11.0, then 2026.12.0 made current.
 async fn setup(db: TestDb) -> (HetznerFake, Harness, String, String) {
+    setup_with(db, control::app::Settings::default()).await
+}
+
+/// [`setup`], with control's `settings`.
+async fn setup_with(
+    db: TestDb,
+    settings: control::app::Settings,
+) -> (HetznerFake, Harness, String, String) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let fake = HetznerFake::start(Options {
         action_delay: Duration::from_millis(20),
@@ -42,7 +50,7 @@ async fn setup(db: TestDb) -> (HetznerFake, Harness, String, String) {
     let h = Harness::with_providers(
         db,
         |_| Providers::new(hetzner::cloud(Arc::new(project))),
-        control::app::Settings::default(),
+        settings,
     )
     .await;
     h.release_with("2026.11.0", json!({"hetzner": "114690387"}))
@@ -214,7 +222,23 @@ async fn clone_until_its_vm_boots(
 }
 
 async fn a_clone_copies_on_its_vm_from_the_sources_lent_volume(db: TestDb) {
-    let (fake, h, token, source) = setup(db).await;
+    lent_copy_and_given_back(setup(db).await).await;
+}
+
+/// Every step of the clone run twice in a row, as if control had died before recording it:
+/// the second run changes nothing, and the clone ends as it would have.
+#[tokio::test]
+async fn each_step_of_a_hetzner_clone_run_twice_changes_nothing() {
+    let settings = control::app::Settings {
+        replay_steps: true,
+        ..control::app::Settings::default()
+    };
+    lent_copy_and_given_back(setup_with(TestDb::sqlite(), settings).await).await;
+}
+
+async fn lent_copy_and_given_back(
+    (fake, h, token, source): (HetznerFake, Harness, String, String),
+) {
     let clone = clone_until_its_vm_boots(&fake, &h, &token, &source).await;
     let lent = volume_of(&fake, &source).id;
 
@@ -283,7 +307,20 @@ async fn a_clone_copies_on_its_vm_from_the_sources_lent_volume(db: TestDb) {
 }
 
 async fn a_failed_copy_gives_the_volume_back_and_the_source_its_state(db: TestDb) {
-    let (fake, h, token, source) = setup(db).await;
+    failed_copy_undone(setup(db).await).await;
+}
+
+/// The undo steps of a failed clone run twice in a row, too.
+#[tokio::test]
+async fn each_undo_step_of_a_failed_hetzner_clone_run_twice_changes_nothing() {
+    let settings = control::app::Settings {
+        replay_steps: true,
+        ..control::app::Settings::default()
+    };
+    failed_copy_undone(setup_with(TestDb::sqlite(), settings).await).await;
+}
+
+async fn failed_copy_undone((fake, h, token, source): (HetznerFake, Harness, String, String)) {
     let clone = clone_until_its_vm_boots(&fake, &h, &token, &source).await;
     let mut vm = CloneVm::boot(&h, &fake, &clone, &source).await;
     vm.report(&h, &source, json!({"state": "waiting"})).await;
