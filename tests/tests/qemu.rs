@@ -293,9 +293,11 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         "placed before the restart\n"
     );
 
-    // Clone it while it runs: the job shuts it down for a consistent copy (ACPI), copies its
-    // slice disk, and powers it on again; the clone boots the current release with a copy
-    // equal to the source's in every name, mode, owner, link, xattr and byte.
+    // Clone it while it runs, as on Hetzner: the job shuts it down for a consistent copy
+    // (ACPI) and lends its slice disk (read-only, hot-plugged) to the clone's VM once that has
+    // booted with its own slice; `vm-agent clone-slice` in the image copies it and vm-agent
+    // reports the copy; then the disk goes back and the source is powered on again. The clone's
+    // slice equals the source's in every name, mode, owner, link, xattr and byte.
     let edit = |request: &str| {
         let output = Command::new("debugfs")
             .args(["-w", "-R", request])
@@ -322,6 +324,16 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         .await;
     let clone = accepted["id"].as_str().unwrap().to_owned();
     heartbeating(&control, &clone, "mounted").await;
+    eventually("the clone's VM reporting its copy done", BOOT, || async {
+        control
+            .heartbeat(&clone)
+            .is_some_and(|beat| beat["clone"]["state"] == "done")
+    })
+    .await;
+    let report = control.heartbeat(&clone).unwrap()["clone"].clone();
+    assert_eq!(report["source_agent"], id.as_str(), "{report:#}");
+    assert_eq!(report["files_done"], report["files_total"], "{report:#}");
+    assert!(report["files_done"].as_u64().unwrap() >= 4, "{report:#}");
     let view = agent(op, &clone).await;
     assert_eq!(view["image"]["image_id"], image["id"], "{view:#}");
     assert_eq!(view["account_id"], account, "{view:#}");

@@ -76,7 +76,9 @@ pub fn cloud(local: std::sync::Arc<LocalProvider>) -> super::Cloud {
         servers: local.clone(),
         firewalls: Some(local.clone()),
         volumes: Some(local.clone()),
-        slices: Some(local),
+        // In the `qemu` mode a clone's VM copies the slice itself, from the source's volume
+        // lent to it, as on Hetzner; otherwise the provider copies it.
+        slices: (!local.qemu_mode()).then_some(local as std::sync::Arc<dyn super::Slices>),
     }
 }
 
@@ -247,6 +249,11 @@ impl LocalProvider {
 
     /// Where a VM `id` lives; ids are ours (labels) but are checked all the same, since they
     /// name a directory.
+    /// Whether Agents' VMs are real VMs ([`qemu`]).
+    pub fn qemu_mode(&self) -> bool {
+        matches!(&self.backing, Backing::Processes { config, .. } if config.qemu.is_some())
+    }
+
     fn vm_dir(dir: &Path, id: &str) -> Result<PathBuf, ProviderError> {
         if id.is_empty()
             || id.starts_with('.')

@@ -10,6 +10,11 @@
 //!   `user-data`, beside `meta-data` with its instance id, on a volume labelled `cidata`;
 //! - `console.log`, its serial console; `qmp.sock`, qemu's control socket.
 //!
+//! A volume is lent to a running VM as Hetzner attaches one to a running server: another VM's
+//! `slice.raw`, hot-plugged read-only on a spare PCI Express port with a serial the guest names it by
+//! (`/dev/disk/by-id/virtio-<serial>`), and unplugged once the guest lets go of it. This is how
+//! a clone's VM copies its source's slice in this mode, as on Hetzner.
+//!
 //! The kernel boots directly (`-kernel`, `-initrd` from the release). Networking is qemu's
 //! user mode with `restrict=on`: the VM reaches nothing but control, through one forward
 //! (`guestfwd`) of [`GUEST_CONTROL`] to the replica it reports to; nothing is forwarded into
@@ -25,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::vm::transient;
 use crate::providers::{ProviderError, Secret};
 
@@ -35,6 +42,9 @@ const GUEST_CONTROL_ADDRESS: &str = "10.0.2.100:80";
 
 /// A VM's slice disk, in its directory.
 pub(super) const SLICE_DISK: &str = "slice.raw";
+
+/// The PCI Express port a lent volume is plugged into.
+const HOTPLUG_PORT: &str = "hotplug";
 
 /// The label the image mounts at `/data`.
 pub(super) const SLICE_LABEL: &str = "agent-slice";
@@ -216,6 +226,11 @@ pub(super) fn command(
         ))
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci"])
+        // A spare PCIe port, where a volume lent to the VM is hot-plugged.
+        .args([
+            "-device",
+            &format!("pcie-root-port,id={HOTPLUG_PORT},chassis=1"),
+        ])
         .arg("-serial")
         .arg(format!("file:{}", vm_dir.join("console.log").display()))
         .arg("-qmp")
@@ -243,36 +258,172 @@ fn escape(path: &Path) -> String {
 /// Asks the VM to shut down, as a cloud's ACPI shutdown does (`system_powerdown` over QMP).
 /// The caller waits for qemu to exit and powers it off after its grace period.
 pub(super) fn acpi_shutdown(vm_dir: &Path) -> Result<(), ProviderError> {
-    let path = vm_dir.join("qmp.sock");
-    let fail = |e: std::io::Error| transient("talking to qemu over", &path, e);
-    let stream = UnixStream::connect(&path).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(fail)?;
-    let mut writer = stream.try_clone().map_err(fail)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(fail)?; // the greeting
-    for command in ["qmp_capabilities", "system_powerdown"] {
-        writeln!(writer, "{{\"execute\":\"{command}\"}}").map_err(fail)?;
+    let mut qmp = Qmp::connect(vm_dir)?;
+    qmp.execute(&json!({"execute": "system_powerdown"}))?;
+    Ok(())
+}
+
+/// The id of a lent volume's disk in the VM it is lent to (one at a time).
+const LENT: &str = "lent";
+
+/// Where a volume appears in the VM it is lent to: its disk's serial, by which the guest's
+/// udev names it (`/dev/disk/by-id/virtio-<serial>`; virtio keeps at most 20 bytes of it).
+pub(super) fn lent_device(volume_id: &str) -> String {
+    let serial: String = volume_id
+        .chars()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("/dev/disk/by-id/virtio-{serial}")
+}
+
+/// Lends the disk `disk` to the running VM in `vm_dir`, read-only, as a cloud attaches a
+/// volume to a running server: hot-plugged on the VM's spare PCI Express port with the serial
+/// [`lent_device`] names. Lent already, it is left as it is.
+pub(super) fn lend_disk(vm_dir: &Path, disk: &Path, device: &str) -> Result<(), ProviderError> {
+    let serial = device.rsplit("virtio-").next().unwrap_or(LENT);
+    let mut qmp = Qmp::connect(vm_dir)?;
+    let added = qmp.execute(&json!({
+        "execute": "blockdev-add",
+        "arguments": {"node-name": LENT, "driver": "raw", "read-only": true,
+                      "file": {"driver": "file", "filename": disk.display().to_string()}},
+    }));
+    already(added, "Duplicate nodes")?;
+    let plugged = qmp.execute(&json!({
+        "execute": "device_add",
+        "arguments": {"driver": "virtio-blk-pci", "id": LENT, "drive": LENT,
+                      "serial": serial, "bus": HOTPLUG_PORT},
+    }));
+    already(plugged, "Duplicate device ID")
+}
+
+/// Takes the lent disk back from the running VM in `vm_dir`, once its OS has let go of it (a
+/// PCI Express unplug the guest acknowledges). Not lent, nothing is done.
+pub(super) fn take_back_disk(vm_dir: &Path) -> Result<(), ProviderError> {
+    let mut qmp = Qmp::connect(vm_dir)?;
+    let deleted = qmp.execute(&json!({"execute": "device_del", "arguments": {"id": LENT}}));
+    match deleted {
+        Ok(_) => qmp.wait_event("DEVICE_DELETED", LENT, UNPLUG_WITHIN)?,
+        Err(e) if e.message.contains("not found") => {}
+        Err(e) => return Err(e),
+    }
+    let removed = qmp.execute(&json!({
+        "execute": "blockdev-del", "arguments": {"node-name": LENT}
+    }));
+    match removed {
+        Err(e) if e.message.contains("Failed to find node") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Whether the VM in `vm_dir` runs (its qemu answers on its QMP socket).
+pub(super) fn is_up(vm_dir: &Path) -> bool {
+    UnixStream::connect(vm_dir.join("qmp.sock")).is_ok()
+}
+
+/// How long the guest's OS may take to let go of an unplugged disk.
+const UNPLUG_WITHIN: Duration = Duration::from_mins(1);
+
+/// A refusal that says the thing is done already (`mark` in qemu's words) is success.
+fn already(result: Result<Value, ProviderError>, mark: &str) -> Result<(), ProviderError> {
+    match result {
+        Err(e) if e.message.contains(mark) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// A session on a VM's QMP socket, capabilities negotiated.
+struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Qmp {
+    fn connect(vm_dir: &Path) -> Result<Self, ProviderError> {
+        let path = vm_dir.join("qmp.sock");
+        let fail = |e: std::io::Error| transient("talking to qemu over", &path, e);
+        let stream = UnixStream::connect(&path).map_err(fail)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(fail)?;
+        let writer = stream.try_clone().map_err(fail)?;
+        let mut qmp = Self {
+            writer,
+            reader: BufReader::new(stream),
+            path,
+        };
+        qmp.line()?; // the greeting
+        qmp.execute(&json!({"execute": "qmp_capabilities"}))?;
+        Ok(qmp)
+    }
+
+    /// The next message, `None` when the read timed out.
+    fn line(&mut self) -> Result<Option<Value>, ProviderError> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err(ProviderError::transient("qemu closed its QMP socket")),
+            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
+                ProviderError::transient(format!("qemu said something else than JSON: {e}"))
+            }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(transient("reading", &self.path, e)),
+        }
+    }
+
+    /// Runs `command` and returns its answer; qemu's refusal is an error with its words.
+    fn execute(&mut self, command: &Value) -> Result<Value, ProviderError> {
+        writeln!(self.writer, "{command}").map_err(|e| transient("writing to", &self.path, e))?;
         loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(fail)? == 0 {
-                return Err(ProviderError::transient("qemu closed its QMP socket"));
-            }
             // Events may come between a command and its answer.
-            if line.contains("\"return\"") {
-                break;
-            }
-            if line.contains("\"error\"") {
+            let Some(message) = self.line()? else {
                 return Err(ProviderError::transient(format!(
-                    "qemu refused {command}: {}",
-                    line.trim()
+                    "qemu did not answer {command}"
+                )));
+            };
+            if let Some(answer) = message.get("return") {
+                return Ok(answer.clone());
+            }
+            if let Some(error) = message.get("error") {
+                return Err(ProviderError::transient(format!(
+                    "qemu refused {}: {}",
+                    command["execute"],
+                    error["desc"].as_str().unwrap_or("no reason given")
                 )));
             }
         }
     }
-    Ok(())
+
+    /// Waits up to `within` for the event `name` about the device `device`.
+    fn wait_event(
+        &mut self,
+        name: &str,
+        device: &str,
+        within: Duration,
+    ) -> Result<(), ProviderError> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(message) = self.line()?
+                && message["event"] == name
+                && message["data"]["device"] == device
+            {
+                return Ok(());
+            }
+        }
+        Err(ProviderError::transient(format!(
+            "the VM's OS did not let go of its disk {device} within {within:?}"
+        )))
+    }
 }
 
 /// The host:port a control URL (`http://127.0.0.1:8080`) is served on.

@@ -1,4 +1,7 @@
 //! The local provider's volumes: records, and a directory each with the processes backing.
+//! In the `qemu` mode an Agent's volume is its VM's slice disk; attaching it to another
+//! running VM lends that disk to it (hot-plugged read-only, see [`super::qemu`]), as Hetzner
+//! attaches a volume to a running server, and that is where the VM finds it (`device`).
 
 use async_trait::async_trait;
 
@@ -37,7 +40,7 @@ impl Volumes for LocalProvider {
     }
 
     async fn get_volume(&self, id: &str) -> Result<Option<Volume>, ProviderError> {
-        self.cloud.volumes.get(id)
+        Ok(self.cloud.volumes.get(id)?.map(|v| self.with_device(v)))
     }
 
     async fn list_volumes(
@@ -45,9 +48,13 @@ impl Volumes for LocalProvider {
         selector: &Labels,
         _page: Option<&str>,
     ) -> Result<Page<Volume>, ProviderError> {
-        Ok(page(self.cloud.volumes.all()?, |v| {
-            matches(&v.labels, selector)
-        }))
+        let mut found = page(self.cloud.volumes.all()?, |v| matches(&v.labels, selector));
+        found.items = found
+            .items
+            .into_iter()
+            .map(|v| self.with_device(v))
+            .collect();
+        Ok(found)
     }
 
     async fn delete_volume(&self, id: &str) -> Result<(), ProviderError> {
@@ -73,8 +80,8 @@ impl Volumes for LocalProvider {
         Ok(())
     }
 
-    /// Records the volume on the server: its directory is the slice of the server's VMs
-    /// only when they are made (the local provider lends no volume to a running VM).
+    /// Records the volume on the server; in the `qemu` mode, a running VM other than the one
+    /// whose slice it is gets its disk, hot-plugged (the record first, so a retry plugs it).
     async fn attach_volume(&self, id: &str, server_id: &str) -> Result<(), ProviderError> {
         self.change_volume(id, |volume| match volume.server.as_deref() {
             Some(on) if on == server_id => Ok(()),
@@ -87,10 +94,24 @@ impl Volumes for LocalProvider {
                 Ok(())
             }
         })
-        .await
+        .await?;
+        if let Some((vm_dir, disk)) = self.lent_disk(id, server_id)? {
+            let device = super::qemu::lent_device(id);
+            blocking(move || super::qemu::lend_disk(&vm_dir, &disk, &device)).await?;
+        }
+        Ok(())
     }
 
+    /// In the `qemu` mode, a disk lent to a running VM is unplugged first (once its OS has let
+    /// go of it); then the record.
     async fn detach_volume(&self, id: &str) -> Result<(), ProviderError> {
+        let on = self.cloud.volumes.get(id)?.and_then(|v| v.server);
+        if let Some(on) = on
+            && let Some((vm_dir, _)) = self.lent_disk(id, &on)?
+            && super::qemu::is_up(&vm_dir)
+        {
+            blocking(move || super::qemu::take_back_disk(&vm_dir)).await?;
+        }
         self.change_volume(id, |volume| {
             volume.server = None;
             Ok(())
@@ -99,7 +120,53 @@ impl Volumes for LocalProvider {
     }
 }
 
+/// Runs a blocking conversation with qemu off the async workers.
+async fn blocking(
+    talk: impl FnOnce() -> Result<(), ProviderError> + Send + 'static,
+) -> Result<(), ProviderError> {
+    tokio::task::spawn_blocking(talk)
+        .await
+        .map_err(|e| ProviderError::transient(format!("talking to qemu: {e}")))?
+}
+
 impl LocalProvider {
+    /// In the `qemu` mode: the volume with where a VM it is lent to finds it.
+    fn with_device(&self, mut volume: Volume) -> Volume {
+        if self.qemu_mode() {
+            volume.device = Some(super::qemu::lent_device(&volume.id));
+        }
+        volume
+    }
+
+    /// In the `qemu` mode, when the volume `id` is the slice disk of another VM than
+    /// `server_id`'s: that VM's directory and the disk lent to it. The volume's own VM is the
+    /// Agent its labels name.
+    fn lent_disk(
+        &self,
+        id: &str,
+        server_id: &str,
+    ) -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>, ProviderError> {
+        let super::Backing::Processes { dir, config } = &self.backing else {
+            return Ok(None);
+        };
+        if config.qemu.is_none() {
+            return Ok(None);
+        }
+        let volume = self
+            .cloud
+            .volumes
+            .get(id)?
+            .ok_or_else(|| ProviderError::not_found(format!("volume {id}")))?;
+        let Some(owner) = volume.labels.get(crate::providers::ID_LABEL) else {
+            return Ok(None);
+        };
+        if owner == server_id {
+            return Ok(None);
+        }
+        let disk = Self::vm_dir(dir, owner)?.join(super::qemu::SLICE_DISK);
+        Ok(Some((Self::vm_dir(dir, server_id)?, disk)))
+    }
+
     /// Changes the record of volume `id` as `change` says, unless it refuses.
     async fn change_volume(
         &self,
