@@ -44,7 +44,7 @@ const GUEST_CONTROL_ADDRESS: &str = "10.0.2.100:80";
 pub(super) const SLICE_DISK: &str = "slice.raw";
 
 /// The PCI Express port a lent volume is plugged into.
-const HOTPLUG_PORT: &str = "hotplug";
+const HOTPLUG_PORT: &str = "spare-port";
 
 /// The label the image mounts at `/data`.
 pub(super) const SLICE_LABEL: &str = "agent-slice";
