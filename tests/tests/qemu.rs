@@ -316,6 +316,11 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
     acme.post(&format!("/api/agents/{id}/start"), json!({}))
         .await;
     let boot_before_clone = heartbeating(&control, &id, "mounted").await["boot_id"].clone();
+    eventually("the start done", BOOT, || async {
+        let source = agent(op, &id).await;
+        source["state"] == "running" && source["operation"].is_null()
+    })
+    .await;
     let accepted = acme
         .post(
             &format!("/api/agents/{id}/clone"),

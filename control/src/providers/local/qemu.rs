@@ -11,7 +11,7 @@
 //! - `console.log`, its serial console; `qmp.sock`, qemu's control socket.
 //!
 //! A volume is lent to a running VM as Hetzner attaches one to a running server: another VM's
-//! `slice.raw`, hot-plugged read-only on a spare PCI Express port with a serial the guest names it by
+//! `slice.raw`, hot-plugged on a spare PCI Express port with a serial the guest names it by
 //! (`/dev/disk/by-id/virtio-<serial>`), and unplugged once the guest lets go of it. This is how
 //! a clone's VM copies its source's slice in this mode, as on Hetzner.
 //!
@@ -280,15 +280,17 @@ pub(super) fn lent_device(volume_id: &str) -> String {
     format!("/dev/disk/by-id/virtio-{serial}")
 }
 
-/// Lends the disk `disk` to the running VM in `vm_dir`, read-only, as a cloud attaches a
-/// volume to a running server: hot-plugged on the VM's spare PCI Express port with the serial
-/// [`lent_device`] names. Lent already, it is left as it is.
+/// Lends the disk `disk` to the running VM in `vm_dir` as Hetzner attaches a volume to a
+/// running server: hot-plugged on the VM's spare PCI Express port with the serial
+/// [`lent_device`] names, and writable, as Hetzner's are (the clone's `vm-agent clone-slice`
+/// mounts it read-only, which replays its journal first if its VM did not shut down cleanly;
+/// a read-only disk could not be mounted then). Lent already, it is left as it is.
 pub(super) fn lend_disk(vm_dir: &Path, disk: &Path, device: &str) -> Result<(), ProviderError> {
     let serial = device.rsplit("virtio-").next().unwrap_or(LENT);
     let mut qmp = Qmp::connect(vm_dir)?;
     let added = qmp.execute(&json!({
         "execute": "blockdev-add",
-        "arguments": {"node-name": LENT, "driver": "raw", "read-only": true,
+        "arguments": {"node-name": LENT, "driver": "raw", "read-only": false,
                       "file": {"driver": "file", "filename": disk.display().to_string()}},
     }));
     already(added, "Duplicate nodes")?;

@@ -1,6 +1,6 @@
 //! The local provider's volumes: records, and a directory each with the processes backing.
 //! In the `qemu` mode an Agent's volume is its VM's slice disk; attaching it to another
-//! running VM lends that disk to it (hot-plugged read-only, see [`super::qemu`]), as Hetzner
+//! running VM lends that disk to it (hot-plugged, see [`super::qemu`]), as Hetzner
 //! attaches a volume to a running server, and that is where the VM finds it (`device`).
 
 use async_trait::async_trait;
