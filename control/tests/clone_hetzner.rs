@@ -130,6 +130,20 @@ impl CloneVm {
 
     /// Sends a heartbeat with the slice mounted and the copy as `clone` says.
     async fn report(&mut self, h: &Harness, source: &str, clone: Value) {
+        let beat = self.beat(source, &clone);
+        let sent = h
+            .call(
+                Method::POST,
+                "/api/agent/v1/heartbeat",
+                Some(&self.credential),
+                Some(beat),
+            )
+            .await;
+        assert_eq!(sent.status, 200, "{:#}", sent.body);
+    }
+
+    /// The next heartbeat, with the slice mounted and the copy as `clone` says.
+    fn beat(&mut self, source: &str, clone: &Value) -> Value {
         self.sequence += 1;
         let mut report = json!({"source_agent": source});
         report
@@ -150,15 +164,7 @@ impl CloneVm {
                      "memory_available_bytes": 1, "root_free_bytes": 1, "uptime_s": 40},
             "clone": report,
         });
-        let sent = h
-            .call(
-                Method::POST,
-                "/api/agent/v1/heartbeat",
-                Some(&self.credential),
-                Some(beat),
-            )
-            .await;
-        assert_eq!(sent.status, 200, "{:#}", sent.body);
+        beat
     }
 }
 
@@ -304,6 +310,61 @@ async fn lent_copy_and_given_back(
     assert_eq!(view(&h, &clone).await["cloned_from"], source.as_str());
     h.ledger_holds("after a clone on Hetzner").await;
     schema::assert_answers_match_spec(fake.control());
+}
+
+/// The clone's VM reports to another replica than the one running the clone's job, which then
+/// reads its heartbeats as written behind: rewritten only every write period while the copy's
+/// state stays `copying`. The job still follows the copy as it advances, past its wait limit,
+/// and never takes the clone for silent.
+#[tokio::test]
+async fn a_copy_reported_to_another_replica_is_followed_to_its_end() {
+    let (fake, h, token, source) = setup(TestDb::sqlite()).await;
+    let other = control::app::App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        Providers::new(control::providers::local::cloud(h.local.clone())),
+        control::app::Settings::default(),
+    );
+    let clone = clone_until_its_vm_boots(&fake, &h, &token, &source).await;
+    let mut vm = CloneVm::boot(&h, &fake, &clone, &source).await;
+    let report = async |vm: &mut CloneVm, clone: Value| {
+        let beat = serde_json::from_value(vm.beat(&source, &clone)).unwrap();
+        other.ingest.heartbeat(&vm.credential, beat).await.unwrap();
+        other.ingest.flush(false).await.unwrap();
+    };
+    report(&mut vm, json!({"state": "waiting"})).await;
+    run_a_while(&h).await;
+    assert_eq!(
+        volume_of(&fake, &source).server,
+        Some(server_of(&fake, &clone).id)
+    );
+    for step in 1..=12_u64 {
+        report(
+            &mut vm,
+            json!({"state": "copying", "files_done": step, "files_total": 12}),
+        )
+        .await;
+        h.run_jobs().await;
+        h.advance(90_000);
+    }
+    assert_eq!(view(&h, &clone).await["operation"], "provision");
+    assert!(
+        h.snapshot().await.contains("in progress: agent"),
+        "followed as in progress, not taken for silent"
+    );
+    report(
+        &mut vm,
+        json!({"state": "done", "files_done": 12, "files_total": 12}),
+    )
+    .await;
+    h.run_jobs_until(&clone, "running").await;
+    h.run_jobs_until(&source, "running").await;
+    assert_eq!(
+        volume_of(&fake, &source).server,
+        Some(server_of(&fake, &source).id)
+    );
+    h.ledger_holds("after a clone reported to another replica")
+        .await;
 }
 
 async fn a_failed_copy_gives_the_volume_back_and_the_source_its_state(db: TestDb) {

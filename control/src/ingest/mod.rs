@@ -89,7 +89,8 @@ impl IngestSettings {
         self.interval.saturating_mul(self.unhealthy_after)
     }
 
-    fn write_period(&self) -> Duration {
+    /// How long an Agent's liveness row may go unwritten while its states do not change.
+    pub fn write_period(&self) -> Duration {
         self.interval.saturating_mul(self.write_every)
     }
 }
@@ -104,6 +105,16 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Random(#[from] crate::auth::RandomError),
+}
+
+/// An Agent's latest heartbeat, as [`Ingest::latest`] found it.
+#[derive(Clone, Debug)]
+pub struct Latest {
+    /// When it came.
+    pub seen_at: i64,
+    pub beat: Heartbeat,
+    /// Read from the database, as another replica wrote it behind.
+    pub written_behind: bool,
 }
 
 /// Counters for `/metrics` and the ingest benchmark.
@@ -229,9 +240,13 @@ impl Ingest {
     /// The latest heartbeat of `agent_id` and when it came: this replica's own if it hears
     /// from the Agent, else what was written behind by the replica that did (its figures may
     /// be a write period old; its states are written within a second of changing).
-    pub async fn latest(&self, agent_id: &str) -> Result<Option<(i64, Heartbeat)>, StoreError> {
+    pub async fn latest(&self, agent_id: &str) -> Result<Option<Latest>, StoreError> {
         if let Some(live) = sync::lock(self.shard(agent_id)).get(agent_id) {
-            return Ok(Some((live.last_seen, live.latest.clone())));
+            return Ok(Some(Latest {
+                seen_at: live.last_seen,
+                beat: live.latest.clone(),
+                written_behind: false,
+            }));
         }
         let Some(row) = self.store.read().await?.liveness(agent_id).await? else {
             return Ok(None);
@@ -239,7 +254,23 @@ impl Ingest {
         let beat = serde_json::from_str(&row.report).map_err(|e| {
             StoreError::Corrupt(format!("agent {agent_id}'s latest heartbeat: {e}"))
         })?;
-        Ok(Some((row.last_seen_at, beat)))
+        Ok(Some(Latest {
+            seen_at: row.last_seen_at,
+            beat,
+            written_behind: true,
+        }))
+    }
+
+    /// How long `latest` may have been silent before it says the Agent is: the silence limit,
+    /// plus a write period when it was read from what another replica wrote behind (which
+    /// rewrites a heartbeat whose states did not change only that often).
+    pub fn silent_after(&self, latest: &Latest) -> Duration {
+        let limit = self.settings.silence_limit();
+        if latest.written_behind {
+            limit + self.settings.write_period()
+        } else {
+            limit
+        }
     }
 
     fn shard(&self, agent_id: &str) -> &Mutex<HashMap<String, Live>> {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use control_api::Timestamp;
-use control_api::agent::{CloneReport, CloneState, Heartbeat, SliceState};
+use control_api::agent::{CloneReport, CloneState, SliceState};
 use control_api::agent_config::CloneFromToml;
 use control_api::agents::PeriodState;
 use control_api::usage::ResourceKind;
@@ -51,6 +51,7 @@ use crate::agents::{self, Cas, CloneParams};
 use crate::app::App;
 use crate::clock::millis;
 use crate::error::Error;
+use crate::ingest::Latest;
 use crate::providers::{ProviderError, Servers, Slices, Volume, Volumes, resource_labels};
 use crate::store::{AgentRow, JobRow, StoreError, Tx};
 
@@ -452,10 +453,7 @@ fn source_lend<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 }
 
 /// The clone's latest heartbeat and when it came, if it has sent one.
-async fn clone_heartbeat(
-    cx: &StepCx<'_>,
-    clone: &AgentRow,
-) -> Result<Option<(i64, Heartbeat)>, StepError> {
+async fn clone_heartbeat(cx: &StepCx<'_>, clone: &AgentRow) -> Result<Option<Latest>, StepError> {
     Ok(cx.app.ingest.latest(&clone.id).await.map_err(Error::from)?)
 }
 
@@ -474,11 +472,11 @@ fn clone_slice_mounted<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
             return Ok(None);
         }
         let clone = agent(cx).await?;
-        match clone_heartbeat(cx, &clone).await? {
-            Some((_, beat)) if beat.slice.state != SliceState::Missing && beat.clone.is_some() => {
+        match clone_heartbeat(cx, &clone).await?.map(|latest| latest.beat) {
+            Some(beat) if beat.slice.state != SliceState::Missing && beat.clone.is_some() => {
                 Ok(None)
             }
-            Some((_, beat)) if beat.clone.is_none() => Err(look_again(format!(
+            Some(beat) if beat.clone.is_none() => Err(look_again(format!(
                 "agent {}'s vm-agent reports no copy in its heartbeats (an image older than \
                  [clone_from]?)",
                 clone.id
@@ -535,20 +533,22 @@ fn slice_copied<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
         }
         let clone = agent(cx).await?;
         let source = params(cx)?.source_id;
-        let Some((seen, beat)) = clone_heartbeat(cx, &clone).await? else {
+        let Some(latest) = clone_heartbeat(cx, &clone).await? else {
             return Err(look_again(format!(
                 "agent {}'s VM has not reported yet",
                 clone.id
             )));
         };
-        let Some(report) = beat.clone else {
+        // Heard from within the silence limit (allowing for a heartbeat read from what another
+        // replica wrote behind, which is rewritten only so often while nothing changes).
+        let silent = cx.app.clock.now().as_millis() - latest.seen_at
+            > millis(cx.app.ingest.silent_after(&latest));
+        let Some(report) = latest.beat.clone else {
             return Err(look_again(format!(
                 "agent {}'s vm-agent reports no copy",
                 clone.id
             )));
         };
-        let silent =
-            cx.app.clock.now().as_millis() - seen > millis(cx.app.settings.ingest.silence_limit());
         match report.state {
             CloneState::Done => Ok(None),
             CloneState::Failed => Err(ProviderError::permanent(format!(
