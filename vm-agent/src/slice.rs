@@ -268,10 +268,21 @@ fn inspect(config: &Slice) -> (SliceState, String, Option<Counters>) {
     )
 }
 
+/// The name of a probe file in the slice, before the agent's PID.
+pub const PROBE_PREFIX: &str = ".vm-agent-probe-";
+
+/// Whether `name`, in the slice's top directory, is a probe file of this agent's (one a VM
+/// shut down mid-probe leaves behind): never the workspace's own.
+pub fn is_probe(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix(PROBE_PREFIX))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Creates, writes and removes a probe file in the slice (and nothing else).
 fn probe(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
-    let probe = path.join(format!(".vm-agent-probe-{}", std::process::id()));
+    let probe = path.join(format!("{PROBE_PREFIX}{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -66,7 +66,13 @@ fn lstat(path: &Path) -> Result<Metadata, CopyError> {
     std::fs::symlink_metadata(path).map_err(at("stat", path))
 }
 
-/// What below `root` will be copied: every entry but sockets, and the bytes of each regular
+/// Whether `path` (in the slice's top directory) is a probe file vm-agent left there.
+fn left_probe(path: &Path, meta: &Metadata) -> bool {
+    meta.is_file() && path.file_name().is_some_and(crate::slice::is_probe)
+}
+
+/// What below `root` will be copied: every entry but sockets (and a probe file vm-agent left
+/// in the top directory), and the bytes of each regular
 /// file's contents once per inode (a hard link's other names copy no bytes).
 pub fn count(root: &Path) -> Result<Totals, CopyError> {
     let mut totals = Totals::default();
@@ -76,7 +82,7 @@ pub fn count(root: &Path) -> Result<Totals, CopyError> {
         for path in children(&dir)? {
             let meta = lstat(&path)?;
             let kind = meta.file_type();
-            if kind.is_socket() {
+            if kind.is_socket() || (dir == root && left_probe(&path, &meta)) {
                 continue;
             }
             totals.files += 1;
@@ -111,16 +117,27 @@ impl<'a> Copier<'a> {
     /// Copies the directory `from` to `to`, which must not exist; returns what was copied.
     pub fn copy_tree(mut self, from: &Path, to: &Path) -> Result<Totals, CopyError> {
         let meta = lstat(from)?;
-        self.directory(from, to, &meta)?;
+        self.directory(from, to, &meta, true)?;
         Ok(self.done)
     }
 
-    fn directory(&mut self, from: &Path, to: &Path, meta: &Metadata) -> Result<(), CopyError> {
+    /// Copies the directory `from` to `to`; in the `top` one, without the probe file the
+    /// source's vm-agent may have left there (a shutdown mid-probe): not the workspace's.
+    fn directory(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        meta: &Metadata,
+        top: bool,
+    ) -> Result<(), CopyError> {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(to)
             .map_err(at("create the directory", to))?;
         for child in children(from)? {
+            if top && left_probe(&child, &lstat(&child)?) {
+                continue;
+            }
             let name = child.file_name().unwrap_or_default();
             self.entry(&child, &to.join(name))?;
         }
@@ -150,7 +167,7 @@ impl<'a> Copier<'a> {
             self.links.insert(key, to.to_owned());
         }
         if kind.is_dir() {
-            self.directory(from, to, &meta)?;
+            self.directory(from, to, &meta, false)?;
         } else if kind.is_file() {
             self.file(from, to)?;
             keep_attributes(from, to, &meta)?;
@@ -302,6 +319,36 @@ fn xattr_value(path: &Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
             }
             Err(rustix::io::Errno::RANGE) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_file_left_in_the_top_directory_is_not_the_workspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        for name in [
+            ".vm-agent-probe-269",
+            ".vm-agent-probe-x",
+            "sub/.vm-agent-probe-7",
+            "kept",
+        ] {
+            std::fs::write(from.join(name), "probe").unwrap();
+        }
+        let totals = count(&from).unwrap();
+        assert_eq!(totals.files, 4, "sub, its file, the non-probe and kept");
+        let to = dir.path().join("to");
+        let mut tick = |_| {};
+        let done = Copier::new(&mut tick).copy_tree(&from, &to).unwrap();
+        assert_eq!(done, totals);
+        assert!(!to.join(".vm-agent-probe-269").exists());
+        for kept in [".vm-agent-probe-x", "sub/.vm-agent-probe-7", "kept"] {
+            assert!(to.join(kept).exists(), "{kept}");
         }
     }
 }
