@@ -279,10 +279,23 @@ pub fn is_probe(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Creates, writes and removes a probe file in the slice (and nothing else).
+/// Creates, writes and removes a probe file in the slice (and nothing else), after removing
+/// any an earlier agent process left there (its VM lost power mid-probe).
 fn probe(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
-    let probe = path.join(format!("{PROBE_PREFIX}{}", std::process::id()));
+    let own = format!("{PROBE_PREFIX}{}", std::process::id());
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name != own.as_str()
+                && is_probe(&name)
+                && entry.file_type().is_ok_and(|t| t.is_file())
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let probe = path.join(own);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -359,6 +372,21 @@ fn log_change(before: Option<&SliceStatus>, now: &SliceStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_removes_the_ones_earlier_agents_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".vm-agent-probe-1", ".vm-agent-probe-x", "notes"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        probe(dir.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".vm-agent-probe-x", "notes"]);
+    }
 
     const TABLE: &str = "\
 22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
