@@ -188,13 +188,17 @@ fn way<'a>(app: &'a App, clone: &AgentRow) -> Result<Way<'a>, StepError> {
     .into())
 }
 
-/// The volumes of the clone's cloud when its slice is copied by lending the source's volume.
-async fn lending<'a>(cx: &StepCx<'a>) -> Result<Option<&'a Arc<dyn Volumes>>, StepError> {
+/// The clone, and the volumes of its cloud when its slice is copied by lending the source's
+/// volume.
+async fn clone_lending<'a>(
+    cx: &StepCx<'a>,
+) -> Result<(AgentRow, Option<&'a Arc<dyn Volumes>>), StepError> {
     let clone = agent(cx).await?;
-    Ok(match way(cx.app, &clone)? {
+    let volumes = match way(cx.app, &clone)? {
         Way::Lend(volumes) => Some(volumes),
         Way::Seed(_) => None,
-    })
+    };
+    Ok((clone, volumes))
 }
 
 /// Whether `job` provisions a clone.
@@ -231,7 +235,7 @@ async fn running_source_of<'a>(
     cx: &StepCx<'a>,
     lend: bool,
 ) -> Result<Option<(CloneParams, String, &'a Arc<dyn Servers>)>, StepError> {
-    if lending(cx).await?.is_some() != lend {
+    if clone_lending(cx).await?.1.is_some() != lend {
         return Ok(None);
     }
     running_source(cx).await
@@ -411,7 +415,7 @@ pub(super) fn clone_from(cx: &StepCx<'_>) -> Result<Option<CloneFromToml>, StepE
 /// volume and the device the clone's VM will find it at.
 fn source_lend<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let Some(volumes) = lending(cx).await? else {
+        let Some(volumes) = clone_lending(cx).await?.1 else {
             return Ok(None);
         };
         let params = params(cx)?;
@@ -468,10 +472,9 @@ fn look_again(reason: String) -> StepError {
 /// so the source's volume, which carries the same label, cannot be mounted in its place.
 fn clone_slice_mounted<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        if lending(cx).await?.is_none() {
+        let (clone, Some(_)) = clone_lending(cx).await? else {
             return Ok(None);
-        }
-        let clone = agent(cx).await?;
+        };
         match clone_heartbeat(cx, &clone).await?.map(|latest| latest.beat) {
             Some(beat) if beat.slice.state != SliceState::Missing && beat.clone.is_some() => {
                 Ok(None)
@@ -497,10 +500,9 @@ fn clone_slice_mounted<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// mounts it read-only).
 fn lend_attach<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        let Some(volumes) = lending(cx).await? else {
+        let (clone, Some(volumes)) = clone_lending(cx).await? else {
             return Ok(None);
         };
-        let clone = agent(cx).await?;
         let (volume, _) = lent(cx)
             .ok_or_else(|| StoreError::Corrupt(format!("job {} lent no volume", cx.job.id)))?;
         let server = agent::server_id(cx, &clone).await?.ok_or_else(|| {
@@ -528,10 +530,9 @@ fn progress(report: &CloneReport) -> String {
 /// follows it with no time limit.
 fn slice_copied<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        if lending(cx).await?.is_none() {
+        let (clone, Some(_)) = clone_lending(cx).await? else {
             return Ok(None);
-        }
-        let clone = agent(cx).await?;
+        };
         let source = params(cx)?.source_id;
         let Some(latest) = clone_heartbeat(cx, &clone).await? else {
             return Err(look_again(format!(
@@ -609,7 +610,7 @@ async fn give_back(cx: &StepCx<'_>, volumes: &Arc<dyn Volumes>, cut_power: bool)
 /// Lend: once copied, the source's volume goes back to the source's server.
 fn source_return<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        match lending(cx).await? {
+        match clone_lending(cx).await?.1 {
             Some(volumes) => give_back(cx, volumes, false).await,
             None => Ok(None),
         }
@@ -619,7 +620,7 @@ fn source_return<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
 /// Undo (lend): the source's volume goes back to the source's server, wherever it got to.
 fn volume_return<'a>(cx: &'a StepCx<'a>) -> StepFuture<'a> {
     Box::pin(async move {
-        match lending(cx).await? {
+        match clone_lending(cx).await?.1 {
             Some(volumes) => give_back(cx, volumes, true).await,
             None => Ok(None),
         }
