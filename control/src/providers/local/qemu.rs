@@ -269,15 +269,17 @@ const LENT: &str = "lent";
 /// Where a volume appears in the VM it is lent to: its disk's serial, by which the guest's
 /// udev names it (`/dev/disk/by-id/virtio-<serial>`; virtio keeps at most 20 bytes of it).
 pub(super) fn lent_device(volume_id: &str) -> String {
-    let serial: String = volume_id
-        .chars()
+    format!("/dev/disk/by-id/virtio-{}", serial(volume_id))
+}
+
+/// The serial a lent volume's disk carries: the end of its id, at most 20 characters.
+fn serial(volume_id: &str) -> &str {
+    let start = volume_id
+        .char_indices()
         .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("/dev/disk/by-id/virtio-{serial}")
+        .nth(19)
+        .map_or(0, |(at, _)| at);
+    &volume_id[start..]
 }
 
 /// Lends the disk `disk` to the running VM in `vm_dir` as Hetzner attaches a volume to a
@@ -285,8 +287,7 @@ pub(super) fn lent_device(volume_id: &str) -> String {
 /// [`lent_device`] names, and writable, as Hetzner's are (the clone's `vm-agent clone-slice`
 /// mounts it read-only, which replays its journal first if its VM did not shut down cleanly;
 /// a read-only disk could not be mounted then). Lent already, it is left as it is.
-pub(super) fn lend_disk(vm_dir: &Path, disk: &Path, device: &str) -> Result<(), ProviderError> {
-    let serial = device.rsplit("virtio-").next().unwrap_or(LENT);
+pub(super) fn lend_disk(vm_dir: &Path, disk: &Path, volume_id: &str) -> Result<(), ProviderError> {
     let mut qmp = Qmp::connect(vm_dir)?;
     let added = qmp.execute(&json!({
         "execute": "blockdev-add",
@@ -297,7 +298,7 @@ pub(super) fn lend_disk(vm_dir: &Path, disk: &Path, device: &str) -> Result<(), 
     let plugged = qmp.execute(&json!({
         "execute": "device_add",
         "arguments": {"driver": "virtio-blk-pci", "id": LENT, "drive": LENT,
-                      "serial": serial, "bus": HOTPLUG_PORT},
+                      "serial": serial(volume_id), "bus": HOTPLUG_PORT},
     }));
     already(plugged, "Duplicate device ID")
 }
@@ -444,6 +445,15 @@ pub(super) fn host_port(url: &str) -> Result<String, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_volume_is_named_by_the_end_of_its_id() {
+        assert_eq!(
+            lent_device("vol-01m8t131rj3t5qnr95fe3eg865"),
+            "/dev/disk/by-id/virtio-31rj3t5qnr95fe3eg865"
+        );
+        assert_eq!(serial("vol-1"), "vol-1");
+    }
 
     #[test]
     fn a_release_is_a_directory_of_the_images_dir_or_an_absolute_path() {

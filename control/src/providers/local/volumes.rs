@@ -96,8 +96,8 @@ impl Volumes for LocalProvider {
         })
         .await?;
         if let Some((vm_dir, disk)) = self.lent_disk(id, server_id)? {
-            let device = super::qemu::lent_device(id);
-            blocking(move || super::qemu::lend_disk(&vm_dir, &disk, &device)).await?;
+            let volume_id = id.to_owned();
+            blocking(move || super::qemu::lend_disk(&vm_dir, &disk, &volume_id)).await?;
         }
         Ok(())
     }
