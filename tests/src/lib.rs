@@ -27,6 +27,16 @@ pub struct Replica {
     pub port: u16,
 }
 
+impl Replica {
+    /// Waits up to `within` for this replica to stop at the failpoint it was started with
+    /// (`control/src/failpoint.rs` logs that it reached it, then parks until killed).
+    pub fn wait_for_failpoint(&self, within: Duration) {
+        self.daemon.wait_until("the failpoint", within, || {
+            self.daemon.log().contains("failpoint reached")
+        });
+    }
+}
+
 /// Starts `control serve` on `port` with `args` before the subcommand (config, data dir,
 /// database), logging at INFO.
 pub fn start_control(args: &[String], port: u16) -> Replica {

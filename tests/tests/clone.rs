@@ -368,11 +368,7 @@ async fn killed_inside_the_clone(window: &str) {
         .as_str()
         .unwrap()
         .to_owned();
-    first
-        .daemon
-        .wait_until("the failpoint", Duration::from_mins(1), || {
-            first.daemon.log().contains("failpoint reached")
-        });
+    first.wait_for_failpoint(Duration::from_mins(1));
     first.daemon.signal("-KILL");
     let (status, _) = first.daemon.wait_exit(Duration::from_secs(10));
     assert!(!status.success());

@@ -62,11 +62,7 @@ async fn killed_in_the_window_then_one_vm_agent(failpoint: &str) {
         .unwrap()
         .to_owned();
 
-    first
-        .daemon
-        .wait_until("the failpoint", Duration::from_secs(30), || {
-            first.daemon.log().contains("failpoint reached")
-        });
+    first.wait_for_failpoint(Duration::from_secs(30));
     let record = data.join("local-vms").join(&agent).join("vm.json");
     assert!(record.exists(), "the intent is recorded before any process");
     let running_at_kill = vm_agents(&data, &agent).len();
