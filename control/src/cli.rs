@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use control_api::accounts::{CreateAccount, CreateToken};
 use control_api::images::{RegisterImage, SetCurrentImage};
@@ -88,7 +89,16 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain; exits 1 naming the first bad event if it is broken.
-    Verify,
+    Verify {
+        /// A checkpoint kept outside control (one item of `GET /api/audit/checkpoints`, or the
+        /// `checkpoint` field of its log line): the chain must still hold every event it signed.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The checkpoint must be signed by this ed25519 public key (hex) [default: whichever
+        /// key it names].
+        #[arg(long, value_name = "HEX", requires = "checkpoint")]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +210,61 @@ async fn register_release(app: &crate::app::App, command: ImageCommand) -> anyho
     Ok(serde_json::to_string(&image)?)
 }
 
+/// `control audit verify`: the chain walked (and held against a checkpoint if one is given),
+/// the verdict printed; exit 1 when it is broken.
+async fn verify_audit(
+    app: &crate::app::App,
+    checkpoint: Option<&std::path::Path>,
+    public_key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let checkpoint = match checkpoint {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the checkpoint {}", path.display()))?;
+            let checkpoint: control_api::audit::AuditCheckpoint = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!(
+                        "{} is not a checkpoint (one item of GET /api/audit/checkpoints)",
+                        path.display()
+                    )
+                })?;
+            audit::checkpoint::check_signature(&checkpoint, public_key).map_err(|reason| {
+                anyhow::anyhow!(
+                    "the checkpoint {} is not evidence: {reason}",
+                    path.display()
+                )
+            })?;
+            Some(checkpoint)
+        }
+    };
+    let verdict = audit::verify_to(&app.store, checkpoint.as_ref()).await?;
+    let Some(bad) = verdict.first_bad else {
+        println!(
+            "audit chain ok: {} events, head {}",
+            verdict.events_checked,
+            verdict.head_hash.unwrap_or_default()
+        );
+        if let Some(checkpoint) = checkpoint {
+            println!(
+                "it holds every event of the checkpoint of event {} signed at {} by key {}",
+                checkpoint.seq, checkpoint.at, checkpoint.public_key
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "audit chain BROKEN at event {}{}: {}",
+        bad.seq,
+        bad.event_id
+            .map(|id| format!(" ({id})"))
+            .unwrap_or_default(),
+        bad.reason
+    );
+    println!("events 1..={} are intact", verdict.events_checked);
+    Ok(ExitCode::from(EXIT_CHAIN_BROKEN))
+}
+
 /// Runs the command line and returns the process's exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     match execute(cli).await {
@@ -239,27 +304,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             redact_url(&config.database)
         ),
         Command::Audit {
-            command: AuditCommand::Verify,
+            command:
+                AuditCommand::Verify {
+                    checkpoint,
+                    public_key,
+                },
         } => {
-            let verdict = audit::verify(&app.store).await?;
-            match verdict.first_bad {
-                None => println!(
-                    "audit chain ok: {} events, head {}",
-                    verdict.events_checked,
-                    verdict.head_hash.unwrap_or_default()
-                ),
-                Some(bad) => {
-                    println!(
-                        "audit chain BROKEN at event {}{}: {}",
-                        bad.seq,
-                        bad.event_id
-                            .map(|id| format!(" ({id})"))
-                            .unwrap_or_default(),
-                        bad.reason
-                    );
-                    println!("events 1..={} are intact", verdict.events_checked);
-                    return Ok(ExitCode::from(EXIT_CHAIN_BROKEN));
-                }
+            let code = verify_audit(&app, checkpoint.as_deref(), public_key.as_deref()).await?;
+            if code != ExitCode::SUCCESS {
+                app.store.close().await;
+                return Ok(code);
             }
         }
         Command::Usage {

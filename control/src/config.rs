@@ -44,6 +44,8 @@ struct FileConfig {
     #[serde(default)]
     usage: UsageSection,
     #[serde(default)]
+    audit: AuditSection,
+    #[serde(default)]
     jobs: JobsSection,
     #[serde(default)]
     agents: AgentsSection,
@@ -280,6 +282,18 @@ struct SweeperSection {
     remove: Option<bool>,
 }
 
+/// The `[audit]` section: signed checkpoints of the audit chain.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    /// How often the chain's head is signed, when it has grown [default: 900].
+    checkpoint_interval_secs: Option<u64>,
+    /// The ed25519 key checkpoints are signed with, made there on first start if missing
+    /// [default: `audit-signing.key` in the data dir]. Replicas sharing a database should
+    /// share it.
+    signing_key_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageSection {
@@ -315,6 +329,10 @@ pub struct Config {
     pub database_max_connections: u32,
     pub log_format: LogFormat,
     pub rollup_interval: Duration,
+    /// How often the audit chain's head is signed (when it has grown).
+    pub audit_checkpoint_interval: Duration,
+    /// The key audit checkpoints are signed with.
+    pub audit_signing_key: PathBuf,
     pub job_poll_interval: Duration,
     pub reconcile_interval: Duration,
     /// The share of each cloud's hourly request budget the reconciler may spend; it runs less
@@ -398,6 +416,13 @@ impl Config {
         };
         let lease_default = defaults.job_lease.as_secs();
         let ingest = agents_settings(&path, &parsed.agents, &defaults.ingest)?;
+        let audit_checkpoint_interval = Duration::from_secs(positive(
+            "audit.checkpoint_interval_secs",
+            parsed.audit.checkpoint_interval_secs,
+            900,
+        )?);
+        let audit_signing_key = (parsed.audit.signing_key_file.clone())
+            .unwrap_or_else(|| data_dir.join(crate::audit::checkpoint::KEY_FILE));
         Ok(Self {
             listen: overrides.listen.or(parsed.listen).unwrap_or_else(|| {
                 DEFAULT_LISTEN
@@ -417,6 +442,8 @@ impl Config {
                 parsed.usage.rollup_interval_secs,
                 60,
             )?),
+            audit_checkpoint_interval,
+            audit_signing_key,
             job_poll_interval: Duration::from_millis(positive(
                 "jobs.poll_interval_ms",
                 parsed.jobs.poll_interval_ms,

@@ -25,7 +25,7 @@ use crate::providers::http::RetryPolicy;
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
 use crate::providers::{Cloud, Providers, Secret, Tunnels};
 use crate::store::{Store, StoreOptions, redact_url};
-use crate::{accounts, background, http};
+use crate::{accounts, audit, background, http};
 
 /// The providers resources may live on, as `[providers]` selects them: the cloud new
 /// resources go to, every other configured cloud existing resources may live on, and the
@@ -181,7 +181,16 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
         },
     )
     .await?;
-    store.migrate().await?;
+    if let Err(e) = store.migrate().await {
+        // A runtime role on PostgreSQL may not create or alter tables (README, "A runtime role
+        // for PostgreSQL"): it runs on a schema the owner migrated with `control migrate`.
+        if !e.is_permission_denied() || !store.is_migrated().await.unwrap_or(false) {
+            return Err(anyhow::Error::new(e).context(
+                "the database schema is not current and this role cannot migrate it; run `control migrate` as the schema's owner",
+            ));
+        }
+        info!(error = %e, "this database role cannot run migrations; the schema is current, so control goes on");
+    }
     Ok(store)
 }
 
@@ -193,14 +202,22 @@ pub async fn open(config: &Config) -> anyhow::Result<App> {
     Ok(App::new(store, clock, providers, config.settings.clone()))
 }
 
-pub async fn serve(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
-    // Before listening: whoever sees the port open finds the token written.
+/// Before listening, so that whoever sees the port open finds them written: the operator
+/// token (on a first start) and the key audit checkpoints are signed with.
+async fn secrets(store: &Store, config: &Config) -> anyhow::Result<Arc<audit::checkpoint::Signer>> {
     if let Some(path) =
-        accounts::ensure_operator_token(&store, SystemClock.now(), &config.data_dir).await?
+        accounts::ensure_operator_token(store, SystemClock.now(), &config.data_dir).await?
     {
         info!(path = %absolute(&path).display(), "first start: wrote an operator token (mode 0600) to this file");
     }
+    Ok(Arc::new(audit::checkpoint::Signer::load_or_create(
+        &config.audit_signing_key,
+    )?))
+}
+
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let signer = secrets(&store, config).await?;
     // Also before listening: a first start may build them, which takes a minute.
     // In qemu mode both are in the image the VMs boot.
     let qemu = config.local.qemu_config(&absolute(&config.data_dir));
@@ -275,6 +292,12 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         let (local, stopped) = (local.clone(), stopped.clone());
         tokio::spawn(async move { local.supervise(stopped).await })
     });
+    tasks.push(tokio::spawn(background::checkpoints(
+        app.clone(),
+        signer,
+        config.audit_checkpoint_interval,
+        stopped.clone(),
+    )));
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

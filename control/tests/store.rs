@@ -7,11 +7,9 @@ mod common;
 
 use std::process::Command;
 
-use control::audit::{self, NewEvent};
-use control::store::{Backend, IdempotencyClaim, Store, StoreError, StoreOptions};
+use control::audit;
+use control::store::{Backend, IdempotencyClaim, Store, StoreOptions};
 use control_api::Timestamp;
-use control_api::audit::AuditAction;
-use control_api::usage::ResourceKind;
 use test_support::{TestDb, dual_backend_tests, have_program};
 
 dual_backend_tests!(
@@ -24,53 +22,6 @@ dual_backend_tests!(
     concurrent_appends_form_one_chain,
     idempotency_claims_stranded_past_their_lease_are_purged,
 );
-
-fn event(n: i64) -> NewEvent<'static> {
-    NewEvent {
-        at: Timestamp::from_millis(1_790_000_000_000 + n),
-        actor: "token:tok_test".to_owned(),
-        action: AuditAction::AgentStart,
-        resource_kind: ResourceKind::Agent,
-        resource_id: "agt_test",
-        account_id: "acc_test",
-        to_account_id: None,
-        request_id: None,
-        caller_request_id: None,
-        details: serde_json::json!({ "n": n }),
-    }
-}
-
-async fn append(store: &Store, n: i64) {
-    let mut tx = store.write().await.unwrap();
-    audit::append(&mut tx, event(n)).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-/// Runs one statement outside the store's API, as an intruder with database access would.
-async fn execute(store: &Store, sql: &'static str) -> Result<(), StoreError> {
-    let mut tx = store.write().await?;
-    tx.execute_raw(sql).await?;
-    tx.commit().await
-}
-
-/// Each of `edits` (and, on PostgreSQL, `truncate`) is refused by the database, and the
-/// database is as it was.
-async fn all_refused(db: &TestDb, store: &Store, edits: &[&'static str], truncate: &'static str) {
-    let before = store.snapshot().await.unwrap();
-    let postgres_only: &[&'static str] = if db.backend == test_support::Backend::Postgres {
-        &[truncate]
-    } else {
-        &[]
-    };
-    for sql in edits.iter().chain(postgres_only) {
-        let refused = execute(store, sql).await;
-        assert!(
-            matches!(refused, Err(StoreError::Refused(_))),
-            "{sql}: {refused:?}"
-        );
-    }
-    assert_eq!(store.snapshot().await.unwrap(), before);
-}
 
 async fn migrations_apply_once_and_are_checked(db: TestDb) {
     let store = common::connect(&db).await;
@@ -92,7 +43,7 @@ async fn migrations_apply_once_and_are_checked(db: TestDb) {
 async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
     let store = common::connect(&db).await;
     for n in 1..=3 {
-        append(&store, n).await;
+        common::append_event(&store, n).await;
     }
     let edits: &[&'static str] = &[
         "UPDATE audit_events SET actor = 'someone else' WHERE seq = 2",
@@ -100,7 +51,7 @@ async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
         "DELETE FROM audit_events WHERE seq = 3",
         "DELETE FROM audit_events",
     ];
-    all_refused(&db, &store, edits, "TRUNCATE audit_events").await;
+    common::all_refused(&db, &store, edits, "TRUNCATE audit_events").await;
     assert!(audit::verify(&store).await.unwrap().ok);
 }
 
@@ -108,13 +59,13 @@ async fn the_database_refuses_to_edit_audit_events(db: TestDb) {
 /// one never changes, while the open one still closes.
 async fn the_database_keeps_every_state_period(db: TestDb) {
     let store = common::connect(&db).await;
-    execute(
+    common::execute_raw(
         &store,
         "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
     )
     .await
     .unwrap();
-    execute(
+    common::execute_raw(
         &store,
         "INSERT INTO state_periods
              (id, resource_kind, resource_id, account_id, state, started_at, ended_at)
@@ -130,8 +81,8 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
         "UPDATE state_periods SET ended_at = 2000 WHERE id = 'per_closed'",
         "UPDATE state_periods SET account_id = 'acc_t', state = 'paused' WHERE ended_at IS NOT NULL",
     ];
-    all_refused(&db, &store, edits, "TRUNCATE state_periods").await;
-    execute(
+    common::all_refused(&db, &store, edits, "TRUNCATE state_periods").await;
+    common::execute_raw(
         &store,
         "UPDATE state_periods SET ended_at = 3000 WHERE id = 'per_open'",
     )
@@ -142,20 +93,20 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
 async fn an_unhealthy_mark_is_cleared_only_by_a_newer_heartbeat(db: TestDb) {
     use control::store::LivenessRow;
     let store = common::connect(&db).await;
-    execute(
+    common::execute_raw(
         &store,
         "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
     )
     .await
     .unwrap();
-    execute(
+    common::execute_raw(
         &store,
         "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
          VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
     )
     .await
     .unwrap();
-    execute(
+    common::execute_raw(
         &store,
         "INSERT INTO agents (id, account_id, name, provider, image_id, image_ref, env, state,
                              provisioned_at, updated_at)
@@ -209,8 +160,8 @@ async fn an_unhealthy_mark_is_cleared_only_by_a_newer_heartbeat(db: TestDb) {
 
 async fn sql_shells_cannot_edit_audit_events(db: TestDb) {
     let store = common::connect(&db).await;
-    append(&store, 1).await;
-    append(&store, 2).await;
+    common::append_event(&store, 1).await;
+    common::append_event(&store, 2).await;
     let before = store.snapshot().await.unwrap();
     let statements = [
         "UPDATE audit_events SET actor = 'x' WHERE seq = 1;",
@@ -319,7 +270,7 @@ async fn verify_names_the_first_tampered_event(db: TestDb) {
         };
         let store = common::connect(&db).await;
         for n in 1..=6 {
-            append(&store, n).await;
+            common::append_event(&store, n).await;
         }
         let intact = Command::new(control)
             .args(["--database", &db.url, "audit", "verify"])
@@ -333,7 +284,7 @@ async fn verify_names_the_first_tampered_event(db: TestDb) {
         assert!(String::from_utf8_lossy(&intact.stdout).starts_with("audit chain ok: 6 events"));
 
         for sql in drop_triggers.iter().chain(tamper.sql) {
-            execute(&store, sql)
+            common::execute_raw(&store, sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
@@ -381,7 +332,7 @@ async fn concurrent_appends_form_one_chain(db: TestDb) {
         };
         tasks.push(tokio::spawn(async move {
             for n in 0..50 {
-                append(&store, task * 1_000 + n).await;
+                common::append_event(&store, task * 1_000 + n).await;
             }
         }));
     }

@@ -62,7 +62,7 @@ pub fn start_control_with(args: &[String], port: u16, env: &[(&str, &str)]) -> R
 }
 
 /// Writes the configuration the end-to-end tests run control with: fast heartbeats, health
-/// judgements, reconciler, rollup and job polling, local VMs running the workspace's vm-agent
+/// judgements, reconciler, rollup, audit checkpoints and job polling, local VMs running the workspace's vm-agent
 /// and stand-in cloudflared and reporting to `control_urls`, and job leases of
 /// `job_lease_secs` (the default when `None`). Returns the file's path.
 pub fn write_control_config(
@@ -99,6 +99,9 @@ interval_secs = 2
 
 [usage]
 rollup_interval_secs = 2
+
+[audit]
+checkpoint_interval_secs = 2
 
 [jobs]
 poll_interval_ms = 200

@@ -533,6 +533,39 @@ async fn the_system_runs_end_to_end(db: Option<TestDb>, replicas: usize) {
         &checker::same_rollup(&destroyed.usage, &again.usage),
         "rolling up twice",
     );
+    chain_holds_its_newest_checkpoint(&system, &op).await;
+}
+
+/// A live replica signs the chain's head (every 2 s here) once no more events come, logs the checkpoint at INFO and lists it;
+/// kept in a file, it verifies against the chain.
+async fn chain_holds_its_newest_checkpoint(system: &System, op: &Api) {
+    let head = op.get("/api/audit/verify").await["events_checked"].clone();
+    eventually("a checkpoint of the whole chain", WITHIN, || async {
+        op.get("/api/audit/checkpoints?limit=1").await["items"][0]["seq"] == head
+    })
+    .await;
+    let newest = op.get("/api/audit/checkpoints?limit=1").await["items"][0].clone();
+    let logged = system.replicas.iter().flatten().any(|r| {
+        r.daemon.log().lines().any(|line| {
+            line.contains("audit checkpoint signed")
+                && line.contains(newest["hash"].as_str().unwrap())
+        })
+    });
+    assert!(logged, "the checkpoint {newest} is in a replica's log");
+    let file = system.dir.path().join("checkpoint.json");
+    std::fs::write(&file, newest.to_string()).unwrap();
+    let verify = Command::new(workspace_bin("control"))
+        .args(&system.args)
+        .args(["audit", "verify", "--checkpoint"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("it holds every event of the checkpoint"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,3 +95,32 @@ pub struct AuditVerification {
     #[serde(default)]
     pub first_bad: Option<BrokenLink>,
 }
+
+/// A signed statement of the chain's head: "the log held `seq` events, the last with hash
+/// `hash`, at `at`". Control makes one periodically when the chain has grown, after checking the
+/// events since the previous one, and publishes it in its log and at
+/// `GET /api/audit/checkpoints`; kept anywhere outside the database, it lets
+/// `control audit verify --checkpoint FILE` prove those events are all still there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditCheckpoint {
+    /// How many events the chain held (the last one's seq).
+    pub seq: i64,
+    /// The hash of event `seq`.
+    pub hash: String,
+    pub at: Timestamp,
+    /// The ed25519 public key that signed it, hex (32 bytes).
+    pub public_key: String,
+    /// ed25519 over `control audit checkpoint v1\n{seq}\n{hash}\n{at in ms since the epoch}\n`,
+    /// hex (64 bytes).
+    pub signature: String,
+}
+
+/// One page of checkpoints, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditCheckpointPage {
+    pub items: Vec<AuditCheckpoint>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}

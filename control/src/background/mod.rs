@@ -74,6 +74,23 @@ async fn run_jobs(app: App, poll: Duration, mut shutdown: watch::Receiver<bool>)
     info!("job runner stopped");
 }
 
+/// Signs the audit chain's head every `period` when it has grown (see
+/// `audit::checkpoint`); a damaged chain is reported at ERROR each time, never signed.
+pub async fn checkpoints(
+    app: App,
+    signer: std::sync::Arc<crate::audit::checkpoint::Signer>,
+    period: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    info!(public_key = %signer.public_key(), "audit checkpoints are signed with this key");
+    each(period, shutdown, || async {
+        if let Err(e) = crate::audit::checkpoint::make(&app.store, &signer, app.clock.now()).await {
+            error!(error = %e, "signing an audit checkpoint failed; retrying on the next tick");
+        }
+    })
+    .await;
+}
+
 /// Calls `work` at once and then every `period` until `shutdown` changes. A late tick is
 /// delayed, never bunched up.
 async fn each<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, mut work: F)

@@ -124,6 +124,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// When a caller may try again after a change was refused for a damaged audit chain: an
+/// operator has to act first, so not soon.
+const AUDIT_CHAIN_RETRY_AFTER_S: u64 = 300;
+
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
@@ -154,6 +158,16 @@ impl From<Error> for ApiError {
                 StatusCode::CONFLICT,
                 "the request conflicts with a concurrent change; retry it",
             ),
+            Error::Store(StoreError::AuditChain(detail)) => {
+                error!(%detail, "refusing a change: the audit chain is damaged");
+                Self {
+                    retry_after: Some(AUDIT_CHAIN_RETRY_AFTER_S),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the audit log is damaged, so no change can be recorded: {detail}"),
+                    )
+                }
+            }
             Error::Store(StoreError::Connect { .. }) => {
                 log_chain(&error);
                 Self::new(

@@ -20,7 +20,8 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-/// The database answers and its schema is current: send traffic here.
+/// The database answers, its schema is current and the audit chain's head is its newest
+/// event: send traffic here.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -31,11 +32,17 @@ pub(super) async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiEr
     if app.store.ping().await.is_err() {
         return Err(unavailable("the database does not answer"));
     }
-    match app.store.is_migrated().await {
-        Ok(true) => Ok(healthz().await),
-        _ => Err(unavailable(
+    if !matches!(app.store.is_migrated().await, Ok(true)) {
+        return Err(unavailable(
             "the database schema is not current; run `control migrate`",
-        )),
+        ));
+    }
+    match crate::audit::check_head(&app.store).await {
+        Ok(()) => Ok(healthz().await),
+        Err(crate::store::StoreError::AuditChain(detail)) => {
+            Err(unavailable(&format!("the audit log is damaged: {detail}")))
+        }
+        Err(_) => Err(unavailable("the database does not answer")),
     }
 }
 

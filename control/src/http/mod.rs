@@ -6,6 +6,7 @@
 
 mod accounts;
 mod agents;
+mod audit;
 pub mod error;
 pub mod extract;
 mod health;
@@ -89,6 +90,7 @@ fn authenticated_routes() -> OpenApiRouter<App> {
         .routes(routes!(usage::usage))
         .routes(routes!(usage::audit))
         .routes(routes!(usage::verify))
+        .routes(routes!(audit::checkpoints))
         .routes(routes!(vault_keys::add, vault_keys::list))
         .routes(routes!(vault_keys::delete))
         .routes(routes!(plain_vms::provision, plain_vms::list))

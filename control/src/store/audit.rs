@@ -1,6 +1,6 @@
 //! Audit events (insert-only; the database refuses UPDATE and DELETE) and the chain head.
 
-use super::{Result, Tx, on_conn};
+use super::{Result, Tx, TxInner, on_conn};
 
 /// An audit event exactly as stored. Text columns stay text so that `audit verify` can hash a
 /// tampered row and name it instead of failing to parse it.
@@ -32,16 +32,38 @@ pub struct AuditFilter<'a> {
     pub limit: i64,
 }
 
+/// A signed checkpoint of the chain head as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CheckpointRow {
+    pub seq: i64,
+    pub hash: String,
+    pub at: i64,
+    /// Hex, 32 bytes (ed25519).
+    pub public_key: String,
+    /// Hex, 64 bytes.
+    pub signature: String,
+}
+
 impl Tx {
     /// Locks the chain head for the rest of the transaction and returns `(seq, hash)` of the
     /// last event. Every append starts here, so appends from any number of tasks or replicas
-    /// form one chain.
+    /// form one chain. On PostgreSQL the lock is taken by `audit_lock_head()`, which runs as
+    /// the schema's owner, so a runtime role needs no UPDATE privilege on the head.
     pub async fn lock_audit_head(&mut self) -> Result<(i64, String)> {
-        Ok(on_conn!(self, conn => sqlx::query_as(
-            "UPDATE audit_head SET seq = seq WHERE singleton = 1 RETURNING seq, hash",
-        )
-        .fetch_one(conn)
-        .await)?)
+        Ok(match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                sqlx::query_as(
+                    "UPDATE audit_head SET seq = seq WHERE singleton = 1 RETURNING seq, hash",
+                )
+                .fetch_one(&mut **tx)
+                .await
+            }
+            TxInner::Postgres(tx) => {
+                sqlx::query_as("SELECT seq, hash FROM audit_lock_head()")
+                    .fetch_one(&mut **tx)
+                    .await
+            }
+        }?)
     }
 
     pub async fn audit_head(&mut self) -> Result<(i64, String)> {
@@ -52,16 +74,13 @@ impl Tx {
         .await)?)
     }
 
-    pub async fn set_audit_head(&mut self, seq: i64, hash: &str) -> Result<()> {
-        on_conn!(self, conn => sqlx::query(
-            "UPDATE audit_head SET seq = $1, hash = $2 WHERE singleton = 1",
+    /// `(seq, hash)` of the stored event with the highest seq, if any.
+    pub async fn newest_audit_event(&mut self) -> Result<Option<(i64, String)>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
         )
-        .bind(seq)
-        .bind(hash)
-        .execute(conn)
-        .await
-            .map(|done| done.rows_affected()))?;
-        Ok(())
+        .fetch_optional(conn)
+        .await)?)
     }
 
     pub async fn insert_audit(&mut self, event: &AuditRow) -> Result<()> {
@@ -118,6 +137,38 @@ impl Tx {
         .bind(filter.resource_id)
         .bind(filter.account_id)
         .bind(filter.limit)
+        .fetch_all(conn)
+        .await)?)
+    }
+
+    pub async fn insert_audit_checkpoint(&mut self, checkpoint: &CheckpointRow) -> Result<()> {
+        on_conn!(self, conn => sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, at, public_key, signature)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(checkpoint.seq)
+        .bind(&checkpoint.hash)
+        .bind(checkpoint.at)
+        .bind(&checkpoint.public_key)
+        .bind(&checkpoint.signature)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Checkpoints newest first, below `before_seq`, at most `limit`.
+    pub async fn audit_checkpoints(
+        &mut self,
+        before_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<CheckpointRow>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT seq, hash, at, public_key, signature FROM audit_checkpoints
+             WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(before_seq)
+        .bind(limit)
         .fetch_all(conn)
         .await)?)
     }

@@ -39,7 +39,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use accounts::{AccountRow, TokenRow};
 pub use agents::{AgentChange, AgentRow, NewAgent, OperationOutcome, ReconcileRow};
-pub use audit::{AuditFilter, AuditRow};
+pub use audit::{AuditFilter, AuditRow, CheckpointRow};
 pub use bootstrap::BootstrapRow;
 pub use credentials::CredentialRow;
 pub use idempotency::IdempotencyClaim;
@@ -102,6 +102,10 @@ pub enum StoreError {
     Refused(String),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    /// The audit chain's head and its events disagree (the head was rewound, or events were
+    /// removed behind the database's back): nothing more is appended until an operator looks.
+    #[error("the audit chain is damaged: {0}")]
+    AuditChain(String),
     #[error("database query failed")]
     Query(#[source] sqlx::Error),
 }
@@ -119,6 +123,22 @@ impl From<sqlx::Error> for StoreError {
             }
         }
         Self::Query(error)
+    }
+}
+
+impl StoreError {
+    /// Whether the database refused for lack of a privilege (PostgreSQL's 42501), as it does
+    /// when a runtime role tries to migrate.
+    pub fn is_permission_denied(&self) -> bool {
+        let (Self::Migrate(
+            sqlx::migrate::MigrateError::Execute(source)
+            | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
+        )
+        | Self::Query(source)) = self
+        else {
+            return false;
+        };
+        matches!(source, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"))
     }
 }
 
@@ -354,7 +374,7 @@ impl Store {
     /// Every row of every table, as text, in a stable order: lets tests and support compare
     /// the whole database before and after an operation that must change nothing.
     pub async fn snapshot(&self) -> Result<String> {
-        const TABLES: [&str; 18] = [
+        const TABLES: [&str; 19] = [
             "SELECT * FROM accounts ORDER BY id",
             "SELECT * FROM api_tokens ORDER BY id",
             "SELECT * FROM images ORDER BY id",
@@ -365,6 +385,7 @@ impl Store {
             "SELECT * FROM usage_rollup",
             "SELECT * FROM audit_events ORDER BY seq",
             "SELECT * FROM audit_head",
+            "SELECT * FROM audit_checkpoints ORDER BY seq",
             "SELECT * FROM jobs ORDER BY id",
             "SELECT * FROM idempotency_keys ORDER BY principal, idem_key",
             "SELECT * FROM agent_bootstrap ORDER BY agent_id",

@@ -114,6 +114,16 @@ impl Harness {
         settings: Settings,
     ) -> Self {
         let store = connect(&db).await;
+        Self::on_store(db, store, providers, settings).await
+    }
+
+    /// A harness on `store`, an already migrated connection to `db` (as another role, say).
+    pub async fn on_store(
+        db: TestDb,
+        store: Store,
+        providers: impl FnOnce(&Arc<LocalProvider>) -> Providers,
+        settings: Settings,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
         let local = Arc::new(LocalProvider::in_memory());
         let providers = providers(&local);
@@ -383,4 +393,63 @@ pub fn fake_clouds(
     )
     .expect("a Cloudflare client");
     Providers::new(hetzner::cloud(Arc::new(project))).with_tunnels(Arc::new(tunnels))
+}
+
+/// Audit event number `n` of a test chain.
+pub fn audit_event(n: i64) -> control::audit::NewEvent<'static> {
+    control::audit::NewEvent {
+        at: Timestamp::from_millis(1_790_000_000_000 + n),
+        actor: "token:tok_test".to_owned(),
+        action: control_api::audit::AuditAction::AgentStart,
+        resource_kind: control_api::usage::ResourceKind::Agent,
+        resource_id: "agt_test",
+        account_id: "acc_test",
+        to_account_id: None,
+        request_id: None,
+        caller_request_id: None,
+        details: json!({ "n": n }),
+    }
+}
+
+/// Appends audit event number `n` in a transaction of its own.
+pub async fn append_event(store: &Store, n: i64) {
+    let mut tx = store.write().await.unwrap();
+    control::audit::append(&mut tx, audit_event(n))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Runs one statement outside the store's API, as an intruder with database access would.
+pub async fn execute_raw(
+    store: &Store,
+    sql: &'static str,
+) -> Result<(), control::store::StoreError> {
+    let mut tx = store.write().await?;
+    tx.execute_raw(sql).await?;
+    tx.commit().await
+}
+
+/// Each of `edits` (and, on PostgreSQL, `truncate`) is refused by the database, and the
+/// database is as it was.
+pub async fn all_refused(
+    db: &TestDb,
+    store: &Store,
+    edits: &[&'static str],
+    truncate: &'static str,
+) {
+    let before = store.snapshot().await.unwrap();
+    let postgres_only: &[&'static str] = if db.backend == test_support::Backend::Postgres {
+        &[truncate]
+    } else {
+        &[]
+    };
+    for sql in edits.iter().chain(postgres_only) {
+        let refused = execute_raw(store, sql).await;
+        assert!(
+            matches!(refused, Err(control::store::StoreError::Refused(_))),
+            "{sql}: {refused:?}"
+        );
+    }
+    assert_eq!(store.snapshot().await.unwrap(), before);
 }

@@ -4,13 +4,18 @@
 //! chain head row first, in the same transaction as the change they record, so concurrent
 //! writers (tasks or replicas) line up behind each other and the chain never forks; the unique
 //! constraints on `seq` and `prev_hash` would refuse a fork even if they did not. The database
-//! itself refuses UPDATE and DELETE (triggers), and [`verify`] finds any edit, deletion or
-//! reordering that bypassed them.
+//! itself refuses UPDATE and DELETE, accepts an event only at the end of the chain, and
+//! advances the head itself, which otherwise only moves forward onto the newest event
+//! (triggers, migration 0009). [`verify`] finds any edit, deletion or reordering that bypassed
+//! them, an append refuses to go on when the head and the events disagree, and [`checkpoint`]
+//! anchors the head outside the database, against a tail cut off with the head rewound.
 
 use control_api::Timestamp;
-use control_api::audit::{AuditAction, AuditEvent, AuditVerification, BrokenLink};
+use control_api::audit::{AuditAction, AuditCheckpoint, AuditEvent, AuditVerification, BrokenLink};
 use control_api::usage::ResourceKind;
 use sha2::{Digest, Sha256};
+
+pub mod checkpoint;
 
 use crate::ids::{new_id, prefix};
 use crate::store::{AuditRow, DbText, Result, Store, StoreError, Tx};
@@ -102,6 +107,7 @@ pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
         }
     }
     let (head_seq, head_hash) = tx.lock_audit_head().await?;
+    head_agrees(tx, head_seq, &head_hash).await?;
     let mut row = AuditRow {
         seq: head_seq + 1,
         id: new_id(prefix::EVENT),
@@ -118,9 +124,41 @@ pub async fn append(tx: &mut Tx, event: NewEvent<'_>) -> Result<AuditRow> {
         hash: String::new(),
     };
     row.hash = event_hash(&row);
+    // The database advances the head (a trigger), and refuses an event that does not extend it.
     tx.insert_audit(&row).await?;
-    tx.set_audit_head(row.seq, &row.hash).await?;
     Ok(row)
+}
+
+/// Refuses to go on when the chain's head is not its newest event: an append after a rewound
+/// head would collide with a stored event (and answer "conflict" forever), one after removed
+/// events would hide the gap. Both are damage for an operator, not a caller, to act on.
+pub async fn head_agrees(tx: &mut Tx, head_seq: i64, head_hash: &str) -> Result<()> {
+    let newest = tx.newest_audit_event().await?;
+    let (newest_seq, newest_hash) = newest.unwrap_or((0, GENESIS_HASH.to_owned()));
+    if newest_seq == head_seq && newest_hash == head_hash {
+        return Ok(());
+    }
+    Err(StoreError::AuditChain(if newest_seq == head_seq {
+        format!(
+            "the chain head's hash {head_hash} is not that of the newest event {newest_seq} ({newest_hash}); run `control audit verify`"
+        )
+    } else {
+        format!(
+            "the chain head records {head_seq} events but the newest stored event is {newest_seq}: {}; run `control audit verify`",
+            if newest_seq > head_seq {
+                "the head was rewound"
+            } else {
+                "events were removed from the end"
+            }
+        )
+    }))
+}
+
+/// Whether the chain's head is its newest event, for readiness: `Err` names the damage.
+pub async fn check_head(store: &Store) -> Result<()> {
+    let mut tx = store.read().await?;
+    let (head_seq, head_hash) = tx.audit_head().await?;
+    head_agrees(&mut tx, head_seq, &head_hash).await
 }
 
 /// The wire form of a stored event.
@@ -150,60 +188,66 @@ pub fn to_api(row: AuditRow) -> Result<AuditEvent> {
 /// transaction), and events appended during the walk lie beyond it, left for the next run. So
 /// a live system verifies clean while it keeps appending.
 pub async fn verify(store: &Store) -> Result<AuditVerification> {
+    verify_to(store, None).await
+}
+
+/// [`verify`], and also that the chain still holds the events `checkpoint` signed: as many, and
+/// the same last one. A chain cut short and its head rewound verifies clean on its own; against
+/// a checkpoint made before the cut, the first missing event is named.
+pub async fn verify_to(
+    store: &Store,
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<AuditVerification> {
     let (head_seq, head_hash) = store.read().await?.audit_head().await?;
-    let mut expected_seq = 1;
-    let mut prev_hash = GENESIS_HASH.to_owned();
-    while expected_seq <= head_seq {
-        let batch = store
-            .read()
-            .await?
-            .audit_range(
-                expected_seq - 1,
-                VERIFY_BATCH.min(head_seq - expected_seq + 1),
-            )
-            .await?;
-        if batch.is_empty() {
-            break;
+    let walk = walk(
+        store,
+        (0, GENESIS_HASH.to_owned()),
+        head_seq,
+        checkpoint.map(|c| c.seq),
+    )
+    .await?;
+    if let Some(broken) = walk.broken {
+        return Ok(broken_chain(walk.checked, broken));
+    }
+    let checked = walk.checked;
+    if let Some(checkpoint) = checkpoint {
+        if checkpoint.seq > checked {
+            let reason = format!(
+                "event {} is missing: the checkpoint signed at {} covers {} events but the log ends at event {checked}: events {}..={} were removed from its end",
+                checked + 1,
+                checkpoint.at,
+                checkpoint.seq,
+                checked + 1,
+                checkpoint.seq
+            );
+            return Ok(broken_chain(
+                checked,
+                BrokenLink {
+                    seq: checked + 1,
+                    event_id: None,
+                    reason,
+                },
+            ));
         }
-        for row in batch {
-            if let Some(reason) = check_link(&row, expected_seq, &prev_hash) {
-                let broken = if row.seq > expected_seq {
-                    // Rows are read in seq order, so a higher seq means events are missing.
-                    BrokenLink {
-                        seq: expected_seq,
-                        event_id: None,
-                        reason,
-                    }
-                } else {
-                    BrokenLink {
-                        seq: row.seq,
-                        event_id: Some(row.id),
-                        reason,
-                    }
-                };
-                return Ok(broken_chain(expected_seq - 1, broken));
-            }
-            prev_hash = row.hash;
-            expected_seq += 1;
+        if let Some((id, hash)) = walk.watched.filter(|(_, hash)| *hash != checkpoint.hash) {
+            let reason = format!(
+                "it is not the event the checkpoint signed at {} (hash {hash}, signed {}): the chain was rewritten up to here",
+                checkpoint.at, checkpoint.hash
+            );
+            return Ok(broken_chain(
+                checkpoint.seq - 1,
+                BrokenLink {
+                    seq: checkpoint.seq,
+                    event_id: Some(id),
+                    reason,
+                },
+            ));
         }
     }
-    let checked = expected_seq - 1;
-    if checked < head_seq {
+    if head_hash != walk.last_hash {
         let reason = format!(
-            "the chain head records {head_seq} events but the log ends at event {checked}: events were deleted from its end"
-        );
-        return Ok(broken_chain(
-            checked,
-            BrokenLink {
-                seq: checked + 1,
-                event_id: None,
-                reason,
-            },
-        ));
-    }
-    if head_hash != prev_hash {
-        let reason = format!(
-            "the chain head's hash {head_hash} is not the last event's ({prev_hash}): the head or the last event was altered"
+            "the chain head's hash {head_hash} is not the last event's ({}): the head or the last event was altered",
+            walk.last_hash
         );
         return Ok(broken_chain(
             checked - 1,
@@ -217,8 +261,77 @@ pub async fn verify(store: &Store) -> Result<AuditVerification> {
     Ok(AuditVerification {
         ok: true,
         events_checked: checked,
-        head_hash: Some(prev_hash),
+        head_hash: Some(walk.last_hash),
         first_bad: None,
+    })
+}
+
+/// What a walk along the chain found.
+struct Walk {
+    /// The last event that holds.
+    checked: i64,
+    last_hash: String,
+    broken: Option<BrokenLink>,
+    /// Id and hash of the event at the watched seq, if it was reached.
+    watched: Option<(String, String)>,
+}
+
+/// Checks the events after `from` (a seq and its hash) up to `to_seq` link one to the next.
+async fn walk(store: &Store, from: (i64, String), to_seq: i64, watch: Option<i64>) -> Result<Walk> {
+    let (mut checked, mut last_hash) = from;
+    let mut watched = None;
+    while checked < to_seq {
+        let batch = store
+            .read()
+            .await?
+            .audit_range(checked, VERIFY_BATCH.min(to_seq - checked))
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        for row in batch {
+            let expected_seq = checked + 1;
+            if let Some(reason) = check_link(&row, expected_seq, &last_hash) {
+                // Rows are read in seq order, so a higher seq means events are missing.
+                let broken = if row.seq > expected_seq {
+                    BrokenLink {
+                        seq: expected_seq,
+                        event_id: None,
+                        reason,
+                    }
+                } else {
+                    BrokenLink {
+                        seq: row.seq,
+                        event_id: Some(row.id),
+                        reason,
+                    }
+                };
+                return Ok(Walk {
+                    checked,
+                    last_hash,
+                    broken: Some(broken),
+                    watched,
+                });
+            }
+            if watch == Some(row.seq) {
+                watched = Some((row.id, row.hash.clone()));
+            }
+            last_hash = row.hash;
+            checked = expected_seq;
+        }
+    }
+    let broken = (checked < to_seq).then(|| BrokenLink {
+        seq: checked + 1,
+        event_id: None,
+        reason: format!(
+            "the chain head records {to_seq} events but the log ends at event {checked}: events were deleted from its end"
+        ),
+    });
+    Ok(Walk {
+        checked,
+        last_hash,
+        broken,
+        watched,
     })
 }
 
