@@ -186,7 +186,8 @@ impl Checks {
         }
     }
 
-    /// Environment variables: at most 100, names like `FOO_BAR`, values up to 4096 bytes.
+    /// Environment variables: at most 100, names like `FOO_BAR`, values up to 4096 characters
+    /// (as JSON Schema's `maxLength` counts them, so the API document can say it).
     pub fn env(&mut self, field: &str, env: &BTreeMap<String, String>) {
         if env.len() > 100 {
             self.fail(
@@ -209,10 +210,10 @@ impl Checks {
                     &path,
                     "variable names must match [A-Z_][A-Z0-9_]*, at most 128 characters",
                 );
-            } else if value.len() > 4096 || value.contains('\0') {
+            } else if value.chars().count() > 4096 || value.contains('\0') {
                 self.fail(
                     &path,
-                    "values must be at most 4096 bytes without NUL characters",
+                    "values must be at most 4096 characters without NUL characters",
                 );
             }
         }

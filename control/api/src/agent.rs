@@ -88,13 +88,16 @@ pub enum TunnelState {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelReport {
     pub state: TunnelState,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 4_294_967_295_i64, format = Int64))]
     pub ready_connections: u32,
     /// Restarts since the agent started.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 4_294_967_295_i64, format = Int64))]
     pub restarts: u32,
     /// Restarted too often lately.
     pub crash_loop: bool,
-    /// The last exit: its code, or 128 + the signal that ended it.
+    /// The last exit: its code, or 128 + the signal that ended it (0 to 255).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 255))]
     pub last_exit: Option<i32>,
     /// When `state` was entered.
     #[serde(default)]
@@ -124,12 +127,28 @@ pub enum SliceState {
 pub struct SliceReport {
     pub state: SliceState,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub free_bytes: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub total_bytes: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub free_inodes: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub total_inodes: Option<u64>,
 }
 
@@ -137,13 +156,48 @@ pub struct SliceReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostMetrics {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 4_294_967_295_i64, format = Int64))]
     pub cpus: u32,
     /// Load averages over 1, 5 and 15 minutes, times 100.
+    #[cfg_attr(feature = "openapi", schema(schema_with = load_centi_schema))]
     pub load_centi: [u32; 3],
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub memory_total_bytes: u64,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub memory_available_bytes: u64,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub root_free_bytes: u64,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub uptime_s: u64,
+}
+
+/// The schema of [`HostMetrics::load_centi`]: exactly three unsigned 32-bit integers.
+#[cfg(feature = "openapi")]
+fn load_centi_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let load = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+        .maximum(Some(4_294_967_295_i64));
+    ArrayBuilder::new()
+        .items(load)
+        .min_items(Some(3))
+        .max_items(Some(3))
+        .description(Some("Load averages over 1, 5 and 15 minutes, times 100."))
+        .build()
 }
 
 /// Body of `POST /api/agent/v1/heartbeat`.
@@ -157,11 +211,19 @@ pub struct Heartbeat {
     /// The kernel's boot id: a new one means the VM rebooted.
     pub boot_id: String,
     /// Counts up from 1 per agent process; a reset with the same boot id means the agent
-    /// restarted.
+    /// restarted. At most 2^63 − 1, what control stores.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub sequence: u64,
     pub agent_version: String,
     pub image_version: String,
     /// Seconds the agent process has been running.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub agent_uptime_s: u64,
     pub cloudflared: TunnelReport,
     pub slice: SliceReport,
@@ -196,14 +258,30 @@ pub struct CloneReport {
     pub state: CloneState,
     /// Files, directories and links copied so far.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub files_done: u64,
     /// How many there are, once counted.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub files_total: Option<u64>,
     /// Bytes of file contents copied so far.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub bytes_done: u64,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
     pub bytes_total: Option<u64>,
     /// Why the copy failed (at most 512 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -101,9 +101,14 @@ pub struct Agent {
 #[serde(deny_unknown_fields)]
 pub struct ProvisionAgent {
     /// 1 to 63 characters: lowercase letters, digits and inner hyphens (an RFC 1123 label).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// The owning account. Operator tokens must give it; account tokens must not.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub account_id: Option<String>,
 }
 
@@ -115,6 +120,10 @@ pub struct CloneAgent {
     /// The clone's name: 1 to 63 characters, lowercase letters, digits and inner hyphens (an
     /// RFC 1123 label). Default: the source's name followed by `-clone`, when that fits.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: Option<String>,
 }
 
@@ -125,16 +134,29 @@ pub struct CloneAgent {
 #[serde(deny_unknown_fields)]
 pub struct ImportAgent {
     /// The owning account.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub account_id: String,
     /// 1 to 63 characters: lowercase letters, digits and inner hyphens (an RFC 1123 label).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
-    /// The Fly app the Agent's machine runs in.
+    /// The Fly app the Agent's machine runs in: 1 to 63 letters, digits, `-` and `_`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,63}$"))]
     pub app: String,
-    /// The Fly machine id.
+    /// The Fly machine id: 1 to 63 letters, digits, `-` and `_`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,63}$"))]
     pub machine_id: String,
-    /// The Fly volume the machine mounts (`vol_…`).
+    /// The Fly volume the machine mounts (`vol_…`): 1 to 63 letters, digits, `-` and `_`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,63}$"))]
     pub volume_id: String,
-    /// The image the machine runs, by digest: `repository@sha256:<64 hex digits>`.
+    /// The image the machine runs, by digest: `repository@sha256:<64 lowercase hex digits>`,
+    /// the repository without `@` or white space.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[^@\\s]+@sha256:[0-9a-f]{64}$")
+    )]
     pub image: String,
 }
 
@@ -156,6 +178,8 @@ pub struct BootstrapToken {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TransferAgent {
+    /// The destination account, another than the Agent's.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub to_account: String,
 }
 

@@ -13,6 +13,13 @@ use time::{Date, OffsetDateTime};
 
 const MILLIS_PER_DAY: i64 = 86_400_000;
 
+/// The first instant of year 0000 (UTC), in milliseconds since the Unix epoch: the earliest
+/// instant the API takes or shows.
+pub const MIN_MILLIS: i64 = -62_167_219_200_000;
+/// The last millisecond of year 9999 (UTC): the latest instant the API takes or shows. Four-digit
+/// years are what RFC 3339 and `YYYY-MM-DD` can write, and what every client can parse.
+pub const MAX_MILLIS: i64 = 253_402_300_799_999;
+
 /// An instant in milliseconds since the Unix epoch, UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
@@ -38,7 +45,9 @@ impl Timestamp {
         self.0
     }
 
-    /// Parses an RFC 3339 instant with any offset; sub-millisecond digits are truncated.
+    /// Parses an RFC 3339 instant with any offset; sub-millisecond digits are truncated. The
+    /// instant, in UTC, must fall in the years 0000 to 9999 (an offset can move a written
+    /// `9999-12-31T23:30:00-01:00` past them).
     pub fn parse(text: &str) -> Result<Self, ParseInstantError> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
             ParseInstantError(format!(
@@ -47,8 +56,12 @@ impl Timestamp {
         })?;
         let ms = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
         i64::try_from(ms)
+            .ok()
+            .filter(|ms| (MIN_MILLIS..=MAX_MILLIS).contains(ms))
             .map(Self)
-            .map_err(|_| ParseInstantError(format!("`{text}` is out of range")))
+            .ok_or_else(|| {
+                ParseInstantError(format!("`{text}` is outside the years 0000 to 9999 (UTC)"))
+            })
     }
 
     /// The UTC day this instant falls in.
@@ -122,12 +135,23 @@ impl Day {
         Self::from_epoch_days(self.epoch_days() + 1)
     }
 
-    /// Parses `YYYY-MM-DD`.
+    /// Parses `YYYY-MM-DD`: a four-digit year (0000 to 9999, no sign), a month and a day.
     pub fn parse(text: &str) -> Result<Self, ParseInstantError> {
         let format = format_description!("[year]-[month]-[day]");
-        Date::parse(text, &format)
+        let shaped = text.len() == 10
+            && text.bytes().enumerate().all(|(index, byte)| match index {
+                4 | 7 => byte == b'-',
+                _ => byte.is_ascii_digit(),
+            });
+        shaped
+            .then(|| Date::parse(text, &format).ok())
+            .flatten()
             .map(Self)
-            .map_err(|_| ParseInstantError(format!("`{text}` is not a day such as 2026-11-23")))
+            .ok_or_else(|| {
+                ParseInstantError(format!(
+                    "`{text}` is not a day such as 2026-11-23 (YYYY-MM-DD, years 0000 to 9999)"
+                ))
+            })
     }
 }
 
@@ -167,7 +191,10 @@ mod schema {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
-                .description(Some("RFC 3339 instant in UTC with millisecond precision"))
+                .description(Some(
+                    "RFC 3339 instant: answers are in UTC with millisecond precision; requests \
+                     may carry any offset. The instant, in UTC, falls in the years 0000 to 9999.",
+                ))
                 .examples([serde_json::json!("2026-11-23T08:00:00.000Z")])
                 .into()
         }
@@ -179,7 +206,10 @@ mod schema {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date)))
-                .description(Some("UTC calendar day, YYYY-MM-DD"))
+                .description(Some(
+                    "UTC calendar day, YYYY-MM-DD, a year from 0000 to 9999",
+                ))
+                .pattern(Some(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))
                 .examples([serde_json::json!("2026-11-23")])
                 .into()
         }
@@ -209,5 +239,47 @@ mod tests {
         assert_eq!(Day::parse("2026-11-23").unwrap(), day);
         assert_eq!(Timestamp::from_millis(-1).day().to_string(), "1969-12-31");
         assert!(Day::parse("2026-13-01").is_err());
+    }
+
+    #[test]
+    fn years_stay_within_0000_and_9999() {
+        for good in [
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "9999-12-31T23:59:59.999+01:00",
+        ] {
+            let t = Timestamp::parse(good).unwrap();
+            assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t, "{good}");
+        }
+        assert_eq!(
+            Timestamp::from_millis(MIN_MILLIS).to_string(),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(MAX_MILLIS).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for bad in [
+            "0000-01-01T00:00:00+00:01",
+            "9999-12-31T23:59:59-00:01",
+            "+10000-01-01T00:00:00Z",
+            "-0001-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+        ] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad}");
+        }
+        for good in ["0000-01-01", "9999-12-31"] {
+            assert_eq!(Day::parse(good).unwrap().to_string(), good);
+        }
+        for bad in [
+            "-0001-01-01",
+            "+2026-01-01",
+            "10000-01-01",
+            "+10000-01-01",
+            "2026-1-01",
+            "２０２６-01-01",
+        ] {
+            assert!(Day::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -109,22 +109,39 @@ pub struct PlainVm {
 #[serde(deny_unknown_fields)]
 pub struct ProvisionPlainVm {
     /// A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// An RFC 1123 host name (labels of letters, digits and `-`, at most 253 characters); with
-    /// dots, the first label is the host name and the whole the fqdn. Default: `name`.
+    /// dots, the first label is the host name and the whole the fqdn; with dots, the last label
+    /// is not all digits (it would read as an IP address). Default: `name`.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 253,
+            pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub hostname: Option<String>,
-    /// The provider's server type. Default: `[plain_vms] server_type`.
+    /// The provider's server type (1 to 63 of `a-z 0-9 . _ -`, starting with a letter or
+    /// digit). Default: `[plain_vms] server_type`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub server_type: Option<String>,
-    /// The provider's location. Default: `[plain_vms] location`.
+    /// The provider's location (as `server_type`). Default: `[plain_vms] location`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub location: Option<String>,
-    /// The provider's image, by name or id. Default: `[plain_vms] image`.
+    /// The provider's image, by name or id (as `server_type`). Default: `[plain_vms] image`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub image: Option<String>,
-    /// Vault keys of the account for the image's default user.
+    /// Vault keys of the account for the image's default user: at most 20, each once.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = vault_key_ids_schema))]
     pub vault_key_ids: Vec<String>,
     /// Whether to set a random one-time password on the default user, which must be changed at
     /// first login. It is in this request's answer only.
@@ -132,7 +149,26 @@ pub struct ProvisionPlainVm {
     pub one_time_password: bool,
     /// The account; operator tokens must give it, account tokens must not.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub account_id: Option<String>,
+}
+
+/// The schema of [`ProvisionPlainVm::vault_key_ids`]: at most 20 distinct Vault key ids.
+#[cfg(feature = "openapi")]
+fn vault_key_ids_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^key_[0-9A-Za-z]{26}$")),
+        )
+        .max_items(Some(20))
+        .unique_items(true)
+        .description(Some(
+            "Vault keys of the account for the image's default user: at most 20, each once.",
+        ))
+        .build()
 }
 
 /// Body of `POST /api/plain-vms/{id}/transfer`.
@@ -140,6 +176,8 @@ pub struct ProvisionPlainVm {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TransferPlainVm {
+    /// The destination account, another than the Plain VM's.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub to_account: String,
 }
 

@@ -31,13 +31,22 @@ pub struct VaultKey {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddVaultKey {
-    /// 1 to 100 characters, no control characters.
+    /// 1 to 100 characters, no control characters, not only white space.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 100,
+            pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+        )
+    )]
     pub name: String,
     /// One OpenSSH public key line, as in a `.pub` file: `ssh-ed25519 AAAA… comment`. Ed25519,
     /// ECDSA, RSA of at least 2048 bits and FIDO (`sk-`) keys; no `authorized_keys` options.
     pub public_key: String,
     /// The account; operator tokens must give it, account tokens must not.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^acc_[0-9A-Za-z]{26}$"))]
     pub account_id: Option<String>,
 }
 

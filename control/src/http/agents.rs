@@ -21,9 +21,11 @@ use crate::app::{App, Caller};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListAgents {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: an Agent id.
+    #[param(pattern = r"^agt_[0-9A-Za-z]{26}$")]
     cursor: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Include destroyed Agents (default false).
     include_destroyed: Option<bool>,

@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::app::Caller;
@@ -21,15 +22,16 @@ pub struct RequestId {
     pub caller: Option<String>,
 }
 
-/// A JSON body: `application/json`, syntactically valid (else 400), and of the expected shape
-/// (else 422 naming the field: unknown, missing or of the wrong type).
+/// A JSON body: `application/json`, syntactically valid (else 400), and of the documented
+/// shape (else 422 naming the field: unknown, missing or of the wrong type, an array where the
+/// document says object, an integer out of its documented range).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + ToSchema,
 {
     type Rejection = ApiError;
 
@@ -59,30 +61,26 @@ where
     }
 }
 
-/// Parses a JSON document into `T`, naming the field that does not fit.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let malformed = |error: &serde_json::Error| {
+/// Parses a JSON document into `T`, naming the field that does not fit: the document is read
+/// whole first (400 when it is not JSON), then held to what the API document says of `T`
+/// ([`super::shape`]), then deserialized.
+pub fn parse_json<T: DeserializeOwned + ToSchema>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
         let message = strip_position(&error.to_string());
         ApiError::field(
             StatusCode::BAD_REQUEST,
             "body",
             format!("malformed JSON: {message}"),
         )
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let inner = error.inner();
-        if inner.classify() == serde_json::error::Category::Data {
-            let message = strip_position(&inner.to_string());
-            let field = field_name(&error.path().to_string(), &message);
-            ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
-        } else {
-            malformed(inner)
-        }
     })?;
-    // Trailing text after the document is malformed too.
-    deserializer.end().map_err(|error| malformed(&error))?;
-    Ok(value)
+    super::shape::check(&T::name(), &value).map_err(|(field, message)| {
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let message = strip_position(&error.inner().to_string());
+        let field = field_name(&error.path().to_string(), &message);
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+    })
 }
 
 /// A query string of the expected shape; unknown parameters are refused, naming them.
@@ -179,7 +177,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Body {
@@ -188,7 +186,7 @@ mod tests {
         inner: Option<Inner>,
     }
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Inner {

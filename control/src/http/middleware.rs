@@ -1,8 +1,8 @@
 //! Layers every API request passes through: request ids, problem documents, authentication.
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use control_api::problem::{PROBLEM_JSON, Problem};
@@ -102,6 +102,46 @@ pub async fn problem_context(request: Request, next: Next) -> Response {
         }
     }
     rewritten
+}
+
+/// Answers 405, with `Allow`, a method the API document does not give the matched path, before
+/// any other layer acts on the request (authentication, an Idempotency-Key's claim).
+pub async fn documented_method(request: Request, next: Next) -> Response {
+    let Some(path) = request.extensions().get::<MatchedPath>() else {
+        return next.run(request).await;
+    };
+    let Some(item) = super::served_openapi().paths.paths.get(path.as_str()) else {
+        return next.run(request).await;
+    };
+    let documented = [
+        (Method::GET, item.get.is_some()),
+        (Method::HEAD, item.get.is_some() || item.head.is_some()),
+        (Method::POST, item.post.is_some()),
+        (Method::PUT, item.put.is_some()),
+        (Method::PATCH, item.patch.is_some()),
+        (Method::DELETE, item.delete.is_some()),
+    ];
+    if documented
+        .iter()
+        .any(|(method, has)| *has && method == request.method())
+    {
+        return next.run(request).await;
+    }
+    let allow = documented
+        .iter()
+        .filter(|(_, has)| *has)
+        .map(|(method, _)| method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this path takes {allow}"),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 /// Answers unknown paths.

@@ -14,6 +14,8 @@ mod idempotency;
 mod import;
 pub mod middleware;
 mod plain_vms;
+mod shape;
+mod shared;
 mod usage;
 mod vault_keys;
 mod vm_agent;
@@ -121,9 +123,12 @@ fn public_routes() -> OpenApiRouter<App> {
 }
 
 fn document(routes: OpenApiRouter<App>) -> (Router<App>, OpenApi) {
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
-        .merge(routes)
-        .split_for_parts()
+    let (served, mut document) =
+        OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+            .merge(routes)
+            .split_for_parts();
+    shared::complete(&mut document);
+    (served, document)
 }
 
 /// The API document, as served and as committed.
@@ -139,9 +144,12 @@ pub fn openapi() -> OpenApi {
 /// The whole HTTP application. Layers, outermost first: request id, problem documents, panic
 /// catcher, body limit; then authentication and idempotency on the authenticated routes.
 pub fn router(app: App) -> Router {
+    // A method a path does not have is answered 405 before anything else, rather than
+    // authenticated and its Idempotency-Key claimed first.
     let authenticated = authenticated_routes()
         .layer(from_fn_with_state(app.clone(), idempotency::idempotency))
-        .layer(from_fn_with_state(app.clone(), middleware::authenticate));
+        .layer(from_fn_with_state(app.clone(), middleware::authenticate))
+        .layer(from_fn(middleware::documented_method));
     let agents = agent_routes().layer(DefaultBodyLimit::max(vm_agent::BODY_LIMIT));
     let (routes, _) = document(authenticated.merge(agents).merge(public_routes()));
     routes
@@ -153,6 +161,12 @@ pub fn router(app: App) -> Router {
         .layer(from_fn(middleware::problem_context))
         .layer(from_fn(middleware::request_id))
         .with_state(app)
+}
+
+/// The API document, built once for what reads it at run time (the request checks).
+pub(crate) fn served_openapi() -> &'static OpenApi {
+    static DOCUMENT: std::sync::OnceLock<OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(openapi)
 }
 
 /// The OpenAPI document as committed: pretty JSON with a trailing newline.

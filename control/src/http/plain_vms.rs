@@ -21,9 +21,11 @@ use crate::plain_vms;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListPlainVms {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: a Plain VM id.
+    #[param(pattern = r"^pvm_[0-9A-Za-z]{26}$")]
     cursor: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Include destroyed Plain VMs (default false).
     include_destroyed: Option<bool>,

@@ -21,11 +21,13 @@ use crate::ledger::report as usage;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct UsageRange {
-    /// First day, `YYYY-MM-DD` (UTC).
+    /// First day, `YYYY-MM-DD` (UTC), a year from 0000 to 9999.
     from: Day,
-    /// Last day, inclusive.
+    /// Last day, inclusive, `YYYY-MM-DD`: not before `from`, and at most 366 days from it
+    /// (`from` included).
     to: Day,
     /// Operators only: one account's rows.
+    #[param(pattern = r"^acc_[0-9A-Za-z]{26}$")]
     account_id: Option<String>,
 }
 
@@ -33,11 +35,15 @@ pub(super) struct UsageRange {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
-    /// Only events about this resource.
+    /// Only events about this resource: a resource id (three lowercase letters, `_` and 26
+    /// letters or digits).
+    #[param(pattern = r"^[a-z]{3}_[0-9A-Za-z]{26}$")]
     resource_id: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the position of its last event, 1 to 18 digits.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -88,6 +94,17 @@ pub(super) async fn audit(
         return Err(
             Error::invalid("limit", format!("must be from 1 to {}", audit::MAX_PAGE)).into(),
         );
+    }
+    // The form the document gives a cursor: a position, in decimal digits (18 at most, so it
+    // always fits the stored 64-bit position).
+    let is_cursor =
+        |text: &str| (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    if query
+        .cursor
+        .as_deref()
+        .is_some_and(|cursor| !is_cursor(cursor))
+    {
+        return Err(Error::invalid("cursor", "is not a cursor this API returned").into());
     }
     let page = audit::list(
         &app,
