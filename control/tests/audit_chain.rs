@@ -402,7 +402,14 @@ async fn checkpoints_are_listed_for_operators(db: TestDb) {
     h.get("/api/audit/checkpoints", &token)
         .await
         .problem(403, None);
-    for bad in ["limit=0", "limit=501", "cursor=abc", "cursor=-1", "other=1"] {
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "cursor=abc",
+        "cursor=-1",
+        "cursor=1234567890123456789",
+        "other=1",
+    ] {
         let reply = h
             .get(&format!("/api/audit/checkpoints?{bad}"), &h.operator)
             .await;

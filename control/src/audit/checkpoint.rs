@@ -277,10 +277,9 @@ pub async fn list(
 ) -> crate::error::Result<control_api::audit::AuditCheckpointPage> {
     let before_seq = match cursor {
         None => i64::MAX,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|seq| *seq > 0)
+        Some(text) => Some(text)
+            .filter(|t| (1..=18).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<i64>().ok())
             .ok_or_else(|| {
                 crate::error::Error::invalid("cursor", "is not a cursor this API returned")
             })?,

@@ -18,9 +18,11 @@ use crate::error::Error;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct CheckpointQuery {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the position of its last checkpoint, 1 to 18 digits.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
