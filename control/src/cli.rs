@@ -54,6 +54,10 @@ pub enum Command {
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long, env = "CONTROL_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Address `/metrics` is served on, apart from the API [default: 127.0.0.1:9180];
+        /// the API's own address serves it with the API.
+        #[arg(long, env = "CONTROL_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -277,14 +281,18 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let listen = match &cli.command {
-        Command::Serve { listen } => *listen,
-        _ => None,
+    let (listen, metrics_listen) = match &cli.command {
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => (*listen, *metrics_listen),
+        _ => (None, None),
     };
     let overrides = Overrides {
         data_dir: cli.global.data_dir,
         database: cli.global.database,
         listen,
+        metrics_listen,
         tokens: env_tokens(),
     };
     let config = Config::load(cli.global.config.as_deref(), &overrides)?;

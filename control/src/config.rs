@@ -17,6 +17,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub tokens: EnvTokens,
 }
 
@@ -37,6 +38,7 @@ pub struct EnvTokens {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     database: Option<String>,
     database_max_connections: Option<u32>,
@@ -62,6 +64,19 @@ struct FileConfig {
     hetzner: Option<HetznerSection>,
     cloudflare: Option<CloudflareSection>,
     fly: Option<FlySection>,
+    tls: Option<TlsSection>,
+}
+
+/// The `[tls]` section: control serves HTTPS (HTTP/1.1 over TLS 1.2 or 1.3) with this
+/// certificate and key instead of plain HTTP. Both files are read at start and again on
+/// SIGHUP; a renewed pair that cannot be used keeps the one in service.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM: the server's certificate first, then the intermediates its clients need.
+    pub cert_file: PathBuf,
+    /// PEM: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// The `[plain_vms]` section: what a Plain VM is made as when its request does not say.
@@ -204,6 +219,10 @@ pub struct LocalSection {
     /// Control URLs local VMs report to, one per VM by its id [default: this replica].
     #[serde(default)]
     pub control_urls: Vec<String>,
+    /// A PEM file of CA certificates local VMs' vm-agents trust for control's certificate
+    /// besides the system's (`control_ca_file` in their `agent.toml`): what an image built for
+    /// an operator's own PKI carries. For a `[tls]` certificate from a private CA.
+    pub control_ca_file: Option<PathBuf>,
     /// What an Agent's local VM is: `processes` (a vm-agent process; the default) or `qemu`
     /// (a real VM booted from a baked image, [`crate::providers::local::QemuConfig`]).
     #[serde(default)]
@@ -321,6 +340,11 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served, over plain HTTP; the API's own address (`listen`) when it
+    /// is the same one, and then `/metrics` is served with the API as before.
+    pub metrics_listen: SocketAddr,
+    /// HTTPS for the API, when configured.
+    pub tls: Option<TlsSection>,
     /// Provider tokens from the environment, for sections without a `token_file`.
     pub env_tokens: EnvTokens,
     pub data_dir: PathBuf,
@@ -366,6 +390,8 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Loopback: a Prometheus on the same host scrapes it; exposing the API exposes nothing more.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9180";
 pub const DEFAULT_DATA_DIR: &str = "control-data";
 /// The reconciler's share of a cloud's hourly request budget: the rest is provisioning's.
 pub const DEFAULT_RECONCILE_BUDGET_FRACTION: f64 = 0.25;
@@ -392,8 +418,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let (path, parsed) = parse_file(file)?;
         check_providers(&path, &parsed)?;
+        check_tls(&path, &parsed)?;
         let positive = |key, value, default| positive(&path, key, value, default);
         let defaults = Settings::default();
+        let (listen, metrics_listen) = listen_addresses(&parsed, overrides);
         let data_dir = overrides
             .data_dir
             .clone()
@@ -424,11 +452,9 @@ impl Config {
         let audit_signing_key = (parsed.audit.signing_key_file.clone())
             .unwrap_or_else(|| data_dir.join(crate::audit::checkpoint::KEY_FILE));
         Ok(Self {
-            listen: overrides.listen.or(parsed.listen).unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
-            }),
+            listen,
+            metrics_listen,
+            tls: parsed.tls.clone(),
             env_tokens: overrides.tokens.clone(),
             database_max_connections: u32::try_from(positive(
                 "database_max_connections",
@@ -598,6 +624,59 @@ fn check_providers(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> 
             key: "providers.tunnels",
             message: "is cloudflare, but there is no [cloudflare] section (token_file, \
                       account_id, zone_id)"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the API and `/metrics` listen: the flag or environment, else the file, else the
+/// defaults.
+fn listen_addresses(parsed: &FileConfig, overrides: &Overrides) -> (SocketAddr, SocketAddr) {
+    let or_default = |given: Option<SocketAddr>, default: &str, port: u16| {
+        given.unwrap_or_else(|| {
+            default
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+    };
+    (
+        or_default(overrides.listen.or(parsed.listen), DEFAULT_LISTEN, 8080),
+        or_default(
+            overrides.metrics_listen.or(parsed.metrics_listen),
+            DEFAULT_METRICS_LISTEN,
+            9180,
+        ),
+    )
+}
+
+/// `[tls]` names two files, and local VMs can reach an HTTPS control. A qemu VM reaches
+/// control through a plain forward (`GUEST_CONTROL` is http), so with `[tls]` it needs a
+/// replica of its own named in `local_provider.control_urls`.
+fn check_tls(path: &Path, parsed: &FileConfig) -> Result<(), ConfigError> {
+    let Some(tls) = &parsed.tls else {
+        return Ok(());
+    };
+    for (key, file) in [
+        ("tls.cert_file", &tls.cert_file),
+        ("tls.key_file", &tls.key_file),
+    ] {
+        if file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: "must name a PEM file".to_owned(),
+            });
+        }
+    }
+    if parsed.local_provider.vms == LocalVms::Qemu && parsed.local_provider.control_urls.is_empty()
+    {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "local_provider.control_urls",
+            message: "is required with [tls] when local_provider.vms is qemu: qemu VMs reach \
+                      control over plain HTTP through their network's forward, so name a \
+                      plain-HTTP replica for them"
                 .to_owned(),
         });
     }
@@ -803,6 +882,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("hetzner.requests_per_hour"), "{error}");
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_apart_unless_configured_and_tls_names_two_files() {
+        let read = |text: &str, overrides: &Overrides| {
+            Config::from_text(Some((Path::new("c.toml"), text)), overrides)
+        };
+        let config = read("", &Overrides::default()).unwrap();
+        assert_eq!(config.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+        assert!(config.metrics_listen.ip().is_loopback());
+        assert_eq!(config.tls, None);
+        let config = read(
+            "metrics_listen = \"10.0.0.5:9100\"\n[tls]\ncert_file = \"/etc/control/cert.pem\"\nkey_file = \"/etc/control/key.pem\"\n",
+            &Overrides {
+                metrics_listen: Some("127.0.0.1:9999".parse().unwrap()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen.to_string(),
+            "127.0.0.1:9999",
+            "the flag wins"
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsSection {
+                cert_file: "/etc/control/cert.pem".into(),
+                key_file: "/etc/control/key.pem".into(),
+            })
+        );
+        let error = |text: &str| read(text, &Overrides::default()).unwrap_err().to_string();
+        let half = error("[tls]\ncert_file = \"/c.pem\"\n");
+        assert!(half.contains("key_file"), "{half}");
+        let empty = error("[tls]\ncert_file = \"\"\nkey_file = \"/k.pem\"\n");
+        assert!(empty.contains("tls.cert_file"), "{empty}");
+        let qemu = error(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n[local_provider]\nvms = \"qemu\"\n",
+        );
+        assert!(qemu.contains("local_provider.control_urls"), "{qemu}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Folders by duty: `agents` (the Agent service), `jobs` (durable provider work),
 //! `ingest` (what vm-agents report), `background` (periodic duties), `ledger`, `providers`
 //! (the capability traits and each cloud), `store` (SQLite and PostgreSQL), `http` (routes),
-//! `cloud_init` (first-boot documents); `server` wires them, `cli` dispatches to it.
+//! `cloud_init` (first-boot documents), `tls` (HTTPS); `server` wires them, `cli` dispatches
+//! to it.
 
 pub mod accounts;
 pub mod agents;
@@ -31,5 +32,6 @@ pub mod providers;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod validate;
 pub mod vault_keys;

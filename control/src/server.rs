@@ -25,7 +25,7 @@ use crate::providers::http::RetryPolicy;
 use crate::providers::local::{self, LocalProvider, LocalVmConfig, programs};
 use crate::providers::{Cloud, Providers, Secret, Tunnels};
 use crate::store::{Store, StoreOptions, redact_url};
-use crate::{accounts, audit, background, http};
+use crate::{accounts, audit, background, http, tls};
 
 /// The providers resources may live on, as `[providers]` selects them: the cloud new
 /// resources go to, every other configured cloud existing resources may live on, and the
@@ -202,6 +202,98 @@ pub async fn open(config: &Config) -> anyhow::Result<App> {
     Ok(App::new(store, clock, providers, config.settings.clone()))
 }
 
+/// Where `serve` listens: the API (with TLS when `[tls]` is set) and, apart from it unless
+/// it is the same address, `/metrics`.
+struct Listeners {
+    api: TcpListener,
+    /// The API's address as bound (the port chosen when 0 was asked for).
+    address: std::net::SocketAddr,
+    tls: Option<Arc<tls::ServerCert>>,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Reads the certificate first, so a bad one is refused before anything listens.
+    async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let tls = config.tls.as_ref().map(tls::ServerCert::load).transpose()?;
+        let api = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let metrics = if config.metrics_listen == config.listen {
+            None
+        } else {
+            Some(
+                TcpListener::bind(config.metrics_listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen for /metrics on {} (metrics_listen)",
+                            config.metrics_listen
+                        )
+                    })?,
+            )
+        };
+        Ok(Self {
+            address: api.local_addr()?,
+            api,
+            tls,
+            metrics,
+        })
+    }
+
+    /// The URL local VMs report to unless told otherwise: this replica, over loopback when
+    /// it listens on every address.
+    fn local_url(&self) -> String {
+        let reachable = if self.address.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.address.port()))
+        } else {
+            self.address
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{reachable}")
+    }
+
+    /// Serves `app` until `stopped`, then lets requests in flight finish.
+    async fn serve(self, app: App, stopped: &watch::Receiver<bool>) -> anyhow::Result<()> {
+        let until = |stopped: &watch::Receiver<bool>| {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let metrics = match self.metrics {
+            Some(listener) => {
+                let router = http::metrics_router(app.clone());
+                let serving = axum::serve(listener, router).with_graceful_shutdown(until(stopped));
+                Some(tokio::spawn(async move { serving.await }))
+            }
+            None => None,
+        };
+        let router = if metrics.is_some() {
+            http::router(app)
+        } else {
+            http::router_with_metrics(app)
+        };
+        match self.tls {
+            Some(cert) => {
+                let listener = tls::TlsListener::new(self.api, cert.acceptor()?);
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(until(stopped))
+                    .await?;
+            }
+            None => {
+                axum::serve(self.api, router)
+                    .with_graceful_shutdown(until(stopped))
+                    .await?;
+            }
+        }
+        if let Some(metrics) = metrics {
+            metrics.await??;
+        }
+        Ok(())
+    }
+}
+
 /// Before listening, so that whoever sees the port open finds them written: the operator
 /// token (on a first start) and the key audit checkpoints are signed with.
 async fn secrets(store: &Store, config: &Config) -> anyhow::Result<Arc<audit::checkpoint::Signer>> {
@@ -227,18 +319,10 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || programs::local_binaries(&config)).await??
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
+    let listeners = Listeners::bind(config).await?;
     // Local VMs report to this replica unless told otherwise.
-    let reachable = if address.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
-    } else {
-        address
-    };
     let control_urls = if config.local.control_urls.is_empty() {
-        vec![format!("http://{reachable}")]
+        vec![listeners.local_url()]
     } else {
         config.local.control_urls.clone()
     };
@@ -251,6 +335,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
                 vm_agent,
                 cloudflared,
                 control_urls,
+                control_ca_file: config.local.control_ca_file.as_deref().map(absolute),
                 heartbeat_interval: config.settings.ingest.interval,
                 qemu,
             },
@@ -269,13 +354,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         providers(config, &local)?,
         config.settings.clone(),
     );
-    info!(
-        listen = %address,
-        database = %redact_url(&config.database),
-        data_dir = %absolute(&config.data_dir).display(),
-        replica = %app.replica_id,
-        "control is serving"
-    );
+    log_serving(config, &listeners, &app);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = background::spawn(
         &app,
@@ -298,13 +377,16 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         config.audit_checkpoint_interval,
         stopped.clone(),
     )));
-    axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            info!("shutting down: finishing requests in flight");
-            let _ = stop.send(true);
-        })
-        .await?;
+    tasks.push(tokio::spawn(tls::reload_on_hangup(
+        listeners.tls.clone(),
+        stopped.clone(),
+    )));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down: finishing requests in flight");
+        let _ = stop.send(true);
+    });
+    listeners.serve(app.clone(), &stopped).await?;
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
         for task in tasks {
             let _ = task.await;
@@ -317,6 +399,31 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     app.store.close().await;
     info!("control stopped; local VMs keep running, as VMs do");
     Ok(())
+}
+
+/// The line an operator looks for: where the API and `/metrics` are, over what, on which store.
+fn log_serving(config: &Config, listeners: &Listeners, app: &App) {
+    let metrics = listeners
+        .metrics
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(listeners.address);
+    info!(
+        listen = %listeners.address,
+        tls = listeners.tls.is_some(),
+        metrics = %metrics,
+        database = %redact_url(&config.database),
+        data_dir = %absolute(&config.data_dir).display(),
+        replica = %app.replica_id,
+        "control is serving"
+    );
+    if let Some(cert) = &listeners.tls {
+        info!(
+            cert_file = %cert.cert_file().display(),
+            fingerprint = %cert.fingerprint(),
+            "serving HTTPS with this certificate; SIGHUP reads it and its key again"
+        );
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

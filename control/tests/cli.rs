@@ -27,6 +27,8 @@ fn serve(data_dir: &Path) -> (Daemon, String) {
     let mut command = Command::new(CONTROL);
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // Tests run side by side: a port of its own, not the default one.
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("CONTROL_DATABASE")

@@ -46,6 +46,9 @@ pub fn start_control(args: &[String], port: u16) -> Replica {
 /// [`start_control`] with extra environment variables (a failpoint).
 pub fn start_control_with(args: &[String], port: u16, env: &[(&str, &str)]) -> Replica {
     let mut command = Command::new(workspace_bin("control"));
+    // Replicas run side by side: `/metrics` on a port of its own, not the default one (an
+    // `env` entry may still name one).
+    command.env("CONTROL_METRICS_LISTEN", "127.0.0.1:0");
     command.envs(env.iter().copied());
     command
         .args(args)

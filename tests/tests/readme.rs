@@ -61,6 +61,8 @@ fn the_walkthrough_runs_as_written() {
     let mut serve = Command::new(&control);
     serve
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // Beside other tests' servers: `/metrics` on a port of its own, not the default one.
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env_remove("CONTROL_DATABASE")
         .env_remove("CONTROL_DATA_DIR")

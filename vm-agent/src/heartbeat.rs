@@ -100,6 +100,23 @@ struct Sender {
     clone_warned: bool,
 }
 
+/// The client heartbeats go out with: the system's roots for control's certificate, and the
+/// CA certificates of `control_ca_file` besides them.
+fn client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.heartbeat.timeout)
+        .user_agent(format!("vm-agent/{AGENT_VERSION}"));
+    if let Some(ca) = &config.control_ca {
+        let certificates = ca
+            .certificates
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()?;
+        builder = builder.tls_certs_merge(certificates);
+    }
+    builder.build()
+}
+
 async fn run(
     config: Config,
     inputs: Inputs,
@@ -107,11 +124,7 @@ async fn run(
     progress: Progress,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(config.heartbeat.timeout)
-        .user_agent(format!("vm-agent/{AGENT_VERSION}"))
-        .build()
-    {
+    let client = match client(&config) {
         Ok(client) => client,
         Err(e) => {
             event!(

@@ -81,8 +81,19 @@ fn main() -> ExitCode {
                     .as_ref()
                     .map(|c| format!(", clone of {} from {}", c.source_agent, c.source))
                     .unwrap_or_default();
+                let ca = config
+                    .control_ca
+                    .as_ref()
+                    .map(|ca| {
+                        format!(
+                            " trusting {} CA certificate(s) of {}",
+                            ca.certificates.len(),
+                            ca.file.display()
+                        )
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "{}: ok (agent {}, control {}, cloudflared {}, slice {}{clone})",
+                    "{}: ok (agent {}, control {}{ca}, cloudflared {}, slice {}{clone})",
                     path.display(),
                     config.agent_id,
                     config.control_url,

@@ -53,7 +53,33 @@ fn bad_configuration_is_refused_naming_the_key() {
                 text
             })
     };
+    let not_a_ca = rig.path("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "not a certificate\n").unwrap();
+    let with_ca = |file: &str| {
+        replace(
+            "allow_insecure_control = true",
+            &format!("allow_insecure_control = true\ncontrol_ca_file = \"{file}\""),
+        )
+    };
     let cases: Vec<BadConfig> = vec![
+        (
+            "a missing CA file",
+            with_ca(&rig.path("no-such-ca.pem").display().to_string()),
+            vec![],
+            "`control_ca_file` cannot read",
+        ),
+        (
+            "a CA file without certificates",
+            with_ca(&not_a_ca.display().to_string()),
+            vec![],
+            "`control_ca_file`",
+        ),
+        (
+            "a relative CA file",
+            with_ca("ca.pem"),
+            vec![],
+            "`control_ca_file` must be an absolute path",
+        ),
         (
             "missing key",
             lines(&|l| (!l.starts_with("agent_id")).then(|| l.to_owned())),

@@ -45,6 +45,10 @@ pub struct AgentToml {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_insecure_control: Option<bool>,
+    /// PEM file of CA certificates trusted for control's certificate besides the system's: an
+    /// operator's own PKI, baked into the image (a local VM's machine layer, a test CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

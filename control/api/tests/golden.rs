@@ -421,6 +421,7 @@ fn agent_toml() -> AgentToml {
         image_version: "2026.11.0".to_owned(),
         control_url: "https://control.example".to_owned(),
         allow_insecure_control: Some(false),
+        control_ca_file: Some("/etc/vm-agent/control-ca.pem".into()),
         bootstrap_token_file: Some("/etc/vm-agent/bootstrap-token".into()),
         credential_file: Some("/var/lib/vm-agent/credential".into()),
         status_socket: Some("/run/vm-agent/status.sock".into()),

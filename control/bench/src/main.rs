@@ -436,8 +436,12 @@ impl Server {
             .port();
         let config = dir.join("control.toml");
         // Defaults everywhere (a 30 s heartbeat interval, written behind every 20th), but the
-        // reconciler, which would only find these Agents' provider unconfigured.
-        std::fs::write(&config, "[reconciler]\ninterval_secs = 3600\n")?;
+        // reconciler, which would only find these Agents' provider unconfigured, and
+        // `/metrics`, read here on the API's own address.
+        std::fs::write(
+            &config,
+            format!("metrics_listen = \"127.0.0.1:{port}\"\n[reconciler]\ninterval_secs = 3600\n"),
+        )?;
         let log = dir.join("control.log");
         let child = Command::new(control)
             .args(["--config"])

@@ -1,4 +1,4 @@
-//! Liveness, readiness and the API document; no token needed.
+//! Liveness, readiness, the API document and the metrics; no token needed.
 
 use axum::Json;
 use axum::extract::State;
@@ -53,9 +53,16 @@ pub(super) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(super::openapi())
 }
 
-/// Counters in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+/// `/metrics` on the API's address when it is served apart: 404, naming where it went.
+pub(super) async fn metrics_elsewhere() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "/metrics is not served on the API's address; it has a listener of its own \
+         (metrics_listen, 127.0.0.1:9180 unless configured)",
+    )
+}
+
+/// Counters in the Prometheus text format, on the metrics listener (not in the API document).
 pub(super) async fn metrics(
     State(app): State<App>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {

@@ -24,6 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -52,7 +53,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "vault", description = "An account's OpenSSH public keys, for Plain VMs"),
         (name = "audit", description = "The append-only, hash-chained audit log"),
         (name = "agent", description = "What vm-agent calls, with its bootstrap token or credential"),
-        (name = "health", description = "Liveness, readiness, metrics, this document"),
+        (name = "health", description = "Liveness, readiness, this document"),
     )
 )]
 struct ApiDoc;
@@ -119,7 +120,6 @@ fn public_routes() -> OpenApiRouter<App> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi))
-        .routes(routes!(health::metrics))
 }
 
 fn document(routes: OpenApiRouter<App>) -> (Router<App>, OpenApi) {
@@ -143,7 +143,30 @@ pub fn openapi() -> OpenApi {
 
 /// The whole HTTP application. Layers, outermost first: request id, problem documents, panic
 /// catcher, body limit; then authentication and idempotency on the authenticated routes.
+///
+/// `/metrics` is not part of the API: it is served on a listener of its own
+/// ([`metrics_router`]), and here answers 404 saying so, for operators whose scraper still
+/// looks for it on the API's address.
 pub fn router(app: App) -> Router {
+    api_router(app, get(health::metrics_elsewhere))
+}
+
+/// [`router`] with `/metrics` served too: for a `metrics_listen` that is the API's own address.
+pub fn router_with_metrics(app: App) -> Router {
+    api_router(app, get(health::metrics))
+}
+
+/// `/metrics` alone, for the metrics listener (`metrics_listen`).
+pub fn metrics_router(app: App) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(middleware::fallback)
+        .layer(from_fn(middleware::problem_context))
+        .layer(from_fn(middleware::request_id))
+        .with_state(app)
+}
+
+fn api_router(app: App, metrics: MethodRouter<App>) -> Router {
     // A method a path does not have is answered 405 before anything else, rather than
     // authenticated and its Idempotency-Key claimed first.
     let authenticated = authenticated_routes()
@@ -153,6 +176,7 @@ pub fn router(app: App) -> Router {
     let agents = agent_routes().layer(DefaultBodyLimit::max(vm_agent::BODY_LIMIT));
     let (routes, _) = document(authenticated.merge(agents).merge(public_routes()));
     routes
+        .route("/metrics", metrics)
         .fallback(middleware::fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_panic| {

@@ -1,5 +1,6 @@
 //! Shared test setup: a fresh database per test on both backends, and the workspace's binaries.
-//! [`ledger`] checks the ledger invariants on what a test read, by arithmetic of its own.
+//! [`ledger`] checks the ledger invariants on what a test read, by arithmetic of its own;
+//! [`tls`] makes a throwaway CA and server certificates.
 //!
 //! PostgreSQL comes from, in order: `CONTROL_TEST_POSTGRES_URL` (a server where the tests may
 //! create databases, as in CI); else a throwaway cluster this process starts with the
@@ -16,6 +17,7 @@
 mod daemon;
 pub mod ledger;
 mod postgres;
+pub mod tls;
 
 pub use daemon::Daemon;
 pub use postgres::{PostgresServer, postgres_server};

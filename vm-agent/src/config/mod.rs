@@ -284,12 +284,32 @@ pub struct CloneFrom {
     pub source: CloneSource,
 }
 
+/// CA certificates trusted for control's certificate besides the system's
+/// (`control_ca_file`), read and checked at load.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlCa {
+    pub file: PathBuf,
+    /// Each certificate of the file, DER.
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for ControlCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlCa")
+            .field("file", &self.file)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub agent_id: String,
     pub image_version: String,
     pub control_url: String,
+    /// Trusted for control's certificate besides the system's roots.
+    pub control_ca: Option<ControlCa>,
     pub bootstrap_token_file: PathBuf,
     pub credential_file: PathBuf,
     pub status_socket: PathBuf,
@@ -390,6 +410,7 @@ mod tests {
             image_version: "2026.11.0".to_owned(),
             control_url: "http://127.0.0.1:9/".to_owned(),
             allow_insecure_control: Some(true),
+            control_ca_file: None,
             bootstrap_token_file: Some(path("bootstrap-token")),
             credential_file: Some(path("state/credential")),
             status_socket: Some(path("status.sock")),
@@ -439,6 +460,7 @@ mod tests {
                 agent_id: file.agent_id.clone(),
                 image_version: file.image_version.clone(),
                 control_url: "http://127.0.0.1:9".to_owned(),
+                control_ca: None,
                 bootstrap_token_file: path("bootstrap-token"),
                 credential_file: path("state/credential"),
                 status_socket: path("status.sock"),
@@ -479,6 +501,56 @@ mod tests {
                     )),
                 }),
             }
+        );
+    }
+
+    /// `control_ca_file`: its certificates are read at load, to be trusted for control's.
+    #[test]
+    fn a_control_ca_file_is_read_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        for name in ["bootstrap-token", "tunnel-token", "cloudflared"] {
+            std::fs::write(path(name), "x").unwrap();
+        }
+        let (first, second) = (
+            test_support::tls::TestCa::new("one"),
+            test_support::tls::TestCa::new("two"),
+        );
+        std::fs::write(
+            path("ca.pem"),
+            format!("{}{}", first.cert_pem, second.cert_pem),
+        )
+        .unwrap();
+        let owner = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        let file = AgentToml {
+            agent_id: "agt_1".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            control_url: "https://control.example.test".to_owned(),
+            control_ca_file: Some(path("ca.pem")),
+            bootstrap_token_file: Some(path("bootstrap-token")),
+            cloudflared: CloudflaredToml {
+                binary: Some(path("cloudflared")),
+                token_file: Some(path("tunnel-token")),
+                ..CloudflaredToml::default()
+            },
+            slice: SliceToml {
+                owner: Some(owner.name),
+                ..SliceToml::default()
+            },
+            ..AgentToml::default()
+        };
+        let source = Source {
+            file: Some((path("agent.toml"), file.to_toml().unwrap())),
+            ..Source::default()
+        };
+        let ca = Config::load(&source).unwrap().control_ca.unwrap();
+        assert_eq!(ca.file, path("ca.pem"));
+        assert_eq!(ca.certificates.len(), 2);
+        assert!(
+            format!("{ca:?}").len() < 200,
+            "no certificate bytes in Debug"
         );
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use control_api::agent_config::{AgentToml, CloneFromToml};
 
 use super::{
-    CloneFrom, CloneSource, Cloudflared, Config, ConfigError, Heartbeat, Slice, Source,
+    CloneFrom, CloneSource, Cloudflared, Config, ConfigError, ControlCa, Heartbeat, Slice, Source,
     TUNNEL_TOKEN_ENV, TunnelToken,
 };
 
@@ -65,7 +65,8 @@ pub(super) fn validate(
         "http" => {
             return Err(fail(
                 "control_url",
-                "must be https:// (plain http is allowed only with allow_insecure_control = true, for tests)".to_owned(),
+                "must be https:// (plain http is allowed only with allow_insecure_control = true, for tests; \
+                 a private CA is trusted with control_ca_file)".to_owned(),
             ));
         }
         other => {
@@ -78,6 +79,10 @@ pub(super) fn validate(
     if url.host_str().is_none() {
         return Err(fail("control_url", "has no host".to_owned()));
     }
+    let control_ca = raw
+        .control_ca_file
+        .map(|file| control_ca(fail, file))
+        .transpose()?;
 
     let credential_file = raw
         .credential_file
@@ -272,6 +277,7 @@ pub(super) fn validate(
         agent_id: raw.agent_id,
         image_version: raw.image_version,
         control_url: raw.control_url.trim_end_matches('/').to_owned(),
+        control_ca,
         bootstrap_token_file,
         credential_file,
         status_socket: raw
@@ -282,6 +288,57 @@ pub(super) fn validate(
         slice,
         heartbeat,
         clone_from: raw.clone_from.map(|c| clone_from(c, fail)).transpose()?,
+    })
+}
+
+/// `control_ca_file`: a PEM file of one or more CA certificates, each one rustls takes as a
+/// trust anchor, so a file that would make every heartbeat fail is refused at load.
+fn control_ca(
+    fail: &impl Fn(&str, String) -> ConfigError,
+    file: PathBuf,
+) -> Result<ControlCa, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let key = "control_ca_file";
+    if !file.is_absolute() {
+        return Err(fail(
+            key,
+            format!("must be an absolute path, not `{}`", file.display()),
+        ));
+    }
+    let text = std::fs::read(&file)
+        .map_err(|e| fail(key, format!("cannot read {}: {e}", file.display())))?;
+    let certificates = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(key, format!("{} is not PEM: {e}", file.display())))?;
+    if certificates.is_empty() {
+        return Err(fail(
+            key,
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                file.display()
+            ),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, certificate) in certificates.iter().enumerate() {
+        roots.add(certificate.clone()).map_err(|e| {
+            fail(
+                key,
+                format!(
+                    "certificate {} of {} is not a usable CA certificate: {e}",
+                    n + 1,
+                    file.display()
+                ),
+            )
+        })?;
+    }
+    Ok(ControlCa {
+        file,
+        certificates: certificates
+            .into_iter()
+            .map(|der| der.as_ref().to_vec())
+            .collect(),
     })
 }
 

@@ -97,6 +97,7 @@ impl Rig {
             image_version: "2026.11.0".to_owned(),
             control_url: format!("http://127.0.0.1:{}", self.control_port),
             allow_insecure_control: Some(true),
+            control_ca_file: None,
             bootstrap_token_file: Some(self.path("bootstrap-token")),
             credential_file: Some(self.path("state/credential")),
             status_socket: Some(self.path("run/status.sock")),

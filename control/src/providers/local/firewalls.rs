@@ -271,6 +271,7 @@ mod tests {
             vm_agent: dir.path().join("no-such-vm-agent"),
             cloudflared: "/bin/false".into(),
             control_urls: Vec::new(),
+            control_ca_file: None,
             heartbeat_interval: std::time::Duration::from_secs(30),
             qemu: None,
         };

@@ -104,6 +104,9 @@ pub struct LocalVmConfig {
     pub cloudflared: PathBuf,
     /// Control's URLs; each VM's agent reports to one (by its id).
     pub control_urls: Vec<String>,
+    /// CA certificates (PEM) the VMs' agents trust for control's certificate, as an image
+    /// built for the operator's PKI would carry.
+    pub control_ca_file: Option<PathBuf>,
     pub heartbeat_interval: Duration,
     /// `qemu` mode: each Agent's VM is a real VM booted from a baked image ([`qemu`]).
     pub qemu: Option<QemuConfig>,
@@ -122,6 +125,8 @@ impl LocalVmConfig {
     }
 }
 
+// One per provider, made once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Backing {
     Memory(Mutex<BTreeMap<String, LocalVm>>),

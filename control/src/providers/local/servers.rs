@@ -450,6 +450,7 @@ pub(super) mod tests {
             vm_agent: program,
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            control_ca_file: None,
             heartbeat_interval: Duration::from_secs(30),
             qemu: None,
         };
@@ -524,6 +525,7 @@ pub(super) mod tests {
             vm_agent: "/bin/true".into(),
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            control_ca_file: None,
             heartbeat_interval: Duration::from_secs(3),
             qemu: None,
         };
@@ -606,6 +608,22 @@ pub(super) mod tests {
                 .starts_with("local-tunnel-")
         );
         assert!(!other_dir.join("root/etc/vm-agent/tunnel-token").exists());
+
+        // Over https to a control whose certificate comes from the operator's own CA: the
+        // layer names the CA, and its URL allows no plain http whatever the document did.
+        config.control_urls = vec!["https://127.0.0.1:10".to_owned()];
+        config.control_ca_file = Some("/etc/control/ca.pem".into());
+        let tls_dir = dir.path().join("agt_3");
+        super::super::vm::lay_out(&tls_dir, &other, &config).unwrap();
+        let text = std::fs::read_to_string(tls_dir.join("root/etc/vm-agent/agent.d/10-local.toml"))
+            .unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["control_url"].as_str(), Some("https://127.0.0.1:10"));
+        assert_eq!(table["allow_insecure_control"].as_bool(), Some(false));
+        assert_eq!(
+            table["control_ca_file"].as_str(),
+            Some("/etc/control/ca.pem")
+        );
     }
 
     /// A VM an earlier release laid out (its own `agent.toml` and tokens at the top of the
@@ -617,6 +635,7 @@ pub(super) mod tests {
             vm_agent: fake_vm_agent(dir.path()),
             cloudflared: "/bin/true".into(),
             control_urls: vec!["http://127.0.0.1:9".to_owned()],
+            control_ca_file: None,
             heartbeat_interval: Duration::from_secs(30),
             qemu: None,
         };

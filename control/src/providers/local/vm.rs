@@ -363,10 +363,9 @@ fn local_layer(
     let control_url = Some(config.control_url_for(&delivered.agent_id))
         .filter(|url| !url.is_empty() && *url != delivered.control_url);
     let file = AgentToml {
-        allow_insecure_control: control_url
-            .as_ref()
-            .filter(|url| url.starts_with("http://"))
-            .map(|_| true),
+        // Decided by the URL this layer sets, whatever the document said for its own.
+        allow_insecure_control: control_url.as_ref().map(|url| url.starts_with("http://")),
+        control_ca_file: config.control_ca_file.clone(),
         bootstrap_token_file: root(&delivered.bootstrap_token_file),
         credential_file: Some(vm_dir.join("state/credential")),
         status_socket: Some(vm_dir.join("status.sock")),

@@ -206,6 +206,7 @@ mod tests {
                 vm_agent: "/nonexistent/vm-agent".into(),
                 cloudflared: "/nonexistent/cloudflared".into(),
                 control_urls: vec!["http://127.0.0.1:9".to_owned()],
+                control_ca_file: None,
                 heartbeat_interval: Duration::from_secs(10),
                 qemu: None,
             },

@@ -66,6 +66,7 @@ fn marking_config(dir: &Path) -> LocalVmConfig {
         vm_agent: program,
         cloudflared: "/bin/true".into(),
         control_urls: vec!["http://127.0.0.1:9".to_owned()],
+        control_ca_file: None,
         heartbeat_interval: Duration::from_secs(30),
         qemu: None,
     }
