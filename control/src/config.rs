@@ -281,6 +281,7 @@ struct AgentsSection {
     write_every_heartbeats: Option<u32>,
     bootstrap_ttl_secs: Option<u64>,
     replica_timeout_secs: Option<u64>,
+    preload_credentials: Option<bool>,
     stop_grace_secs: Option<u64>,
     domain: Option<String>,
     tunnel_service: Option<String>,
@@ -754,6 +755,9 @@ fn agents_settings(
             section.replica_timeout_secs,
             ingest_defaults.replica_timeout.as_secs(),
         )?),
+        preload_credentials: section
+            .preload_credentials
+            .unwrap_or(ingest_defaults.preload_credentials),
         ..ingest_defaults.clone()
     })
 }

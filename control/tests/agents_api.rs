@@ -28,6 +28,7 @@ dual_backend_tests!(
     liveness_is_written_once_per_twenty_heartbeats,
     a_new_boot_id_is_recorded_at_once,
     the_reconciler_records_what_the_provider_says,
+    credentials_loaded_in_bulk_end_when_revoked_anywhere,
 );
 
 const INTERVAL_MS: i64 = 30_000;
@@ -803,4 +804,109 @@ async fn the_reconciler_records_what_the_provider_says(db: TestDb) {
     assert_eq!(agent_view(&h, &token, &agent).await["state"], "running");
     let verdict = control::audit::verify(&h.app.store).await.unwrap();
     assert!(verdict.ok);
+}
+
+/// A replica that starts loads every credential in force with its Agent's record, so the
+/// first heartbeats after a restart read nothing alone. What is revoked afterwards (by an
+/// Agent registering again, or destroyed) ends on the replica that revoked it at once and on
+/// the others at their next load, or once their copy is older than `credential_ttl`; an Agent
+/// enrolled after the load is heard all the same.
+async fn credentials_loaded_in_bulk_end_when_revoked_anywhere(db: TestDb) {
+    use control::ingest::IngestError;
+    let (h, token) = setup(db).await;
+    let (kept, kept_credential) = enrolled(&h, &token, "kept").await;
+    let (rotated, old_credential) = enrolled(&h, &token, "rotated").await;
+    let (doomed, doomed_credential) = enrolled(&h, &token, "doomed").await;
+    accepted(&h, &old_credential, &beat(&rotated, "b", 1, 5)).await;
+
+    // Another replica starts on the same database and loads them all.
+    let other = App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        control::providers::Providers::new(control::providers::local::cloud(h.local.clone())),
+        Settings::default(),
+    );
+    let loaded = other.ingest.preload_credentials().await.unwrap();
+    assert_eq!((loaded.credentials, loaded.forgotten), (3, 0));
+    let reads = || other.ingest.stats.credential_reads.load(Ordering::Relaxed);
+    let on_other = |credential: &str, agent: &str, sequence: u64| {
+        let beat = serde_json::from_value(beat(agent, "b", sequence, 5 + sequence)).unwrap();
+        let ingest = other.ingest.clone();
+        let credential = credential.to_owned();
+        async move { ingest.heartbeat(&credential, beat).await }
+    };
+    for (agent, credential) in [
+        (&kept, &kept_credential),
+        (&rotated, &old_credential),
+        (&doomed, &doomed_credential),
+    ] {
+        on_other(credential, agent, 1).await.unwrap();
+    }
+    assert_eq!(reads(), 0, "the first heartbeats read no credential alone");
+
+    // The operator re-bootstraps `rotated` and its VM registers again through the first
+    // replica, which refuses the old credential at once though it had it cached...
+    let issued = h
+        .post(
+            &format!("/api/agents/{rotated}/bootstrap-token"),
+            &h.operator,
+            json!({}),
+        )
+        .await;
+    let fresh = issued.body["bootstrap_token"].as_str().unwrap().to_owned();
+    let registered = register(&h, &rotated, &fresh).await;
+    assert_eq!(registered.status, 200, "{:#}", registered.body);
+    let new_credential = registered.body["credential"].as_str().unwrap().to_owned();
+    heartbeat(&h, &old_credential, &beat(&rotated, "b", 2, 10))
+        .await
+        .problem(401, None);
+    // ...and the other at its next load, which forgets its copy.
+    let reloaded = other.ingest.reload_credentials().await.unwrap();
+    assert_eq!((reloaded.credentials, reloaded.forgotten), (3, 1));
+    let refused = on_other(&old_credential, &rotated, 2).await;
+    assert!(
+        matches!(refused, Err(IngestError::Unauthorized(_))),
+        "{refused:?}"
+    );
+    on_other(&new_credential, &rotated, 3).await.unwrap();
+
+    // Destroyed through the first replica: refused by the other after its next load.
+    let destroyed = h.delete(&format!("/api/agents/{doomed}"), &token).await;
+    assert_eq!(destroyed.status, 202, "{:#}", destroyed.body);
+    h.run_jobs().await;
+    other.ingest.reload_credentials().await.unwrap();
+    let refused = on_other(&doomed_credential, &doomed, 2).await;
+    assert!(
+        matches!(refused, Err(IngestError::Unauthorized(_))),
+        "{refused:?}"
+    );
+
+    // Without a load in between, a copy is trusted for `credential_ttl` after it was read,
+    // never longer.
+    let issued = h
+        .post(
+            &format!("/api/agents/{kept}/bootstrap-token"),
+            &h.operator,
+            json!({}),
+        )
+        .await;
+    let fresh = issued.body["bootstrap_token"].as_str().unwrap().to_owned();
+    assert_eq!(register(&h, &kept, &fresh).await.status, 200);
+    on_other(&kept_credential, &kept, 2).await.unwrap();
+    h.advance(60_000);
+    let refused = on_other(&kept_credential, &kept, 3).await;
+    assert!(
+        matches!(refused, Err(IngestError::Unauthorized(_))),
+        "{refused:?}"
+    );
+
+    // An Agent enrolled after the load is heard at once, and the next load keeps it.
+    let (late, late_credential) = enrolled(&h, &token, "late").await;
+    on_other(&late_credential, &late, 1).await.unwrap();
+    let reloaded = other.ingest.reload_credentials().await.unwrap();
+    assert_eq!(
+        reloaded.credentials, 3,
+        "kept's, rotated's and late's new ones"
+    );
+    on_other(&late_credential, &late, 2).await.unwrap();
 }

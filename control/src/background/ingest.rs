@@ -3,15 +3,30 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::each;
 use crate::app::App;
 
 /// Ingestion's upkeep, every second: follow lifecycle changes, write liveness behind, judge
 /// the Agents this replica hears from; every few seconds announce the replica and judge the
-/// Agents of replicas that went away. At shutdown, writes everything behind.
+/// Agents of replicas that went away. At shutdown, writes everything behind. First of all,
+/// unless told not to, loads the credentials in force with their Agents' records (before
+/// following changes, which keeps those records fresh).
 pub(super) async fn run(app: App, shutdown: watch::Receiver<bool>) {
+    if app.settings.ingest.preload_credentials {
+        let started = std::time::Instant::now();
+        match app.ingest.preload_credentials().await {
+            Ok(loaded) => info!(
+                credentials = loaded.credentials,
+                millis = started.elapsed().as_millis(),
+                "agent credentials loaded"
+            ),
+            Err(e) => {
+                error!(error = %e, "loading agent credentials failed; each is read on its first use");
+            }
+        }
+    }
     let mut tick: u64 = 0;
     each(Duration::from_secs(1), shutdown, || {
         let orphans_too = tick.is_multiple_of(5);
@@ -37,5 +52,34 @@ async fn ingest_upkeep(app: &App, orphans_too: bool) {
     }
     if orphans_too && let Err(e) = app.ingest.judge_orphans().await {
         error!(error = %e, "announcing this replica or judging orphaned agents failed");
+    }
+}
+
+/// Loads the credentials in force again every half `credential_ttl`, so no cached copy gets
+/// too old to trust while the database answers, and revocations made on other replicas end
+/// here within `credential_ttl`. The first load is `run`'s, at start.
+pub(super) async fn reload_credentials(app: App, mut shutdown: watch::Receiver<bool>) {
+    if !app.settings.ingest.preload_credentials {
+        return;
+    }
+    let period = (app.settings.ingest.credential_ttl / 2).max(std::time::Duration::from_secs(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        match app.ingest.reload_credentials().await {
+            Ok(loaded) if loaded.forgotten > 0 => debug!(
+                credentials = loaded.credentials,
+                forgotten = loaded.forgotten,
+                "agent credentials reloaded"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "reloading agent credentials failed; copies too old are read again one by one");
+            }
+        }
     }
 }

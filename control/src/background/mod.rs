@@ -43,6 +43,7 @@ pub fn spawn(app: &App, every: Intervals, shutdown: &watch::Receiver<bool>) -> V
     vec![
         tokio::spawn(run_jobs(app.clone(), every.job_poll, shutdown.clone())),
         tokio::spawn(ingest::run(app.clone(), shutdown.clone())),
+        tokio::spawn(ingest::reload_credentials(app.clone(), shutdown.clone())),
         tokio::spawn(reconciler::run(
             app.clone(),
             Pacing {

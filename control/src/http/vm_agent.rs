@@ -3,9 +3,11 @@
 //! parsed (a stranger's malformed body gets 401, not a parse error), and never logged one by
 //! one.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use control_api::agent::{Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse};
 use control_api::problem::Problem;
@@ -14,10 +16,18 @@ use super::error::ApiError;
 use super::extract::{ApiJson, parse_json};
 use crate::app::App;
 use crate::error::Error;
-use crate::ingest::IngestError;
+use crate::ingest::{Ingest, IngestError};
 
 /// Largest request an agent may send.
 pub(super) const BODY_LIMIT: usize = 16 * 1024;
+
+/// What a heartbeat needs of the application: cloning the whole `App` for each of them
+/// (its settings' strings, its providers) cost more than the heartbeat's own work.
+impl FromRef<App> for Arc<Ingest> {
+    fn from_ref(app: &App) -> Self {
+        app.ingest.clone()
+    }
+}
 
 impl From<IngestError> for ApiError {
     fn from(error: IngestError) -> Self {
@@ -61,7 +71,7 @@ pub(super) async fn register(
     security(("agent_credential" = []))
 )]
 pub(super) async fn heartbeat(
-    State(app): State<App>,
+    State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
@@ -70,13 +80,13 @@ pub(super) async fn heartbeat(
         .and_then(|v| v.to_str().ok())
         .and_then(control_api::bearer_token)
         .ok_or_else(|| {
-            app.ingest
+            ingest
                 .stats
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ApiError::unauthorized("send `Authorization: Bearer <agent credential>`")
         })?;
-    let agent_id = app.ingest.authenticate_heartbeat(bearer).await?;
+    let agent_id = ingest.authenticate_heartbeat(bearer).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -92,5 +102,5 @@ pub(super) async fn heartbeat(
         ));
     }
     let beat: Heartbeat = parse_json(&body)?;
-    Ok(Json(app.ingest.heartbeat_of(&agent_id, beat).await?))
+    Ok(Json(ingest.heartbeat_of(&agent_id, beat).await?))
 }

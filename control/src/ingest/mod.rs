@@ -6,6 +6,12 @@
 //! transitions are written at once: an Agent recorded paused whose VM is seen running, a new
 //! boot id, an unhealthy Agent heard from again.
 //!
+//! A replica that starts finds every Agent heartbeating to it at once, so it loads all
+//! credentials in force, with their Agents' records, in pages, rather than reading one per
+//! Agent; and it loads them again every half `credential_ttl`, which is how revocations made
+//! elsewhere reach it (a cached copy is never trusted longer than `credential_ttl` after it
+//! was read). A credential made after a load is read alone on its first use.
+//!
 //! Each Agent has a custodian, the replica it last heartbeated to, recorded with its liveness.
 //! The custodian judges its health from the live value in memory: silent for `unhealthy_after`
 //! intervals, it is flagged unhealthy (logged, no period changes). A liveness row is only
@@ -39,7 +45,7 @@ use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};
 use crate::sync;
 
-pub use credentials::new_bootstrap_token;
+pub use credentials::{Loaded, new_bootstrap_token};
 pub use records::Records;
 
 /// Prefix of agent credentials: `agc_<credential id>_<64 hex digits>`.
@@ -67,6 +73,10 @@ pub struct IngestSettings {
     /// After a confirmed stop, heartbeats still in flight from the stopped process are ignored
     /// for this long.
     pub stop_quiet: Duration,
+    /// Load every credential in force at start and again every half `credential_ttl`, in
+    /// pages; when false, each credential is read on its first use and again once its
+    /// cached copy is `credential_ttl` old (the ingest benchmark's baseline).
+    pub preload_credentials: bool,
 }
 
 impl Default for IngestSettings {
@@ -79,6 +89,7 @@ impl Default for IngestSettings {
             credential_ttl: Duration::from_mins(1),
             replica_timeout: Duration::from_secs(30),
             stop_quiet: Duration::from_secs(30),
+            preload_credentials: true,
         }
     }
 }
@@ -124,6 +135,8 @@ pub struct IngestStats {
     pub liveness_rows_written: AtomicU64,
     pub transitions: AtomicU64,
     pub refused: AtomicU64,
+    /// Credentials read one at a time (a miss of the cache, or a copy too old).
+    pub credential_reads: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -131,7 +144,10 @@ struct CachedCredential {
     agent_id: String,
     secret_hash: [u8; 32],
     revoked: bool,
+    /// When the database said so; the copy is trusted for `credential_ttl` from then.
     fetched_at: i64,
+    /// The load that last found it in force (0: read alone, or revoked here).
+    load: u64,
 }
 
 /// The live view of one Agent this replica hears from.
@@ -174,6 +190,11 @@ pub struct Ingest {
     started_at: i64,
     settings: IngestSettings,
     credentials: RwLock<HashMap<String, CachedCredential>>,
+    /// True while credentials are being loaded: a heartbeat missing the cache waits for the
+    /// load instead of reading its credential alone.
+    loading: tokio::sync::watch::Sender<bool>,
+    /// Numbers the loads.
+    loads: AtomicU64,
     shards: Box<[Mutex<HashMap<String, Live>>]>,
     records: Arc<Records>,
     hasher: std::collections::hash_map::RandomState,
@@ -220,6 +241,8 @@ impl Ingest {
             replica_id,
             settings,
             credentials: RwLock::new(HashMap::new()),
+            loading: tokio::sync::watch::Sender::new(false),
+            loads: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             records: Arc::new(Records::default()),
             hasher: std::collections::hash_map::RandomState::new(),

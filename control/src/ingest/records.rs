@@ -72,6 +72,19 @@ impl Records {
         Ok(Some(known))
     }
 
+    /// Learns records loaded in bulk, keeping any already known (read since, or followed).
+    /// Only before following changes starts: a record loaded after a change was followed
+    /// would stay stale.
+    pub(super) fn preload(&self, records: Vec<(String, Known)>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut known = sync::write(&self.known);
+        for (agent_id, record) in records {
+            known.entry(agent_id).or_insert(record);
+        }
+    }
+
     /// A snapshot of what is known, for judging many Agents at once.
     pub(super) fn with<T>(&self, f: impl FnOnce(&HashMap<String, Known>) -> T) -> T {
         f(&sync::read(&self.known))

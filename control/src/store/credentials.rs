@@ -11,6 +11,17 @@ pub struct CredentialRow {
     pub revoked_at: Option<i64>,
 }
 
+/// A credential in force, with the record of its Agent (not destroyed), as loaded in pages.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct LiveCredentialRow {
+    pub id: String,
+    pub agent_id: String,
+    pub secret_hash: String,
+    pub account_id: String,
+    pub state: String,
+    pub operation: Option<String>,
+}
+
 impl Tx {
     pub async fn insert_credential(&mut self, row: &CredentialRow, now: i64) -> Result<()> {
         on_conn!(self, conn => sqlx::query(
@@ -37,15 +48,40 @@ impl Tx {
         .await)?)
     }
 
-    /// Revokes every credential of `agent_id` (its VM is gone).
-    pub async fn revoke_agent_credentials(&mut self, agent_id: &str, now: i64) -> Result<u64> {
-        Ok(on_conn!(self, conn => sqlx::query(
-            "UPDATE agent_credentials SET revoked_at = $2 WHERE agent_id = $1 AND revoked_at IS NULL",
+    /// Revokes every credential of `agent_id` (its VM is gone, or registered again); returns
+    /// the ids of those it revoked, for a replica to stop trusting its cached copies at once.
+    pub async fn revoke_agent_credentials(
+        &mut self,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        Ok(on_conn!(self, conn => sqlx::query_scalar(
+            "UPDATE agent_credentials SET revoked_at = $2 WHERE agent_id = $1 AND revoked_at IS NULL
+             RETURNING id",
         )
         .bind(agent_id)
         .bind(now)
-        .execute(conn)
-        .await
-            .map(|done| done.rows_affected()))?)
+        .fetch_all(conn)
+        .await)?)
+    }
+
+    /// Up to `limit` credentials in force, of Agents not destroyed, whose ids sort after
+    /// `after`, in id order, each with its Agent's record: how a replica loads them all in
+    /// pages (at start, and again every `credential_ttl`) instead of one read per Agent.
+    pub async fn live_credentials_after(
+        &mut self,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<LiveCredentialRow>> {
+        Ok(on_conn!(self, conn => sqlx::query_as(
+            "SELECT c.id, c.agent_id, c.secret_hash, a.account_id, a.state, a.operation
+             FROM agent_credentials c JOIN agents a ON a.id = c.agent_id
+             WHERE c.id > $1 AND c.revoked_at IS NULL AND a.destroyed_at IS NULL
+             ORDER BY c.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?)
     }
 }

@@ -41,7 +41,7 @@ pub use accounts::{AccountRow, TokenRow};
 pub use agents::{AgentChange, AgentRow, NewAgent, OperationOutcome, ReconcileRow};
 pub use audit::{AuditFilter, AuditRow, CheckpointRow};
 pub use bootstrap::BootstrapRow;
-pub use credentials::CredentialRow;
+pub use credentials::{CredentialRow, LiveCredentialRow};
 pub use idempotency::IdempotencyClaim;
 pub use images::ImageRow;
 pub use jobs::{JobRow, NewJob};
