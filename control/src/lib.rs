@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod paging;
 pub mod plain_vms;
+pub mod predecessor;
 pub mod providers;
 pub mod server;
 pub mod store;

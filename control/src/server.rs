@@ -355,6 +355,9 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         config.settings.clone(),
     );
     log_serving(config, &listeners, &app);
+    // Before the job runner starts: the jobs of a dead predecessor are due at once. Kept until
+    // the process ends.
+    let _lock = crate::predecessor::take_over(&config.data_dir, &app).await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = background::spawn(
         &app,

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use axum::http::Method;
 use common::Harness;
 use control::app::{App, Settings};
+use control::clock::Clock;
 use control::providers::{
     Cloud, Labels, Page, ProviderError, Providers, Server, ServerSpec, ServerStatus, Servers,
 };
@@ -26,6 +27,7 @@ dual_backend_tests!(
     a_stop_gives_the_os_its_grace_then_cuts_the_power,
     a_server_adopted_after_a_conflict_still_registers,
     a_replica_that_lost_its_lease_changes_nothing,
+    a_gone_replicas_job_is_taken_over_a_live_ones_is_not,
     verify_is_clean_while_events_are_appended,
     nul_bytes_in_ids_are_bad_input_on_both_backends,
 );
@@ -365,6 +367,92 @@ async fn a_replica_that_lost_its_lease_changes_nothing(db: TestDb) {
         (view["state"].as_str(), view["operation"].clone()),
         (Some("paused"), serde_json::Value::Null),
         "the ledger follows the provider"
+    );
+}
+
+/// A job leased by a replica that stopped announcing itself is claimed by another within the
+/// replica timeout, long before its five-minute lease ends; a live replica's, or one whose
+/// holder never announced itself, only once its lease ends.
+async fn a_gone_replicas_job_is_taken_over_a_live_ones_is_not(db: TestDb) {
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let agent = h.agent(&token, "dev").await;
+    let stop = h
+        .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
+        .await;
+    assert_eq!(stop.status, 202);
+    let timeout = control::clock::millis(Settings::default().ingest.replica_timeout);
+    let lease = control::clock::millis(Settings::default().job_lease);
+    assert!(
+        lease > 3 * timeout,
+        "the test needs a lease well beyond the timeout"
+    );
+    let now = || h.clock.now().as_millis();
+    let claim = |replica: &'static str| {
+        let store = h.app.store.clone();
+        let at = now();
+        async move {
+            let mut tx = store.write().await.unwrap();
+            let job = tx
+                .claim_job(replica, at, at + lease, at - timeout)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            job.map(|job| job.id)
+        }
+    };
+    let announce = |replica: &'static str| {
+        let store = h.app.store.clone();
+        let at = now();
+        async move {
+            let mut tx = store.write().await.unwrap();
+            tx.announce_replica(replica, at, at).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+
+    announce("replica_a").await;
+    let job = claim("replica_a").await.expect("the stop job is due");
+    // A keeps announcing itself: B never takes its job, however long the step runs.
+    for _ in 0..3 {
+        h.advance(timeout - 1_000);
+        announce("replica_a").await;
+        announce("replica_b").await;
+        assert_eq!(
+            claim("replica_b").await,
+            None,
+            "a live replica keeps its lease"
+        );
+    }
+    // A goes silent: once the replica timeout passes, B takes the job over.
+    h.advance(timeout + 1);
+    announce("replica_b").await;
+    assert_eq!(
+        claim("replica_b").await,
+        Some(job.clone()),
+        "taken over from a gone replica"
+    );
+
+    // A holder that never announced itself keeps the job until its lease ends.
+    h.advance(lease + 1);
+    assert_eq!(
+        claim("replica_x").await,
+        Some(job.clone()),
+        "B's lease ran out"
+    );
+    h.advance(2 * timeout);
+    announce("replica_c").await;
+    assert_eq!(
+        claim("replica_c").await,
+        None,
+        "an unknown holder is not judged gone"
+    );
+    h.advance(lease);
+    assert_eq!(
+        claim("replica_c").await,
+        Some(job),
+        "past the lease, as before"
     );
 }
 

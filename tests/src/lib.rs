@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+pub mod soak;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -289,8 +291,17 @@ pub struct KillVmsOnDrop(pub PathBuf);
 
 impl Drop for KillVmsOnDrop {
     fn drop(&mut self) {
-        for (pid, _) in processes_under(&self.0) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // Again while any is left: a vm-agent may have started its cloudflared after the list
+        // was read.
+        for _ in 0..10 {
+            let left = processes_under(&self.0);
+            if left.is_empty() {
+                return;
+            }
+            for (pid, _) in left {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

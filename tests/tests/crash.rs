@@ -15,15 +15,24 @@ use e2e::{Api, KillVmsOnDrop, eventually, start_control, start_control_with, vm_
 use serde_json::json;
 use test_support::free_port;
 
+/// The restarted replica releases its dead predecessor's job leases as it starts.
+fn takes_over_at_once(replica: &e2e::Replica) {
+    let taken = "took over the jobs of the replica that served from this data dir before";
+    let log = || replica.daemon.log().contains(taken);
+    replica
+        .daemon
+        .wait_until("the takeover", Duration::from_secs(10), log);
+}
+
 async fn killed_in_the_window_then_one_vm_agent(failpoint: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _vms = KillVmsOnDrop(data.clone());
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    // A short lease: the restarted control is a new replica and takes the dead one's job over
-    // once the lease is out.
-    let config = e2e::write_control_config(dir.path(), std::slice::from_ref(&url), Some(3));
+    // The default five-minute lease: the restarted control is a new replica, and takes the dead
+    // one's job over at once (it holds the data dir's lock, so its predecessor is dead).
+    let config = e2e::write_control_config(dir.path(), std::slice::from_ref(&url), None);
     let args = vec![
         "--config".to_owned(),
         config.display().to_string(),
@@ -75,6 +84,7 @@ async fn killed_in_the_window_then_one_vm_agent(failpoint: &str) {
     assert!(!status.success());
 
     let second = start_control(&args, port);
+    takes_over_at_once(&second);
     let api = Api::new(&url, operator.trim());
     eventually("the Agent running", Duration::from_mins(1), || {
         let api = api.clone();

@@ -33,8 +33,13 @@ pub async fn run_due(app: &App) -> Result<usize> {
     loop {
         let now = app.clock.now().as_millis();
         let lease_until = now + millis(app.settings.job_lease);
+        // A lease held by a replica silent this long is taken over at once: it is gone.
+        let silent_before = now - millis(app.settings.ingest.replica_timeout);
         let mut tx = app.store.write().await?;
-        let Some(job) = tx.claim_job(&app.replica_id, now, lease_until).await? else {
+        let claimed = tx
+            .claim_job(&app.replica_id, now, lease_until, silent_before)
+            .await?;
+        let Some(job) = claimed else {
             // Another replica may have won the race for the job we aimed at while others are
             // still due: look again a few times before waiting for the next poll.
             let due = tx.next_job_due().await?.is_some_and(|at| at <= now);

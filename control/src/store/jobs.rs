@@ -1,5 +1,6 @@
 //! Durable provider work, claimed with a lease so any replica may run it and a crashed
-//! worker's job is taken over once its lease runs out. A job belongs to one resource and
+//! worker's job is taken over once its lease runs out, or as soon as its replica is known to
+//! be gone (silent in `replicas`, or dead per `crate::predecessor`). A job belongs to one resource and
 //! records the step it reached and what each finished step produced.
 
 use control_api::agents::AgentOperation;
@@ -115,28 +116,34 @@ impl Tx {
         Ok(())
     }
 
-    /// Claims the oldest due job (queued and due, or running with an expired lease) for
-    /// `owner` until `lease_until`. The condition is checked again on the row itself, so when
-    /// two replicas race for one job exactly one gets it.
+    /// Claims the oldest due job for `owner` until `lease_until`: queued and due, or running
+    /// under a lease that expired or whose holder is a gone replica (one that announced itself
+    /// but has been silent since before `silent_before`). A holder that never announced itself
+    /// keeps its lease until it expires. The condition is checked again on the row itself, so
+    /// when two replicas race for one job exactly one gets it.
     pub async fn claim_job(
         &mut self,
         owner: &str,
         now: i64,
         lease_until: i64,
+        silent_before: i64,
     ) -> Result<Option<JobRow>> {
         let raw: Option<RawJob> = on_conn!(self, conn => sqlx::query_as(concat!(
             "UPDATE jobs
              SET status = 'running', lease_owner = $1, lease_until = $3, attempts = attempts + 1
              WHERE id = (SELECT id FROM jobs
                          WHERE (status = 'queued' AND run_after <= $2)
-                            OR (status = 'running' AND lease_until < $2)
+                            OR (status = 'running' AND (lease_until < $2 OR lease_owner IN
+                                (SELECT id FROM replicas WHERE seen_at < $4)))
                          ORDER BY run_after, id LIMIT 1)
                AND ((status = 'queued' AND run_after <= $2)
-                    OR (status = 'running' AND lease_until < $2))
+                    OR (status = 'running' AND (lease_until < $2 OR lease_owner IN
+                        (SELECT id FROM replicas WHERE seen_at < $4))))
              RETURNING ", job_columns!()))
         .bind(owner)
         .bind(now)
         .bind(lease_until)
+        .bind(silent_before)
         .fetch_optional(conn)
         .await)?;
         raw.map(JobRow::try_from).transpose()
@@ -263,6 +270,18 @@ impl Tx {
         .await
             .map(|done| done.rows_affected()))?;
         Ok(recorded == 1)
+    }
+
+    /// Ends every job lease `owner` holds, so any replica may claim those jobs at once: for a
+    /// replica known to be dead (see `crate::predecessor`). Returns how many were released.
+    pub async fn release_job_leases(&mut self, owner: &str) -> Result<u64> {
+        Ok(on_conn!(self, conn => sqlx::query(
+            "UPDATE jobs SET lease_until = 0 WHERE lease_owner = $1 AND status = 'running'",
+        )
+        .bind(owner)
+        .execute(conn)
+        .await
+            .map(|done| done.rows_affected()))?)
     }
 
     /// Extends the lease `owner` holds on a running job. Returns false if it was lost.

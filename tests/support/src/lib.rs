@@ -199,9 +199,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A binary of this workspace built by the same `cargo test` run, found next to the test
-/// executable (`target/<profile>/`).
+/// executable (`target/<profile>/`), or next to the program asking (the soak, itself in
+/// `target/<profile>/`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("locating the test executable");
+    let beside = exe.parent().map(|dir| dir.join(name));
+    if let Some(bin) = beside.filter(|bin| bin.is_file() && exe.file_name() != bin.file_name()) {
+        return bin;
+    }
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
