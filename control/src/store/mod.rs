@@ -620,7 +620,49 @@ impl Tx {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{StoreError, is_storage_fault, redact_url};
+
+    /// A write SQLite refuses as read-only is a storage fault (503), a broken constraint is not.
+    #[tokio::test]
+    async fn read_only_storage_is_unavailable_and_a_conflict_is_not() {
+        use sqlx::Connection as _;
+        use sqlx::sqlite::SqliteConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let mut rw = SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut rw)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut rw)
+            .await
+            .unwrap();
+        let conflict = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut rw)
+            .await
+            .unwrap_err();
+        assert!(!is_storage_fault(&conflict));
+        assert!(matches!(
+            StoreError::from(conflict),
+            StoreError::Conflict(_)
+        ));
+        let mut ro = SqliteConnection::connect(&format!("{url}?mode=ro"))
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut ro)
+            .await
+            .unwrap_err();
+        assert!(is_storage_fault(&refused), "{refused}");
+        assert!(matches!(
+            StoreError::from(refused),
+            StoreError::Unavailable(_)
+        ));
+        assert!(is_storage_fault(&sqlx::Error::PoolTimedOut));
+    }
 
     #[test]
     fn passwords_never_leave_in_urls() {
