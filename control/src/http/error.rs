@@ -5,7 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use control_api::problem::{FieldError, PROBLEM_JSON, Problem};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::error::Error;
 use crate::store::StoreError;
@@ -128,6 +128,10 @@ impl IntoResponse for ApiError {
 /// operator has to act first, so not soon.
 const AUDIT_CHAIN_RETRY_AFTER_S: u64 = 300;
 
+/// When a caller may try again after the storage was unavailable: a disk gets space back or a
+/// database server restarts in seconds, or an operator is paged; either way a few seconds.
+const STORAGE_RETRY_AFTER_S: u64 = 5;
+
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
@@ -165,6 +169,18 @@ impl From<Error> for ApiError {
                     ..Self::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("the audit log is damaged, so no change can be recorded: {detail}"),
+                    )
+                }
+            }
+            Error::Store(StoreError::Unavailable(ref source)) => {
+                warn!(error = %source, "request refused: storage unavailable");
+                Self {
+                    retry_after: Some(STORAGE_RETRY_AFTER_S),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage unavailable: the database cannot be written or reached right \
+                         now (a full or read-only disk, or a database server that went away); \
+                         nothing was changed, retry shortly",
                     )
                 }
             }

@@ -20,8 +20,9 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-/// The database answers, its schema is current and the audit chain's head is its newest
-/// event: send traffic here.
+/// The database answers, no storage fault (a full or read-only disk, a lost database server)
+/// has been met since the last committed write, its schema is current and the audit chain's
+/// head is its newest event: send traffic here.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -31,6 +32,11 @@ pub(super) async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiEr
     let unavailable = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail);
     if app.store.ping().await.is_err() {
         return Err(unavailable("the database does not answer"));
+    }
+    if let Some(fault) = app.store.storage_fault() {
+        return Err(unavailable(&format!(
+            "storage unavailable: {fault} (no write has committed since)"
+        )));
     }
     if !matches!(app.store.is_migrated().await, Ok(true)) {
         return Err(unavailable(

@@ -106,12 +106,52 @@ pub enum StoreError {
     /// removed behind the database's back): nothing more is appended until an operator looks.
     #[error("the audit chain is damaged: {0}")]
     AuditChain(String),
+    /// The database cannot be written or reached right now: a full or read-only disk, an I/O
+    /// error, a lock held past the busy timeout, a server that went away or is shutting down.
+    /// Nothing was written; the same request may succeed once the storage is back.
+    #[error("storage unavailable")]
+    Unavailable(#[source] sqlx::Error),
     #[error("database query failed")]
     Query(#[source] sqlx::Error),
 }
 
+/// SQLite's primary result codes that say the storage, not the statement, failed: `BUSY` (5,
+/// after the busy timeout), `READONLY` (8), `IOERR` (10), `FULL` (13), `CANTOPEN` (14).
+const SQLITE_STORAGE_FAULTS: [i32; 5] = [5, 8, 10, 13, 14];
+
+/// Whether `error` says the storage is unavailable rather than the request wrong: see
+/// [`StoreError::Unavailable`]. PostgreSQL's SQLSTATE classes `08` (connection exception) and
+/// `53` (insufficient resources, such as a full disk), `57P01`–`57P03` (the server is shutting
+/// down, crashed or starting) and `25006` (a read-only standby) count, as do I/O errors, a
+/// pool that timed out waiting for a connection, and a crashed SQLite worker.
+pub fn is_storage_fault(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                code.parse::<i32>()
+                    .is_ok_and(|extended| SQLITE_STORAGE_FAULTS.contains(&(extended & 0xff)))
+            } else {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006")
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        if is_storage_fault(&error) {
+            return Self::Unavailable(error);
+        }
         if let sqlx::Error::Database(db) = &error {
             if db.is_unique_violation() {
                 return Self::Conflict(db.constraint().unwrap_or(db.message()).to_owned());
@@ -158,6 +198,46 @@ enum Pools {
 #[derive(Clone)]
 pub struct Store {
     pools: Pools,
+    faults: Arc<FaultMemory>,
+}
+
+/// The storage fault this process met last, kept until a write transaction commits again:
+/// what `/readyz` reports. A write is the only proof that the storage took space back (a
+/// full SQLite disk still answers reads and `SELECT 1`), and one comes every few seconds from
+/// the replica's own announcement, so readiness returns within seconds of the storage.
+#[derive(Default)]
+struct FaultMemory(std::sync::Mutex<Option<String>>);
+
+impl FaultMemory {
+    fn note(&self, error: &StoreError) {
+        if let StoreError::Unavailable(source) = error {
+            let mut last = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_none() {
+                tracing::error!(error = %source, "storage unavailable");
+            }
+            *last = Some(source.to_string());
+        }
+    }
+
+    fn clear(&self) {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.take().is_some() {
+            tracing::info!("storage available again: a write committed");
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -172,6 +252,9 @@ impl std::fmt::Debug for Store {
 pub struct Tx {
     inner: TxInner,
     _write_gate: Option<OwnedMutexGuard<()>>,
+    faults: Arc<FaultMemory>,
+    /// Whether this is a write transaction, whose commit proves the storage writable.
+    writes: bool,
     /// What must happen once the transaction's changes are visible to others, and only then.
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -200,10 +283,31 @@ macro_rules! on_conn {
 pub(crate) use on_conn;
 
 /// The pool settings both backends share.
+///
+/// A connection whose transaction could not be closed never serves again. When SQLite fails a
+/// `COMMIT` or a statement with a full disk or an I/O error, it rolls the transaction back by
+/// itself; sqlx's own `ROLLBACK` then fails ("no transaction is active") and its count of open
+/// transactions stays at one, so the next `BEGIN IMMEDIATE` on that connection would fail with
+/// "`begin_with` at non-zero transaction depth" long after the disk has space again. By the time
+/// a connection is acquired its release has round-tripped the worker (sqlx pings on release),
+/// so the count is settled, and a connection that still counts a transaction is closed here
+/// and replaced by a fresh one.
 fn pool_options<DB: sqlx::Database>(options: &StoreOptions) -> sqlx::pool::PoolOptions<DB> {
-    sqlx::pool::PoolOptions::new()
+    sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
+        .before_acquire(|conn: &mut DB::Connection, _| {
+            Box::pin(async move {
+                use sqlx::Connection as _;
+                let clean = !conn.is_in_transaction();
+                if !clean {
+                    tracing::warn!(
+                        "closing a pooled database connection left inside a transaction"
+                    );
+                }
+                Ok(clean)
+            })
+        })
 }
 
 /// A database URL without its password (in the user part or a `password=` parameter), fit
@@ -259,6 +363,7 @@ impl Store {
                     pool,
                     write_gate: Arc::new(Mutex::new(())),
                 },
+                faults: Arc::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let connect = PgConnectOptions::from_str(url).map_err(connect_error)?;
@@ -268,6 +373,7 @@ impl Store {
                 .map_err(connect_error)?;
             Ok(Self {
                 pools: Pools::Postgres(pool),
+                faults: Arc::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -329,38 +435,60 @@ impl Store {
     /// PostgreSQL's REPEATABLE READ) that never blocks writers.
     pub async fn read(&self) -> Result<Tx> {
         let inner = match &self.pools {
-            Pools::Sqlite { pool, .. } => TxInner::Sqlite(pool.begin().await?),
+            Pools::Sqlite { pool, .. } => {
+                TxInner::Sqlite(pool.begin().await.map_err(self.noted())?)
+            }
             Pools::Postgres(pool) => TxInner::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await?,
+                    .await
+                    .map_err(self.noted())?,
             ),
         };
-        Ok(Tx::new(inner, None))
+        Ok(Tx::new(inner, None, Arc::clone(&self.faults), false))
     }
 
     /// A transaction for writing. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
     /// so a read-then-write transaction can never fail half-way with `SQLITE_BUSY`.
     pub async fn write(&self) -> Result<Tx> {
-        match &self.pools {
+        let (inner, gate) = match &self.pools {
             Pools::Sqlite { pool, write_gate } => {
                 let gate = Arc::clone(write_gate).lock_owned().await;
-                Ok(Tx::new(
-                    TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-                    Some(gate),
-                ))
+                let tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(self.noted())?;
+                (TxInner::Sqlite(tx), Some(gate))
             }
-            Pools::Postgres(pool) => Ok(Tx::new(TxInner::Postgres(pool.begin().await?), None)),
+            Pools::Postgres(pool) => (
+                TxInner::Postgres(pool.begin().await.map_err(self.noted())?),
+                None,
+            ),
+        };
+        Ok(Tx::new(inner, gate, Arc::clone(&self.faults), true))
+    }
+
+    /// Converts a driver error, remembering it when it says the storage is unavailable.
+    fn noted(&self) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+        |error| {
+            let error = StoreError::from(error);
+            self.faults.note(&error);
+            error
         }
+    }
+
+    /// The storage fault met last, unless a write has committed since: why this replica
+    /// should not take traffic (see `FaultMemory`).
+    pub fn storage_fault(&self) -> Option<String> {
+        self.faults.last()
     }
 
     /// Round-trips a trivial query.
     pub async fn ping(&self) -> Result<()> {
         match &self.pools {
-            Pools::Sqlite { pool, .. } => {
-                sqlx::query("SELECT 1").execute(pool).await?.rows_affected()
-            }
-            Pools::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await?.rows_affected(),
-        };
+            Pools::Sqlite { pool, .. } => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Pools::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+        }
+        .map_err(self.noted())?;
         Ok(())
     }
 
@@ -437,10 +565,17 @@ where
 }
 
 impl Tx {
-    fn new(inner: TxInner, write_gate: Option<OwnedMutexGuard<()>>) -> Self {
+    fn new(
+        inner: TxInner,
+        write_gate: Option<OwnedMutexGuard<()>>,
+        faults: Arc<FaultMemory>,
+        writes: bool,
+    ) -> Self {
         Self {
             inner,
             _write_gate: write_gate,
+            faults,
+            writes,
             after_commit: Vec::new(),
         }
     }
@@ -453,9 +588,17 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<()> {
-        match self.inner {
-            TxInner::Sqlite(tx) => tx.commit().await?,
-            TxInner::Postgres(tx) => tx.commit().await?,
+        let committed = match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await,
+            TxInner::Postgres(tx) => tx.commit().await,
+        };
+        if let Err(error) = committed {
+            let error = StoreError::from(error);
+            self.faults.note(&error);
+            return Err(error);
+        }
+        if self.writes {
+            self.faults.clear();
         }
         for hook in self.after_commit {
             hook();
@@ -477,7 +620,49 @@ impl Tx {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{StoreError, is_storage_fault, redact_url};
+
+    /// A write SQLite refuses as read-only is a storage fault (503), a broken constraint is not.
+    #[tokio::test]
+    async fn read_only_storage_is_unavailable_and_a_conflict_is_not() {
+        use sqlx::Connection as _;
+        use sqlx::sqlite::SqliteConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let mut rw = SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut rw)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut rw)
+            .await
+            .unwrap();
+        let conflict = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut rw)
+            .await
+            .unwrap_err();
+        assert!(!is_storage_fault(&conflict));
+        assert!(matches!(
+            StoreError::from(conflict),
+            StoreError::Conflict(_)
+        ));
+        let mut ro = SqliteConnection::connect(&format!("{url}?mode=ro"))
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut ro)
+            .await
+            .unwrap_err();
+        assert!(is_storage_fault(&refused), "{refused}");
+        assert!(matches!(
+            StoreError::from(refused),
+            StoreError::Unavailable(_)
+        ));
+        assert!(is_storage_fault(&sqlx::Error::PoolTimedOut));
+    }
 
     #[test]
     fn passwords_never_leave_in_urls() {

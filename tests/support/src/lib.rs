@@ -20,7 +20,7 @@ mod postgres;
 pub mod tls;
 
 pub use daemon::Daemon;
-pub use postgres::{PostgresServer, postgres_server};
+pub use postgres::{OwnCluster, PostgresServer, postgres_server};
 
 use std::io::Write;
 use std::net::TcpListener;

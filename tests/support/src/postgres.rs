@@ -106,11 +106,83 @@ fn postgres_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
     }
 }
 
-fn start_cluster(bin: &Path) -> Result<PostgresServer, String> {
+/// A cluster of one test's own, which it may stop hard and start again (never the shared
+/// server, which other tests use): stopped and removed when dropped.
+#[derive(Debug)]
+pub struct OwnCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    options: String,
+    as_postgres: bool,
+    pub admin_url: String,
+}
+
+impl OwnCluster {
+    /// Initialises and starts a cluster under a temp dir of its own.
+    pub fn start() -> Result<Self, String> {
+        let bin = postgres_bindir()
+            .ok_or("no PostgreSQL server binaries (initdb, pg_ctl) installed".to_owned())?;
+        let dir = std::env::temp_dir().join(format!(
+            "control-test-own-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let (options, as_postgres, admin_url) = init_cluster(&bin, &dir)?;
+        let cluster = Self {
+            bin,
+            dir,
+            options,
+            as_postgres,
+            admin_url,
+        };
+        cluster.pg_ctl(&["-w", "start"])?;
+        Ok(cluster)
+    }
+
+    /// `pg_ctl stop -m immediate`: the server dies mid-transaction, as on a crash.
+    pub fn stop_immediate(&self) -> Result<(), String> {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"])
+    }
+
+    /// Starts the stopped cluster again, on the same port; it recovers from its WAL.
+    pub fn restart(&self) -> Result<(), String> {
+        self.pg_ctl(&["-w", "start"])
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let log = self.dir.join("postgres.log");
+        let out = postgres_command(&self.bin, "pg_ctl", self.as_postgres)
+            .args(["-D", &self.dir.join("data").display().to_string()])
+            .args(["-o", &self.options, "-l", &log.display().to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("running pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ))
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.stop_immediate();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `initdb` under `dir` (handed to the `postgres` user when running as root) and picks a
+/// port: the server options, whether commands run as `postgres`, and the admin URL.
+fn init_cluster(bin: &Path, dir: &Path) -> Result<(String, bool, String), String> {
     let as_postgres = run_as_postgres();
-    let dir = std::env::temp_dir().join(format!("control-test-pg-{}", std::process::id()));
     let data = dir.join("data");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     if as_postgres {
         let chown = Command::new("chown")
             .args(["postgres:", &dir.display().to_string()])
@@ -146,6 +218,17 @@ fn start_cluster(bin: &Path) -> Result<PostgresServer, String> {
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
         dir.display()
     );
+    Ok((
+        options,
+        as_postgres,
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    ))
+}
+
+fn start_cluster(bin: &Path) -> Result<PostgresServer, String> {
+    let dir = std::env::temp_dir().join(format!("control-test-pg-{}", std::process::id()));
+    let data = dir.join("data");
+    let (options, as_postgres, admin_url) = init_cluster(bin, &dir)?;
     let log = dir.join("postgres.log");
     let started = postgres_command(bin, "pg_ctl", as_postgres)
         .args([
@@ -193,8 +276,8 @@ fn start_cluster(bin: &Path) -> Result<PostgresServer, String> {
         .spawn()
         .map_err(|e| format!("starting the cluster's watcher: {e}"))?;
     Ok(PostgresServer {
-        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-        source: format!("a throwaway cluster from {} on port {port}", bin.display()),
+        source: format!("a throwaway cluster from {} at {admin_url}", bin.display()),
+        admin_url,
     })
 }
 
