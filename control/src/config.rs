@@ -281,6 +281,7 @@ struct AgentsSection {
     write_every_heartbeats: Option<u32>,
     bootstrap_ttl_secs: Option<u64>,
     replica_timeout_secs: Option<u64>,
+    agent_backoff_max_secs: Option<u64>,
     stop_grace_secs: Option<u64>,
     domain: Option<String>,
     tunnel_service: Option<String>,
@@ -753,6 +754,11 @@ fn agents_settings(
             "agents.replica_timeout_secs",
             section.replica_timeout_secs,
             ingest_defaults.replica_timeout.as_secs(),
+        )?),
+        agent_backoff_max: Duration::from_secs(positive(
+            "agents.agent_backoff_max_secs",
+            section.agent_backoff_max_secs,
+            ingest_defaults.agent_backoff_max.as_secs(),
         )?),
         ..ingest_defaults.clone()
     })
