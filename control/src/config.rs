@@ -282,6 +282,7 @@ struct AgentsSection {
     bootstrap_ttl_secs: Option<u64>,
     replica_timeout_secs: Option<u64>,
     preload_credentials: Option<bool>,
+    agent_backoff_max_secs: Option<u64>,
     stop_grace_secs: Option<u64>,
     domain: Option<String>,
     tunnel_service: Option<String>,
@@ -758,6 +759,11 @@ fn agents_settings(
         preload_credentials: section
             .preload_credentials
             .unwrap_or(ingest_defaults.preload_credentials),
+        agent_backoff_max: Duration::from_secs(positive(
+            "agents.agent_backoff_max_secs",
+            section.agent_backoff_max_secs,
+            ingest_defaults.agent_backoff_max.as_secs(),
+        )?),
         ..ingest_defaults.clone()
     })
 }

@@ -13,6 +13,7 @@ use control::app::{App, Settings};
 use control::providers::Servers;
 use serde_json::{Value, json};
 use test_support::{TestDb, dual_backend_tests};
+use tower::ServiceExt;
 
 dual_backend_tests!(
     a_spent_bootstrap_token_is_never_armed_again,
@@ -25,6 +26,9 @@ dual_backend_tests!(
     a_heartbeat_records_a_paused_agent_running,
     silence_makes_a_running_agent_unhealthy_until_it_reports,
     a_restarted_control_gives_agents_a_grace_period,
+    a_restart_long_after_the_old_replica_counts_the_grace_from_its_own_start,
+    a_frozen_control_flags_no_agent_that_resumes_within_its_backoff,
+    support_sees_the_newest_heartbeat_from_any_replica,
     liveness_is_written_once_per_twenty_heartbeats,
     a_new_boot_id_is_recorded_at_once,
     the_reconciler_records_what_the_provider_says,
@@ -617,18 +621,16 @@ async fn silence_makes_a_running_agent_unhealthy_until_it_reports(db: TestDb) {
     );
     assert!(view["last_heartbeat_at"].is_string());
 
-    h.advance(2 * INTERVAL_MS);
     assert_eq!(
-        h.app.ingest.judge().await.unwrap(),
+        judged_each_second(&h, &h.app, 2 * INTERVAL_MS).await,
         0,
         "two intervals of silence are fine"
     );
-    h.advance(INTERVAL_MS + 1_000);
     let periods_before = h
         .get(&format!("/api/agents/{agent}/timeline"), &token)
         .await
         .body;
-    assert_eq!(h.app.ingest.judge().await.unwrap(), 1);
+    assert_eq!(judged_each_second(&h, &h.app, INTERVAL_MS + 1_000).await, 1);
     let view = agent_view(&h, &token, &agent).await;
     assert_eq!(
         (view["healthy"].clone(), view["state"].as_str()),
@@ -676,8 +678,9 @@ async fn a_restarted_control_gives_agents_a_grace_period(db: TestDb) {
     );
     assert_eq!(agent_view(&h, &token, &agent).await["healthy"], true);
 
-    // Still silent long after the old replica went away: flagged by the new one.
-    h.advance(5 * INTERVAL_MS);
+    // Still silent long after the new replica started (the silence limit plus the agents'
+    // longest backoff): flagged by the new one.
+    h.advance(5 * INTERVAL_MS + 300_000);
     assert_eq!(restarted.ingest.judge_orphans().await.unwrap(), 1);
     assert_eq!(agent_view(&h, &token, &agent).await["healthy"], false);
 }
@@ -909,4 +912,188 @@ async fn credentials_loaded_in_bulk_end_when_revoked_anywhere(db: TestDb) {
         "kept's, rotated's and late's new ones"
     );
     on_other(&late_credential, &late, 2).await.unwrap();
+}
+
+/// A second replica on the same database, started now.
+fn replica(h: &Harness) -> App {
+    App::new(
+        h.app.store.clone(),
+        h.clock.clone(),
+        control::providers::Providers::new(control::providers::local::cloud(h.local.clone())),
+        Settings::default(),
+    )
+}
+
+/// Lets `ms` pass on `app` as `control serve` would: a health judgement every second.
+async fn judged_each_second(h: &Harness, app: &App, ms: i64) -> usize {
+    let mut flagged = 0;
+    for _ in 0..ms / 1_000 {
+        h.advance(1_000);
+        flagged += app.ingest.judge().await.unwrap();
+    }
+    flagged
+}
+
+async fn a_restart_long_after_the_old_replica_counts_the_grace_from_its_own_start(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
+    h.app.ingest.flush(false).await.unwrap();
+    h.app.ingest.judge_orphans().await.unwrap();
+
+    // The old replica dies; control is back only ten minutes later. The Agent's heartbeats
+    // failed meanwhile and it backs off (up to five minutes by default).
+    h.advance(600_000);
+    let restarted = replica(&h);
+    let grace = 3 * INTERVAL_MS + 300_000;
+    h.advance(grace - 1_000);
+    assert_eq!(
+        restarted.ingest.judge_orphans().await.unwrap(),
+        0,
+        "within the grace counted from the new start, not the old replica's last sign of life"
+    );
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], true);
+    h.advance(2_000);
+    assert_eq!(restarted.ingest.judge_orphans().await.unwrap(), 1);
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], false);
+}
+
+async fn a_frozen_control_flags_no_agent_that_resumes_within_its_backoff(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    let (other, other_credential) = enrolled(&h, &token, "other").await;
+    h.advance(4 * INTERVAL_MS);
+    accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
+    accepted(&h, &other_credential, &beat(&other, "b", 1, 5)).await;
+    h.app.ingest.flush(false).await.unwrap();
+    assert_eq!(judged_each_second(&h, &h.app, 10_000).await, 0);
+
+    // control is frozen for 60 s: no judgement, no heartbeat taken in.
+    h.advance(60_000);
+    // It resumes; the agents are backing off after their timed-out heartbeats.
+    assert_eq!(
+        judged_each_second(&h, &h.app, 120_000).await,
+        0,
+        "nobody flagged while the agents back off"
+    );
+    // One comes back within its backoff plus an interval and keeps heartbeating; the other
+    // stays silent.
+    for n in 0..8 {
+        accepted(&h, &credential, &beat(&agent, "b", 2 + n, 200 + 30 * n)).await;
+        assert_eq!(judged_each_second(&h, &h.app, INTERVAL_MS).await, 0);
+    }
+    accepted(&h, &credential, &beat(&agent, "b", 10, 500)).await;
+    assert_eq!(
+        judged_each_second(&h, &h.app, INTERVAL_MS - 1_000).await,
+        0,
+        "silence counted from the resumption plus the agents' longest backoff"
+    );
+    assert_eq!(judged_each_second(&h, &h.app, 2_000).await, 1);
+    assert_eq!(agent_view(&h, &token, &other).await["healthy"], false);
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], true);
+    // The one that resumed is judged as usual: silent for the limit since its heartbeat.
+    assert_eq!(
+        judged_each_second(&h, &h.app, 3 * INTERVAL_MS - 32_000).await,
+        0
+    );
+    assert_eq!(judged_each_second(&h, &h.app, 2_000).await, 1);
+    assert_eq!(agent_view(&h, &token, &agent).await["healthy"], false);
+}
+
+async fn support_sees_the_newest_heartbeat_from_any_replica(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let (agent, credential) = enrolled(&h, &token, "dev").await;
+    assert!(
+        agent_view(&h, &token, &agent)
+            .await
+            .get("support")
+            .is_none(),
+        "no heartbeat yet"
+    );
+    // The Agent heartbeats to this replica; another answers the dashboard.
+    let other = replica(&h);
+    let other_view = || async {
+        let reply = control::http::router(other.clone())
+            .oneshot(
+                axum::http::Request::get(format!("/api/agents/{agent}"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(reply.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    accepted(&h, &credential, &beat(&agent, "b", 1, 5)).await;
+    h.app.ingest.flush(false).await.unwrap();
+    let own = agent_view(&h, &token, &agent).await;
+    assert_eq!(own["support"]["boot_id"], "b", "{own:#}");
+    assert_eq!(own["support"]["tunnel"]["state"], "ready");
+    assert_eq!(own["support"]["slice"]["free_bytes"], 1000);
+
+    // Figures that move each heartbeat: this replica shows them at once, without a write.
+    let written = h
+        .app
+        .ingest
+        .stats
+        .liveness_rows_written
+        .load(Ordering::Relaxed);
+    h.advance(INTERVAL_MS);
+    let mut figures = beat(&agent, "b", 2, 35);
+    figures["slice"]["free_bytes"] = json!(900);
+    accepted(&h, &credential, &figures).await;
+    h.app.ingest.flush(false).await.unwrap();
+    assert_eq!(
+        h.app
+            .ingest
+            .stats
+            .liveness_rows_written
+            .load(Ordering::Relaxed),
+        written,
+        "free space alone is not written at once"
+    );
+    let own = agent_view(&h, &token, &agent).await;
+    assert_eq!(own["support"]["slice"]["free_bytes"], 900);
+    assert_eq!(own["support"]["sequence"], 2);
+    assert_eq!(own["last_heartbeat_at"], own["support"]["heartbeat_at"]);
+    assert_eq!(
+        other_view().await["support"]["sequence"],
+        1,
+        "written behind"
+    );
+
+    // A tunnel restart and a slice change: written with the heartbeat that reports them, so
+    // the other replica shows them without waiting for a flush.
+    h.advance(INTERVAL_MS);
+    let mut changed = beat(&agent, "b", 3, 65);
+    changed["cloudflared"]["restarts"] = json!(2);
+    changed["cloudflared"]["last_exit"] = json!(137);
+    changed["cloudflared"]["crash_loop"] = json!(true);
+    changed["slice"] = json!({"state": "nearly_full", "free_bytes": 10, "total_bytes": 2000});
+    accepted(&h, &credential, &changed).await;
+    let seen = other_view().await;
+    let support = &seen["support"];
+    assert_eq!(support["sequence"], 3, "{seen:#}");
+    assert_eq!(
+        (
+            &support["tunnel"]["restarts"],
+            &support["tunnel"]["last_exit"],
+            &support["tunnel"]["crash_loop"],
+            &support["slice"]["state"],
+            &support["slice"]["free_bytes"],
+        ),
+        (
+            &json!(2),
+            &json!(137),
+            &json!(true),
+            &json!("nearly_full"),
+            &json!(10)
+        )
+    );
+    assert_eq!(support["agent_version"], "0.1.0");
+    assert_eq!(support["image_version"], "2026.11.0");
+    assert_eq!(seen["last_heartbeat_at"], support["heartbeat_at"]);
 }

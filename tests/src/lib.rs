@@ -97,6 +97,7 @@ pub fn write_control_config_with(
 heartbeat_interval_secs = 1
 unhealthy_after_intervals = 3
 replica_timeout_secs = 3
+agent_backoff_max_secs = 10
 {agents}
 
 [reconciler]

@@ -93,6 +93,42 @@ pub struct Agent {
     /// back as it was). Absent when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloning_to: Option<String>,
+    /// What `vm-agent status` shows on the VM, from the Agent's newest heartbeat whichever
+    /// replica received it (only in `GET /api/agents/{id}`; absent in listings and before the
+    /// first heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support: Option<AgentSupport>,
+}
+
+/// The support view of an Agent: its vm-agent's newest report. Tunnel and slice states,
+/// restarts, the crash-loop flag, the last exit, versions and the boot id are recorded within
+/// a heartbeat of changing, on every replica; figures such as free space and connections may
+/// lag by a write period on a replica that does not hear from the Agent itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentSupport {
+    /// When the heartbeat this view comes from was received.
+    pub heartbeat_at: Timestamp,
+    /// The VM's kernel boot id: a new one means it rebooted.
+    pub boot_id: String,
+    /// The heartbeat's sequence number (counts up from 1 per vm-agent process).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)
+    )]
+    pub sequence: u64,
+    pub agent_version: String,
+    pub image_version: String,
+    /// Seconds the vm-agent process had been running.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)
+    )]
+    pub agent_uptime_s: u64,
+    /// The supervised `cloudflared`: state, connections, restarts, last exit, crash loop.
+    pub tunnel: crate::agent::TunnelReport,
+    /// The persistent slice `/data/home-coder`: state and free space.
+    pub slice: crate::agent::SliceReport,
 }
 
 /// Body of `POST /api/agents`.

@@ -78,12 +78,44 @@ fn agent() -> Agent {
         last_heartbeat_at: Some(at("2026-11-20T10:14:30Z")),
         cloned_from: None,
         cloning_to: Some("agt_01JDQ6VA0000000000000000AB".to_owned()),
+        support: None,
+    }
+}
+
+/// An Agent as `GET /api/agents/{id}` shows it, with its support view.
+fn agent_with_support() -> Agent {
+    Agent {
+        support: Some(control_api::agents::AgentSupport {
+            heartbeat_at: at("2026-11-20T10:14:30Z"),
+            boot_id: "6f1c7c3e-5b0e-4d43-9d5a-2f8d1e0c9b11".to_owned(),
+            sequence: 149,
+            agent_version: "0.1.0".to_owned(),
+            image_version: "2026.11.0".to_owned(),
+            agent_uptime_s: 4_470,
+            tunnel: control_api::agent::TunnelReport {
+                state: control_api::agent::TunnelState::Ready,
+                ready_connections: 4,
+                restarts: 2,
+                crash_loop: false,
+                last_exit: Some(137),
+                since: Some(at("2026-11-20T10:02:11Z")),
+            },
+            slice: control_api::agent::SliceReport {
+                state: control_api::agent::SliceState::NearlyFull,
+                free_bytes: Some(1_200_000_000),
+                total_bytes: Some(53_687_091_200),
+                free_inodes: Some(3_100_000),
+                total_inodes: Some(3_276_800),
+            },
+        }),
+        ..agent()
     }
 }
 
 #[test]
 fn agents() {
     check("agent", &agent());
+    check("agent_with_support", &agent_with_support());
     check(
         "agent_list",
         &AgentList {

@@ -23,7 +23,7 @@ mod transfer;
 
 use std::collections::BTreeMap;
 
-use control_api::agents::{Agent, AgentList, AgentOperation, AgentState, ImagePin};
+use control_api::agents::{Agent, AgentList, AgentOperation, AgentState, AgentSupport, ImagePin};
 use control_api::usage::ResourceKind;
 use control_api::{Timestamp, UPGRADE_NOTE};
 
@@ -89,6 +89,7 @@ pub fn to_api(row: AgentRow) -> Result<Agent, StoreError> {
         last_heartbeat_at: row.last_heartbeat_at.map(Timestamp::from_millis),
         cloned_from: row.cloned_from,
         cloning_to: row.cloning_to,
+        support: None,
     })
 }
 
@@ -110,9 +111,34 @@ pub(crate) async fn reread(tx: &mut Tx, id: &str) -> Result<Agent> {
     Ok(to_api(row)?)
 }
 
+/// One Agent, with its support view from the newest heartbeat this replica holds in memory
+/// or finds in the database (whichever replica received it).
 pub async fn get(app: &crate::app::App, caller: &Caller, id: &str) -> Result<Agent> {
     let mut tx = app.store.read().await?;
-    Ok(to_api(visible_agent(&mut tx, caller, id).await?)?)
+    let mut agent = to_api(visible_agent(&mut tx, caller, id).await?)?;
+    drop(tx);
+    if let Some(latest) = app.ingest.latest(id).await? {
+        let heartbeat_at = Timestamp::from_millis(latest.seen_at);
+        // The liveness row may lag what this replica holds: show the newer.
+        if agent.last_heartbeat_at.is_none_or(|at| at < heartbeat_at) {
+            agent.last_heartbeat_at = Some(heartbeat_at);
+        }
+        agent.support = Some(support_view(heartbeat_at, latest.beat));
+    }
+    Ok(agent)
+}
+
+fn support_view(heartbeat_at: Timestamp, beat: control_api::agent::Heartbeat) -> AgentSupport {
+    AgentSupport {
+        heartbeat_at,
+        boot_id: beat.boot_id,
+        sequence: beat.sequence,
+        agent_version: beat.agent_version,
+        image_version: beat.image_version,
+        agent_uptime_s: beat.agent_uptime_s,
+        tunnel: beat.cloudflared,
+        slice: beat.slice,
+    }
 }
 
 pub async fn list(

@@ -142,6 +142,9 @@ impl Ingest {
         if transition.healthy_again {
             info!(agent_id, account_id = %known.account_id, "agent healthy again: heartbeats resumed");
         }
+        if transition.support_changed {
+            debug!(agent_id, tunnel_state = %row.tunnel_state, slice_state = %row.slice_state, "agent's support view changed: written at once");
+        }
         if ignore_before.is_some() {
             debug!(
                 agent_id,
@@ -157,11 +160,25 @@ fn clone_state(beat: &Heartbeat) -> Option<control_api::agent::CloneState> {
     beat.clone.as_ref().map(|report| report.state)
 }
 
+/// Whether what support sees changed between two heartbeats of one Agent: tunnel or slice
+/// state, tunnel restarts, crash loop or last exit, agent or image version. Figures that move
+/// each heartbeat (free space, connections, uptime) are not: they are written behind.
+fn support_changed(before: &Heartbeat, after: &Heartbeat) -> bool {
+    let (was, is) = (&before.cloudflared, &after.cloudflared);
+    was.state != is.state
+        || was.restarts != is.restarts
+        || was.crash_loop != is.crash_loop
+        || was.last_exit != is.last_exit
+        || before.slice.state != after.slice.state
+        || before.agent_version != after.agent_version
+        || before.image_version != after.image_version
+}
+
 /// What one heartbeat changes in an Agent's live view (`shard` holds it), and which of those
 /// changes must be written at once: the first heartbeat or one from a process started after a
 /// stop of an Agent recorded paused (it may be running), a new boot id, an Agent heard from
-/// again after being judged unhealthy. A tunnel, slice or clone state change is marked urgent
-/// for the next flush.
+/// again after being judged unhealthy, a change support sees ([`support_changed`]). A clone
+/// state change is marked urgent for the next flush.
 fn observe(
     shard: &mut HashMap<String, Live>,
     agent_id: &str,
@@ -199,9 +216,8 @@ fn observe(
                 && live
                     .ignore_before
                     .is_none_or(|before| process_started >= before);
-            live.urgent |= live.latest.cloudflared.state != beat.cloudflared.state
-                || live.latest.slice.state != beat.slice.state
-                || clone_state(&live.latest) != clone_state(&beat);
+            transition.support_changed = support_changed(&live.latest, &beat);
+            live.urgent |= clone_state(&live.latest) != clone_state(&beat);
             live.last_seen = now;
             live.process_started = process_started;
             live.latest = beat;
@@ -332,11 +348,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tunnel_or_slice_change_is_urgent_for_the_next_flush() {
+    fn what_support_sees_is_written_at_once_and_figures_behind() {
         let mut shard = HashMap::new();
         let running = known(PeriodState::Running, None);
         observe(&mut shard, AGENT, &running, beat("b1", 5, "ready"), 100_000);
-        assert!(!shard[AGENT].urgent);
         let t = observe(
             &mut shard,
             AGENT,
@@ -344,7 +359,25 @@ mod tests {
             beat("b1", 35, "unready"),
             130_000,
         );
-        assert!(!t.any(), "written behind, not at once");
-        assert!(shard[AGENT].urgent);
+        assert!(t.support_changed, "a tunnel state change");
+        // Free space and connections move each heartbeat: written behind.
+        let mut figures = beat("b1", 65, "unready");
+        figures.slice.free_bytes = Some(10);
+        figures.cloudflared.ready_connections = 1;
+        let t = observe(&mut shard, AGENT, &running, figures, 160_000);
+        assert!(!t.any(), "{t:?}");
+        assert!(!shard[AGENT].urgent);
+        // A restart between two heartbeats that both say ready is still seen.
+        let mut restarted = beat("b1", 95, "unready");
+        restarted.cloudflared.restarts = 1;
+        restarted.cloudflared.last_exit = Some(137);
+        let t = observe(&mut shard, AGENT, &running, restarted, 190_000);
+        assert!(t.support_changed);
+        let mut slice = beat("b1", 125, "unready");
+        slice.cloudflared.restarts = 1;
+        slice.cloudflared.last_exit = Some(137);
+        slice.slice.state = control_api::agent::SliceState::Missing;
+        let t = observe(&mut shard, AGENT, &running, slice, 220_000);
+        assert!(t.support_changed, "a slice state change");
     }
 }

@@ -17,8 +17,9 @@
 //! intervals, it is flagged unhealthy (logged, no period changes). A liveness row is only
 //! replaced by a newer one, so custody follows the Agent to whichever replica hears it. Replicas
 //! announce themselves; the Agents of a replica that went silent are judged by another
-//! (one at a time, under a lease) after a grace period, and so are all Agents right after a
-//! replica starts, so restarting control flags nobody.
+//! (one at a time, under a lease) after a grace period. Silence is counted only from when this
+//! replica became available (its start, or the end of a stall of its own) plus the agents'
+//! longest backoff, so restarting or freezing control flags nobody.
 //!
 //! The parts, one file each: [`credentials`] (bootstrap tokens and credentials),
 //! [`heartbeats`] (taking one in, and the transitions it calls for), [`write_behind`],
@@ -35,7 +36,7 @@ mod write_behind;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -77,6 +78,13 @@ pub struct IngestSettings {
     /// pages; when false, each credential is read on its first use and again once its
     /// cached copy is `credential_ttl` old (the ingest benchmark's baseline).
     pub preload_credentials: bool,
+    /// The longest an agent waits between heartbeat attempts while control is unreachable
+    /// (vm-agent's `heartbeat.backoff_max_s`): after control itself was unavailable (started,
+    /// or stalled), silence is counted only from then plus this.
+    pub agent_backoff_max: Duration,
+    /// A gap this long between two health judgements means this replica was stalled (frozen,
+    /// suspended, starved): its Agents' heartbeats may have failed meanwhile.
+    pub stall_after: Duration,
 }
 
 impl Default for IngestSettings {
@@ -90,6 +98,8 @@ impl Default for IngestSettings {
             replica_timeout: Duration::from_secs(30),
             stop_quiet: Duration::from_secs(30),
             preload_credentials: true,
+            agent_backoff_max: Duration::from_mins(5),
+            stall_after: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +108,12 @@ impl IngestSettings {
     /// How long a running Agent may be silent before it is called unhealthy.
     pub fn silence_limit(&self) -> Duration {
         self.interval.saturating_mul(self.unhealthy_after)
+    }
+
+    /// How long after control is available again an Agent that reported before may still be
+    /// silent: the silence limit plus the agents' longest backoff.
+    pub fn resume_grace(&self) -> Duration {
+        self.silence_limit() + self.agent_backoff_max
     }
 
     /// How long an Agent's liveness row may go unwritten while its states do not change.
@@ -160,7 +176,7 @@ struct Live {
     /// When this replica last wrote the Agent's liveness; `None`: never (custody pending).
     written_at: Option<i64>,
     beats_since_write: u32,
-    /// Something worth writing at the next flush changed (tunnel or slice state).
+    /// Something worth writing at the next flush changed (a clone's copy state).
     urgent: bool,
     unhealthy: bool,
     /// Heartbeats from a process started before this instant come from a stopped VM.
@@ -173,11 +189,17 @@ struct Transition {
     rebooted_from: Option<String>,
     healthy_again: bool,
     maybe_running: bool,
+    /// What support sees changed (tunnel or slice state, restarts, crash loop, last exit,
+    /// versions): written at once so every replica shows it within a heartbeat.
+    support_changed: bool,
 }
 
 impl Transition {
     fn any(&self) -> bool {
-        self.rebooted_from.is_some() || self.healthy_again || self.maybe_running
+        self.rebooted_from.is_some()
+            || self.healthy_again
+            || self.maybe_running
+            || self.support_changed
     }
 }
 
@@ -188,6 +210,11 @@ pub struct Ingest {
     clock: SharedClock,
     replica_id: String,
     started_at: i64,
+    /// Since when this replica has been available without a stall: its start, or the end of
+    /// its latest stall.
+    available_since: AtomicI64,
+    /// When health was last judged (0: never), to notice stalls.
+    last_judged: AtomicI64,
     settings: IngestSettings,
     credentials: RwLock<HashMap<String, CachedCredential>>,
     /// True while credentials are being loaded: a heartbeat missing the cache waits for the
@@ -236,6 +263,8 @@ impl Ingest {
     ) -> Self {
         Self {
             started_at: clock.now().as_millis(),
+            available_since: AtomicI64::new(clock.now().as_millis()),
+            last_judged: AtomicI64::new(0),
             store,
             clock,
             replica_id,
@@ -260,20 +289,26 @@ impl Ingest {
         self.shards.iter().map(|s| sync::lock(s).len()).sum()
     }
 
-    /// The latest heartbeat of `agent_id` and when it came: this replica's own if it hears
-    /// from the Agent, else what was written behind by the replica that did (its figures may
-    /// be a write period old; its states are written within a second of changing).
+    /// The latest heartbeat of `agent_id` and when it came: the newer of this replica's own
+    /// (if it hears from the Agent) and what the database holds, written by whichever replica
+    /// heard it last (its figures may be a write period old; its states, restarts, versions
+    /// and boot id are written within a heartbeat of changing).
     pub async fn latest(&self, agent_id: &str) -> Result<Option<Latest>, StoreError> {
-        if let Some(live) = sync::lock(self.shard(agent_id)).get(agent_id) {
-            return Ok(Some(Latest {
+        let own = sync::lock(self.shard(agent_id))
+            .get(agent_id)
+            .map(|live| Latest {
                 seen_at: live.last_seen,
                 beat: live.latest.clone(),
                 written_behind: false,
-            }));
-        }
+            });
         let Some(row) = self.store.read().await?.liveness(agent_id).await? else {
-            return Ok(None);
+            return Ok(own);
         };
+        if let Some(own) = own
+            && own.seen_at >= row.last_seen_at
+        {
+            return Ok(Some(own));
+        }
         let beat = serde_json::from_str(&row.report).map_err(|e| {
             StoreError::Corrupt(format!("agent {agent_id}'s latest heartbeat: {e}"))
         })?;

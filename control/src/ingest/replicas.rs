@@ -1,5 +1,7 @@
 //! Replicas: each announces itself; the Agents of one that went silent are judged by another
-//! (one at a time, under a lease) after a grace period for them to find another replica.
+//! (one at a time, under a lease) after a grace period for them to find another replica,
+//! counted from the later of its going silent and this replica being available (its start, or
+//! the end of its latest stall) plus the agents' longest backoff.
 
 use std::time::Duration;
 
@@ -33,8 +35,11 @@ impl Ingest {
             .silent_replicas(now - timeout)
             .await?;
         let mut flagged = 0;
+        // Counted from this replica's start (or stall), not the old one's last sign of life:
+        // Agents whose heartbeats failed meanwhile are backing off.
+        let resumed = self.available_since() + millis(self.settings.resume_grace());
         for (replica, seen_at) in gone {
-            if now < seen_at + timeout + limit {
+            if now < (seen_at + timeout + limit).max(resumed) {
                 continue; // its Agents may still be finding another replica
             }
             let silent = self

@@ -1,6 +1,6 @@
 //! Writing liveness behind: the latest heartbeat per Agent goes to the database in batches,
-//! at most once per `write_every` heartbeats per Agent, plus at once when its tunnel or slice
-//! state changes. A liveness row is only replaced by a newer one, so custody of an Agent
+//! at most once per `write_every` heartbeats per Agent, plus at the next flush when a clone's
+//! copy state changes (what support sees is written at once, as a transition). A liveness row is only replaced by a newer one, so custody of an Agent
 //! follows it to whichever replica hears it.
 
 use std::sync::atomic::Ordering;
