@@ -126,6 +126,33 @@ control_urls = [{urls}]
     path
 }
 
+/// `replicas` free ports on loopback and the arguments every `control` command of those
+/// replicas takes: the configuration [`write_control_config`] writes in `dir` (each local VM
+/// reporting to one of them, the default job lease), the data dir `dir/data`, and `db`'s URL
+/// when there is one (else SQLite in the data dir).
+pub fn replica_args(
+    dir: &Path,
+    replicas: usize,
+    db: Option<&test_support::TestDb>,
+) -> (Vec<u16>, Vec<String>) {
+    let ports: Vec<u16> = (0..replicas).map(|_| test_support::free_port()).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let config = write_control_config(dir, &urls, None);
+    let mut args = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--data-dir".to_owned(),
+        dir.join("data").display().to_string(),
+    ];
+    if let Some(db) = db {
+        args.extend(["--database".to_owned(), db.url.clone()]);
+    }
+    (ports, args)
+}
+
 /// A JSON API client with a bearer token.
 #[derive(Clone, Debug)]
 pub struct Api {

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use test_support::ledger as checker;
-use test_support::{TestDb, free_port, workspace_bin};
+use test_support::{TestDb, workspace_bin};
 
-use crate::{Api, KillVmsOnDrop, Replica, millis, start_control, vm_agents, write_control_config};
+use crate::{Api, KillVmsOnDrop, Replica, millis, start_control, vm_agents};
 
 /// How long an operation may take to finish after the restart before the soak calls it stuck.
 const STUCK: Duration = Duration::from_mins(2);
@@ -107,22 +107,8 @@ struct Cluster {
 impl Cluster {
     fn start(db: Option<TestDb>, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
         // The default five-minute job lease: a dead replica's jobs must not wait for it.
-        let config = write_control_config(dir.path(), &urls, None);
-        let mut args = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            "--data-dir".to_owned(),
-            dir.path().join("data").display().to_string(),
-        ];
-        if let Some(db) = &db {
-            args.extend(["--database".to_owned(), db.url.clone()]);
-        }
+        let (ports, args) = crate::replica_args(dir.path(), replicas, db.as_ref());
         let replicas = ports
             .iter()
             .map(|port| Some(start_control(&args, *port)))

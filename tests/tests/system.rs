@@ -14,16 +14,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{
-    Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents,
-    write_control_config,
-};
+use e2e::{Api, KillVmsOnDrop, Replica, eventually, processes_under, start_control, vm_agents};
 use serde_json::{Value, json};
 use test_support::ledger::{
     self as checker, Day, Kind, Lifetime, Period, Resource, RolledUp, Snapshot, State, Transfer,
     Usage,
 };
-use test_support::{TestDb, free_port, workspace_bin};
+use test_support::{TestDb, workspace_bin};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -79,21 +76,7 @@ impl System {
 
     fn start(db: Option<TestDb>, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        let config = write_control_config(dir.path(), &urls, None);
-        let mut args = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            "--data-dir".to_owned(),
-            dir.path().join("data").display().to_string(),
-        ];
-        if let Some(db) = &db {
-            args.extend(["--database".to_owned(), db.url.clone()]);
-        }
+        let (ports, args) = e2e::replica_args(dir.path(), replicas, db.as_ref());
         let mut system = Self {
             dir,
             args,
