@@ -62,24 +62,31 @@ where
 }
 
 /// Parses a JSON document into `T`, naming the field that does not fit: the document is read
-/// whole first (400 when it is not JSON), then held to what the API document says of `T`
-/// ([`super::shape`]), then deserialized.
+/// along what the API document says of `T` first ([`super::shape`]; 400 when it is not JSON,
+/// 422 when it breaks the schema), then deserialized.
 pub fn parse_json<T: DeserializeOwned + ToSchema>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
-        let message = strip_position(&error.to_string());
-        ApiError::field(
-            StatusCode::BAD_REQUEST,
-            "body",
-            format!("malformed JSON: {message}"),
+    super::shape::check(&T::name(), bytes).map_err(|found| match found {
+        super::shape::Found::Violation((field, message)) => {
+            ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+        }
+        super::shape::Found::Malformed(error) => {
+            let message = strip_position(&error.to_string());
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("malformed JSON: {message}"),
+            )
+        }
+    })?;
+    // Read again when it does not fit, for the path to the field that does not.
+    serde_json::from_slice(bytes).or_else(|_| {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(
+            |error| {
+                let message = strip_position(&error.inner().to_string());
+                let field = field_name(&error.path().to_string(), &message);
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+            },
         )
-    })?;
-    super::shape::check(&T::name(), &value).map_err(|(field, message)| {
-        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
-    })?;
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let message = strip_position(&error.inner().to_string());
-        let field = field_name(&error.path().to_string(), &message);
-        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
     })
 }
 
