@@ -90,9 +90,22 @@ impl Default for Settings {
     }
 }
 
-/// Cheap to clone; shared by the HTTP handlers, the job runner and the command line.
+/// Cheap to clone (one reference count: the HTTP server clones it for every request); shared
+/// by the HTTP handlers, the job runner and the command line. Its parts are [`AppParts`]'s.
 #[derive(Clone, Debug)]
-pub struct App {
+pub struct App(Arc<AppParts>);
+
+impl std::ops::Deref for App {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What an [`App`] holds.
+#[derive(Debug)]
+pub struct AppParts {
     pub store: Store,
     pub clock: SharedClock,
     pub providers: Providers,
@@ -116,7 +129,7 @@ impl App {
             replica_id.clone(),
             settings.ingest.clone(),
         ));
-        Self {
+        Self(Arc::new(AppParts {
             store,
             clock,
             providers,
@@ -125,7 +138,7 @@ impl App {
             jobs_queued: Arc::new(Notify::new()),
             ingest,
             passwords: Arc::default(),
-        }
+        }))
     }
 }
 
