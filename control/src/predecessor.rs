@@ -5,55 +5,76 @@
 //! dies, however it dies, so holding it proves no earlier holder still runs. The holder names
 //! itself in the file; whoever takes the lock next releases the leases of the id it finds.
 //!
-//! Several replicas may share one data dir (the local provider's VMs live there): only one of
-//! them holds the lock, and the others rely on the silence rule of the job claim. It must
-//! never release the leases of a replica that may still run, so without the lock it does
-//! nothing.
+//! Several replicas may share one data dir (the local provider's VMs live there), so there
+//! are several lock files, one per place (`replica.lock`, then `replica.1.lock` up to
+//! `replica.15.lock`): a replica takes the first one free. A replica killed and started again
+//! beside a live one finds the live one's place taken and its own free, and so takes over from
+//! exactly the replica that died. It must never release the leases of a replica that may
+//! still run, so without a lock it does nothing (a sixteenth replica on one data dir relies on
+//! the silence rule of the job claim).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
 use crate::app::App;
 
-/// The lock file's name in the data dir.
+/// The first place's lock file in the data dir.
 pub const LOCK_FILE: &str = "replica.lock";
 
-/// The lock this replica holds on its data dir, for as long as it is kept.
+/// How many replicas sharing one data dir each get a place.
+const PLACES: usize = 16;
+
+/// The lock file of place `place`.
+pub fn lock_file(data_dir: &Path, place: usize) -> PathBuf {
+    match place {
+        0 => data_dir.join(LOCK_FILE),
+        place => data_dir.join(format!("replica.{place}.lock")),
+    }
+}
+
+/// The lock this replica holds on its place in the data dir, for as long as it is kept.
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code)] File);
 
-/// Takes the data dir's lock when free, releases the job leases of the replica that held it
-/// last, and names this replica in it. `None` when another live process holds the lock (or it
-/// cannot be used), which is logged and otherwise harmless.
+/// Takes the first free place's lock in the data dir, releases the job leases of the replica
+/// that held that place last, and names this replica in it. `None` when live processes hold
+/// every place (or the locks cannot be used), which is logged and otherwise harmless.
 pub async fn take_over(data_dir: &Path, app: &App) -> Option<Held> {
-    let path = data_dir.join(LOCK_FILE);
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot open the replica lock; a dead predecessor's jobs wait for it to count as silent");
-            return None;
-        }
-    };
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            info!(path = %path.display(), "another replica serves from this data dir and holds its lock");
-            return None;
-        }
-        Err(TryLockError::Error(e)) => {
-            warn!(path = %path.display(), error = %e, "cannot lock the replica lock; a dead predecessor's jobs wait for it to count as silent");
-            return None;
+    for place in 0..PLACES {
+        let path = lock_file(data_dir, place);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|file| match file.try_lock() {
+                Ok(()) => Ok(Some(file)),
+                Err(TryLockError::WouldBlock) => Ok(None),
+                Err(TryLockError::Error(e)) => Err(e),
+            });
+        match file {
+            Ok(Some(file)) => return Some(take_place(file, &path, app).await),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot use the replica lock; a dead predecessor's jobs wait for it to count as silent");
+                return None;
+            }
         }
     }
+    info!(
+        data_dir = %data_dir.display(),
+        places = PLACES,
+        "other replicas serving from this data dir hold every place's lock; a dead predecessor's jobs wait for it to count as silent"
+    );
+    None
+}
+
+/// With `file`'s lock held: releases the leases of the replica it names, and names this one.
+async fn take_place(mut file: File, path: &Path, app: &App) -> Held {
     let mut before = String::new();
     if let Err(e) = file.read_to_string(&mut before) {
         warn!(path = %path.display(), error = %e, "cannot read the replica lock");
@@ -70,7 +91,7 @@ pub async fn take_over(data_dir: &Path, app: &App) -> Option<Held> {
     if let Err(e) = named {
         warn!(path = %path.display(), error = %e, "cannot name this replica in the replica lock");
     }
-    Some(Held(file))
+    Held(file)
 }
 
 /// Releases the job leases of `dead`, which held the lock before and so no longer runs.

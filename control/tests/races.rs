@@ -28,6 +28,7 @@ dual_backend_tests!(
     a_server_adopted_after_a_conflict_still_registers,
     a_replica_that_lost_its_lease_changes_nothing,
     a_gone_replicas_job_is_taken_over_a_live_ones_is_not,
+    a_replica_started_again_beside_a_live_one_takes_over_from_the_dead_one,
     verify_is_clean_while_events_are_appended,
     nul_bytes_in_ids_are_bad_input_on_both_backends,
 );
@@ -454,6 +455,86 @@ async fn a_gone_replicas_job_is_taken_over_a_live_ones_is_not(db: TestDb) {
         Some(job),
         "past the lease, as before"
     );
+}
+
+/// Two replicas share a data dir; the second dies and is started again while the first
+/// lives on. Long before the dead one could count as silent, the new one takes the second
+/// place's lock, and with it the dead one's job; the live one's job and place stay its own.
+async fn a_replica_started_again_beside_a_live_one_takes_over_from_the_dead_one(db: TestDb) {
+    use control::predecessor::{lock_file, take_over};
+
+    let h = Harness::new(db).await;
+    h.release("2026.11.0").await;
+    let (_, token) = h.account("Acme").await;
+    let agents = [h.agent(&token, "one").await, h.agent(&token, "two").await];
+    for agent in &agents {
+        let stop = h
+            .post(&format!("/api/agents/{agent}/stop"), &token, json!({}))
+            .await;
+        assert_eq!(stop.status, 202);
+    }
+    let replica = || {
+        App::new(
+            h.app.store.clone(),
+            h.clock.clone(),
+            control::providers::Providers::new(control::providers::local::cloud(h.local.clone())),
+            Settings::default(),
+        )
+    };
+    let timeout = control::clock::millis(Settings::default().ingest.replica_timeout);
+    let lease = control::clock::millis(Settings::default().job_lease);
+    let claim = |app: &App| {
+        let (store, owner, at) = (app.store.clone(), app.replica_id.clone(), h.clock.now());
+        async move {
+            let at = at.as_millis();
+            let mut tx = store.write().await.unwrap();
+            tx.announce_replica(&owner, at, at).await.unwrap();
+            let job = tx
+                .claim_job(&owner, at, at + lease, at - timeout)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            job.map(|job| job.id)
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let named = |place| std::fs::read_to_string(lock_file(dir.path(), place)).unwrap();
+
+    let (live, dead) = (replica(), replica());
+    let _live_place = take_over(dir.path(), &live).await.expect("the first place");
+    let dead_place = take_over(dir.path(), &dead)
+        .await
+        .expect("the second place");
+    assert_eq!(named(0).trim(), live.replica_id);
+    assert_eq!(named(1).trim(), dead.replica_id);
+    let live_job = claim(&live).await.expect("a stop job is due");
+    let dead_job = claim(&dead).await.expect("the other stop job is due");
+    assert_ne!(live_job, dead_job);
+
+    // The process holding the second place dies: the operating system drops its lock.
+    drop(dead_place);
+    h.advance(1_000);
+    let again = replica();
+    assert_eq!(
+        claim(&again).await,
+        None,
+        "both jobs are leased to replicas not yet silent"
+    );
+    let _place = take_over(dir.path(), &again)
+        .await
+        .expect("the dead one's place");
+    assert_eq!(named(1).trim(), again.replica_id);
+    assert_eq!(
+        named(0).trim(),
+        live.replica_id,
+        "the live one's place is untouched"
+    );
+    assert_eq!(
+        claim(&again).await,
+        Some(dead_job),
+        "the dead replica's job, at once"
+    );
+    assert_eq!(claim(&again).await, None, "the live replica keeps its job");
 }
 
 async fn verify_is_clean_while_events_are_appended(db: TestDb) {

@@ -90,14 +90,19 @@ pub fn write_control_config_with(
     let urls: Vec<String> = control_urls.iter().map(|u| format!("\"{u}\"")).collect();
     let lease = job_lease_secs.map_or(String::new(), |s| format!("lease_secs = {s}\n"));
     let path = dir.join("control.toml");
+    // Short, unless `agents` sets it.
+    let replica_timeout = if agents.contains("replica_timeout_secs") {
+        ""
+    } else {
+        "replica_timeout_secs = 3\n"
+    };
     std::fs::write(
         &path,
         format!(
             r#"[agents]
 heartbeat_interval_secs = 1
 unhealthy_after_intervals = 3
-replica_timeout_secs = 3
-agent_backoff_max_secs = 10
+{replica_timeout}agent_backoff_max_secs = 10
 {agents}
 
 [reconciler]
@@ -127,20 +132,21 @@ control_urls = [{urls}]
 }
 
 /// `replicas` free ports on loopback and the arguments every `control` command of those
-/// replicas takes: the configuration [`write_control_config`] writes in `dir` (each local VM
-/// reporting to one of them, the default job lease), the data dir `dir/data`, and `db`'s URL
-/// when there is one (else SQLite in the data dir).
+/// replicas takes: the configuration [`write_control_config_with`] writes in `dir` (each local
+/// VM reporting to one of them, the default job lease, `agents` added to `[agents]`), the data
+/// dir `dir/data`, and `db`'s URL when there is one (else SQLite in the data dir).
 pub fn replica_args(
     dir: &Path,
     replicas: usize,
     db: Option<&test_support::TestDb>,
+    agents: &str,
 ) -> (Vec<u16>, Vec<String>) {
     let ports: Vec<u16> = (0..replicas).map(|_| test_support::free_port()).collect();
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let config = write_control_config(dir, &urls, None);
+    let config = write_control_config_with(dir, &urls, None, agents, "");
     let mut args = vec![
         "--config".to_owned(),
         config.display().to_string(),

@@ -107,8 +107,14 @@ struct Cluster {
 impl Cluster {
     fn start(db: Option<TestDb>, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // The default five-minute job lease: a dead replica's jobs must not wait for it.
-        let (ports, args) = crate::replica_args(dir.path(), replicas, db.as_ref());
+        // control's default job lease (five minutes) and replica timeout (30 s): a dead
+        // replica's jobs come back at once only because the restarted one knows it died.
+        let (ports, args) = crate::replica_args(
+            dir.path(),
+            replicas,
+            db.as_ref(),
+            "replica_timeout_secs = 30",
+        );
         let replicas = ports
             .iter()
             .map(|port| Some(start_control(&args, *port)))

@@ -76,7 +76,7 @@ impl System {
 
     fn start(db: Option<TestDb>, replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (ports, args) = e2e::replica_args(dir.path(), replicas, db.as_ref());
+        let (ports, args) = e2e::replica_args(dir.path(), replicas, db.as_ref(), "");
         let mut system = Self {
             dir,
             args,
