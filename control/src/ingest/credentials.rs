@@ -159,15 +159,27 @@ impl Ingest {
             .cloned()
     }
 
-    /// While a load is under way, waits for it (up to `LOAD_WAIT`) and looks again: during
-    /// the storm of first heartbeats after a start, one bulk read serves them all.
+    /// While the first load is under way, waits for the page that holds the credential (up to
+    /// `LOAD_WAIT` for the whole load): during the storm of first heartbeats after a start, a
+    /// heartbeat goes on as soon as its page is cached, not when the last page is, and one bulk
+    /// read serves them all.
     async fn after_load(&self, id: &str) -> Option<CachedCredential> {
         let mut loading = self.loading.subscribe();
-        if !*loading.borrow_and_update() {
-            return None;
+        let deadline = tokio::time::Instant::now() + LOAD_WAIT;
+        loop {
+            // Seen before looking: a page cached after the look is a change to wait for.
+            let under_way = *loading.borrow_and_update() > 0;
+            if let Some(credential) = self.cached(id, self.clock.now().as_millis()) {
+                return Some(credential);
+            }
+            if !under_way {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, loading.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
         }
-        let _ = tokio::time::timeout(LOAD_WAIT, loading.wait_for(|under_way| !under_way)).await;
-        self.cached(id, self.clock.now().as_millis())
     }
 
     /// Reads a credential alone and caches it; `None` if there is no such credential.
@@ -206,7 +218,7 @@ impl Ingest {
         let load = self.loads.fetch_add(1, Ordering::Relaxed) + 1;
         let started = self.clock.now().as_millis();
         // Only the first load makes misses wait: afterwards a miss is a credential made since.
-        let _loading = with_records.then(|| Loading::start(&self.loading));
+        let loading = with_records.then(|| Loading::start(&self.loading));
         let mut after = String::new();
         let mut credentials = 0;
         loop {
@@ -223,6 +235,9 @@ impl Ingest {
             }
             credentials += rows.len();
             self.load_page(rows, load, read_at, with_records);
+            if let Some(loading) = &loading {
+                loading.page_cached();
+            }
             if last {
                 break;
             }
@@ -266,6 +281,8 @@ impl Ingest {
             };
             page.push((row.id, credential));
         }
+        // The records first: a heartbeat that finds its credential finds its record too.
+        self.records.preload(records);
         let mut cache = sync::write(&self.credentials);
         for (id, credential) in page {
             match cache.entry(id) {
@@ -284,8 +301,6 @@ impl Ingest {
                 }
             }
         }
-        drop(cache);
-        self.records.preload(records);
     }
 
     /// How many credentials this replica holds (in force, or refused lately).
@@ -308,19 +323,25 @@ impl Ingest {
     }
 }
 
-/// Marks a load under way for as long as it lives, however the load ends.
-struct Loading<'a>(&'a tokio::sync::watch::Sender<bool>);
+/// Marks the first load under way for as long as it lives, however the load ends: the watched
+/// value counts the pages cached so far, plus one (0 when no load is under way), so that each
+/// page wakes the heartbeats waiting for it.
+struct Loading<'a>(&'a tokio::sync::watch::Sender<u64>);
 
 impl<'a> Loading<'a> {
-    fn start(loading: &'a tokio::sync::watch::Sender<bool>) -> Self {
-        loading.send_replace(true);
+    fn start(loading: &'a tokio::sync::watch::Sender<u64>) -> Self {
+        loading.send_replace(1);
         Self(loading)
+    }
+
+    fn page_cached(&self) {
+        self.0.send_modify(|pages| *pages += 1);
     }
 }
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        self.0.send_replace(false);
+        self.0.send_replace(0);
     }
 }
 

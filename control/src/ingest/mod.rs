@@ -217,9 +217,10 @@ pub struct Ingest {
     last_judged: AtomicI64,
     settings: IngestSettings,
     credentials: RwLock<HashMap<String, CachedCredential>>,
-    /// True while credentials are being loaded: a heartbeat missing the cache waits for the
-    /// load instead of reading its credential alone.
-    loading: tokio::sync::watch::Sender<bool>,
+    /// While the first load of credentials is under way, the pages it has cached plus one (0
+    /// otherwise): a heartbeat missing the cache waits for its page instead of reading its
+    /// credential alone.
+    loading: tokio::sync::watch::Sender<u64>,
     /// Numbers the loads.
     loads: AtomicU64,
     shards: Box<[Mutex<HashMap<String, Live>>]>,
@@ -270,7 +271,7 @@ impl Ingest {
             replica_id,
             settings,
             credentials: RwLock::new(HashMap::new()),
-            loading: tokio::sync::watch::Sender::new(false),
+            loading: tokio::sync::watch::Sender::new(0),
             loads: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             records: Arc::new(Records::default()),
