@@ -21,6 +21,7 @@ dual_backend_tests!(
     verify_names_the_first_tampered_event,
     concurrent_appends_form_one_chain,
     idempotency_claims_stranded_past_their_lease_are_purged,
+    changes_in_one_millisecond_are_all_followed_across_pages,
 );
 
 async fn migrations_apply_once_and_are_checked(db: TestDb) {
@@ -406,4 +407,47 @@ async fn idempotency_claims_stranded_past_their_lease_are_purged(db: TestDb) {
         (vec!["answered-1h-ago", "live-claim"], 3),
         "kept: an answer within its retention and a claim within its lease"
     );
+}
+
+/// Many Agents changed in the same millisecond (an import, a bulk stop): paging the changes by
+/// `updated_at` alone would skip those past the page's end. Paged by (`updated_at`, id), every
+/// change is read once.
+async fn changes_in_one_millisecond_are_all_followed_across_pages(db: TestDb) {
+    let store = common::connect(&db).await;
+    common::execute_raw(
+        &store,
+        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
+    )
+    .await
+    .unwrap();
+    common::execute_raw(
+        &store,
+        "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
+         VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
+    )
+    .await
+    .unwrap();
+    for (n, updated_at) in [(1, 5), (2, 7), (3, 7), (4, 7), (5, 7), (6, 9)] {
+        let insert = format!(
+            "INSERT INTO agents (id, account_id, name, provider, image_id, image_ref, env,
+                                 state, provisioned_at, updated_at)
+             VALUES ('agt_{n}', 'acc_t', 'dev{n}', 'local', 'img_t', 'local-v1', '{{}}',
+                     'running', 0, {updated_at})"
+        );
+        // The raw statement outlives the call; six small strings for the test's life.
+        common::execute_raw(&store, insert.leak()).await.unwrap();
+    }
+    let mut after = (0, String::new());
+    let mut seen = Vec::new();
+    loop {
+        let mut tx = store.read().await.unwrap();
+        let page = tx
+            .agents_changed_since((after.0, &after.1), 2)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = (last.updated_at, last.id.clone());
+        seen.extend(page.iter().map(|change| change.id.clone()));
+    }
+    assert_eq!(seen, ["agt_1", "agt_2", "agt_3", "agt_4", "agt_5", "agt_6"]);
 }

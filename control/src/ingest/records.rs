@@ -93,18 +93,24 @@ impl Records {
     /// Follows the lifecycle changes any replica made since the last call. Returns the Agents
     /// destroyed meanwhile.
     pub(super) async fn follow(&self, store: &Store) -> Result<Vec<String>, StoreError> {
-        let mut after = (self.through.load(Ordering::Relaxed) - OVERLAP_MS).max(0);
+        // Paged by (updated_at, id): many Agents may change in one millisecond.
+        let mut after = (
+            (self.through.load(Ordering::Relaxed) - OVERLAP_MS).max(0),
+            String::new(),
+        );
         let mut destroyed = Vec::new();
         loop {
             let changes = store
                 .read()
                 .await?
-                .agents_changed_since(after, PAGE)
+                .agents_changed_since((after.0, &after.1), PAGE)
                 .await?;
             let done = i64::try_from(changes.len()).unwrap_or(i64::MAX) < PAGE;
+            if let Some(last) = changes.last() {
+                after = (last.updated_at, last.id.clone());
+            }
             let mut known = sync::write(&self.known);
             for change in &changes {
-                after = after.max(change.updated_at);
                 if change.destroyed_at.is_some() {
                     known.remove(&change.id);
                     destroyed.push(change.id.clone());
@@ -117,7 +123,7 @@ impl Records {
                 break;
             }
         }
-        self.through.fetch_max(after, Ordering::Relaxed);
+        self.through.fetch_max(after.0, Ordering::Relaxed);
         Ok(destroyed)
     }
 }

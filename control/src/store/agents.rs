@@ -415,17 +415,20 @@ pub struct ReconcileRow {
 }
 
 impl Tx {
-    /// Lifecycle changes since `after` (strictly), oldest first.
+    /// Lifecycle changes after the position `after` (`updated_at`, then id: strictly), oldest
+    /// first; the last one's position is the next page's `after`.
     pub async fn agents_changed_since(
         &mut self,
-        after: i64,
+        after: (i64, &str),
         limit: i64,
     ) -> Result<Vec<AgentChange>> {
         Ok(on_conn!(self, conn => sqlx::query_as(
             "SELECT id, account_id, state, operation, destroyed_at, updated_at
-             FROM agents WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2",
+             FROM agents WHERE updated_at > $1 OR (updated_at = $1 AND id > $2)
+             ORDER BY updated_at, id LIMIT $3",
         )
-        .bind(after)
+        .bind(after.0)
+        .bind(after.1)
         .bind(limit)
         .fetch_all(conn)
         .await)?)
