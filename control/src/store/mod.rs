@@ -351,7 +351,11 @@ impl Store {
                 .map_err(connect_error)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                // Every commit reaches the disk before it is answered: with `NORMAL`, a crash
+                // of the machine (or a file system the kernel stops, as on an I/O error) could
+                // take back commits the API had confirmed, ledger rows and audit events that a
+                // signed checkpoint may already cover.
+                .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(options.busy_timeout);
             let pool = pool_options(options)
