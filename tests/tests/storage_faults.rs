@@ -1,5 +1,6 @@
-//! Storage faults, for real: SQLite on a small tmpfs that fills up, and a PostgreSQL server
-//! stopped hard (`pg_ctl stop -m immediate`) and started again under a running `control`.
+//! Storage faults, for real: SQLite on a small tmpfs that fills up, SQLite on an ext4 file
+//! system the kernel turns read-only, and a PostgreSQL server stopped hard
+//! (`pg_ctl stop -m immediate`) and started again under a running `control`.
 //!
 //! While the storage is unavailable, writes answer 503 problem+json "storage unavailable" with
 //! `Retry-After` and `/readyz` says so; once it is back, every request works again by itself —
@@ -49,6 +50,99 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An ext4 file system in an image file, mounted through a loop device with
+/// `errors=remount-ro`; unmounted when dropped.
+struct Ext4 {
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ext4 {
+    /// A 64 MB ext4 on `dir`, or `None` (announced; a failure in strict mode) when this process
+    /// may not make or mount one.
+    fn mount(image: &Path, dir: &Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::File::create(image)
+            .and_then(|file| file.set_len(64 << 20))
+            .unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .output();
+        if !made.as_ref().is_ok_and(|out| out.status.success()) {
+            skip(&format!(
+                "storage faults on a read-only disk: mkfs.ext4 failed: {made:?}"
+            ));
+            return None;
+        }
+        let disk = Self {
+            image: image.to_owned(),
+            dir: dir.to_owned(),
+        };
+        if let Err(why) = disk.mount_again() {
+            skip(&format!(
+                "storage faults on a read-only disk: cannot mount an ext4 image (run as root, with loop devices): {why}"
+            ));
+            return None;
+        }
+        Some(disk)
+    }
+
+    fn mount_again(&self) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Makes the kernel take the file system for damaged, as on an I/O error: with
+    /// `errors=remount-ro` it turns read-only under whoever has files open in it. `false` when
+    /// this kernel has no `trigger_fs_error`.
+    fn fail(&self) -> bool {
+        let out = Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let device = Path::new(&source).file_name().unwrap_or_default();
+        let trigger = Path::new("/sys/fs/ext4")
+            .join(device)
+            .join("trigger_fs_error");
+        std::fs::write(&trigger, "1").is_ok()
+    }
+
+    /// The operator's repair once control is stopped: unmount, check, mount again.
+    fn repair(&self) {
+        let unmounted = Command::new("umount").arg(&self.dir).status().unwrap();
+        assert!(unmounted.success(), "umount {}", self.dir.display());
+        let checked = Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(&self.image)
+            .output()
+            .unwrap();
+        // 0: clean; 1: errors corrected (the error the kernel recorded).
+        assert!(
+            matches!(checked.status.code(), Some(0 | 1)),
+            "e2fsck: {checked:?}"
+        );
+        self.mount_again().unwrap();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
@@ -126,55 +220,67 @@ async fn everything_works_again(op: &Api, replica: &Replica, account: &str, agen
     );
 }
 
-/// The SQLite database on a 24-megabyte tmpfs: filled to the last byte, writes fail with a 503
-/// that says why and when to retry, reads still answer, `/readyz` fails; the space freed,
-/// everything works again.
-#[tokio::test]
-async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "24m") else {
-        return;
-    };
-    let data = dir.path().join("data");
-    let _vms = KillVmsOnDrop(data.clone());
+/// `control` on a SQLite database in `disk`, with a current image, an account and a running
+/// Agent.
+struct OnDisk {
+    replica: Replica,
+    args: Vec<String>,
+    port: u16,
+    op: Api,
+    account: String,
+    agent: String,
+}
+
+async fn control_on(dir: &Path, disk: &Path) -> OnDisk {
+    let data = dir.join("data");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let config = e2e::write_control_config(dir.path(), std::slice::from_ref(&url), Some(3));
+    let config = e2e::write_control_config(dir, std::slice::from_ref(&url), Some(3));
     let args = vec![
         "--config".to_owned(),
         config.display().to_string(),
         "--data-dir".to_owned(),
         data.display().to_string(),
         "--database".to_owned(),
-        format!("sqlite:{}", disk.0.join("control.db").display()),
+        format!("sqlite:{}", disk.join("control.db").display()),
     ];
     let replica = start_control(&args, port);
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url, operator.trim());
     let account = platform(&op).await;
     let agent = provision(&op, &account, "dev").await;
+    OnDisk {
+        replica,
+        args,
+        port,
+        op,
+        account,
+        agent,
+    }
+}
 
-    let filler = disk.0.join("filler");
-    fill(&filler);
-    // Writes until one meets the full disk: SQLite reuses room it already has in its
-    // write-ahead log, so the first few may still fit.
-    let mut refused = None;
+/// Sends writes until one is refused: SQLite reuses room it already has in its write-ahead
+/// log, so the first few may still succeed.
+async fn first_refused_write(op: &Api) -> reqwest::Response {
     for n in 0..3000 {
         let response = op
             .client
-            .post(format!("{url}/api/accounts"))
+            .post(format!("{}/api/accounts", op.url))
             .bearer_auth(&op.token)
             .json(&json!({"name": format!("filler-{n}")}))
             .send()
             .await
             .unwrap();
-        if response.status().is_success() {
-            continue;
+        if !response.status().is_success() {
+            return response;
         }
-        refused = Some(response);
-        break;
     }
-    let refused = refused.expect("no write was refused on a full disk");
+    panic!("no write was refused");
+}
+
+/// A refused write is a 503 problem document saying the storage is unavailable and when to
+/// retry; `/readyz` fails saying so; reads still answer.
+async fn storage_unavailable(refused: reqwest::Response, op: &Api, agent: &str) {
     assert_eq!(refused.status().as_u16(), 503);
     let headers = refused.headers().clone();
     assert_eq!(
@@ -191,7 +297,7 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
             .starts_with("storage unavailable"),
         "{problem:#}"
     );
-    let (status, body) = readyz(&op).await;
+    let (status, body) = readyz(op).await;
     assert_eq!(status, 503, "{body:#}");
     assert!(
         body["detail"]
@@ -202,9 +308,65 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     );
     // Reads need no room.
     assert_eq!(op.get(&format!("/api/agents/{agent}")).await["id"], agent);
+}
+
+/// The SQLite database on a 24-megabyte tmpfs: filled to the last byte, writes fail with a 503
+/// that says why and when to retry, reads still answer, `/readyz` fails; the space freed,
+/// everything works again.
+#[tokio::test]
+async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "24m") else {
+        return;
+    };
+    let _vms = KillVmsOnDrop(dir.path().join("data"));
+    let on = control_on(dir.path(), &disk.0).await;
+
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    let refused = first_refused_write(&on.op).await;
+    storage_unavailable(refused, &on.op, &on.agent).await;
 
     std::fs::remove_file(&filler).unwrap();
-    everything_works_again(&op, &replica, &account, &[&agent]).await;
+    everything_works_again(&on.op, &on.replica, &on.account, &[&on.agent]).await;
+    let (status, log) = on.replica.daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The SQLite database on an ext4 file system that the kernel turns read-only under control,
+/// as it does on an I/O error (`errors=remount-ro`): writes fail with the same 503, reads
+/// answer, `/readyz` fails. Such a file system comes back only through the operator's repair
+/// (stop control, check the file system, mount it again, start control), and then everything
+/// works, with the ledger and the audit chain whole.
+#[tokio::test]
+async fn a_disk_turned_read_only_answers_503_and_recovers_after_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Ext4::mount(&dir.path().join("ext4.img"), &dir.path().join("disk")) else {
+        return;
+    };
+    let _vms = KillVmsOnDrop(dir.path().join("data"));
+    let on = control_on(dir.path(), &disk.dir).await;
+
+    if !disk.fail() {
+        skip("storage faults on a read-only disk: this kernel has no ext4 trigger_fs_error");
+        return;
+    }
+    let refused = first_refused_write(&on.op).await;
+    assert!(
+        on.replica.daemon.is_running(),
+        "control exited on a read-only disk:\n{}",
+        on.replica.daemon.log()
+    );
+    storage_unavailable(refused, &on.op, &on.agent).await;
+
+    // Stopping cannot write what it would write behind; it must still end.
+    let (_, log) = on.replica.daemon.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    disk.repair();
+    let replica = start_control(&on.args, on.port);
+    // A new client: the old one's kept-alive connections went with the stopped process.
+    let op = Api::new(&on.op.url, &on.op.token);
+    everything_works_again(&op, &replica, &on.account, &[&on.agent]).await;
     let (status, log) = replica.daemon.stop();
     assert!(status.success(), "{log}");
 }
