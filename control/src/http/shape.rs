@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
 
@@ -37,37 +37,40 @@ pub(super) enum Found {
 }
 
 /// Reads `body` along the schema the document names `name`, if it has one.
+///
+/// Every value is read in full, even one no schema covers (an unknown member): a string that is
+/// not UTF-8 or holds a lone surrogate, or a number no float holds, is malformed JSON wherever
+/// it is, as it was when the whole document was parsed first.
 pub(super) fn check(name: &str, body: &[u8]) -> Result<(), Found> {
     let shapes = shapes();
     let found = RefCell::new(None);
-    let mut reader = serde_json::Deserializer::from_slice(body);
-    let read = match shapes.named.get(name) {
-        Some(&shape) => Guard {
+    let read = |shape| {
+        let mut reader = serde_json::Deserializer::from_slice(body);
+        Guard {
             shapes,
             shape,
             at: &At::Body,
             found: &found,
         }
         .deserialize(&mut reader)
-        .and_then(|()| reader.end()),
-        None => IgnoredAny::deserialize(&mut reader)
-            .map(|_| ())
-            .and_then(|()| reader.end()),
+        .and_then(|()| reader.end())
     };
-    match (read, found.into_inner()) {
-        (Ok(()), _) => Ok(()),
-        (Err(_), Some(violation)) => {
+    match read(shapes.named.get(name).copied().unwrap_or(ANY)) {
+        Ok(()) => Ok(()),
+        Err(error) => match found.take() {
             // A syntax error further on comes first: 400 before 422, as when the whole
             // document was parsed before it was looked at.
-            let mut rest = serde_json::Deserializer::from_slice(body);
-            match IgnoredAny::deserialize(&mut rest).and_then(|_| rest.end()) {
+            Some(violation) => match read(ANY) {
                 Ok(()) => Err(Found::Violation(violation)),
                 Err(error) => Err(Found::Malformed(error)),
-            }
-        }
-        (Err(error), None) => Err(Found::Malformed(error)),
+            },
+            None => Err(Found::Malformed(error)),
+        },
     }
 }
+
+/// The shape of a value held to nothing: read in full all the same.
+const ANY: usize = 0;
 
 /// A schema compiled for reading: only what the two rules need.
 enum Shape {
@@ -108,7 +111,7 @@ fn shapes() -> &'static Shapes {
             .map(|components| &components.schemas);
         let mut shapes = Shapes {
             named: HashMap::new(),
-            all: Vec::new(),
+            all: vec![Shape::Any], // ANY
         };
         for name in schemas.into_iter().flat_map(|schemas| schemas.keys()) {
             shapes.named.insert(name.clone(), shapes.all.len());
@@ -134,10 +137,7 @@ impl Shapes {
                     .ref_location
                     .strip_prefix("#/components/schemas/")
                     .unwrap_or_default();
-                self.named
-                    .get(name)
-                    .copied()
-                    .unwrap_or_else(|| self.add(Shape::Any))
+                self.named.get(name).copied().unwrap_or(ANY)
             }
             RefOr::T(schema) => {
                 let shape = self.compile(schema);
@@ -329,9 +329,11 @@ impl<'de> Visitor<'de> for Guard<'_> {
                     at: &At::Key(self.at, &key),
                     ..self
                 })?,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                None => map.next_value_seed(Guard {
+                    shape: ANY,
+                    at: &At::Key(self.at, &key),
+                    ..self
+                })?,
             }
         }
         Ok(())
@@ -350,16 +352,13 @@ impl<'de> Visitor<'de> for Guard<'_> {
         };
         let mut index = 0;
         loop {
-            let more = match items {
-                Some(shape) => seq
-                    .next_element_seed(Guard {
-                        shape,
-                        at: &At::Index(self.at, index),
-                        ..self
-                    })?
-                    .is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
-            };
+            let more = seq
+                .next_element_seed(Guard {
+                    shape: items.unwrap_or(ANY),
+                    at: &At::Index(self.at, index),
+                    ..self
+                })?
+                .is_some();
             if !more {
                 return Ok(());
             }
@@ -546,6 +545,28 @@ mod tests {
                 .status
                 .as_u16(),
             400
+        );
+    }
+
+    #[test]
+    fn a_value_no_schema_covers_is_still_read_in_full() {
+        let beat = beat().to_string();
+        let (head, tail) = beat.split_at(1);
+        for member in [
+            r#""extra": "\ud800","#,
+            r#""extra": 1e400,"#,
+            r#""extra": ["\ud800"],"#,
+        ] {
+            let body = format!("{head}{member}{tail}");
+            let error = parse_json::<Heartbeat>(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status.as_u16(), 400, "{body}: {error:?}");
+        }
+        let mut body = beat.into_bytes();
+        body.splice(1..1, b"\"extra\": \"\xff\",".iter().copied());
+        assert_eq!(
+            parse_json::<Heartbeat>(&body).unwrap_err().status.as_u16(),
+            400,
+            "a string that is not UTF-8"
         );
     }
 
