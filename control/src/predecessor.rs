@@ -10,7 +10,7 @@
 //! `replica.15.lock`): a replica takes the first one free. A replica killed and started again
 //! beside a live one finds the live one's place taken and its own free, and so takes over from
 //! exactly the replica that died. It must never release the leases of a replica that may
-//! still run, so without a lock it does nothing (a sixteenth replica on one data dir relies on
+//! still run, so without a lock it does nothing (a seventeenth replica on one data dir relies on
 //! the silence rule of the job claim).
 
 use std::fs::{File, OpenOptions, TryLockError};

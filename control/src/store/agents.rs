@@ -424,7 +424,7 @@ impl Tx {
     ) -> Result<Vec<AgentChange>> {
         Ok(on_conn!(self, conn => sqlx::query_as(
             "SELECT id, account_id, state, operation, destroyed_at, updated_at
-             FROM agents WHERE updated_at > $1 OR (updated_at = $1 AND id > $2)
+             FROM agents WHERE updated_at >= $1 AND (updated_at > $1 OR id > $2)
              ORDER BY updated_at, id LIMIT $3",
         )
         .bind(after.0)

@@ -190,38 +190,58 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// A TCP port free on 127.0.0.1 at the time of asking, from below the kernel's ephemeral
-/// range.
+/// A TCP port free on 127.0.0.1 at the time of asking, from outside the kernel's ephemeral
+/// range (see [`outside_ephemeral_range`]).
 ///
 /// Not one the kernel hands out for port 0: between this answer and the daemon's bind, a fake
 /// or another test binding port 0 could be given the same port, and the daemon's caller would
 /// then find someone else's listener open (seen in CI: a control "listening" whose data dir
-/// had no operator token yet). Ports below the ephemeral range are only ever taken by name.
+/// had no operator token yet). Ports outside the ephemeral range are only ever taken by name.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    const LOWEST: u32 = 10_000;
-    let below = ephemeral_range_start().max(LOWEST + 1_000);
-    let span = below - LOWEST;
+    let (lowest, below) = outside_ephemeral_range();
+    let span = below - lowest;
     // Test processes run side by side: each walks the range from its own place.
     let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = LOWEST + (start + n.wrapping_mul(7_919)) % span;
-        let port = u16::try_from(port).expect("ports below the ephemeral range fit in u16");
+        let port = lowest + (start + n.wrapping_mul(7_919)) % span;
+        let port = u16::try_from(port).expect("a port fits in u16");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free TCP port on 127.0.0.1 between {LOWEST} and {below}");
+    panic!("no free TCP port on 127.0.0.1 between {lowest} and {below}");
 }
 
-/// The first port of `net.ipv4.ip_local_port_range` (Linux's default when unreadable).
-fn ephemeral_range_start() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+/// Ports `[lowest, below)` the kernel never hands out for port 0: from 10000 up to
+/// `net.ipv4.ip_local_port_range` (Linux's default range when unreadable), or above it when
+/// it starts too low to leave a thousand ports there.
+fn outside_ephemeral_range() -> (u32, u32) {
+    const LOWEST: u32 = 10_000;
+    const ENOUGH: u32 = 1_000;
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
-        .min(u32::from(u16::MAX))
+        .map(|range| {
+            range
+                .split_whitespace()
+                .filter_map(|port| port.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (first, last) = match range[..] {
+        [first, last] => (first, last),
+        _ => (32_768, 60_999),
+    };
+    if first >= LOWEST + ENOUGH {
+        (LOWEST, first)
+    } else if last + ENOUGH < u32::from(u16::MAX) {
+        (last + 1, u32::from(u16::MAX) + 1)
+    } else {
+        panic!(
+            "the kernel's ephemeral port range ({first}-{last}) leaves no room for test ports outside it"
+        );
+    }
 }
 
 /// A binary of this workspace built by the same `cargo test` run, found next to the test
