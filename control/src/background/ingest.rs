@@ -9,8 +9,8 @@ use super::each;
 use crate::app::App;
 
 /// Ingestion's upkeep, every second: follow lifecycle changes, write liveness behind, judge
-/// the Agents this replica hears from; every few seconds announce the replica and judge the
-/// Agents of replicas that went away. At shutdown, writes everything behind. First of all,
+/// the Agents this replica hears from; every few seconds (a third of the replica timeout, 5 s
+/// at most) announce the replica and judge the Agents of replicas that went away. At shutdown, writes everything behind. First of all,
 /// unless told not to, loads the credentials in force with their Agents' records (before
 /// following changes, which keeps those records fresh).
 pub(super) async fn run(app: App, shutdown: watch::Receiver<bool>) {
@@ -27,9 +27,12 @@ pub(super) async fn run(app: App, shutdown: watch::Receiver<bool>) {
             }
         }
     }
+    // Announced at least three times per replica timeout (every 5 s at most): a replica
+    // silent past the timeout is taken for gone, and its job leases are claimed by the others.
+    let announce_every = (app.settings.ingest.replica_timeout.as_secs() / 3).clamp(1, 5);
     let mut tick: u64 = 0;
     each(Duration::from_secs(1), shutdown, || {
-        let orphans_too = tick.is_multiple_of(5);
+        let orphans_too = tick.is_multiple_of(announce_every);
         tick += 1;
         ingest_upkeep(&app, orphans_too)
     })
