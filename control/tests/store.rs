@@ -94,19 +94,7 @@ async fn the_database_keeps_every_state_period(db: TestDb) {
 async fn an_unhealthy_mark_is_cleared_only_by_a_newer_heartbeat(db: TestDb) {
     use control::store::LivenessRow;
     let store = common::connect(&db).await;
-    common::execute_raw(
-        &store,
-        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
-    )
-    .await
-    .unwrap();
-    common::execute_raw(
-        &store,
-        "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
-         VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
-    )
-    .await
-    .unwrap();
+    account_and_image(&store).await;
     common::execute_raw(
         &store,
         "INSERT INTO agents (id, account_id, name, provider, image_id, image_ref, env, state,
@@ -414,19 +402,7 @@ async fn idempotency_claims_stranded_past_their_lease_are_purged(db: TestDb) {
 /// change is read once.
 async fn changes_in_one_millisecond_are_all_followed_across_pages(db: TestDb) {
     let store = common::connect(&db).await;
-    common::execute_raw(
-        &store,
-        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
-    )
-    .await
-    .unwrap();
-    common::execute_raw(
-        &store,
-        "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
-         VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
-    )
-    .await
-    .unwrap();
+    account_and_image(&store).await;
     for (n, updated_at) in [(1, 5), (2, 7), (3, 7), (4, 7), (5, 7), (6, 9)] {
         let insert = format!(
             "INSERT INTO agents (id, account_id, name, provider, image_id, image_ref, env,
@@ -450,4 +426,21 @@ async fn changes_in_one_millisecond_are_all_followed_across_pages(db: TestDb) {
         seen.extend(page.iter().map(|change| change.id.clone()));
     }
     assert_eq!(seen, ["agt_1", "agt_2", "agt_3", "agt_4", "agt_5", "agt_6"]);
+}
+
+/// The account `acc_t` and the image `img_t`, which an Agent row refers to.
+async fn account_and_image(store: &Store) {
+    common::execute_raw(
+        store,
+        "INSERT INTO accounts (id, name, created_at) VALUES ('acc_t', 't', 0)",
+    )
+    .await
+    .unwrap();
+    common::execute_raw(
+        store,
+        "INSERT INTO images (id, version, agent_version, manifest_digest, refs, env, created_at)
+         VALUES ('img_t', 'v1', '0.1.0', 'sha256:00', '{}', '{}', 0)",
+    )
+    .await
+    .unwrap();
 }

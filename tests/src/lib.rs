@@ -147,16 +147,23 @@ pub fn replica_args(
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     let config = write_control_config_with(dir, &urls, None, agents, "");
+    let args = control_args(&config, &dir.join("data"), db.map(|db| db.url.as_str()));
+    (ports, args)
+}
+
+/// The arguments every `control` command takes: its configuration file, its data dir and, when
+/// given, its database URL (else SQLite in the data dir).
+pub fn control_args(config: &Path, data: &Path, database: Option<&str>) -> Vec<String> {
     let mut args = vec![
         "--config".to_owned(),
         config.display().to_string(),
         "--data-dir".to_owned(),
-        dir.join("data").display().to_string(),
+        data.display().to_string(),
     ];
-    if let Some(db) = db {
-        args.extend(["--database".to_owned(), db.url.clone()]);
+    if let Some(database) = database {
+        args.extend(["--database".to_owned(), database.to_owned()]);
     }
-    (ports, args)
+    args
 }
 
 /// A JSON API client with a bearer token.

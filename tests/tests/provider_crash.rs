@@ -111,15 +111,7 @@ async fn rig(dir: &Path, db: Option<&TestDb>, replicas: &[u16]) -> Rig {
             cloudflare.zone_id(),
         ),
     );
-    let mut args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        dir.join("data").display().to_string(),
-    ];
-    if let Some(db) = db {
-        args.extend(["--database".to_owned(), db.url.clone()]);
-    }
+    let args = e2e::control_args(&config, &dir.join("data"), db.map(|db| db.url.as_str()));
     Rig {
         hetzner,
         cloudflare,

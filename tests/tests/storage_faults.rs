@@ -236,14 +236,8 @@ async fn control_on(dir: &Path, disk: &Path) -> OnDisk {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let config = e2e::write_control_config(dir, std::slice::from_ref(&url), Some(3));
-    let args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-        "--database".to_owned(),
-        format!("sqlite:{}", disk.join("control.db").display()),
-    ];
+    let database = format!("sqlite:{}", disk.join("control.db").display());
+    let args = e2e::control_args(&config, &data, Some(&database));
     let replica = start_control(&args, port);
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url, operator.trim());
@@ -389,14 +383,7 @@ async fn postgres_stopped_hard_and_started_again_is_reconnected() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let config = e2e::write_control_config(dir.path(), std::slice::from_ref(&url), Some(3));
-    let args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-        "--database".to_owned(),
-        cluster.admin_url.clone(),
-    ];
+    let args = e2e::control_args(&config, &data, Some(&cluster.admin_url));
     let replica = start_control(&args, port);
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url, operator.trim());
