@@ -42,6 +42,7 @@ pub fn images() -> Option<PathBuf> {
         "genisoimage",
         "socat",
         "debugfs",
+        "sfdisk",
     ];
     tools.iter().all(|tool| have_program(tool)).then_some(dir)
 }
@@ -384,18 +385,16 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         agent(op, &id).await["state"] == "paused"
     })
     .await;
-    let root = control.dir.path().join("root.raw");
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(vm_dir.join("root.qcow2"))
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(converted.success());
+    let raw = control.dir.path().join("root.raw");
+    let root = root_file_system(&vm_dir.join("root.qcow2"), &raw);
     let listing = debugfs(&root, "ls -l /data");
     let names: Vec<&str> = listing
         .lines()
         .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert!(names.contains(&"."), "debugfs read /data: {listing}");
+    let names: Vec<&str> = names
+        .into_iter()
         .filter(|n| *n != "." && *n != "..")
         .collect();
     assert!(names.is_empty(), "/data on the root disk holds {names:?}");
@@ -403,7 +402,7 @@ async fn an_agent_vm_boots_from_the_image_reports_and_keeps_its_slice() {
         debugfs(&root, "stat /data/home-coder").is_empty(),
         "no /data/home-coder on the root disk"
     );
-    std::fs::remove_file(&root).unwrap();
+    std::fs::remove_file(&raw).unwrap();
 
     // Destroy both: each VM's disks are gone with it.
     for id in [&id, &clone] {
@@ -561,6 +560,37 @@ fn ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// A VM's root disk converted to a raw disk at `raw`, and its root file system (the GPT
+/// partition named `root` that image/build writes) as debugfs opens it: the raw disk's path
+/// with the partition's byte offset.
+fn root_file_system(qcow2: &Path, raw: &Path) -> PathBuf {
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(qcow2)
+        .arg(raw)
+        .status()
+        .unwrap();
+    assert!(converted.success(), "qemu-img convert {}", qcow2.display());
+    let output = Command::new("sfdisk")
+        .arg("--json")
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "sfdisk --json {}", raw.display());
+    let table: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let table = &table["partitiontable"];
+    assert_eq!(table["label"], "gpt", "{table}");
+    let root = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "root")
+        .unwrap_or_else(|| panic!("no partition named root: {table}"));
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let offset = root["start"].as_u64().unwrap() * sector;
+    PathBuf::from(format!("{}?offset={offset}", raw.display()))
+}
+
 /// A file's presence on a disk image read offline: debugfs prints an inode for it.
 fn on_disk(image: &Path, path: &str) -> bool {
     debugfs(image, &format!("stat {path}")).contains("Inode:")
@@ -630,16 +660,12 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
-        .arg("-kernel")
-        .arg(plain.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(plain.join("initrd.img"))
-        .args(["-append", "root=LABEL=root ro console=ttyS0"])
         .arg("-drive")
         .arg(format!(
-            "file={},format=qcow2,if=virtio",
+            "file={},format=qcow2,if=none,id=root",
             boot.join("root.qcow2").display()
         ))
+        .args(["-device", "virtio-blk-pci,drive=root,bootindex=0"])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,readonly=on,media=cdrom",
@@ -701,14 +727,7 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
     assert!(status.success(), "qemu: {log}");
 
     // Neither vm-agent nor cloudflared is on its disk.
-    let root = boot.join("root.raw");
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(boot.join("root.qcow2"))
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(converted.success());
+    let root = root_file_system(&boot.join("root.qcow2"), &boot.join("root.raw"));
     assert!(on_disk(&root, "/etc/hostname"), "debugfs reads the disk");
     for path in [
         "/usr/local/bin/vm-agent",

@@ -15,7 +15,9 @@
 //! (`/dev/disk/by-id/virtio-<serial>`), and unplugged once the guest lets go of it. This is how
 //! a clone's VM copies its source's slice in this mode, as on Hetzner.
 //!
-//! The kernel boots directly (`-kernel`, `-initrd` from the release). Networking is qemu's
+//! The VM boots its root disk through the firmware (`SeaBIOS`) and the disk's GRUB, as a cloud
+//! server boots the same image; a release an earlier recipe built (a bare root file system with
+//! `vmlinuz` and `initrd.img` beside it) boots its kernel directly. Networking is qemu's
 //! user mode with `restrict=on`: the VM reaches nothing but control, through one forward
 //! (`guestfwd`) of [`GUEST_CONTROL`] to the replica it reports to; nothing is forwarded into
 //! the VM, so it has no inbound port, as on a cloud. A shutdown is ACPI's (`system_powerdown`
@@ -55,7 +57,7 @@ pub struct QemuConfig {
     /// `qemu-system-x86_64`.
     pub qemu: PathBuf,
     /// Built releases: a release's `local` reference names a directory here (or is an absolute
-    /// path) holding `disk.raw`, `vmlinuz`, `initrd.img` and `manifest.json`.
+    /// path) holding `disk.raw` and `manifest.json`.
     pub images_dir: PathBuf,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -70,6 +72,17 @@ pub struct QemuConfig {
 #[derive(Clone, Debug)]
 pub(super) struct Release {
     pub(super) dir: PathBuf,
+    boot: Boot,
+}
+
+/// How a release's disk boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Boot {
+    /// A whole disk with its boot loader (the manifest's `boot.firmware` is `bios`).
+    Firmware,
+    /// A bare root file system: the kernel and initramfs beside it, booted directly with this
+    /// command line (releases of the recipe before the bootable disk).
+    Kernel { cmdline: String },
 }
 
 impl Release {
@@ -89,24 +102,38 @@ impl Release {
             ))
             .with_code("invalid_input"));
         };
-        for file in ["disk.raw", "vmlinuz", "initrd.img", "manifest.json"] {
+        let missing = |file: &str| {
+            ProviderError::permanent(format!(
+                "image {image_ref:?}: no {file} in {} (build it with image/build)",
+                dir.display()
+            ))
+            .with_code("not_found")
+        };
+        for file in ["disk.raw", "manifest.json"] {
             if !dir.join(file).is_file() {
-                return Err(ProviderError::permanent(format!(
-                    "image {image_ref:?}: no {file} in {} (build it with image/build)",
-                    dir.display()
-                ))
-                .with_code("not_found"));
+                return Err(missing(file));
             }
         }
-        Ok(Self { dir })
-    }
-
-    fn cmdline(&self) -> String {
-        let manifest = std::fs::read_to_string(self.dir.join("manifest.json")).ok();
-        manifest
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|m| m["boot"]["cmdline"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "root=LABEL=root ro console=ttyS0".to_owned())
+        let manifest: Value = std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .unwrap_or(Value::Null);
+        let boot = if manifest["boot"]["firmware"] == "bios" {
+            Boot::Firmware
+        } else {
+            for file in ["vmlinuz", "initrd.img"] {
+                if !dir.join(file).is_file() {
+                    return Err(missing(file));
+                }
+            }
+            let cmdline = manifest["boot"]["cmdline"]
+                .as_str()
+                .unwrap_or("root=LABEL=root ro console=ttyS0");
+            Boot::Kernel {
+                cmdline: cmdline.to_owned(),
+            }
+        };
+        Ok(Self { dir, boot })
     }
 }
 
@@ -203,17 +230,23 @@ pub(super) fn command(
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-machine", &format!("q35,accel={}", config.accel)])
         .args(["-m", &config.memory_mib.to_string()])
-        .args(["-smp", &config.cpus.to_string()])
-        .arg("-kernel")
-        .arg(release.dir.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(release.dir.join("initrd.img"))
-        .args(["-append", &release.cmdline()])
-        .arg("-drive")
-        .arg(drive(&vm_dir.join("root.qcow2"), "qcow2", "root"));
+        .args(["-smp", &config.cpus.to_string()]);
+    if let Boot::Kernel { cmdline } = &release.boot {
+        qemu.arg("-kernel")
+            .arg(release.dir.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(release.dir.join("initrd.img"))
+            .args(["-append", cmdline]);
+    }
+    // The root disk is the only one the firmware may boot from (a slice or a seed never is).
+    qemu.arg("-drive")
+        .arg(drive(&vm_dir.join("root.qcow2"), "qcow2", "root", "none"))
+        .args(["-device", "virtio-blk-pci,drive=root,bootindex=0"])
+        .args(["-boot", "strict=on"]);
     let slice = vm_dir.join("slice.raw");
     if slice.exists() {
-        qemu.arg("-drive").arg(drive(&slice, "raw", "slice"));
+        qemu.arg("-drive")
+            .arg(drive(&slice, "raw", "slice", "virtio"));
     }
     qemu.arg("-drive")
         .arg(format!(
@@ -243,9 +276,11 @@ pub(super) fn command(
     qemu
 }
 
-fn drive(path: &Path, format: &str, id: &str) -> String {
+/// A disk's `-drive`: `interface` is `virtio` for a disk of its own, `none` for one a
+/// `-device` names.
+fn drive(path: &Path, format: &str, id: &str, interface: &str) -> String {
     format!(
-        "file={},format={format},if=virtio,id={id},cache=writeback,discard=unmap",
+        "file={},format={format},if={interface},id={id},cache=writeback,discard=unmap",
         escape(path)
     )
 }
@@ -446,6 +481,18 @@ pub(super) fn host_port(url: &str) -> Result<String, ProviderError> {
 mod tests {
     use super::*;
 
+    fn config(images_dir: &Path) -> QemuConfig {
+        QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            images_dir: images_dir.to_owned(),
+            memory_mib: 1024,
+            cpus: 1,
+            slice_mib: 64,
+            accel: "tcg".to_owned(),
+            shutdown_grace: Duration::from_mins(1),
+        }
+    }
+
     #[test]
     fn a_lent_volume_is_named_by_the_end_of_its_id() {
         assert_eq!(
@@ -458,29 +505,19 @@ mod tests {
     #[test]
     fn a_release_is_a_directory_of_the_images_dir_or_an_absolute_path() {
         let dir = tempfile::tempdir().unwrap();
-        let config = QemuConfig {
-            qemu: "qemu-system-x86_64".into(),
-            images_dir: dir.path().to_owned(),
-            memory_mib: 1024,
-            cpus: 1,
-            slice_mib: 64,
-            accel: "tcg".to_owned(),
-            shutdown_grace: Duration::from_mins(1),
-        };
+        let config = config(dir.path());
         let release = dir.path().join("2026.12.0");
         std::fs::create_dir(&release).unwrap();
-        for file in ["disk.raw", "vmlinuz", "initrd.img"] {
-            std::fs::write(release.join(file), b"x").unwrap();
-        }
+        std::fs::write(release.join("disk.raw"), b"x").unwrap();
         let missing = Release::find(&config, "2026.12.0").unwrap_err();
         assert!(missing.message.contains("manifest.json"), "{missing:?}");
         std::fs::write(
             release.join("manifest.json"),
-            br#"{"boot": {"cmdline": "root=LABEL=root ro console=ttyS0 quiet"}}"#,
+            br#"{"boot": {"firmware": "bios", "loader": "grub"}}"#,
         )
         .unwrap();
         let found = Release::find(&config, "2026.12.0").unwrap();
-        assert_eq!(found.cmdline(), "root=LABEL=root ro console=ttyS0 quiet");
+        assert_eq!(found.boot, Boot::Firmware);
         let absolute = release.display().to_string();
         assert_eq!(Release::find(&config, &absolute).unwrap().dir, release);
         for escaping in ["../2026.12.0", "a/b", "", ".hidden"] {
@@ -504,11 +541,48 @@ mod tests {
             "commas doubled: {joined}"
         );
         assert!(!joined.contains("slice.raw"), "no slice disk, no drive");
+        assert!(
+            !joined.contains("-kernel"),
+            "the disk boots itself: {joined}"
+        );
+        assert!(
+            joined.contains("virtio-blk-pci,drive=root,bootindex=0"),
+            "{joined}"
+        );
         assert_eq!(args.last().unwrap(), &process_name(&vm_dir));
         assert_eq!(
             host_port("http://127.0.0.1:8080").unwrap(),
             "127.0.0.1:8080"
         );
         assert_eq!(host_port("http://10.0.2.100").unwrap(), "10.0.2.100:80");
+    }
+
+    #[test]
+    fn a_release_of_the_earlier_recipe_boots_its_kernel_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let release = dir.path().join("2026.11.0");
+        std::fs::create_dir(&release).unwrap();
+        let manifest = br#"{"boot": {"kernel": "vmlinuz", "initrd": "initrd.img",
+            "cmdline": "root=LABEL=root ro console=ttyS0"}}"#;
+        for (file, bytes) in [("disk.raw", &b"x"[..]), ("manifest.json", manifest)] {
+            std::fs::write(release.join(file), bytes).unwrap();
+        }
+        let missing = Release::find(&config, "2026.11.0").unwrap_err();
+        assert!(missing.message.contains("vmlinuz"), "{missing:?}");
+        for file in ["vmlinuz", "initrd.img"] {
+            std::fs::write(release.join(file), b"x").unwrap();
+        }
+        let found = Release::find(&config, "2026.11.0").unwrap();
+        let args: Vec<String> = command(&dir.path().join("vm"), &found, &config, "127.0.0.1:1")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-append root=LABEL=root ro console=ttyS0"),
+            "{joined}"
+        );
+        assert!(joined.contains(&format!("-kernel {}", release.join("vmlinuz").display())));
     }
 }
