@@ -202,15 +202,7 @@ async fn clones_keep_the_slice(db: Option<TestDb>) {
     let url = format!("http://127.0.0.1:{port}");
     let config = write_control_config(dir.path(), std::slice::from_ref(&url), None);
     let data = dir.path().join("data");
-    let mut args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-    ];
-    if let Some(db) = &db {
-        args.extend(["--database".to_owned(), db.url.clone()]);
-    }
+    let args = e2e::control_args(&config, &data, db.as_ref().map(|db| db.url.as_str()));
     let replica = start_control(&args, port);
     let _cleanup = KillVmsOnDrop(dir.path().to_owned());
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
@@ -337,12 +329,7 @@ async fn killed_inside_the_clone(window: &str) {
     // A short lease: the restarted control is a new replica and takes the job over soon.
     let config = write_control_config(dir.path(), std::slice::from_ref(&url), Some(3));
     let data = dir.path().join("data");
-    let args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-    ];
+    let args = e2e::control_args(&config, &data, None);
     let _cleanup = KillVmsOnDrop(dir.path().to_owned());
     // Armed from the start: only a clone's job has that step.
     let first = start_control_with(&args, port, &[("CONTROL_FAILPOINT", window)]);

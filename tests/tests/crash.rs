@@ -33,12 +33,7 @@ async fn killed_in_the_window_then_one_vm_agent(failpoint: &str) {
     // The default five-minute lease: the restarted control is a new replica, and takes the dead
     // one's job over at once (it holds the data dir's lock, so its predecessor is dead).
     let config = e2e::write_control_config(dir.path(), std::slice::from_ref(&url), None);
-    let args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-    ];
+    let args = e2e::control_args(&config, &data, None);
     // control/src/failpoint.rs: the variable that arms a failpoint.
     let first = start_control_with(&args, port, &[("CONTROL_FAILPOINT", failpoint)]);
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();

@@ -79,12 +79,7 @@ async fn an_agent_lives_and_dies_on_hetzner_and_cloudflare_by_configuration() {
         ),
     );
     let data = dir.path().join("data");
-    let args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-    ];
+    let args = e2e::control_args(&config, &data, None);
     // The Hetzner token from the environment, as `hcloud` reads it; Cloudflare's from a file.
     let control = start_control_with(&args, port, &[("HCLOUD_TOKEN", TOKEN)]);
     for secret in [TOKEN, CF_TOKEN] {

@@ -74,12 +74,7 @@ impl QemuControl {
             ),
         )
         .unwrap();
-        let args = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            "--data-dir".to_owned(),
-            dir.path().join("data").display().to_string(),
-        ];
+        let args = e2e::control_args(&config, &dir.path().join("data"), None);
         let replica = start_control(&args, port);
         let operator = std::fs::read_to_string(dir.path().join("data/operator-token")).unwrap();
         let op = Api::new(&replica.url, operator.trim());

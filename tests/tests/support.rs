@@ -51,15 +51,7 @@ async fn support_is_seen_within_a_heartbeat(db: Option<TestDb>, replicas: usize)
     let url = |n: usize| format!("http://127.0.0.1:{}", ports[n]);
     // The agents report to the first replica only.
     let config = write_control_config(dir.path(), &[url(0)], None);
-    let mut args = vec![
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-    ];
-    if let Some(db) = &db {
-        args.extend(["--database".to_owned(), db.url.clone()]);
-    }
+    let args = e2e::control_args(&config, &data, db.as_ref().map(|db| db.url.as_str()));
     let _replicas: Vec<_> = ports.iter().map(|&p| start_control(&args, p)).collect();
     let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
     let op = Api::new(&url(0), operator.trim());

@@ -87,12 +87,7 @@ impl OverTls {
             ),
         );
         let data = dir.path().join("data");
-        let args = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            "--data-dir".to_owned(),
-            data.display().to_string(),
-        ];
+        let args = e2e::control_args(&config, &data, None);
         let replica = ShowLogOnPanic(Some(start_control(&args, port)));
         let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
         let op = Api {
