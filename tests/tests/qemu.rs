@@ -716,6 +716,21 @@ async fn a_plain_vm_document_rendered_by_control_boots_the_plain_image() {
         !lines[3].contains("must be changed"),
         "the new password replaced the expired one: {stdout}"
     );
+    // GRUB as its owner's upgrades run it, unattended: grub-pc's maintainer script reinstalls
+    // GRUB onto the disk the VM boots from (the image was built on a loop device) and
+    // regenerates its menu, without stopping to ask.
+    let reconfigured = ssh(
+        &key,
+        port,
+        "DEBIAN_FRONTEND=noninteractive dpkg-reconfigure grub-pc 2>&1; echo exit=$?",
+    );
+    let said = String::from_utf8_lossy(&reconfigured.stdout);
+    assert!(
+        said.contains("grub-install success for /dev/vda")
+            && said.contains("Found linux image")
+            && said.contains("exit=0"),
+        "grub-pc reconfigured unattended: {said}"
+    );
     // Powered off from inside; qemu ends with the VM.
     let _ = ssh(&key, port, "systemctl poweroff");
     let (status, log) = machine.wait_exit(Duration::from_mins(3));
