@@ -10,9 +10,9 @@ use crate::app::App;
 
 /// Ingestion's upkeep, every second: follow lifecycle changes, write liveness behind, judge
 /// the Agents this replica hears from; every few seconds (a third of the replica timeout, 5 s
-/// at most) announce the replica and judge the Agents of replicas that went away. At shutdown, writes everything behind. First of all,
-/// unless told not to, loads the credentials in force with their Agents' records (before
-/// following changes, which keeps those records fresh).
+/// at most) announce the replica and judge the Agents of replicas that went away. At shutdown,
+/// writes everything behind. First of all, unless told not to, loads the credentials in force
+/// with their Agents' records (before following changes, which keeps those records fresh).
 pub(super) async fn run(app: App, shutdown: watch::Receiver<bool>) {
     if app.settings.ingest.preload_credentials {
         let started = std::time::Instant::now();

@@ -493,6 +493,13 @@ mod tests {
         }
     }
 
+    fn args_of(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn a_lent_volume_is_named_by_the_end_of_its_id() {
         assert_eq!(
@@ -525,10 +532,7 @@ mod tests {
         }
 
         let vm_dir = dir.path().join("vm,1");
-        let args: Vec<String> = command(&vm_dir, &found, &config, "127.0.0.1:8080")
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args_of(&command(&vm_dir, &found, &config, "127.0.0.1:8080"));
         let joined = args.join(" ");
         assert!(joined.contains("restrict=on"), "{joined}");
         assert!(!joined.contains("hostfwd"), "nothing forwarded into the VM");
@@ -574,10 +578,12 @@ mod tests {
             std::fs::write(release.join(file), b"x").unwrap();
         }
         let found = Release::find(&config, "2026.11.0").unwrap();
-        let args: Vec<String> = command(&dir.path().join("vm"), &found, &config, "127.0.0.1:1")
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args_of(&command(
+            &dir.path().join("vm"),
+            &found,
+            &config,
+            "127.0.0.1:1",
+        ));
         let joined = args.join(" ");
         assert!(
             joined.contains("-append root=LABEL=root ro console=ttyS0"),
