@@ -17,9 +17,11 @@
 //!    gives one heartbeat/floor ratio, and the median and spread of those are printed.
 //!
 //! It prints the restart figures side by side, then requests/s (median of the rounds), p50
-//! and p99 latency (over all slices) and control's peak RSS for the heartbeats next to the
-//! floor, the ratios, the rows written per heartbeat (from control's `/metrics`), and the
-//! goals. On SQLite, on PostgreSQL, or both.
+//! and p99 latency (over all slices), control's peak RSS, and the CPU time control and the
+//! load generator spent per answer (from `/proc`, so the machine's noise, which moves the
+//! rates, hardly moves them) for the heartbeats next to the floor, the ratios, the rows
+//! written per heartbeat (from control's `/metrics`), and the goals. On SQLite, on
+//! PostgreSQL, or both.
 //!
 //! `bash control/bench/ingest.sh --help` lists the options.
 
@@ -229,7 +231,7 @@ async fn run(args: &Args, backend: &str, url: &str, dir: &Path) -> anyhow::Resul
             before.rows
         );
     }
-    let rounds = bench.alternate(&server.address).await?;
+    let rounds = bench.alternate(&server).await?;
     let after = server.metrics().await?;
     let beats_rss = server.peak_rss_kib()?;
     let stopping = Instant::now();
@@ -326,8 +328,10 @@ impl Bench<'_> {
         })
     }
 
-    /// Floor and heartbeat slices, alternating over the rounds.
-    async fn alternate(&self, address: &str) -> anyhow::Result<Rounds> {
+    /// Floor and heartbeat slices, alternating over the rounds, with the CPU time control and
+    /// this process spent in each.
+    async fn alternate(&self, server: &Server) -> anyhow::Result<Rounds> {
+        let address = &server.address;
         let slice = Until::Elapsed(Duration::from_millis(self.args.slice_ms));
         let connections = self.args.connections;
         let mut rounds = Rounds::default();
@@ -336,12 +340,16 @@ impl Bench<'_> {
             let mut floor = None;
             let mut beats = None;
             for heartbeats in [beats_first, !beats_first] {
-                if heartbeats {
-                    let load = Load::Heartbeats(self.fleet.clone());
-                    beats = Some(drive(address, connections, load, slice).await?);
+                let cpu = (cpu_time(server.child.id())?, cpu_time(std::process::id())?);
+                let load = if heartbeats {
+                    Load::Heartbeats(self.fleet.clone())
                 } else {
-                    floor = Some(drive(address, connections, Load::Healthz, slice).await?);
-                }
+                    Load::Healthz
+                };
+                let mut phase = drive(address, connections, load, slice).await?;
+                phase.control_cpu = cpu_time(server.child.id())?.saturating_sub(cpu.0);
+                phase.bench_cpu = cpu_time(std::process::id())?.saturating_sub(cpu.1);
+                *(if heartbeats { &mut beats } else { &mut floor }) = Some(phase);
             }
             let (Some(floor), Some(beats)) = (floor, beats) else {
                 bail!("a round without both of its slices");
@@ -502,6 +510,15 @@ fn report(report: &Report) {
     println!(
         "    errors         {:>22}    {:>22}",
         beats.errors, floor.errors
+    );
+    let (beat_cpu, floor_cpu) = (beats.cpu_per_answer(), floor.cpu_per_answer());
+    println!(
+        "    CPU per answer {:>16.1} µs    {:>19.1} µs   control",
+        beat_cpu.0, floor_cpu.0
+    );
+    println!(
+        "                   {:>16.1} µs    {:>19.1} µs   load generator",
+        beat_cpu.1, floor_cpu.1
     );
     let ratio = quantile(&rounds.ratios, 0.5);
     println!(
@@ -833,6 +850,10 @@ struct Phase {
     elapsed: Duration,
     /// Sorted, in microseconds.
     latencies: Vec<u32>,
+    /// CPU time control spent meanwhile (all its threads).
+    control_cpu: Duration,
+    /// CPU time the load generator spent meanwhile.
+    bench_cpu: Duration,
 }
 
 impl Phase {
@@ -841,6 +862,8 @@ impl Phase {
         self.done += other.done;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.control_cpu += other.control_cpu;
+        self.bench_cpu += other.bench_cpu;
         self.latencies.extend(other.latencies);
         self.latencies.sort_unstable();
     }
@@ -848,6 +871,12 @@ impl Phase {
     /// Successful answers per second (refusals and errors do not count).
     fn rate(&self) -> f64 {
         (self.done - self.errors) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU time per answer, in microseconds: control's and the load generator's.
+    fn cpu_per_answer(&self) -> (f64, f64) {
+        let per = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.done.max(1) as f64;
+        (per(self.control_cpu), per(self.bench_cpu))
     }
 
     /// The `q` quantile of the latencies, in milliseconds.
@@ -864,6 +893,24 @@ impl Phase {
             ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len());
         f64::from(self.latencies[rank - 1]) / 1000.0
     }
+}
+
+/// The CPU time a process has spent so far, all its threads (`/proc/PID/task/*/schedstat`,
+/// in nanoseconds); a thread that ended meanwhile is not counted, and the benchmark's
+/// processes keep theirs.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .context("a schedstat without its CPU time")?;
+    }
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// When a phase ends.
@@ -908,12 +955,7 @@ async fn drive(
             }
         })
     };
-    let mut phase = Phase {
-        done: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
+    let mut phase = Phase::default();
     for worker in workers {
         let (latencies, errors) = worker.await??;
         phase.done += latencies.len() as u64;
