@@ -33,6 +33,7 @@ dual_backend_tests!(
     a_new_boot_id_is_recorded_at_once,
     the_reconciler_records_what_the_provider_says,
     credentials_loaded_in_bulk_end_when_revoked_anywhere,
+    a_burst_of_changes_is_read_again_only_while_a_late_commit_could_land,
 );
 
 const INTERVAL_MS: i64 = 30_000;
@@ -1096,4 +1097,55 @@ async fn support_sees_the_newest_heartbeat_from_any_replica(db: TestDb) {
     assert_eq!(support["agent_version"], "0.1.0");
     assert_eq!(support["image_version"], "2026.11.0");
     assert_eq!(seen["last_heartbeat_at"], support["heartbeat_at"]);
+}
+
+/// Lifecycle changes are followed from the newest one read, and read again from 5 s before it
+/// while a change committed late (stamped before the newest, committed after it was read)
+/// could still land; once it could not, only newer changes are read. Before, a burst (every
+/// Agent changed in the same second) was read again every second until another change came.
+async fn a_burst_of_changes_is_read_again_only_while_a_late_commit_could_land(db: TestDb) {
+    let (h, token) = setup(db).await;
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        agents.push(h.agent(&token, name).await);
+    }
+    let ingest = &h.app.ingest;
+    let first = ingest.follow_changes().await.unwrap();
+    assert!(first >= 3, "the first reading reads every Agent: {first}");
+    h.advance(1_000);
+    assert_eq!(ingest.follow_changes().await.unwrap(), first, "read again");
+    h.advance(10_000);
+    assert_eq!(
+        ingest.follow_changes().await.unwrap(),
+        0,
+        "quiet: nothing read"
+    );
+    h.advance(60_000);
+    assert_eq!(ingest.follow_changes().await.unwrap(), 0, "still quiet");
+
+    // One Agent changes: read once it is the newest, then again while a late one could land.
+    let path = format!("/api/agents/{}/stop", agents[2]);
+    let stop = h.call(Method::POST, &path, Some(&token), None).await;
+    assert!(stop.status.is_success(), "{:#}", stop.body);
+    h.run_jobs().await;
+    let newest = ingest.follow_changes().await.unwrap();
+    assert!(newest >= 1, "the stop is read: {newest}");
+    h.advance(1_000);
+    assert_eq!(ingest.follow_changes().await.unwrap(), newest);
+    // A change committed late: stamped a second before the stop, committed after it was read.
+    let late = h.now().as_millis() - 2_000;
+    let sql = format!(
+        "UPDATE agents SET updated_at = {late} WHERE id = '{}'",
+        agents[0]
+    );
+    common::execute_raw(&h.app.store, Box::leak(sql.into_boxed_str()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ingest.follow_changes().await.unwrap(),
+        newest + 1,
+        "the late change is read"
+    );
+    h.advance(10_000);
+    assert_eq!(ingest.follow_changes().await.unwrap(), 0, "quiet again");
 }

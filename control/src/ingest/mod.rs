@@ -344,11 +344,13 @@ impl Ingest {
     }
 
     /// Follows lifecycle changes made by any replica, so heartbeats are judged against the
-    /// Agent's current record without reading it each time.
-    pub async fn follow_changes(&self) -> Result<(), StoreError> {
-        for agent_id in self.records.follow(&self.store).await? {
+    /// Agent's current record without reading it each time. Returns how many changes it read.
+    pub async fn follow_changes(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now().as_millis();
+        let followed = self.records.follow(&self.store, now).await?;
+        for agent_id in followed.destroyed {
             sync::lock(self.shard(&agent_id)).remove(&agent_id);
         }
-        Ok(())
+        Ok(followed.read)
     }
 }

@@ -3,8 +3,7 @@
 //! by [`Records::forget`] right after this replica changes a record itself.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use control_api::agents::{AgentOperation, PeriodState};
 
@@ -14,8 +13,14 @@ use crate::sync;
 
 /// Changes are read this many at a time.
 const PAGE: i64 = 1_000;
-/// Changes are read again this far back: replicas' clocks and commit order differ slightly.
+/// Changes are read again this far back: replicas' clocks and commit order differ slightly,
+/// so a change may be committed after a newer one was read.
 const OVERLAP_MS: i64 = 5_000;
+/// Once the newest change followed was first read this long ago, only what comes after it is
+/// read: a change committed late was stamped before that newest change and committed within
+/// `OVERLAP_MS` of its stamp, so long before now. Without this, a burst of changes (thousands
+/// of Agents changed in one second) would be read again every second until another came.
+const QUIET_MS: i64 = 2 * OVERLAP_MS;
 
 /// What this replica knows of an Agent's record.
 #[derive(Clone, Debug)]
@@ -44,8 +49,25 @@ impl Known {
 #[derive(Debug, Default)]
 pub struct Records {
     known: RwLock<HashMap<String, Known>>,
-    /// The newest `agents.updated_at` followed so far.
-    through: AtomicI64,
+    newest: Mutex<Newest>,
+}
+
+/// The newest change followed so far: its `agents.updated_at` and Agent, and when (by this
+/// replica's clock) it was first read.
+#[derive(Clone, Debug, Default)]
+struct Newest {
+    updated_at: i64,
+    id: String,
+    read_at: i64,
+}
+
+/// What one following of the changes did.
+#[derive(Debug, Default)]
+pub(super) struct Followed {
+    /// Agents destroyed meanwhile.
+    pub(super) destroyed: Vec<String>,
+    /// Changes read.
+    pub(super) read: usize,
 }
 
 impl RecordCache for Records {
@@ -90,21 +112,23 @@ impl Records {
         f(&sync::read(&self.known))
     }
 
-    /// Follows the lifecycle changes any replica made since the last call. Returns the Agents
-    /// destroyed meanwhile.
-    pub(super) async fn follow(&self, store: &Store) -> Result<Vec<String>, StoreError> {
+    /// Follows the lifecycle changes any replica made since the last call, at `now`.
+    pub(super) async fn follow(&self, store: &Store, now: i64) -> Result<Followed, StoreError> {
+        let newest = sync::lock(&self.newest).clone();
         // Paged by (updated_at, id): many Agents may change in one millisecond.
-        let mut after = (
-            (self.through.load(Ordering::Relaxed) - OVERLAP_MS).max(0),
-            String::new(),
-        );
-        let mut destroyed = Vec::new();
+        let mut after = if now - newest.read_at < QUIET_MS {
+            ((newest.updated_at - OVERLAP_MS).max(0), String::new())
+        } else {
+            (newest.updated_at, newest.id)
+        };
+        let mut followed = Followed::default();
         loop {
             let changes = store
                 .read()
                 .await?
                 .agents_changed_since((after.0, &after.1), PAGE)
                 .await?;
+            followed.read += changes.len();
             let done = i64::try_from(changes.len()).unwrap_or(i64::MAX) < PAGE;
             if let Some(last) = changes.last() {
                 after = (last.updated_at, last.id.clone());
@@ -113,7 +137,7 @@ impl Records {
             for change in &changes {
                 if change.destroyed_at.is_some() {
                     known.remove(&change.id);
-                    destroyed.push(change.id.clone());
+                    followed.destroyed.push(change.id.clone());
                 } else if known.contains_key(&change.id) {
                     known.insert(change.id.clone(), Known::from_change(change)?);
                 }
@@ -123,7 +147,14 @@ impl Records {
                 break;
             }
         }
-        self.through.fetch_max(after.0, Ordering::Relaxed);
-        Ok(destroyed)
+        let mut held = sync::lock(&self.newest);
+        if (after.0, after.1.as_str()) > (held.updated_at, held.id.as_str()) {
+            *held = Newest {
+                updated_at: after.0,
+                id: after.1,
+                read_at: now,
+            };
+        }
+        Ok(followed)
     }
 }
