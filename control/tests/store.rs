@@ -22,6 +22,7 @@ dual_backend_tests!(
     concurrent_appends_form_one_chain,
     idempotency_claims_stranded_past_their_lease_are_purged,
     changes_in_one_millisecond_are_all_followed_across_pages,
+    a_page_of_changes_starts_at_its_position_in_the_index,
 );
 
 async fn migrations_apply_once_and_are_checked(db: TestDb) {
@@ -426,6 +427,27 @@ async fn changes_in_one_millisecond_are_all_followed_across_pages(db: TestDb) {
         seen.extend(page.iter().map(|change| change.id.clone()));
     }
     assert_eq!(seen, ["agt_1", "agt_2", "agt_3", "agt_4", "agt_5", "agt_6"]);
+}
+
+/// Every replica reads a page of changes each second. With `updated_at` alone indexed, the
+/// page read every row of its starting millisecond before the first one after its position:
+/// after 100,000 Agents changed in one millisecond, each follow read all 100,000 again (tens of
+/// milliseconds a second). Both columns of the position must bound the index search.
+async fn a_page_of_changes_starts_at_its_position_in_the_index(db: TestDb) {
+    let store = common::connect(&db).await;
+    let mut tx = store.write().await.unwrap();
+    let plan = tx.plan_of_agents_changed_since().await.unwrap().join("\n");
+    drop(tx); // rolled back: `SET LOCAL` ends with it
+    let bounded_by_both = match db.backend {
+        // SEARCH agents USING INDEX agents_by_update_and_id ((updated_at,id)>(?,?))
+        test_support::Backend::Sqlite => plan.contains("(updated_at,id)>(?,?)"),
+        // Index Cond: (ROW(updated_at, id) > ROW($1, $2))
+        test_support::Backend::Postgres => plan.contains("Index Cond: (ROW(updated_at, id) >"),
+    };
+    assert!(
+        plan.contains("agents_by_update_and_id") && bounded_by_both,
+        "the page is not searched by (updated_at, id):\n{plan}"
+    );
 }
 
 /// The account `acc_t` and the image `img_t`, which an Agent row refers to.

@@ -404,6 +404,18 @@ pub struct AgentChange {
     pub updated_at: i64,
 }
 
+/// A page of lifecycle changes: the row value `(updated_at, id) > ($1, $2)` lets the database
+/// start the page at its position in `agents_by_update_and_id` (migration 0010).
+///
+/// A macro rather than a constant so that `EXPLAIN` can be put before it at compile time.
+macro_rules! agents_changed_since {
+    () => {
+        "SELECT id, account_id, state, operation, destroyed_at, updated_at
+         FROM agents WHERE (updated_at, id) > ($1, $2)
+         ORDER BY updated_at, id LIMIT $3"
+    };
+}
+
 /// An Agent the reconciler compares with its provider.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReconcileRow {
@@ -422,16 +434,48 @@ impl Tx {
         after: (i64, &str),
         limit: i64,
     ) -> Result<Vec<AgentChange>> {
-        Ok(on_conn!(self, conn => sqlx::query_as(
-            "SELECT id, account_id, state, operation, destroyed_at, updated_at
-             FROM agents WHERE updated_at >= $1 AND (updated_at > $1 OR id > $2)
-             ORDER BY updated_at, id LIMIT $3",
+        Ok(
+            on_conn!(self, conn => sqlx::query_as(agents_changed_since!())
+            .bind(after.0)
+            .bind(after.1)
+            .bind(limit)
+            .fetch_all(conn)
+            .await)?,
         )
-        .bind(after.0)
-        .bind(after.1)
-        .bind(limit)
-        .fetch_all(conn)
-        .await)?)
+    }
+
+    /// How the database would read [`Tx::agents_changed_since`]'s page: its query plan, one
+    /// line per row of `EXPLAIN`. For a test that the page starts at its position in the
+    /// index rather than at the first row of its millisecond.
+    #[doc(hidden)]
+    pub async fn plan_of_agents_changed_since(&mut self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = match &mut self.inner {
+            super::TxInner::Sqlite(conn) => {
+                // EXPLAIN QUERY PLAN's rows are (id, parent, notused, detail).
+                let plan: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", agents_changed_since!()))
+                        .bind(0_i64)
+                        .bind("")
+                        .bind(1_i64)
+                        .fetch_all(&mut **conn)
+                        .await?;
+                plan.into_iter().map(|(.., detail)| (detail,)).collect()
+            }
+            super::TxInner::Postgres(conn) => {
+                // A test's table is small enough for a sequential scan to win; the question
+                // is whether the index can serve the page at all.
+                sqlx::query("SET LOCAL enable_seqscan = off")
+                    .execute(&mut **conn)
+                    .await?;
+                sqlx::query_as(concat!("EXPLAIN ", agents_changed_since!()))
+                    .bind(0_i64)
+                    .bind("")
+                    .bind(1_i64)
+                    .fetch_all(&mut **conn)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(|(line,)| line).collect())
     }
 
     pub async fn agent_change(&mut self, id: &str) -> Result<Option<AgentChange>> {
