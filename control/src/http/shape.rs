@@ -14,6 +14,15 @@
 //! is walked by a `serde` visitor that builds nothing (a key is borrowed from the body unless it
 //! has escapes). Every heartbeat goes through here, so it must cost little next to serving the
 //! request at all.
+//!
+//! So a body is read once when it can be: [`read`] deserializes `T` through a deserializer
+//! that wraps `serde_json`'s (as `serde_path_to_error` does) and holds each value to its shape
+//! when `T`'s own `Deserialize` reads it, with the same [`Guard`] as [`check`]; what `T`
+//! ignores is read in full by that guard. It answers only when [`check`] and `serde_json`
+//! would both accept the body with the same value, and gives up on anything else, errors
+//! included: [`check`] and then `serde_json` read the body again and name the error, 400 before
+//! 422 as ever. The one pass must never answer where the two would not; a property test holds
+//! the two to each other.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -21,7 +30,9 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor,
+};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
 
@@ -67,6 +78,34 @@ pub(super) fn check(name: &str, body: &[u8]) -> Result<(), Found> {
             None => Err(Found::Malformed(error)),
         },
     }
+}
+
+/// Deserializes `T` from `body` in one pass, holding every value to the shape [`check`] holds
+/// it to while `T`'s own `Deserialize` reads it; members `T` ignores are read in full as
+/// `check` reads them.
+///
+/// `Some` only when the two passes (`check`, then `serde_json`) would accept `body` with the
+/// same value: the caller returns it without reading the body again. `None` for anything else:
+/// a syntax error, a broken schema, a value `T` refuses, or a body this reading cannot decide
+/// alone (see [`undecided`]); the caller then runs the two passes, which find the exact error
+/// and the field to name. A valid heartbeat so costs one reading instead of two.
+pub(super) fn read<T: DeserializeOwned>(name: &str, body: &[u8]) -> Option<T> {
+    let shapes = shapes();
+    let found = RefCell::new(None);
+    let guard = Guard {
+        shapes,
+        shape: shapes.named.get(name).copied().unwrap_or(ANY),
+        at: &At::Body,
+        found: &found,
+    };
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let value = T::deserialize(Reading {
+        inner: &mut reader,
+        with: guard,
+    })
+    .ok()?;
+    reader.end().ok()?;
+    Some(value)
 }
 
 /// The shape of a value held to nothing: read in full all the same.
@@ -250,7 +289,7 @@ struct Guard<'a> {
     found: &'a RefCell<Option<Violation>>,
 }
 
-impl Guard<'_> {
+impl<'a> Guard<'a> {
     fn refuse<E: de::Error>(&self, message: String) -> E {
         *self.found.borrow_mut() = Some((self.at.field(), message));
         E::custom("the body breaks its schema")
@@ -266,6 +305,47 @@ impl Guard<'_> {
             Shape::OneOf(None) => None,
             _ => Some(self),
         }
+    }
+
+    /// The members of the object this guard holds a map to; `None` when it holds it to no
+    /// object (every member is then held to nothing).
+    fn members(self) -> Option<&'a Members> {
+        let guard = self.holding()?;
+        match guard.shapes.get(guard.shape) {
+            Shape::Typed {
+                object: Some(members),
+                ..
+            } => Some(members),
+            _ => None,
+        }
+    }
+
+    /// The shape of a sequence's items; where the document says object, a sequence is refused.
+    fn items<E: de::Error>(self) -> Result<usize, E> {
+        let Some(guard) = self.holding() else {
+            return Ok(ANY);
+        };
+        match guard.shapes.get(guard.shape) {
+            Shape::Typed {
+                object: Some(_), ..
+            } => Err(guard.refuse("must be a JSON object".to_owned())),
+            Shape::Array(items) => Ok(*items),
+            _ => Ok(ANY),
+        }
+    }
+
+    /// Whether the value must be an object: an enum's variant (a string, or an object of one
+    /// member) is then left to the two passes, which say which.
+    fn wants_an_object(self) -> bool {
+        self.holding().is_some_and(|guard| {
+            matches!(
+                guard.shapes.get(guard.shape),
+                Shape::Typed {
+                    object: Some(_),
+                    ..
+                }
+            )
+        })
     }
 
     /// A value that is neither an object nor an array.
@@ -305,56 +385,24 @@ impl<'de> Visitor<'de> for Guard<'_> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-        let members = self
-            .holding()
-            .and_then(|guard| match guard.shapes.get(guard.shape) {
-                Shape::Typed {
-                    object: Some(members),
-                    ..
-                } => Some(members),
-                _ => None,
-            });
+        let members = self.members();
         while let Some(Key(key)) = map.next_key()? {
-            let member = members.and_then(|members| {
-                members
-                    .named
-                    .iter()
-                    .find(|(name, _)| *name == key)
-                    .map(|(_, shape)| *shape)
-                    .or(members.other)
-            });
-            match member {
-                Some(shape) => map.next_value_seed(Guard {
-                    shape,
-                    at: &At::Key(self.at, &key),
-                    ..self
-                })?,
-                None => map.next_value_seed(Guard {
-                    shape: ANY,
-                    at: &At::Key(self.at, &key),
-                    ..self
-                })?,
-            }
+            map.next_value_seed(Guard {
+                shape: member(members, &key),
+                at: &At::Key(self.at, &key),
+                ..self
+            })?;
         }
         Ok(())
     }
 
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
-        let items = match self.holding() {
-            Some(guard) => match guard.shapes.get(guard.shape) {
-                Shape::Typed {
-                    object: Some(_), ..
-                } => return Err(guard.refuse("must be a JSON object".to_owned())),
-                Shape::Array(items) => Some(*items),
-                _ => None,
-            },
-            None => None,
-        };
+        let items = self.items::<S::Error>()?;
         let mut index = 0;
         loop {
             let more = seq
                 .next_element_seed(Guard {
-                    shape: items.unwrap_or(ANY),
+                    shape: items,
                     at: &At::Index(self.at, index),
                     ..self
                 })?
@@ -398,6 +446,21 @@ impl<'de> Visitor<'de> for Guard<'_> {
     }
 }
 
+/// The shape of the member named `key` of an object with `members`: its own, else the one of
+/// every other member, else none.
+fn member(members: Option<&Members>, key: &str) -> usize {
+    members
+        .and_then(|members| {
+            members
+                .named
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, shape)| *shape)
+                .or(members.other)
+        })
+        .unwrap_or(ANY)
+}
+
 /// A member's name, borrowed from the body when it can be.
 struct Key<'de>(Cow<'de, str>);
 
@@ -423,6 +486,438 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// The error that leaves a body to the two passes: [`read`] met something whose answer it
+/// cannot be sure of alone (bytes read raw, 128-bit integers, a raw value, a key it did not see
+/// as a string, an enum where the document says object). Bodies of the API's request types
+/// never need it; a body that does is only read twice.
+fn undecided<E: de::Error>() -> E {
+    E::custom("left to the two passes")
+}
+
+/// Forwards `Deserializer` methods to `inner`, the visitor wrapped in `$visit` with `with`: the
+/// inner deserializer is asked exactly what `T` asks, so `T` gets the value `serde_json` alone
+/// would give it.
+macro_rules! forward {
+    ($visit:ident: $($method:ident($($arg:ident: $ty:ty),*))*) => {$(
+        fn $method<V: Visitor<'de>>(
+            self,
+            $($arg: $ty,)*
+            visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.inner.$method($($arg,)* $visit { visitor, with: self.with })
+        }
+    )*};
+}
+
+/// A deserializer of one value that holds it to `with`'s shape (the one `check` gives it).
+struct Reading<'a, D> {
+    inner: D,
+    with: Guard<'a>,
+}
+
+impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for Reading<'_, D> {
+    type Error = D::Error;
+
+    forward! { Visit:
+        deserialize_any() deserialize_bool()
+        deserialize_i8() deserialize_i16() deserialize_i32() deserialize_i64()
+        deserialize_u8() deserialize_u16() deserialize_u32() deserialize_u64()
+        deserialize_f32() deserialize_f64() deserialize_char()
+        deserialize_str() deserialize_string() deserialize_bytes() deserialize_byte_buf()
+        deserialize_option() deserialize_unit() deserialize_unit_struct(name: &'static str)
+        deserialize_seq() deserialize_tuple(len: usize)
+        deserialize_tuple_struct(name: &'static str, len: usize) deserialize_map()
+        deserialize_struct(name: &'static str, fields: &'static [&'static str])
+        deserialize_enum(name: &'static str, variants: &'static [&'static str])
+        deserialize_identifier()
+    }
+
+    /// `serde_json`'s raw values (and arbitrary-precision numbers) are newtypes with a private
+    /// name, read without validating their strings: left to the two passes.
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        if name.starts_with("$serde_json::") {
+            return Err(undecided());
+        }
+        self.inner.deserialize_newtype_struct(
+            name,
+            Visit {
+                visitor,
+                with: self.with,
+            },
+        )
+    }
+
+    /// A member `T` ignores: `serde_json` would skip it without validating its strings or
+    /// numbers, but `check` reads it in full, so it is read by `check`'s own guard.
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        DeserializeSeed::deserialize(self.with, self.inner)?;
+        visitor.visit_unit()
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+/// `T`'s visitor, told of a value only after the value keeps its shape; what it reads further
+/// (an object's members, an array's items, an option's content) is read through [`Reading`].
+struct Visit<'a, V> {
+    visitor: V,
+    with: Guard<'a>,
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<V::Value, E> {
+        Visitor::visit_bool::<E>(self.with, value)?;
+        self.visitor.visit_bool(value)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<V::Value, E> {
+        Visitor::visit_i64::<E>(self.with, value)?;
+        self.visitor.visit_i64(value)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<V::Value, E> {
+        Visitor::visit_u64::<E>(self.with, value)?;
+        self.visitor.visit_u64(value)
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<V::Value, E> {
+        Visitor::visit_f64::<E>(self.with, value)?;
+        self.visitor.visit_f64(value)
+    }
+
+    /// `serde_json` parses an `f32` on its own when asked for one, rounded otherwise than the
+    /// `f64` `check` holds to a range: undecided.
+    fn visit_f32<E: de::Error>(self, _: f32) -> Result<V::Value, E> {
+        Err(undecided())
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<V::Value, E> {
+        Visitor::visit_str::<E>(self.with, value)?;
+        self.visitor.visit_str(value)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<V::Value, E> {
+        Visitor::visit_str::<E>(self.with, value)?;
+        self.visitor.visit_borrowed_str(value)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        Visitor::visit_unit::<E>(self.with)?;
+        self.visitor.visit_unit()
+    }
+
+    /// `null` read as an absent `Option`: `check` reads it as any `null`.
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        Visitor::visit_unit::<E>(self.with)?;
+        self.visitor.visit_none()
+    }
+
+    /// The content of an `Option` keeps the same guard: `check` sees no wrapper around it, and
+    /// the guard unwraps `oneOf: [T, null]` itself when it holds the value.
+    fn visit_some<D: de::Deserializer<'de>>(self, inner: D) -> Result<V::Value, D::Error> {
+        self.visitor.visit_some(Reading {
+            inner,
+            with: self.with,
+        })
+    }
+
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(
+        self,
+        inner: D,
+    ) -> Result<V::Value, D::Error> {
+        self.visitor.visit_newtype_struct(Reading {
+            inner,
+            with: self.with,
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        let items = self.with.items::<A::Error>()?;
+        self.visitor.visit_seq(Items {
+            inner: seq,
+            items: Guard {
+                shape: items,
+                ..self.with
+            },
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.visitor.visit_map(Entries {
+            inner: map,
+            object: self.with,
+            members: self.with.members(),
+            value: None,
+        })
+    }
+
+    /// A variant: a string, or an object of one member whose value `check` holds to nothing
+    /// (where the document says object, the two passes decide).
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+        if self.with.wants_an_object() {
+            return Err(undecided());
+        }
+        self.visitor.visit_enum(Variant {
+            inner: data,
+            with: Guard {
+                shape: ANY,
+                ..self.with
+            },
+        })
+    }
+}
+
+/// A seed whose value is read through [`Reading`].
+struct Seed<'a, S> {
+    seed: S,
+    with: Guard<'a>,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<'_, S> {
+    type Value = S::Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, inner: D) -> Result<S::Value, D::Error> {
+        self.seed.deserialize(Reading {
+            inner,
+            with: self.with,
+        })
+    }
+}
+
+/// An array's items, each held to `items`.
+struct Items<'a, A> {
+    inner: A,
+    items: Guard<'a>,
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Items<'_, A> {
+    type Error = A::Error;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        self.inner.next_element_seed(Seed {
+            seed,
+            with: self.items,
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.inner.size_hint()
+    }
+}
+
+/// An object's members, each value held to its member's shape: the key is seen as `T` reads it
+/// (unescaped), and `value` keeps the shape it names until the value is read.
+struct Entries<'a, A> {
+    inner: A,
+    object: Guard<'a>,
+    members: Option<&'a Members>,
+    value: Option<Guard<'a>>,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Entries<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        self.value = None;
+        self.inner.next_key_seed(KeySeed {
+            seed,
+            with: Capture {
+                object: self.object,
+                members: self.members,
+                value: &mut self.value,
+            },
+        })
+    }
+
+    /// A value whose key was not seen as a string has no shape to be held to: undecided.
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
+        let with = self.value.take().ok_or_else(undecided::<A::Error>)?;
+        self.inner.next_value_seed(Seed { seed, with })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a key, as `T` reads it, leaves the guard of its member's value.
+struct Capture<'a, 'm> {
+    object: Guard<'a>,
+    members: Option<&'a Members>,
+    value: &'m mut Option<Guard<'a>>,
+}
+
+impl Capture<'_, '_> {
+    fn keep(self, key: &str) {
+        *self.value = Some(Guard {
+            shape: member(self.members, key),
+            ..self.object
+        });
+    }
+}
+
+/// A key's seed, whose deserializer tells [`Capture`] the key.
+struct KeySeed<'a, 'm, S> {
+    seed: S,
+    with: Capture<'a, 'm>,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, '_, S> {
+    type Value = S::Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, inner: D) -> Result<S::Value, D::Error> {
+        self.seed.deserialize(KeyReading {
+            inner,
+            with: self.with,
+        })
+    }
+}
+
+/// A key's deserializer: asked what `T` asks, it only listens to the answer.
+struct KeyReading<'a, 'm, D> {
+    inner: D,
+    with: Capture<'a, 'm>,
+}
+
+impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for KeyReading<'_, '_, D> {
+    type Error = D::Error;
+
+    forward! { KeyVisit:
+        deserialize_any() deserialize_bool()
+        deserialize_i8() deserialize_i16() deserialize_i32() deserialize_i64()
+        deserialize_u8() deserialize_u16() deserialize_u32() deserialize_u64()
+        deserialize_f32() deserialize_f64() deserialize_char()
+        deserialize_str() deserialize_string() deserialize_bytes() deserialize_byte_buf()
+        deserialize_option() deserialize_unit() deserialize_unit_struct(name: &'static str)
+        deserialize_newtype_struct(name: &'static str)
+        deserialize_seq() deserialize_tuple(len: usize)
+        deserialize_tuple_struct(name: &'static str, len: usize) deserialize_map()
+        deserialize_struct(name: &'static str, fields: &'static [&'static str])
+        deserialize_enum(name: &'static str, variants: &'static [&'static str])
+        deserialize_identifier() deserialize_ignored_any()
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+/// A key's visitor: a key given as a string is kept; any other answer (a key read as a number
+/// or as raw bytes) is refused, and so undecided.
+struct KeyVisit<'a, 'm, V> {
+    visitor: V,
+    with: Capture<'a, 'm>,
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for KeyVisit<'_, '_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<V::Value, E> {
+        self.with.keep(key);
+        self.visitor.visit_str(key)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<V::Value, E> {
+        self.with.keep(key);
+        self.visitor.visit_borrowed_str(key)
+    }
+
+    fn visit_string<E: de::Error>(self, key: String) -> Result<V::Value, E> {
+        self.with.keep(&key);
+        self.visitor.visit_string(key)
+    }
+}
+
+/// An enum's variant: its name and its content read through [`Reading`], held to nothing as
+/// `check` holds them (see [`Visit::visit_enum`]).
+struct Variant<'a, A> {
+    inner: A,
+    with: Guard<'a>,
+}
+
+impl<'de, 'a, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Variant<'a, A> {
+    type Error = A::Error;
+    type Variant = Variant<'a, A::Variant>;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Self::Variant), A::Error> {
+        let (value, variant) = self.inner.variant_seed(Seed {
+            seed,
+            with: self.with,
+        })?;
+        Ok((
+            value,
+            Variant {
+                inner: variant,
+                with: self.with,
+            },
+        ))
+    }
+}
+
+impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Variant<'_, A> {
+    type Error = A::Error;
+
+    /// `serde_json` reads a unit variant's content as `null` and nothing else.
+    fn unit_variant(self) -> Result<(), A::Error> {
+        self.inner.unit_variant()
+    }
+
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, A::Error> {
+        self.inner.newtype_variant_seed(Seed {
+            seed,
+            with: self.with,
+        })
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
+        self.inner.tuple_variant(
+            len,
+            Visit {
+                visitor,
+                with: self.with,
+            },
+        )
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        self.inner.struct_variant(
+            fields,
+            Visit {
+                visitor,
+                with: self.with,
+            },
+        )
+    }
+}
 /// Whether `number` is within `[minimum, maximum]`; the message says the range otherwise.
 fn in_range(
     number: &serde_json::Number,
@@ -473,6 +968,9 @@ fn show(bound: &utoipa::Number) -> String {
         utoipa::Number::Float(float) => float.to_string(),
     }
 }
+
+#[cfg(test)]
+mod one_pass_tests;
 
 #[cfg(test)]
 mod tests {
