@@ -509,6 +509,16 @@ macro_rules! forward {
     )*};
 }
 
+/// Scalar `Visitor` methods of [`Visit`]: the guard sees the value first, then `T`'s visitor.
+macro_rules! held {
+    ($($method:ident($ty:ty))*) => {$(
+        fn $method<E: de::Error>(self, value: $ty) -> Result<V::Value, E> {
+            Visitor::$method::<E>(self.with, value)?;
+            self.visitor.$method(value)
+        }
+    )*};
+}
+
 /// A deserializer of one value that holds it to `with`'s shape (the one `check` gives it).
 struct Reading<'a, D> {
     inner: D,
@@ -577,25 +587,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
         self.visitor.expecting(f)
     }
 
-    fn visit_bool<E: de::Error>(self, value: bool) -> Result<V::Value, E> {
-        Visitor::visit_bool::<E>(self.with, value)?;
-        self.visitor.visit_bool(value)
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<V::Value, E> {
-        Visitor::visit_i64::<E>(self.with, value)?;
-        self.visitor.visit_i64(value)
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<V::Value, E> {
-        Visitor::visit_u64::<E>(self.with, value)?;
-        self.visitor.visit_u64(value)
-    }
-
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<V::Value, E> {
-        Visitor::visit_f64::<E>(self.with, value)?;
-        self.visitor.visit_f64(value)
-    }
+    held! { visit_bool(bool) visit_i64(i64) visit_u64(u64) visit_f64(f64) }
 
     /// `serde_json` parses an `f32` on its own when asked for one, rounded otherwise than the
     /// `f64` `check` holds to a range: undecided.
@@ -918,6 +910,7 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Variant<'_, A> {
         )
     }
 }
+
 /// Whether `number` is within `[minimum, maximum]`; the message says the range otherwise.
 fn in_range(
     number: &serde_json::Number,
