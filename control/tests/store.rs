@@ -437,7 +437,7 @@ async fn a_page_of_changes_starts_at_its_position_in_the_index(db: TestDb) {
     let store = common::connect(&db).await;
     let mut tx = store.write().await.unwrap();
     let plan = tx.plan_of_agents_changed_since().await.unwrap().join("\n");
-    drop(tx); // rolled back: `SET LOCAL` ends with it
+    drop(tx); // rolled back
     let bounded_by_both = match db.backend {
         // SEARCH agents USING INDEX agents_by_update_and_id ((updated_at,id)>(?,?))
         test_support::Backend::Sqlite => plan.contains("(updated_at,id)>(?,?)"),

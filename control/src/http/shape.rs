@@ -105,6 +105,11 @@ pub(super) fn read<T: DeserializeOwned>(name: &str, body: &[u8]) -> Option<T> {
     })
     .ok()?;
     reader.end().ok()?;
+    // A value the guard refused is refused even if `T` swallowed the error (a field that
+    // falls back to its default on a bad value): the two passes would answer 422.
+    if found.into_inner().is_some() {
+        return None;
+    }
     Some(value)
 }
 
@@ -542,8 +547,8 @@ impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for Reading<'_, D> {
         deserialize_identifier()
     }
 
-    /// `serde_json`'s raw values (and arbitrary-precision numbers) are newtypes with a private
-    /// name, read without validating their strings: left to the two passes.
+    /// `serde_json`'s raw value is a newtype with a private name, read without validating its
+    /// strings: left to the two passes.
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         name: &'static str,

@@ -444,9 +444,11 @@ impl Tx {
         )
     }
 
-    /// How the database would read [`Tx::agents_changed_since`]'s page: its query plan, one
-    /// line per row of `EXPLAIN`. For a test that the page starts at its position in the
-    /// index rather than at the first row of its millisecond.
+    /// Whether the database can start [`Tx::agents_changed_since`]'s page at its position in
+    /// the index: the query's plan, one line per row of `EXPLAIN`, for a test. On PostgreSQL
+    /// the plan is made with sequential scans switched off (a test's table is small enough for
+    /// one to win), so it shows whether the index can serve the page, not what a large table
+    /// would get; the setting is reset afterwards.
     #[doc(hidden)]
     pub async fn plan_of_agents_changed_since(&mut self) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = match &mut self.inner {
@@ -462,17 +464,19 @@ impl Tx {
                 plan.into_iter().map(|(.., detail)| (detail,)).collect()
             }
             super::TxInner::Postgres(conn) => {
-                // A test's table is small enough for a sequential scan to win; the question
-                // is whether the index can serve the page at all.
                 sqlx::query("SET LOCAL enable_seqscan = off")
                     .execute(&mut **conn)
                     .await?;
-                sqlx::query_as(concat!("EXPLAIN ", agents_changed_since!()))
+                let plan = sqlx::query_as(concat!("EXPLAIN ", agents_changed_since!()))
                     .bind(0_i64)
                     .bind("")
                     .bind(1_i64)
                     .fetch_all(&mut **conn)
-                    .await?
+                    .await;
+                sqlx::query("RESET enable_seqscan")
+                    .execute(&mut **conn)
+                    .await?;
+                plan?
             }
         };
         Ok(rows.into_iter().map(|(line,)| line).collect())

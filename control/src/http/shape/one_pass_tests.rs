@@ -687,3 +687,22 @@ fn an_escaped_key_is_its_member_in_one_pass() {
     let text = String::from_utf8_lossy(body).replace(":7,", ":18446744073709551615,");
     assert!(super::read::<Heartbeat>("Heartbeat", text.as_bytes()).is_none());
 }
+
+/// A field that falls back to its default on a bad value swallows the guard's refusal, and
+/// the reading goes on; the one pass must still leave the body to the two passes, which answer
+/// 422.
+#[test]
+fn a_refusal_a_lenient_field_swallows_still_leaves_the_body_to_the_two_passes() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Lenient {
+        #[serde(deserialize_with = "lenient")]
+        sequence: u64,
+    }
+    #[allow(clippy::unnecessary_wraps)] // the signature `deserialize_with` asks for
+    fn lenient<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Ok(<u64 as serde::Deserialize>::deserialize(deserializer).unwrap_or_default())
+    }
+    let read = |body: &str| super::read::<Lenient>("Heartbeat", body.as_bytes());
+    assert!(read(r#"{"sequence": 18446744073709551615}"#).is_none());
+    assert_eq!(read(r#"{"sequence": 5}"#).map(|l| l.sequence), Some(5));
+}
