@@ -514,6 +514,26 @@ macro_rules! forward {
     )*};
 }
 
+/// Every `Deserializer` method [`forward`]ed, but for `deserialize_newtype_struct` and
+/// `deserialize_ignored_any`, which [`Reading`] answers itself and [`KeyReading`] forwards.
+macro_rules! forward_all_but_newtypes_and_ignored {
+    ($visit:ident) => {
+        forward! { $visit:
+            deserialize_any() deserialize_bool()
+            deserialize_i8() deserialize_i16() deserialize_i32() deserialize_i64()
+            deserialize_u8() deserialize_u16() deserialize_u32() deserialize_u64()
+            deserialize_f32() deserialize_f64() deserialize_char()
+            deserialize_str() deserialize_string() deserialize_bytes() deserialize_byte_buf()
+            deserialize_option() deserialize_unit() deserialize_unit_struct(name: &'static str)
+            deserialize_seq() deserialize_tuple(len: usize)
+            deserialize_tuple_struct(name: &'static str, len: usize) deserialize_map()
+            deserialize_struct(name: &'static str, fields: &'static [&'static str])
+            deserialize_enum(name: &'static str, variants: &'static [&'static str])
+            deserialize_identifier()
+        }
+    };
+}
+
 /// Scalar `Visitor` methods of [`Visit`]: the guard sees the value first, then `T`'s visitor.
 macro_rules! held {
     ($($method:ident($ty:ty))*) => {$(
@@ -533,19 +553,7 @@ struct Reading<'a, D> {
 impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for Reading<'_, D> {
     type Error = D::Error;
 
-    forward! { Visit:
-        deserialize_any() deserialize_bool()
-        deserialize_i8() deserialize_i16() deserialize_i32() deserialize_i64()
-        deserialize_u8() deserialize_u16() deserialize_u32() deserialize_u64()
-        deserialize_f32() deserialize_f64() deserialize_char()
-        deserialize_str() deserialize_string() deserialize_bytes() deserialize_byte_buf()
-        deserialize_option() deserialize_unit() deserialize_unit_struct(name: &'static str)
-        deserialize_seq() deserialize_tuple(len: usize)
-        deserialize_tuple_struct(name: &'static str, len: usize) deserialize_map()
-        deserialize_struct(name: &'static str, fields: &'static [&'static str])
-        deserialize_enum(name: &'static str, variants: &'static [&'static str])
-        deserialize_identifier()
-    }
+    forward_all_but_newtypes_and_ignored! { Visit }
 
     /// `serde_json`'s raw value is a newtype with a private name, read without validating its
     /// strings: left to the two passes.
@@ -797,19 +805,9 @@ struct KeyReading<'a, 'm, D> {
 impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for KeyReading<'_, '_, D> {
     type Error = D::Error;
 
+    forward_all_but_newtypes_and_ignored! { KeyVisit }
     forward! { KeyVisit:
-        deserialize_any() deserialize_bool()
-        deserialize_i8() deserialize_i16() deserialize_i32() deserialize_i64()
-        deserialize_u8() deserialize_u16() deserialize_u32() deserialize_u64()
-        deserialize_f32() deserialize_f64() deserialize_char()
-        deserialize_str() deserialize_string() deserialize_bytes() deserialize_byte_buf()
-        deserialize_option() deserialize_unit() deserialize_unit_struct(name: &'static str)
-        deserialize_newtype_struct(name: &'static str)
-        deserialize_seq() deserialize_tuple(len: usize)
-        deserialize_tuple_struct(name: &'static str, len: usize) deserialize_map()
-        deserialize_struct(name: &'static str, fields: &'static [&'static str])
-        deserialize_enum(name: &'static str, variants: &'static [&'static str])
-        deserialize_identifier() deserialize_ignored_any()
+        deserialize_newtype_struct(name: &'static str) deserialize_ignored_any()
     }
 
     fn is_human_readable(&self) -> bool {
